@@ -1,0 +1,504 @@
+//! Writing bundles deterministically and reading them with every size
+//! bounded and every byte verified.
+//!
+//! Layout (a zstd-compressed ustar archive, one zstd frame with a content
+//! checksum):
+//!
+//! ```text
+//! manifest.json            always first
+//! manifest.json.minisig    second, when signed
+//! <files>                  exactly the manifest's `files`, in that order
+//! ```
+//!
+//! Every entry is a regular file with a short, safe relative path; owners,
+//! modes and mtimes are fixed, so the same inputs give the same bytes.
+
+use crate::keys::{KeyId, SignatureInfo, TrustedKeys};
+use crate::manifest::{is_safe_path, FileEntry, Manifest, MANIFEST_PATH, SIGNATURE_PATH};
+use crate::BundleError;
+use sha2::{Digest, Sha256};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+/// zstd level used for bundles. Fixed: part of what makes builds reproducible.
+pub const ZSTD_LEVEL: i32 = 10;
+/// Largest zstd window a reader accepts (2^27 = 128 MiB), so a crafted frame
+/// cannot make the device allocate more.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Bounds applied while reading a bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct BundleLimits {
+    pub max_compressed: u64,
+    pub max_unpacked: u64,
+    pub max_manifest: u64,
+    pub max_signature: u64,
+    pub max_entries: usize,
+}
+
+impl Default for BundleLimits {
+    fn default() -> Self {
+        BundleLimits {
+            max_compressed: 1 << 30,
+            max_unpacked: 2 << 30,
+            max_manifest: 1 << 20,
+            max_signature: 4 << 10,
+            max_entries: 256,
+        }
+    }
+}
+
+/// Content of one file to put into a bundle.
+pub enum Source<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+/// Fill in `files` of a manifest from the given contents (sorted by path).
+pub fn file_entries(files: &[(String, Source<'_>)]) -> Result<Vec<FileEntry>, BundleError> {
+    let mut out = Vec::new();
+    for (path, src) in files {
+        let (sha256, size) = match src {
+            Source::Bytes(b) => (crate::sha256_hex(b), b.len() as u64),
+            Source::File(p) => {
+                let mut f = std::fs::File::open(p).map_err(|e| BundleError::io(p, e))?;
+                let mut h = Sha256::new();
+                let n = io::copy(&mut f, &mut h).map_err(|e| BundleError::io(p, e))?;
+                (hex::encode(h.finalize()), n)
+            }
+        };
+        out.push(FileEntry { path: path.clone(), sha256, size });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn header(path: &str, size: u64, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(size);
+    h.set_mode(0o444);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_username("").ok();
+    h.set_groupname("").ok();
+    h.set_path(path).expect("safe paths fit a ustar header");
+    h.set_cksum();
+    h
+}
+
+/// Write a bundle to `out` atomically: the archive goes to a temporary file in
+/// the same directory and is renamed over `out` only when complete, so a
+/// failure or an interruption never leaves a partial bundle.
+///
+/// `files` must be exactly the manifest's files, with matching content.
+pub fn write_bundle(
+    out: &Path,
+    manifest_json: &[u8],
+    signature: Option<&str>,
+    files: &[(String, Source<'_>)],
+    mtime: u64,
+) -> Result<(), BundleError> {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| BundleError::io(dir, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".limes-tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| BundleError::io(dir, e))?;
+    let io_err = |e: io::Error| BundleError::io(tmp.path(), e);
+
+    let manifest = Manifest::from_json(manifest_json)?;
+    let mut sorted: Vec<&(String, Source<'_>)> = files.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    if sorted.iter().map(|f| f.0.as_str()).ne(manifest.files.iter().map(|f| f.path.as_str())) {
+        return Err(BundleError::Manifest("files given do not match the manifest's file list".into()));
+    }
+
+    let mut enc = zstd::stream::Encoder::new(tmp.as_file(), ZSTD_LEVEL).map_err(io_err)?;
+    enc.include_checksum(true).map_err(io_err)?;
+    enc.include_contentsize(false).map_err(io_err)?;
+    {
+        let mut tar = tar::Builder::new(&mut enc);
+        let mut add = |path: &str, size: u64, data: &mut dyn Read| -> io::Result<()> {
+            let h = header(path, size, mtime);
+            tar.append(&h, data)
+        };
+        add(MANIFEST_PATH, manifest_json.len() as u64, &mut &manifest_json[..]).map_err(io_err)?;
+        if let Some(sig) = signature {
+            add(SIGNATURE_PATH, sig.len() as u64, &mut sig.as_bytes()).map_err(io_err)?;
+        }
+        for ((path, src), entry) in sorted.iter().map(|f| (&f.0, &f.1)).zip(&manifest.files) {
+            match src {
+                Source::Bytes(b) => add(path, b.len() as u64, &mut &b[..]).map_err(io_err)?,
+                Source::File(p) => {
+                    let mut f = std::fs::File::open(p).map_err(|e| BundleError::io(p, e))?;
+                    let size = f.metadata().map_err(|e| BundleError::io(p, e))?.len();
+                    if size != entry.size {
+                        return Err(BundleError::SizeMismatch {
+                            path: path.clone(),
+                            expected: entry.size,
+                            actual: size,
+                        });
+                    }
+                    add(path, size, &mut f).map_err(io_err)?
+                }
+            }
+        }
+        tar.into_inner().map_err(io_err)?;
+    }
+    enc.finish().map_err(io_err)?.sync_all().map_err(io_err)?;
+    tmp.persist(out).map_err(|e| BundleError::io(out, e.error))?;
+    Ok(())
+}
+
+/// What a reader does with each verified-as-it-streams file. The data reader
+/// yields exactly the entry's bytes; the caller must treat what it wrote as
+/// untrusted until [`read_bundle`] returns `Ok` (the digest is checked after
+/// the last byte).
+pub trait FileSink {
+    fn file(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()>;
+}
+
+/// Discards file contents (verification only).
+pub struct Discard;
+
+impl FileSink for Discard {
+    fn file(&mut self, _entry: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        io::copy(data, &mut io::sink()).map(|_| ())
+    }
+}
+
+/// Keeps file contents in memory (tests, inspection of small bundles).
+#[derive(Default)]
+pub struct InMemory(pub Vec<(String, Vec<u8>)>);
+
+impl FileSink for InMemory {
+    fn file(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        let mut v = Vec::with_capacity(entry.size.min(64 << 20) as usize);
+        data.read_to_end(&mut v)?;
+        self.0.push((entry.path.clone(), v));
+        Ok(())
+    }
+}
+
+/// How the signature is treated.
+pub enum SignaturePolicy<'a> {
+    /// The bundle must be signed by one of these keys.
+    Require(&'a TrustedKeys),
+    /// Check everything else, report the signer, but trust no key
+    /// (`inspect`, `verify` without `--key`).
+    Unverified,
+}
+
+/// A bundle whose manifest, files, sizes and digests all checked out.
+#[derive(Debug)]
+pub struct VerifiedBundle {
+    pub manifest: Manifest,
+    pub manifest_bytes: Vec<u8>,
+    /// Raw text of `manifest.json.minisig`, when present.
+    pub signature: Option<String>,
+    /// Key id the signature claims (checked only under `Require`).
+    pub signer: Option<KeyId>,
+    pub signature_verified: bool,
+    pub trusted_comment: Option<String>,
+    pub compressed_size: u64,
+}
+
+/// Reader that fails once more than `left` bytes pass through it.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    what: &'static str,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, LimitHit(self.what)));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[derive(Debug)]
+struct LimitHit(&'static str);
+impl std::fmt::Display for LimitHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} limit exceeded", self.0)
+    }
+}
+impl std::error::Error for LimitHit {}
+
+fn classify(e: io::Error, context: &str) -> BundleError {
+    if let Some(l) = e.get_ref().and_then(|i| i.downcast_ref::<LimitHit>()) {
+        return BundleError::TooLarge(format!("{} while reading {context}", l));
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => BundleError::Archive(format!("truncated while reading {context}")),
+        _ => {
+            let msg = e.to_string();
+            if msg.contains("zstd") || msg.to_lowercase().contains("checksum") || msg.contains("Unknown frame") || msg.contains("corrupt") || msg.contains("rror") {
+                BundleError::Compression(format!("{msg} (while reading {context})"))
+            } else {
+                BundleError::Archive(format!("{msg} (while reading {context})"))
+            }
+        }
+    }
+}
+
+struct HashingReader<'a, R> {
+    inner: R,
+    hasher: &'a mut Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn read_small(entry: &mut dyn Read, size: u64, max: u64, what: &str) -> Result<Vec<u8>, BundleError> {
+    if size > max {
+        return Err(BundleError::TooLarge(format!("{what} is {size} bytes (limit {max})")));
+    }
+    let mut v = Vec::with_capacity(size as usize);
+    entry.take(size).read_to_end(&mut v).map_err(|e| classify(e, what))?;
+    if v.len() as u64 != size {
+        return Err(BundleError::Archive(format!("{what} is truncated")));
+    }
+    Ok(v)
+}
+
+/// Check one tar entry's header: a regular file with a safe path that the
+/// header states directly (no long-name or pax override).
+fn check_entry(entry: &tar::Entry<'_, impl Read>) -> Result<String, BundleError> {
+    let h = entry.header();
+    let ty = h.entry_type();
+    let path = String::from_utf8(entry.path_bytes().into_owned())
+        .map_err(|_| BundleError::UnsafeEntry("entry path is not UTF-8".into()))?;
+    if !ty.is_file() || ty != tar::EntryType::Regular {
+        let kind = if ty.is_symlink() {
+            "a symlink"
+        } else if ty.is_hard_link() {
+            "a hard link"
+        } else if ty.is_dir() {
+            "a directory"
+        } else if ty.is_character_special() || ty.is_block_special() {
+            "a device node"
+        } else {
+            "not a regular file"
+        };
+        return Err(BundleError::UnsafeEntry(format!("{path:?} is {kind}")));
+    }
+    if entry.path_bytes().as_ref() != h.path_bytes().as_ref() {
+        return Err(BundleError::UnsafeEntry(format!("{path:?} uses a long-name or pax path override")));
+    }
+    if path != MANIFEST_PATH && path != SIGNATURE_PATH && !is_safe_path(&path) {
+        return Err(BundleError::UnsafeEntry(format!("{path:?} is not a safe relative path")));
+    }
+    Ok(path)
+}
+
+/// Read and verify the bundle at `path`, streaming each listed file through
+/// `sink`. The manifest and signature are checked before any other entry is
+/// read; each file's size and SHA-256 are checked as it streams; the archive
+/// must end exactly after the listed files.
+pub fn read_bundle(
+    path: &Path,
+    limits: &BundleLimits,
+    policy: SignaturePolicy<'_>,
+    sink: &mut dyn FileSink,
+) -> Result<VerifiedBundle, BundleError> {
+    let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let compressed_size = file.metadata().map_err(|e| BundleError::io(path, e))?.len();
+    if compressed_size > limits.max_compressed {
+        return Err(BundleError::TooLarge(format!(
+            "bundle is {compressed_size} bytes (limit {})",
+            limits.max_compressed
+        )));
+    }
+    read_stream(file, compressed_size, limits, policy, sink)
+}
+
+/// [`read_bundle`] over any reader of compressed bytes.
+pub fn read_stream(
+    compressed: impl Read,
+    compressed_size: u64,
+    limits: &BundleLimits,
+    policy: SignaturePolicy<'_>,
+    sink: &mut dyn FileSink,
+) -> Result<VerifiedBundle, BundleError> {
+    let raw = BufReader::new(Bounded { inner: compressed, left: limits.max_compressed, what: "compressed size" });
+    let mut dec = zstd::stream::read::Decoder::with_buffer(raw)
+        .map_err(|e| BundleError::Compression(e.to_string()))?
+        .single_frame();
+    dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| BundleError::Compression(e.to_string()))?;
+    let mut unpacked = Bounded { inner: dec, left: limits.max_unpacked, what: "unpacked size" };
+
+    let mut archive = tar::Archive::new(&mut unpacked);
+    let mut entries = archive.entries().map_err(|e| classify(e, "archive"))?;
+    let mut next = |what: &str| -> Result<Option<tar::Entry<'_, _>>, BundleError> {
+        entries.next().transpose().map_err(|e| classify(e, what))
+    };
+
+    // 1. The manifest.
+    let mut entry = next("manifest header")?.ok_or_else(|| BundleError::Archive("bundle is empty".into()))?;
+    let p = check_entry(&entry)?;
+    if p != MANIFEST_PATH {
+        return Err(BundleError::Archive(format!("first entry must be {MANIFEST_PATH}, found {p:?}")));
+    }
+    let size = entry.header().size().map_err(|e| classify(e, MANIFEST_PATH))?;
+    let manifest_bytes = read_small(&mut entry, size, limits.max_manifest, MANIFEST_PATH)?;
+    drop(entry);
+
+    // 2. The signature: checked before anything else is read.
+    let mut entry = next("signature header")?;
+    let mut signature = None;
+    if let Some(e) = entry.as_mut() {
+        if check_entry(e)? == SIGNATURE_PATH {
+            let size = e.header().size().map_err(|er| classify(er, SIGNATURE_PATH))?;
+            let bytes = read_small(e, size, limits.max_signature, SIGNATURE_PATH)?;
+            signature = Some(
+                String::from_utf8(bytes).map_err(|_| BundleError::Signature("signature file is not UTF-8".into()))?,
+            );
+            entry = None;
+        }
+    }
+    let (signer, signature_verified, trusted_comment) = match (&signature, &policy) {
+        (None, SignaturePolicy::Require(_)) => return Err(BundleError::Unsigned),
+        (None, SignaturePolicy::Unverified) => (None, false, None),
+        (Some(text), policy) => {
+            let info = SignatureInfo::parse(text)?;
+            let verified = match policy {
+                SignaturePolicy::Require(keys) => {
+                    keys.verify(&manifest_bytes, &info)?;
+                    true
+                }
+                SignaturePolicy::Unverified => false,
+            };
+            (Some(info.key_id), verified, Some(info.trusted_comment))
+        }
+    };
+    // Only now is the manifest's content trusted enough to parse.
+    let manifest = Manifest::from_json(&manifest_bytes)?;
+    if manifest.files.len() > limits.max_entries {
+        return Err(BundleError::TooLarge(format!(
+            "manifest lists {} files (limit {})",
+            manifest.files.len(),
+            limits.max_entries
+        )));
+    }
+    let declared: u64 = manifest.files.iter().map(|f| f.size).sum();
+    if declared > limits.max_unpacked {
+        return Err(BundleError::TooLarge(format!(
+            "manifest declares {declared} bytes of files (limit {})",
+            limits.max_unpacked
+        )));
+    }
+
+    // 3. Exactly the listed files, in order.
+    let mut expected = manifest.files.iter();
+    loop {
+        let e = match entry.take() {
+            Some(e) => Some(e),
+            None => next("entry header")?,
+        };
+        let Some(mut e) = e else { break };
+        let p = check_entry(&e)?;
+        let want = match expected.next() {
+            Some(w) if w.path == p => w,
+            Some(w) => {
+                return Err(if manifest.file(&p).is_some() {
+                    BundleError::Archive(format!("entry {p:?} is out of order or repeated (expected {:?})", w.path))
+                } else {
+                    BundleError::UnlistedFile(p)
+                })
+            }
+            None => {
+                return Err(if manifest.file(&p).is_some() || p == MANIFEST_PATH || p == SIGNATURE_PATH {
+                    BundleError::Archive(format!("entry {p:?} appears twice"))
+                } else {
+                    BundleError::UnlistedFile(p)
+                })
+            }
+        };
+        let size = e.header().size().map_err(|er| classify(er, &p))?;
+        if size != want.size {
+            return Err(BundleError::SizeMismatch { path: p, expected: want.size, actual: size });
+        }
+        let mut hasher = Sha256::new();
+        let mut hr = HashingReader { inner: (&mut e).take(size), hasher: &mut hasher, count: 0 };
+        sink.file(want, &mut hr).map_err(|er| classify(er, &p))?;
+        io::copy(&mut hr, &mut io::sink()).map_err(|er| classify(er, &p))?;
+        if hr.count != size {
+            return Err(BundleError::Archive(format!("{p:?} is truncated")));
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != want.sha256 {
+            return Err(BundleError::DigestMismatch { path: p, expected: want.sha256.clone(), actual });
+        }
+    }
+    if let Some(missing) = expected.next() {
+        return Err(BundleError::MissingFile(missing.path.clone()));
+    }
+    drop(archive);
+
+    // 4. Only end-of-archive padding may follow, then the zstd frame must end
+    // (which checks its content checksum) with no trailing bytes.
+    let mut rest = [0u8; 4096];
+    let mut padding = 0u64;
+    loop {
+        let n = unpacked.read(&mut rest).map_err(|e| classify(e, "archive end"))?;
+        if n == 0 {
+            break;
+        }
+        padding += n as u64;
+        if rest[..n].iter().any(|&b| b != 0) || padding > 64 << 10 {
+            return Err(BundleError::Archive("data after the last listed file".into()));
+        }
+    }
+    let mut raw = unpacked.inner.finish();
+    let trailing = raw.fill_buf().map_err(|e| classify(e, "bundle end"))?;
+    if !trailing.is_empty() {
+        return Err(BundleError::Archive("trailing bytes after the compressed archive".into()));
+    }
+
+    Ok(VerifiedBundle {
+        manifest,
+        manifest_bytes,
+        signature,
+        signer,
+        signature_verified,
+        trusted_comment,
+        compressed_size,
+    })
+}
+
+/// Rewrite `out` (atomically) with `signature` added or replaced, keeping the
+/// manifest and files. The input is fully verified first (without trusting
+/// any key), so signing never blesses a damaged bundle.
+pub fn resign(
+    bundle: &Path,
+    out: &Path,
+    signature: &str,
+    limits: &BundleLimits,
+) -> Result<VerifiedBundle, BundleError> {
+    let mut mem = InMemory::default();
+    let v = read_bundle(bundle, limits, SignaturePolicy::Unverified, &mut mem)?;
+    let files: Vec<(String, Source<'_>)> =
+        mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b.as_slice()))).collect();
+    write_bundle(out, &v.manifest_bytes, Some(signature), &files, v.manifest.provenance.source_date_epoch)?;
+    Ok(v)
+}
+
+/// Write helper used by callers that stream into files.
+pub fn copy_exact(data: &mut dyn Read, out: &mut dyn Write) -> io::Result<u64> {
+    io::copy(data, out)
+}

@@ -1,0 +1,68 @@
+//! The limes bundle format, shared by the packer (`limes-pack`) and the
+//! device-side loader (`limes`).
+//!
+//! Owns: the manifest schema ([`manifest`]), the engine profile and CPU tiers
+//! that decide how components are precompiled and loaded ([`profile`]),
+//! deterministic bundle writing and bounded, verifying bundle reading
+//! ([`archive`]), and minisign-compatible keys and signatures ([`keys`]).
+//!
+//! Must not touch: Cranelift or any compiler (the loader links this crate and
+//! must stay thin), the network, or anything outside the paths it is given.
+//! Creating signatures is behind the `sign` feature; verifying is always on.
+
+pub mod archive;
+pub mod keys;
+pub mod manifest;
+pub mod profile;
+
+pub use archive::{BundleLimits, VerifiedBundle};
+pub use keys::{KeyId, PublicKey, TrustedKeys};
+pub use manifest::Manifest;
+pub use profile::{EngineProfile, Tier};
+
+use sha2::{Digest, Sha256};
+
+/// Lower-case hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Everything that can go wrong reading, verifying or writing a bundle.
+/// Every variant names what broke, so a CI log says where to look.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("bundle is not a valid zstd stream: {0}")]
+    Compression(String),
+    #[error("bundle archive is malformed: {0}")]
+    Archive(String),
+    #[error("bundle exceeds a size limit: {0}")]
+    TooLarge(String),
+    #[error("unsafe entry in bundle: {0}")]
+    UnsafeEntry(String),
+    #[error("manifest is invalid: {0}")]
+    Manifest(String),
+    #[error("bundle is not signed (no manifest.json.minisig); sign it with `limes-pack sign`")]
+    Unsigned,
+    #[error("signature is invalid: {0}")]
+    Signature(String),
+    #[error("bundle is signed by key {0}, which is not trusted")]
+    UntrustedKey(KeyId),
+    #[error("digest mismatch for {path}: manifest says sha256 {expected}, content is {actual}")]
+    DigestMismatch { path: String, expected: String, actual: String },
+    #[error("size mismatch for {path}: manifest says {expected} bytes, entry has {actual}")]
+    SizeMismatch { path: String, expected: u64, actual: u64 },
+    #[error("file {0} is listed in the manifest but missing from the bundle")]
+    MissingFile(String),
+    #[error("entry {0} is not listed in the manifest")]
+    UnlistedFile(String),
+    #[error("key error: {0}")]
+    Key(String),
+}
+
+impl BundleError {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        BundleError::Io { path: path.as_ref().display().to_string(), source }
+    }
+}

@@ -1,0 +1,355 @@
+//! The bundle manifest (`manifest.json`), version 1.
+//!
+//! The manifest is the only thing that is signed; it lists every other file
+//! of the bundle with its SHA-256 and size, so the signature covers them all.
+//! Unknown fields are rejected: a loader must not run a bundle whose manifest
+//! says something it does not understand.
+
+use crate::profile::{EngineProfile, Tier};
+use crate::BundleError;
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "limes.bundle/v1";
+pub const MANIFEST_PATH: &str = "manifest.json";
+pub const SIGNATURE_PATH: &str = "manifest.json.minisig";
+pub const COMPONENT_PATH: &str = "component.wasm";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub schema: String,
+    pub function: FunctionInfo,
+    pub world: WorldInfo,
+    pub engine: EngineInfo,
+    pub limits: Limits,
+    #[serde(default)]
+    pub preopens: Vec<Preopen>,
+    /// Path of the component inside the bundle.
+    pub component: String,
+    /// One precompiled artifact per CPU tier.
+    pub aot: Vec<AotArtifact>,
+    /// The microVM image of the same function, when built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microvm: Option<MicroVm>,
+    /// Every file of the bundle except the manifest and its signature, in
+    /// archive order (sorted by path).
+    pub files: Vec<FileEntry>,
+    pub provenance: Provenance,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Which world the component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorldKind {
+    /// `limes:function/handler@0.1.x`.
+    Limes,
+    /// The Limes study's `component:run/run` (`run: func(args: string) -> string`).
+    ComponentRun,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldInfo {
+    pub kind: WorldKind,
+    /// The exported interface, e.g. `limes:function/handler@0.1.0`.
+    pub export: String,
+    /// Interfaces the component imports (all WASI 0.2).
+    pub imports: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineInfo {
+    pub wasmtime: String,
+    pub profile: EngineProfile,
+    pub profile_digest: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest linear memory a single instance may grow to.
+    pub memory_bytes: u64,
+    /// Wall-time limit of one invocation.
+    pub timeout_ms: u64,
+    /// Largest request body a host should accept.
+    pub max_input_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 256 << 20, timeout_ms: 10_000, max_input_bytes: 32 << 20 }
+    }
+}
+
+/// A directory the host may preopen for the function. The device operator
+/// binds `name` to a host directory; the guest sees it at `guest_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preopen {
+    pub name: String,
+    pub guest_path: String,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AotArtifact {
+    pub tier: String,
+    pub target: String,
+    /// Cranelift ISA flags the artifact was compiled with.
+    pub cpu_flags: Vec<String>,
+    pub path: String,
+    /// `Engine::precompile_compatibility_hash` of the compiling engine,
+    /// SHA-256 of its `Hash` output: a cache key, not a load check.
+    pub compat_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MicroVm {
+    /// The native executable's target triple.
+    pub target: String,
+    /// newc cpio initrd whose /init is the function.
+    pub initrd: String,
+    /// Optional read-only root disk image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    /// Kernel embedded in the bundle; otherwise a device-side setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Firecracker `--config-file` JSON.
+    pub firecracker_config: String,
+    pub boot_args: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// SHA-256 over the function crate's source files (paths and contents).
+    pub source_digest: String,
+    pub rustc: String,
+    pub limes_pack: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    /// `SOURCE_DATE_EPOCH` when set, else 0: builds are reproducible by default.
+    pub source_date_epoch: u64,
+    /// `name version` of the function crate's resolved dependencies.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+}
+
+/// Whether `p` is a path limes writes into bundles: 1 to 3 components of
+/// `[A-Za-z0-9._-]`, none `.` or `..`, at most 100 bytes (fits a ustar header).
+pub fn is_safe_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 100
+        && p.split('/').count() <= 3
+        && p.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        })
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parse and check a manifest: syntax, then [`Manifest::validate`].
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, BundleError> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.path == path)
+    }
+
+    /// Bundle file name: `NAME-VERSION.limes`.
+    pub fn bundle_file_name(&self) -> String {
+        format!("{}-{}.limes", self.function.name, self.function.version)
+    }
+
+    /// Schema rules beyond what serde checks.
+    pub fn validate(&self) -> Result<(), BundleError> {
+        let bad = |m: String| Err(BundleError::Manifest(m));
+        if self.schema != SCHEMA {
+            return bad(format!("unsupported schema {:?} (this build reads {SCHEMA:?})", self.schema));
+        }
+        if !is_name(&self.function.name) {
+            return bad(format!("function name {:?} is not [A-Za-z0-9._-]{{1,64}}", self.function.name));
+        }
+        if !is_name(&self.function.version) {
+            return bad(format!("function version {:?} is not a plain version", self.function.version));
+        }
+        if self.engine.profile_digest != self.engine.profile.digest() {
+            return bad("engine.profile_digest does not match engine.profile".into());
+        }
+        if self.limits.memory_bytes == 0 || self.limits.timeout_ms == 0 || self.limits.max_input_bytes == 0 {
+            return bad("limits must be non-zero".into());
+        }
+        let mut prev: Option<&str> = None;
+        for f in &self.files {
+            if !is_safe_path(&f.path) {
+                return bad(format!("file path {:?} is not a safe relative path", f.path));
+            }
+            if f.path == MANIFEST_PATH || f.path == SIGNATURE_PATH {
+                return bad(format!("{} may not be listed in files", f.path));
+            }
+            if let Some(p) = prev {
+                if p >= f.path.as_str() {
+                    return bad(format!("files are not sorted and unique at {:?}", f.path));
+                }
+            }
+            prev = Some(&f.path);
+            if !is_sha256(&f.sha256) {
+                return bad(format!("sha256 of {:?} is not 64 lower-case hex digits", f.path));
+            }
+        }
+        let listed = |p: &str, what: &str| -> Result<(), BundleError> {
+            if self.file(p).is_none() {
+                return Err(BundleError::Manifest(format!("{what} {p:?} is not listed in files")));
+            }
+            Ok(())
+        };
+        listed(&self.component, "component")?;
+        let mut tiers = Vec::new();
+        for a in &self.aot {
+            listed(&a.path, "AOT artifact")?;
+            let Some(tier) = Tier::by_name(&a.tier) else {
+                return bad(format!("unknown CPU tier {:?}", a.tier));
+            };
+            if tier.cranelift_flags.iter().map(|s| s.to_string()).collect::<Vec<_>>() != a.cpu_flags {
+                return bad(format!("cpu_flags of tier {} do not match the tier's definition", a.tier));
+            }
+            if tiers.contains(&a.tier) {
+                return bad(format!("tier {} listed twice", a.tier));
+            }
+            tiers.push(a.tier.clone());
+        }
+        if let Some(vm) = &self.microvm {
+            listed(&vm.initrd, "initrd")?;
+            listed(&vm.firecracker_config, "firecracker config")?;
+            if let Some(r) = &vm.rootfs {
+                listed(r, "rootfs")?;
+            }
+            if let Some(k) = &vm.kernel {
+                listed(k, "kernel")?;
+            }
+        }
+        for p in &self.preopens {
+            if !is_name(&p.name) || !p.guest_path.starts_with('/') || p.guest_path.contains("..") {
+                return bad(format!("preopen {:?} -> {:?} is invalid", p.name, p.guest_path));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample() -> Manifest {
+        let profile = EngineProfile::default();
+        Manifest {
+            schema: SCHEMA.into(),
+            function: FunctionInfo { name: "noop".into(), version: "0.1.0".into(), description: None },
+            world: WorldInfo {
+                kind: WorldKind::Limes,
+                export: "limes:function/handler@0.1.0".into(),
+                imports: vec![],
+            },
+            engine: EngineInfo {
+                wasmtime: crate::profile::WASMTIME_VERSION.into(),
+                profile_digest: profile.digest(),
+                profile,
+            },
+            limits: Limits::default(),
+            preopens: vec![],
+            component: COMPONENT_PATH.into(),
+            aot: vec![],
+            microvm: None,
+            files: vec![FileEntry {
+                path: COMPONENT_PATH.into(),
+                sha256: crate::sha256_hex(b"x"),
+                size: 1,
+            }],
+            provenance: Provenance {
+                source_digest: "0".repeat(64),
+                rustc: "rustc".into(),
+                limes_pack: "0.1.0".into(),
+                git_commit: None,
+                source_date_epoch: 0,
+                dependencies: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_and_rules() {
+        let m = sample();
+        assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
+
+        let mut bad = m.clone();
+        bad.files[0].path = "../x".into();
+        assert!(bad.validate().is_err());
+        let mut bad = m.clone();
+        bad.schema = "limes.bundle/v9".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("unsupported schema"));
+        let mut bad = m.clone();
+        bad.component = "other.wasm".into();
+        assert!(bad.validate().is_err());
+        let mut bad = m.clone();
+        bad.engine.profile.consume_fuel = true;
+        assert!(bad.validate().is_err());
+
+        let mut json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        json["surprise"] = 1.into();
+        assert!(Manifest::from_json(&serde_json::to_vec(&json).unwrap()).is_err());
+    }
+
+    #[test]
+    fn safe_paths() {
+        for ok in ["component.wasm", "aot/x86-64-v3.cwasm", "microvm/initrd.cpio.zst"] {
+            assert!(is_safe_path(ok), "{ok}");
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a\\b", "a b", "a/b/c/d"] {
+            assert!(!is_safe_path(bad), "{bad}");
+        }
+    }
+}
