@@ -1,1 +1,37 @@
-fn main(){}
+//! `limes-pack`: build Rust functions into signed, AOT-compiled bundles.
+//!
+//! This binary is a thin shell: each subcommand is a clap struct in
+//! `commands/` whose `execute()` calls into `limes-build` / `limes-bundle`.
+
+mod commands;
+mod ui;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Build Rust functions into signed, reproducible bundles that start in well
+/// under a millisecond on edge devices.
+///
+/// Typical flow: `limes-pack new hello`, `limes-pack keygen`,
+/// `limes-pack build hello --sign limes.key`, then on the device
+/// `limes install hello-0.1.0.limes --trust limes.pub && limes run hello`.
+///
+/// Exit codes: 0 success; 1 error (build, I/O, bad input); 2 usage error;
+/// 3 a bundle failed verification.
+#[derive(Parser)]
+#[command(name = "limes-pack", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: ui::GlobalArgs,
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ui = ui::Ui::new(&cli.global);
+    match cli.command.execute(&ui) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ui.fail(&e),
+    }
+}

@@ -17,7 +17,7 @@ use crate::keys::{KeyId, SignatureInfo, TrustedKeys};
 use crate::manifest::{is_safe_path, FileEntry, Manifest, MANIFEST_PATH, SIGNATURE_PATH};
 use crate::BundleError;
 use sha2::{Digest, Sha256};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 /// zstd level used for bundles. Fixed: part of what makes builds reproducible.
@@ -487,18 +487,15 @@ pub fn read_stream(
 pub fn resign(
     bundle: &Path,
     out: &Path,
-    signature: &str,
     limits: &BundleLimits,
+    sign: impl FnOnce(&VerifiedBundle) -> String,
 ) -> Result<VerifiedBundle, BundleError> {
     let mut mem = InMemory::default();
     let v = read_bundle(bundle, limits, SignaturePolicy::Unverified, &mut mem)?;
+    let signature = sign(&v);
     let files: Vec<(String, Source<'_>)> =
         mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b.as_slice()))).collect();
-    write_bundle(out, &v.manifest_bytes, Some(signature), &files, v.manifest.provenance.source_date_epoch)?;
+    write_bundle(out, &v.manifest_bytes, Some(&signature), &files, v.manifest.provenance.source_date_epoch)?;
     Ok(v)
 }
 
-/// Write helper used by callers that stream into files.
-pub fn copy_exact(data: &mut dyn Read, out: &mut dyn Write) -> io::Result<u64> {
-    io::copy(data, out)
-}

@@ -140,6 +140,13 @@ macro_rules! export {
         pub fn __limes_handler(req: $crate::Request) -> ::core::result::Result<$crate::Response, $crate::Error> {
             $handler(req)
         }
+
+        /// Entry point of the native frame-protocol executable.
+        #[doc(hidden)]
+        #[cfg(not(target_family = "wasm"))]
+        pub fn __limes_native_main() -> ! {
+            $crate::native::main(__limes_handler)
+        }
     };
 }
 

@@ -1,0 +1,103 @@
+use super::{load_secret_key, CargoFlags, CrateArgs};
+use crate::ui::Ui;
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+
+/// Build a function crate into a bundle.
+///
+/// Compiles the crate for wasm32-wasip2, checks that the component exports
+/// the limes world and imports only WASI 0.2, precompiles it with Wasmtime
+/// for each CPU tier, and writes `NAME-VERSION.limes` (tar + zstd, manifest
+/// with SHA-256 of every file, optionally signed). Output goes to
+/// `target/limes/` of the crate's workspace unless --out-dir is given.
+/// Builds are reproducible (SOURCE_DATE_EPOCH is honoured, default 0) and
+/// cached: a build with no change rewrites nothing.
+#[derive(Args)]
+pub struct BuildCommand {
+    #[command(flatten)]
+    krate: CrateArgs,
+    #[command(flatten)]
+    cargo: CargoFlags,
+    /// CPU tiers to precompile (repeat or comma-separate): x86-64,
+    /// x86-64-v2, x86-64-v3 [default: metadata `tiers`, else all].
+    #[arg(long, value_delimiter = ',')]
+    tier: Vec<String>,
+    /// Directory for the component and the bundle.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Sign with this minisign secret key: a file, or `env:VAR` for a
+    /// variable holding the key text.
+    #[arg(long, value_name = "KEY", env = "LIMES_SIGN")]
+    sign: Option<String>,
+}
+
+impl BuildCommand {
+    pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
+        let signing_key = self.sign.as_deref().map(load_secret_key).transpose().context("loading the signing key")?;
+        let opts = limes_build::BuildOptions {
+            path: self.krate.location(),
+            package: self.krate.package.clone(),
+            cargo: self.cargo.options(ui.quiet || ui.json),
+            tiers: self.tier.clone(),
+            out_dir: self.out_dir.clone(),
+            signing_key,
+            source_date_epoch: None,
+        };
+        let out = limes_build::build(&opts, ui)?;
+        let m = &out.manifest;
+        let json = serde_json::json!({
+            "ok": true,
+            "function": m.function.name,
+            "version": m.function.version,
+            "bundle": out.bundle,
+            "bundle_size": out.bundle_size,
+            "bundle_unchanged": out.bundle_unchanged,
+            "component": out.component,
+            "world": m.world,
+            "tiers": out.aot.iter().map(|a| serde_json::json!({
+                "tier": a.tier.name, "size": a.size, "cached": a.cached,
+                "compile_ms": a.compile_time.as_secs_f64() * 1e3,
+            })).collect::<Vec<_>>(),
+            "signed_by": out.signed_by.map(|k| k.to_string()),
+            "timings_ms": {
+                "cargo": out.timings.cargo.as_secs_f64() * 1e3,
+                "validate": out.timings.validate.as_secs_f64() * 1e3,
+                "aot": out.timings.aot.as_secs_f64() * 1e3,
+                "bundle": out.timings.bundle.as_secs_f64() * 1e3,
+                "total": out.timings.total.as_secs_f64() * 1e3,
+            },
+        });
+        ui.result(json, || {
+            let mut s = format!(
+                "built {} {} ({:?} world, export {})\n  imports: {}\n",
+                m.function.name,
+                m.function.version,
+                m.world.kind,
+                m.world.export,
+                if m.world.imports.is_empty() { "none".into() } else { m.world.imports.join(", ") }
+            );
+            for a in &out.aot {
+                s += &format!(
+                    "  tier {:<10} {:>9} bytes  {}\n",
+                    a.tier.name,
+                    a.size,
+                    if a.cached { "(cached)".to_string() } else { format!("{:.0} ms", a.compile_time.as_secs_f64() * 1e3) }
+                );
+            }
+            s += &format!("  component {}\n", out.component.display());
+            s += &format!(
+                "  bundle    {} ({} bytes{}{})\n",
+                out.bundle.display(),
+                out.bundle_size,
+                match out.signed_by {
+                    Some(k) => format!(", signed by {k}"),
+                    None => ", unsigned".into(),
+                },
+                if out.bundle_unchanged { ", unchanged" } else { "" }
+            );
+            s
+        });
+        Ok(())
+    }
+}

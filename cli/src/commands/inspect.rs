@@ -1,0 +1,69 @@
+use crate::ui::Ui;
+use anyhow::Context;
+use clap::Args;
+use limes_bundle::archive::{read_bundle, BundleLimits, Discard, SignaturePolicy};
+use std::path::PathBuf;
+
+/// Show a bundle's manifest: function, world, tiers, sizes, signer.
+///
+/// The bundle's digests and sizes are checked; the signature is reported
+/// but not trusted (use `verify --key` for that).
+#[derive(Args)]
+pub struct InspectCommand {
+    /// The bundle to inspect.
+    bundle: PathBuf,
+}
+
+impl InspectCommand {
+    pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
+        let v = read_bundle(&self.bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard)
+            .with_context(|| format!("{} is damaged", self.bundle.display()))?;
+        let m = &v.manifest;
+        let json = serde_json::json!({
+            "ok": true,
+            "bundle": self.bundle,
+            "compressed_size": v.compressed_size,
+            "signer_key_id": v.signer.map(|k| k.to_string()),
+            "trusted_comment": v.trusted_comment,
+            "manifest": m,
+        });
+        ui.result(json, || {
+            let mut s = format!("{} {}", m.function.name, m.function.version);
+            if let Some(d) = &m.function.description {
+                s += &format!(" - {d}");
+            }
+            s += &format!("\n  bundle     {} bytes, schema {}\n", v.compressed_size, m.schema);
+            s += &format!(
+                "  signer     {}\n",
+                v.signer.map(|k| format!("key {k} (not checked; use verify --key)")).unwrap_or_else(|| "unsigned".into())
+            );
+            s += &format!("  world      {:?}: {}\n", m.world.kind, m.world.export);
+            s += &format!("  imports    {}\n", m.world.imports.join(", "));
+            s += &format!("  engine     wasmtime {}, profile {}\n", m.engine.wasmtime, m.engine.profile.name);
+            s += &format!(
+                "  limits     memory {} MiB, timeout {} ms, input {} MiB\n",
+                m.limits.memory_bytes >> 20,
+                m.limits.timeout_ms,
+                m.limits.max_input_bytes >> 20
+            );
+            for p in &m.preopens {
+                s += &format!("  preopen    {} -> {}{}\n", p.name, p.guest_path, if p.writable { " (writable)" } else { "" });
+            }
+            for a in &m.aot {
+                let size = m.file(&a.path).map(|f| f.size).unwrap_or(0);
+                s += &format!("  tier       {:<10} {:>9} bytes  {}\n", a.tier, size, a.path);
+            }
+            for f in &m.files {
+                s += &format!("  file       {:<24} {:>9} bytes  sha256 {}\n", f.path, f.size, &f.sha256[..16]);
+            }
+            s += &format!(
+                "  provenance source {} rustc {:?} git {}\n",
+                &m.provenance.source_digest[..16],
+                m.provenance.rustc,
+                m.provenance.git_commit.as_deref().unwrap_or("none")
+            );
+            s
+        });
+        Ok(())
+    }
+}

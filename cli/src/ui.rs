@@ -1,0 +1,106 @@
+//! Output policy shared by all subcommands: human text on a TTY (with a
+//! spinner), one JSON document with `--json`, nothing but errors with
+//! `--quiet`; logs through `tracing` (`-v`, `RUST_LOG`).
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Print one machine-readable JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+pub struct Ui {
+    pub json: bool,
+    pub quiet: bool,
+    spinner: Option<ProgressBar>,
+}
+
+/// Exit code for a bundle that failed verification.
+pub const EXIT_VERIFY: u8 = 3;
+
+impl Ui {
+    pub fn new(args: &GlobalArgs) -> Ui {
+        let level = match args.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        let interactive = std::io::stderr().is_terminal() && !args.json && !args.quiet;
+        let spinner = interactive.then(|| {
+            let pb = ProgressBar::new_spinner();
+            pb.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap());
+            pb.enable_steady_tick(Duration::from_millis(100));
+            pb
+        });
+        Ui { json: args.json, quiet: args.quiet, spinner }
+    }
+
+    /// A human status line (stderr), unless quiet or JSON.
+    pub fn status(&self, msg: &str) {
+        if let Some(s) = &self.spinner {
+            s.println(msg);
+        } else if !self.quiet && !self.json {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// The command's result: JSON on stdout with `--json`, else the text.
+    pub fn result(&self, json: serde_json::Value, text: impl FnOnce() -> String) {
+        self.finish_spinner();
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&json).unwrap());
+        } else if !self.quiet {
+            print!("{}", text());
+        }
+    }
+
+    fn finish_spinner(&self) {
+        if let Some(s) = &self.spinner {
+            s.finish_and_clear();
+        }
+    }
+
+    pub fn fail(&self, e: &anyhow::Error) -> ExitCode {
+        self.finish_spinner();
+        let verify = e.chain().any(|c| c.downcast_ref::<limes_bundle::BundleError>().is_some_and(is_verification));
+        if self.json {
+            let v = serde_json::json!({
+                "ok": false,
+                "error": format!("{e:#}"),
+                "kind": if verify { "verification" } else { "error" },
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        }
+        eprintln!("error: {e:#}");
+        ExitCode::from(if verify { EXIT_VERIFY } else { 1 })
+    }
+}
+
+fn is_verification(e: &limes_bundle::BundleError) -> bool {
+    !matches!(e, limes_bundle::BundleError::Io { .. } | limes_bundle::BundleError::Key(_))
+}
+
+impl limes_build::Progress for Ui {
+    fn step(&self, msg: &str) {
+        match &self.spinner {
+            Some(s) => s.set_message(msg.to_string()),
+            None => tracing::info!("{msg}"),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Running cargo: the component build (`wasm32-wasip2`) and the native build
+//! of the same function (the frame-protocol executable for microVM images).
+
+use crate::project::Project;
+use cargo_metadata::Message;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Cargo flags forwarded from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct CargoOptions {
+    pub locked: bool,
+    pub offline: bool,
+    pub frozen: bool,
+    pub features: Vec<String>,
+    pub all_features: bool,
+    pub no_default_features: bool,
+    /// Cargo profile; `release` when unset.
+    pub profile: Option<String>,
+    /// Suppress cargo's own progress output (errors still show).
+    pub quiet: bool,
+}
+
+impl CargoOptions {
+    /// Flags understood by every cargo subcommand we run.
+    pub fn global_flags(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.locked {
+            v.push("--locked".into());
+        }
+        if self.offline {
+            v.push("--offline".into());
+        }
+        if self.frozen {
+            v.push("--frozen".into());
+        }
+        v
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "the Rust target `{target}` is not installed for the toolchain at {sysroot}; install it with:\n\n    rustup target add {target}\n"
+    )]
+    MissingTarget { target: String, sysroot: String },
+    #[error("could not run `{cmd}`: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("`cargo build` of `{package}` for {target} failed (cargo's errors are above)")]
+    CargoFailed { package: String, target: String },
+    #[error("cargo built `{package}` for {target} but produced no {what}; is the crate a cdylib?")]
+    NoArtifact { package: String, target: String, what: &'static str },
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Fail early, with the exact fix, when `target` lacks its standard library.
+pub fn ensure_target_installed(target: &str, cwd: &Path) -> Result<(), CompileError> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", target])
+        .current_dir(cwd)
+        .output()
+        .map_err(|source| CompileError::Spawn { cmd: format!("{rustc} --print target-libdir"), source })?;
+    let libdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let present = out.status.success()
+        && std::fs::read_dir(&libdir)
+            .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+            .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(cwd)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    Err(CompileError::MissingTarget { target: target.into(), sysroot })
+}
+
+fn profile_args(opts: &CargoOptions) -> Vec<String> {
+    match opts.profile.as_deref() {
+        None | Some("release") => vec!["--release".into()],
+        Some(p) => vec!["--profile".into(), p.into()],
+    }
+}
+
+/// Run `cmd` (a cargo build with `--message-format json-render-diagnostics`),
+/// letting cargo's diagnostics through on stderr, and return the files of
+/// the compiler artifact of `package_id` whose names satisfy `want`.
+fn run_cargo_json(
+    mut cmd: Command,
+    package: &str,
+    target: &str,
+    package_manifest: &Path,
+    want: impl Fn(&Path) -> bool,
+) -> Result<Option<PathBuf>, CompileError> {
+    let shown = format!("{cmd:?}");
+    tracing::debug!(command = %shown, "running cargo");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| CompileError::Spawn { cmd: shown.clone(), source })?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut found = None;
+    for msg in Message::parse_stream(BufReader::new(stdout)).flatten() {
+        if let Message::CompilerArtifact(a) = msg {
+            if a.manifest_path.as_std_path() == package_manifest {
+                if let Some(f) = a.filenames.iter().find(|f| want(f.as_std_path())) {
+                    found = Some(f.clone().into_std_path_buf());
+                }
+            }
+        }
+    }
+    let status = child.wait().map_err(|source| CompileError::Spawn { cmd: shown, source })?;
+    if !status.success() {
+        return Err(CompileError::CargoFailed { package: package.into(), target: target.into() });
+    }
+    Ok(found)
+}
+
+/// Build the function's component; returns the path cargo wrote it to.
+pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf, CompileError> {
+    ensure_target_installed(WASM_TARGET, &project.package_dir)?;
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&project.package_dir)
+        .arg("build")
+        .arg("--lib")
+        .args(["--target", WASM_TARGET])
+        .arg("--manifest-path")
+        .arg(&project.manifest_path)
+        .args(["--message-format", "json-render-diagnostics"])
+        .args(profile_args(opts))
+        .args(opts.global_flags());
+    if opts.quiet {
+        cmd.arg("--quiet");
+    }
+    let mut features = project.meta.features.clone();
+    features.extend(opts.features.iter().cloned());
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    if opts.all_features {
+        cmd.arg("--all-features");
+    }
+    if opts.no_default_features {
+        cmd.arg("--no-default-features");
+    }
+    run_cargo_json(cmd, &project.package_name, WASM_TARGET, &project.manifest_path, |p| {
+        p.extension().is_some_and(|e| e == "wasm")
+    })?
+    .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: WASM_TARGET.into(), what: ".wasm component" })
+}
+
+/// Build the function natively: a small generated crate whose `main` serves
+/// the frame protocol with the function's handler. `target` of `None` means
+/// the host. Returns the executable's path.
+pub fn build_native(project: &Project, target: Option<&str>, opts: &CargoOptions) -> Result<PathBuf, CompileError> {
+    if let Some(t) = target {
+        ensure_target_installed(t, &project.package_dir)?;
+    }
+    let shim_dir = project.target_dir.join("limes").join("native-shim").join(&project.package_name);
+    let write = |name: &str, text: &str| -> Result<(), CompileError> {
+        let p = shim_dir.join(name);
+        // Rewrite only on change, so cargo's fingerprints stay valid.
+        if std::fs::read_to_string(&p).ok().as_deref() != Some(text) {
+            std::fs::create_dir_all(&shim_dir)
+                .and_then(|_| std::fs::write(&p, text))
+                .map_err(|source| CompileError::Spawn { cmd: format!("write {}", p.display()), source })?;
+        }
+        Ok(())
+    };
+    let bin = format!("{}-native", project.function_name);
+    write(
+        "Cargo.toml",
+        &format!(
+            "# Generated by limes-pack: the native frame-protocol executable of `{pkg}`.\n\
+             [package]\nname = \"limes-native-{pkg}\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
+             [[bin]]\nname = \"{bin}\"\npath = \"main.rs\"\n\n\
+             [dependencies]\nfunction = {{ package = \"{pkg}\", path = {dir:?} }}\n\n\
+             [workspace]\n\n\
+             [profile.release]\nopt-level = 3\ncodegen-units = 1\nlto = \"thin\"\ndebug = false\nstrip = \"debuginfo\"\npanic = \"unwind\"\n",
+            pkg = project.package_name,
+            dir = project.package_dir.display().to_string(),
+        ),
+    )?;
+    write(
+        "main.rs",
+        "// Generated by limes-pack.\nfn main() {\n    function::__limes_native_main()\n}\n",
+    )?;
+    // Same dependency versions as the function's own workspace.
+    let lock = project.workspace_root.join("Cargo.lock");
+    if let Ok(text) = std::fs::read_to_string(&lock) {
+        if !shim_dir.join("Cargo.lock").exists() {
+            write("Cargo.lock", &text)?;
+        }
+    }
+    let mut cmd = Command::new(cargo());
+    let manifest = shim_dir.join("Cargo.toml");
+    cmd.current_dir(&shim_dir)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&project.target_dir)
+        .args(["--message-format", "json-render-diagnostics"])
+        .args(profile_args(opts));
+    if opts.offline {
+        cmd.arg("--offline");
+    }
+    if opts.quiet {
+        cmd.arg("--quiet");
+    }
+    if let Some(t) = target {
+        cmd.args(["--target", t]);
+    }
+    let target_name = target.unwrap_or("host").to_string();
+    run_cargo_json(cmd, &project.package_name, &target_name, &manifest, |p| {
+        p.file_name().is_some_and(|n| n.to_string_lossy() == bin)
+    })?
+    .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: target_name, what: "native executable" })
+}

@@ -1,0 +1,280 @@
+//! `limes-pack build`: crate -> component -> validated -> AOT tiers -> signed
+//! bundle. Each step is content-addressed, so a build with no change
+//! recompiles nothing and rewrites nothing.
+
+use crate::aot::{self, AotError, AotOutput};
+use crate::compile::{self, CargoOptions, CompileError};
+use crate::project::{Project, ProjectError};
+use crate::validate::{self, ComponentInfo, ValidateError};
+use limes_bundle::archive::{self, BundleLimits, Discard, SignaturePolicy, Source};
+use limes_bundle::keys::{KeyId, SecretKey};
+use limes_bundle::manifest::{
+    AotArtifact, EngineInfo, FunctionInfo, Manifest, Provenance, WorldInfo, COMPONENT_PATH, SCHEMA,
+};
+use limes_bundle::profile::{EngineProfile, TARGET_TRIPLE, WASMTIME_VERSION};
+use limes_bundle::BundleError;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Receives progress messages (a spinner on a TTY, nothing in CI).
+pub trait Progress: Sync {
+    fn step(&self, msg: &str);
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn step(&self, _msg: &str) {}
+}
+
+#[derive(Default)]
+pub struct BuildOptions {
+    /// Crate directory or Cargo.toml.
+    pub path: PathBuf,
+    pub package: Option<String>,
+    pub cargo: CargoOptions,
+    /// Tier names; empty means metadata or the defaults.
+    pub tiers: Vec<String>,
+    pub out_dir: Option<PathBuf>,
+    pub signing_key: Option<SecretKey>,
+    /// Overrides `SOURCE_DATE_EPOCH` from the environment.
+    pub source_date_epoch: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub cargo: Duration,
+    pub validate: Duration,
+    pub aot: Duration,
+    pub bundle: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug)]
+pub struct BuildOutput {
+    pub project: Project,
+    pub bundle: PathBuf,
+    pub component: PathBuf,
+    pub manifest: Manifest,
+    pub info: ComponentInfo,
+    pub aot: Vec<AotOutput>,
+    pub signed_by: Option<KeyId>,
+    /// The bundle on disk already had exactly these contents.
+    pub bundle_unchanged: bool,
+    pub bundle_size: u64,
+    pub timings: Timings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Project(#[from] ProjectError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
+    #[error(transparent)]
+    Aot(#[from] AotError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("SOURCE_DATE_EPOCH={0:?} is not a non-negative integer")]
+    BadEpoch(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io { path: path.to_path_buf(), source }
+}
+
+pub fn source_date_epoch(explicit: Option<u64>) -> Result<u64, BuildError> {
+    if let Some(e) = explicit {
+        return Ok(e);
+    }
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| BuildError::BadEpoch(v)),
+        _ => Ok(0),
+    }
+}
+
+/// SHA-256 over the crate's files (relative path, NUL, content), skipping
+/// build output and VCS metadata.
+pub fn source_digest(dir: &Path) -> Result<String, BuildError> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name == "target" || name.starts_with('.') {
+                continue;
+            }
+            let ty = e.file_type()?;
+            if ty.is_dir() {
+                walk(root, &e.path(), out)?;
+            } else if ty.is_file() {
+                out.push(e.path().strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files).map_err(io_err(dir))?;
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        let data = std::fs::read(dir.join(&f)).map_err(io_err(&f))?;
+        h.update(f.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(&data);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn command_line(cmd: &str, args: &[&str], cwd: &Path) -> Option<String> {
+    let out = Command::new(cmd).args(args).current_dir(cwd).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn git_commit(dir: &Path) -> Option<String> {
+    let commit = command_line("git", &["rev-parse", "HEAD"], dir)?;
+    let dirty = command_line("git", &["status", "--porcelain", "--", "."], dir).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{commit}-dirty") } else { commit })
+}
+
+/// Everything `limes-pack build` does.
+pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput, BuildError> {
+    let start = Instant::now();
+    let mut timings = Timings::default();
+    let epoch = source_date_epoch(opts.source_date_epoch)?;
+
+    progress.step("locating crate");
+    let project = Project::discover(&opts.path, opts.package.as_deref(), &opts.cargo.global_flags())?;
+    let tiers = project.tiers(&opts.tiers);
+    if let Some(bad) = opts.tiers.iter().find(|t| limes_bundle::Tier::by_name(t).is_none()) {
+        return Err(BuildError::Project(ProjectError::BadMetadata(
+            project.package_name.clone(),
+            format!("unknown tier {bad:?}; known tiers: {}", limes_bundle::Tier::names().join(", ")),
+        )));
+    }
+
+    progress.step(&format!("compiling {} for {}", project.package_name, compile::WASM_TARGET));
+    let t = Instant::now();
+    let built = compile::build_component(&project, &opts.cargo)?;
+    timings.cargo = t.elapsed();
+
+    progress.step("validating component");
+    let t = Instant::now();
+    let wasm = std::fs::read(&built).map_err(io_err(&built))?;
+    let info = validate::validate_component(&wasm, &built.display().to_string())?;
+    timings.validate = t.elapsed();
+
+    let out_dir = opts.out_dir.clone().unwrap_or_else(|| project.target_dir.join("limes"));
+    std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+    let component_out = out_dir.join(format!("{}.wasm", project.function_name));
+    if std::fs::read(&component_out).ok().as_deref() != Some(&wasm[..]) {
+        aot::write_atomic(&component_out, &wasm).map_err(io_err(&component_out))?;
+    }
+
+    progress.step(&format!(
+        "precompiling {} tier(s): {}",
+        tiers.len(),
+        tiers.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+    ));
+    let t = Instant::now();
+    let profile = EngineProfile::default();
+    let cache = project.target_dir.join("limes").join("cache").join("aot");
+    let aot_out = aot::precompile(&wasm, &tiers, &profile, &cache)?;
+    timings.aot = t.elapsed();
+
+    progress.step("assembling bundle");
+    let t = Instant::now();
+    let aot_paths: Vec<String> = aot_out.iter().map(|a| format!("aot/{}.cwasm", a.tier.name)).collect();
+    let mut files: Vec<(String, Source<'_>)> = vec![(COMPONENT_PATH.to_string(), Source::Bytes(&wasm))];
+    for (a, p) in aot_out.iter().zip(&aot_paths) {
+        files.push((p.clone(), Source::File(&a.path)));
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let manifest = Manifest {
+        schema: SCHEMA.into(),
+        function: FunctionInfo {
+            name: project.function_name.clone(),
+            version: project.version.clone(),
+            description: project.description.clone(),
+        },
+        world: WorldInfo { kind: info.kind, export: info.export.clone(), imports: info.imports.clone() },
+        engine: EngineInfo { wasmtime: WASMTIME_VERSION.into(), profile_digest: profile.digest(), profile },
+        limits: project.limits(),
+        preopens: project.preopens(),
+        component: COMPONENT_PATH.into(),
+        aot: aot_out
+            .iter()
+            .zip(&aot_paths)
+            .map(|(a, p)| AotArtifact {
+                tier: a.tier.name.into(),
+                target: TARGET_TRIPLE.into(),
+                cpu_flags: a.tier.cranelift_flags.iter().map(|s| s.to_string()).collect(),
+                path: p.clone(),
+                compat_hash: a.compat_hash.clone(),
+            })
+            .collect(),
+        microvm: None,
+        files: archive::file_entries(&files)?,
+        provenance: Provenance {
+            source_digest: source_digest(&project.package_dir)?,
+            rustc: command_line("rustc", &["-V"], &project.package_dir).unwrap_or_else(|| "unknown".into()),
+            limes_pack: env!("CARGO_PKG_VERSION").into(),
+            git_commit: git_commit(&project.package_dir),
+            source_date_epoch: epoch,
+            dependencies: project.dependencies.clone(),
+        },
+    };
+    manifest.validate()?;
+    let manifest_json = manifest.to_json();
+    let signature = opts.signing_key.as_ref().map(|k| k.sign(&manifest_json, &trusted_comment(&manifest)));
+
+    let bundle = out_dir.join(manifest.bundle_file_name());
+    let unchanged = is_same_bundle(&bundle, &manifest_json, signature.as_deref());
+    if !unchanged {
+        archive::write_bundle(&bundle, &manifest_json, signature.as_deref(), &files, epoch)?;
+    }
+    let bundle_size = std::fs::metadata(&bundle).map_err(io_err(&bundle))?.len();
+    timings.bundle = t.elapsed();
+    timings.total = start.elapsed();
+    Ok(BuildOutput {
+        project,
+        bundle,
+        component: component_out,
+        manifest,
+        info,
+        aot: aot_out,
+        signed_by: opts.signing_key.as_ref().map(|k| k.id()),
+        bundle_unchanged: unchanged,
+        bundle_size,
+        timings,
+    })
+}
+
+/// The signed one-line comment: what the bundle is, readable in `minisign -V`.
+pub fn trusted_comment(m: &Manifest) -> String {
+    format!("limes bundle {} {} schema {}", m.function.name, m.function.version, m.schema)
+}
+
+/// Whether `path` already holds an intact bundle with exactly this manifest
+/// and signature (so rewriting it would produce the same bytes).
+fn is_same_bundle(path: &Path, manifest_json: &[u8], signature: Option<&str>) -> bool {
+    match archive::read_bundle(path, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard) {
+        Ok(v) => v.manifest_bytes == manifest_json && v.signature.as_deref() == signature,
+        Err(_) => false,
+    }
+}
+
+/// Sign an existing bundle in place (or into `out`). The bundle is fully
+/// verified first, so signing never blesses a damaged bundle.
+pub fn sign_bundle(bundle: &Path, out: &Path, key: &SecretKey) -> Result<Manifest, BuildError> {
+    let v = archive::resign(bundle, out, &BundleLimits::default(), |v| {
+        key.sign(&v.manifest_bytes, &trusted_comment(&v.manifest))
+    })?;
+    Ok(v.manifest)
+}

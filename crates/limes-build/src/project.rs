@@ -1,0 +1,238 @@
+//! Finding the function crate and reading its `[package.metadata.limes]`.
+
+use cargo_metadata::{Metadata, MetadataCommand, Package};
+use limes_bundle::manifest::{Limits, Preopen};
+use limes_bundle::profile::{Tier, DEFAULT_TIERS};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Options a function crate may set in `[package.metadata.limes]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LimesMetadata {
+    /// Function name in the bundle (default: the package name).
+    pub name: Option<String>,
+    /// CPU tiers to precompile (default: all of `x86-64`, `x86-64-v2`, `x86-64-v3`).
+    pub tiers: Option<Vec<String>>,
+    pub memory_limit_mib: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_input_mib: Option<u64>,
+    #[serde(default)]
+    pub preopens: Vec<PreopenMeta>,
+    /// Cargo features enabled for the function build.
+    #[serde(default)]
+    pub features: Vec<String>,
+    pub microvm: Option<MicroVmMeta>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PreopenMeta {
+    pub name: String,
+    pub guest_path: String,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MicroVmMeta {
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+}
+
+/// A function crate, located and understood.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub package_name: String,
+    pub version: String,
+    pub description: Option<String>,
+    /// Function name (metadata `name`, else the package name).
+    pub function_name: String,
+    pub manifest_path: PathBuf,
+    pub package_dir: PathBuf,
+    pub workspace_root: PathBuf,
+    pub target_dir: PathBuf,
+    /// The lib target's name (file stem of the built `.wasm`).
+    pub lib_name: String,
+    pub meta: LimesMetadata,
+    /// `name version` of every package in the resolved graph except this one.
+    pub dependencies: Vec<String>,
+    pub uses_sdk: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error("no Cargo.toml at {0}; pass the function crate's directory or --manifest-path")]
+    NoManifest(PathBuf),
+    #[error("`cargo metadata` failed for {path}:\n{msg}")]
+    Metadata { path: PathBuf, msg: String },
+    #[error(
+        "{0} is a workspace root without a package of its own; pass a member directory \
+         (one of: {1}) or --package NAME"
+    )]
+    VirtualWorkspace(PathBuf, String),
+    #[error("package `{0}` is not in the workspace (members: {1})")]
+    UnknownPackage(String, String),
+    #[error(
+        "`{0}` is not a limes function crate: it neither depends on `limes-sdk` nor has \
+         [package.metadata.limes]. Add `limes-sdk` and `limes_sdk::export!(handler);`, \
+         or start from `limes-pack new NAME`"
+    )]
+    NotAFunction(String),
+    #[error(
+        "`{0}` has no library target built as a cdylib; add to its Cargo.toml:\n\n    [lib]\n    crate-type = [\"cdylib\", \"rlib\"]\n"
+    )]
+    NotCdylib(String),
+    #[error("[package.metadata.limes] of `{0}` is invalid: {1}")]
+    BadMetadata(String, String),
+}
+
+/// `name version` of every package the function links (normal and build
+/// dependencies, transitively; dev-dependencies excluded), sorted.
+fn dependency_closure(md: &Metadata, root: &cargo_metadata::PackageId) -> Vec<String> {
+    use cargo_metadata::DependencyKind;
+    let Some(resolve) = &md.resolve else { return Vec::new() };
+    let node = |id: &cargo_metadata::PackageId| resolve.nodes.iter().find(|n| &n.id == id);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![root.clone()];
+    while let Some(id) = todo.pop() {
+        let Some(n) = node(&id) else { continue };
+        for d in &n.deps {
+            let linked = d.dep_kinds.iter().any(|k| k.kind != DependencyKind::Development);
+            if linked && seen.insert(d.pkg.clone()) {
+                todo.push(d.pkg.clone());
+            }
+        }
+    }
+    let mut out: Vec<String> = seen
+        .iter()
+        .filter_map(|id| md.packages.iter().find(|p| &p.id == id))
+        .map(|p| format!("{} {}", p.name, p.version))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl Project {
+    /// Locate the crate. `path` is a directory or a `Cargo.toml`.
+    pub fn discover(path: &Path, package: Option<&str>, cargo_args: &[String]) -> Result<Project, ProjectError> {
+        let manifest = if path.is_dir() { path.join("Cargo.toml") } else { path.to_path_buf() };
+        if !manifest.is_file() {
+            return Err(ProjectError::NoManifest(manifest));
+        }
+        let manifest = manifest.canonicalize().map_err(|_| ProjectError::NoManifest(manifest.clone()))?;
+        let mut cmd = MetadataCommand::new();
+        cmd.manifest_path(&manifest);
+        let passthrough: Vec<String> =
+            cargo_args.iter().filter(|a| *a == "--locked" || *a == "--offline" || *a == "--frozen").cloned().collect();
+        cmd.other_options(passthrough);
+        let md = cmd.exec().map_err(|e| ProjectError::Metadata {
+            path: manifest.clone(),
+            msg: match e {
+                cargo_metadata::Error::CargoMetadata { stderr } => stderr,
+                other => other.to_string(),
+            },
+        })?;
+        Self::from_metadata(&md, &manifest, package)
+    }
+
+    fn from_metadata(md: &Metadata, manifest: &Path, package: Option<&str>) -> Result<Project, ProjectError> {
+        let members: Vec<&Package> = md.workspace_packages();
+        let names = || members.iter().map(|p| p.name.to_string()).collect::<Vec<_>>().join(", ");
+        let pkg = match package {
+            Some(name) => members
+                .iter()
+                .find(|p| p.name.as_str() == name)
+                .copied()
+                .ok_or_else(|| ProjectError::UnknownPackage(name.into(), names()))?,
+            None => members
+                .iter()
+                .find(|p| p.manifest_path.as_std_path() == manifest)
+                .copied()
+                .ok_or_else(|| ProjectError::VirtualWorkspace(manifest.to_path_buf(), names()))?,
+        };
+        let name = pkg.name.to_string();
+        let uses_sdk = pkg.dependencies.iter().any(|d| d.name == "limes-sdk");
+        let meta_value = pkg.metadata.get("limes");
+        if !uses_sdk && meta_value.is_none() {
+            return Err(ProjectError::NotAFunction(name));
+        }
+        let meta: LimesMetadata = match meta_value {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| ProjectError::BadMetadata(name.clone(), e.to_string()))?,
+            None => LimesMetadata::default(),
+        };
+        let lib = pkg
+            .targets
+            .iter()
+            .find(|t| t.crate_types.iter().any(|c| *c == cargo_metadata::CrateType::CDyLib))
+            .ok_or_else(|| ProjectError::NotCdylib(name.clone()))?;
+        let dependencies = dependency_closure(md, &pkg.id);
+        let project = Project {
+            function_name: meta.name.clone().unwrap_or_else(|| name.clone()),
+            package_name: name,
+            version: pkg.version.to_string(),
+            description: pkg.description.clone(),
+            manifest_path: pkg.manifest_path.clone().into_std_path_buf(),
+            package_dir: pkg.manifest_path.parent().expect("manifest has a parent").to_path_buf().into_std_path_buf(),
+            workspace_root: md.workspace_root.clone().into_std_path_buf(),
+            target_dir: md.target_directory.clone().into_std_path_buf(),
+            lib_name: lib.name.replace('-', "_"),
+            meta,
+            dependencies,
+            uses_sdk,
+        };
+        project.check_meta()?;
+        Ok(project)
+    }
+
+    fn check_meta(&self) -> Result<(), ProjectError> {
+        let bad = |m: String| Err(ProjectError::BadMetadata(self.package_name.clone(), m));
+        if let Some(tiers) = &self.meta.tiers {
+            for t in tiers {
+                if Tier::by_name(t).is_none() {
+                    return bad(format!("unknown tier {t:?}; known tiers: {}", Tier::names().join(", ")));
+                }
+            }
+        }
+        for p in &self.meta.preopens {
+            if !p.guest_path.starts_with('/') {
+                return bad(format!("preopen guest-path {:?} must be absolute", p.guest_path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tiers to build: the explicit list, else metadata, else the defaults.
+    pub fn tiers(&self, explicit: &[String]) -> Vec<Tier> {
+        let names: Vec<String> = if !explicit.is_empty() {
+            explicit.to_vec()
+        } else if let Some(t) = &self.meta.tiers {
+            t.clone()
+        } else {
+            DEFAULT_TIERS.iter().map(|s| s.to_string()).collect()
+        };
+        let mut tiers: Vec<Tier> = names.iter().filter_map(|n| Tier::by_name(n)).collect();
+        tiers.sort_by_key(|t| t.rank);
+        tiers.dedup();
+        tiers
+    }
+
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            memory_bytes: self.meta.memory_limit_mib.map(|m| m << 20).unwrap_or(d.memory_bytes),
+            timeout_ms: self.meta.timeout_ms.unwrap_or(d.timeout_ms),
+            max_input_bytes: self.meta.max_input_mib.map(|m| m << 20).unwrap_or(d.max_input_bytes),
+        }
+    }
+
+    pub fn preopens(&self) -> Vec<Preopen> {
+        self.meta
+            .preopens
+            .iter()
+            .map(|p| Preopen { name: p.name.clone(), guest_path: p.guest_path.clone(), writable: p.writable })
+            .collect()
+    }
+}

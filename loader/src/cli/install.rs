@@ -1,0 +1,45 @@
+use super::Ctx;
+use anyhow::Context;
+use clap::Args;
+use limes::Store;
+use limes_bundle::TrustedKeys;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Verify a signed bundle and install it into the store.
+///
+/// The signature must come from a trusted key (matched by key id), every
+/// file must match its SHA-256 and size; only then are the files published
+/// (read-only) in the store, atomically. Installing an older version than
+/// the installed one is refused unless --allow-downgrade.
+#[derive(Args)]
+pub struct InstallCommand {
+    /// The bundle file.
+    bundle: PathBuf,
+    /// Trusted public key, or a directory of `.pub` files (repeatable).
+    #[arg(long, required = true, value_name = "KEY|DIR")]
+    trust: Vec<PathBuf>,
+    /// Allow replacing a function with an older version.
+    #[arg(long)]
+    allow_downgrade: bool,
+}
+
+impl InstallCommand {
+    pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        let keys = TrustedKeys::load(&self.trust)?;
+        let store = Store::open(&ctx.store)?;
+        let f = store
+            .install(&self.bundle, &keys, self.allow_downgrade)
+            .with_context(|| format!("installing {}", self.bundle.display()))?;
+        if ctx.json {
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "name": f.record.name, "version": f.record.version,
+                    "object": f.record.object, "signer": f.record.signer})
+            );
+        } else {
+            println!("installed {} {} (signed by {})", f.record.name, f.record.version, f.record.signer);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

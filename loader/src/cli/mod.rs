@@ -1,0 +1,54 @@
+//! One file per subcommand.
+
+mod install;
+mod list;
+mod remove;
+mod run;
+
+use clap::Subcommand;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub struct Ctx {
+    pub store: PathBuf,
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    Install(install::InstallCommand),
+    List(list::ListCommand),
+    Remove(remove::RemoveCommand),
+    Run(run::RunCommand),
+}
+
+impl Command {
+    pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Install(c) => c.execute(ctx),
+            Command::List(c) => c.execute(ctx),
+            Command::Remove(c) => c.execute(ctx),
+            Command::Run(c) => c.execute(ctx),
+        }
+    }
+}
+
+pub const EXIT_VERIFY: u8 = 3;
+pub const EXIT_FUNCTION_ERROR: u8 = 4;
+pub const EXIT_FAULT: u8 = 5;
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for c in e.chain() {
+        if let Some(b) = c.downcast_ref::<limes_bundle::BundleError>() {
+            if !matches!(b, limes_bundle::BundleError::Io { .. } | limes_bundle::BundleError::Key(_)) {
+                return EXIT_VERIFY;
+            }
+        }
+        if let Some(r) = c.downcast_ref::<limes::RunError>() {
+            if matches!(r, limes::RunError::Timeout { .. } | limes::RunError::MemoryLimit { .. } | limes::RunError::Trap { .. }) {
+                return EXIT_FAULT;
+            }
+        }
+    }
+    1
+}

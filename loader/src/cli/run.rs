@@ -1,0 +1,173 @@
+use super::{Ctx, EXIT_FUNCTION_ERROR};
+use anyhow::{bail, Context};
+use clap::Args;
+use limes::launch::{self, LoadMode};
+use limes::runtime::{InvokeOptions, RuntimeOptions};
+use limes::store::InstalledFunction;
+use limes::{Runtime, Store};
+use limes_bundle::archive::BundleLimits;
+use limes_bundle::TrustedKeys;
+use limes_sdk::Request;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Run a function once: an installed NAME, or a BUNDLE file (verified first).
+///
+/// The response body goes to stdout; the function's own stdout/stderr go to
+/// stderr. An error answer from the function exits 4; a trap, timeout or
+/// memory-limit hit exits 5.
+#[derive(Args)]
+pub struct RunCommand {
+    /// Installed function name, or path to a `.limes` bundle.
+    target: String,
+    /// Request body from FILE, or `-` for stdin [default: empty body].
+    #[arg(long, short, value_name = "FILE|-")]
+    input: Option<String>,
+    /// Request body given inline.
+    #[arg(long, conflicts_with = "input", value_name = "TEXT")]
+    data: Option<String>,
+    /// Request metadata `key=value` (repeatable).
+    #[arg(long, short, value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// Request content type.
+    #[arg(long, value_name = "MIME")]
+    content_type: Option<String>,
+    /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
+    #[arg(long, value_name = "NAME=PATH")]
+    dir: Vec<String>,
+    /// Trusted keys, required when running a bundle file directly.
+    #[arg(long, value_name = "KEY|DIR")]
+    trust: Vec<PathBuf>,
+    /// Memory limit in MiB (overrides the manifest).
+    #[arg(long, value_name = "MIB")]
+    memory_limit_mib: Option<u64>,
+    /// Wall-time limit in milliseconds (overrides the manifest).
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Compile at load instead of mapping a precompiled tier (needs a loader
+    /// built with the `jit` feature).
+    #[arg(long)]
+    jit: bool,
+    /// Print the cold-start breakdown (microseconds) on stderr.
+    #[arg(long)]
+    timings: bool,
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+impl RunCommand {
+    pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        let start = Instant::now();
+        let mut req = Request::new(match (&self.input, &self.data) {
+            (_, Some(d)) => d.clone().into_bytes(),
+            (Some(f), _) if f == "-" => {
+                let mut v = Vec::new();
+                std::io::stdin().read_to_end(&mut v).context("reading stdin")?;
+                v
+            }
+            (Some(f), _) => std::fs::read(f).with_context(|| format!("reading input {f}"))?,
+            (None, None) => Vec::new(),
+        });
+        req.content_type = self.content_type.clone();
+        for m in &self.meta {
+            let Some((k, v)) = m.split_once('=') else { bail!("--meta takes KEY=VALUE, got {m:?}") };
+            req.metadata.push((k.to_ascii_lowercase(), v.to_string()));
+        }
+        let mut opts = InvokeOptions {
+            memory_limit: self.memory_limit_mib.map(|m| m << 20),
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            ..Default::default()
+        };
+        for d in &self.dir {
+            let Some((n, p)) = d.split_once('=') else { bail!("--dir takes NAME=PATH, got {d:?}") };
+            opts.dirs.push((n.to_string(), PathBuf::from(p)));
+        }
+
+        let store = Store::open(&ctx.store)?;
+        // A bundle file is verified and staged in the store's tmp/ (removed
+        // afterwards); a name resolves to an installed, verified object.
+        let is_file = std::path::Path::new(&self.target).is_file();
+        let t = Instant::now();
+        let (f, _staging): (InstalledFunction, Option<tempfile::TempDir>) = if is_file {
+            if self.trust.is_empty() {
+                bail!("running a bundle file needs --trust KEY|DIR (or install it first)");
+            }
+            let keys = TrustedKeys::load(&self.trust)?;
+            let (dir, v) = store
+                .stage(std::path::Path::new(&self.target), &keys, &BundleLimits::default())
+                .with_context(|| format!("verifying {}", self.target))?;
+            let rec = limes::store::Installed {
+                name: v.manifest.function.name.clone(),
+                version: v.manifest.function.version.clone(),
+                object: limes_bundle::sha256_hex(&v.manifest_bytes),
+                signer: v.signer.map(|k| k.to_string()).unwrap_or_default(),
+            };
+            (InstalledFunction { record: rec, dir: dir.path().to_path_buf(), manifest: v.manifest }, Some(dir))
+        } else {
+            (store.get(&self.target)?, None)
+        };
+        let verify_time = t.elapsed();
+
+        let t = Instant::now();
+        let rt = Runtime::new(&RuntimeOptions { max_instances: 1, ..Default::default() })?;
+        let engine_time = t.elapsed();
+        let loaded = launch::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto })?;
+        let inv = rt.invoke(&loaded, req, &opts)?;
+        let total = start.elapsed();
+
+        let _ = std::io::stderr().write_all(&inv.stdout);
+        let _ = std::io::stderr().write_all(&inv.stderr);
+        let timings = serde_json::json!({
+            "verify_us": is_file.then(|| us(verify_time)),
+            "engine_us": us(engine_time),
+            "map_us": us(loaded.load_time),
+            "link_us": us(loaded.link_time),
+            "instantiate_us": us(inv.instantiate_time),
+            "call_us": us(inv.call_time),
+            "cold_start_us": us(loaded.load_time + loaded.link_time + inv.instantiate_time),
+            "total_us": us(total),
+            "tier": loaded.tier,
+            "jit": loaded.jit,
+        });
+        if self.timings {
+            eprintln!(
+                "timings ({}): {}map {:.0} us, link {:.0} us, instantiate {:.0} us, call {:.0} us, cold start {:.0} us, process total {:.0} us",
+                loaded.tier.as_deref().unwrap_or("jit"),
+                if is_file { format!("verify {:.0} us, ", us(verify_time)) } else { String::new() },
+                us(loaded.load_time),
+                us(loaded.link_time),
+                us(inv.instantiate_time),
+                us(inv.call_time),
+                us(loaded.load_time + loaded.link_time + inv.instantiate_time),
+                us(total)
+            );
+        }
+        match inv.result {
+            Ok(resp) => {
+                if ctx.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": true, "content_type": resp.content_type,
+                            "body_len": resp.body.len(), "body_utf8": String::from_utf8(resp.body.clone()).ok(),
+                            "timings": timings})
+                    );
+                } else {
+                    std::io::stdout().write_all(&resp.body)?;
+                    std::io::stdout().flush()?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                if ctx.json {
+                    println!("{}", serde_json::json!({"ok": false, "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings}));
+                }
+                eprintln!("function error: {e}");
+                Ok(ExitCode::from(EXIT_FUNCTION_ERROR))
+            }
+        }
+    }
+}

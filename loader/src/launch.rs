@@ -1,0 +1,69 @@
+//! From an installed function to a [`LoadedFunction`]: check the engine
+//! profile, pick the tier, map it, or fall back to JIT when allowed.
+
+use crate::runtime::{FunctionSpec, LoadedFunction, RunError, Runtime};
+use crate::select;
+use crate::store::InstalledFunction;
+use limes_bundle::profile::{EngineProfile, WASMTIME_VERSION};
+
+/// How to load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Best precompiled tier; JIT only if none is usable and JIT is built in.
+    #[default]
+    Auto,
+    /// Always compile the bundled component at load (needs the `jit` feature).
+    Jit,
+}
+
+/// Why the precompiled artifacts cannot be used on this host, if so.
+fn aot_blocker(f: &InstalledFunction) -> Option<String> {
+    let m = &f.manifest;
+    if m.engine.wasmtime != WASMTIME_VERSION {
+        return Some(format!("artifacts are for Wasmtime {}, this loader has {WASMTIME_VERSION}", m.engine.wasmtime));
+    }
+    if m.engine.profile_digest != EngineProfile::default().digest() {
+        return Some(format!("artifacts use engine profile {}, this loader uses {}", m.engine.profile.name, EngineProfile::default().name));
+    }
+    None
+}
+
+pub fn load(rt: &Runtime, f: &InstalledFunction, mode: LoadMode) -> Result<LoadedFunction, RunError> {
+    let spec = FunctionSpec::from_manifest(&f.manifest);
+    let mut reasons = Vec::new();
+    if mode == LoadMode::Auto {
+        match aot_blocker(f) {
+            Some(r) => reasons.push(r),
+            None => {
+                let (best, skipped) = select::best_tier(&f.manifest);
+                reasons.extend(skipped.into_iter().map(|s| format!("{}: {}", s.tier, s.reason)));
+                if let Some(a) = best {
+                    // SAFETY: store objects are published only after the whole
+                    // bundle verified against a trusted key, and are read-only.
+                    match unsafe { rt.load_precompiled(spec.clone(), &f.path_of(&a.path), &a.tier) } {
+                        Ok(l) => return Ok(l),
+                        Err(e) => reasons.push(e.to_string()),
+                    }
+                } else if f.manifest.aot.is_empty() {
+                    reasons.push("the bundle has no precompiled tiers".into());
+                }
+            }
+        }
+    } else {
+        reasons.push("JIT requested".into());
+    }
+    jit_fallback(rt, f, spec, reasons)
+}
+
+#[cfg(feature = "jit")]
+fn jit_fallback(rt: &Runtime, f: &InstalledFunction, spec: FunctionSpec, reasons: Vec<String>) -> Result<LoadedFunction, RunError> {
+    tracing::info!(function = %spec.name, reasons = %reasons.join("; "), "compiling at load (JIT)");
+    let wasm = std::fs::read(f.path_of(&f.manifest.component))
+        .map_err(|e| RunError::Load { function: spec.name.clone(), reason: format!("component: {e}") })?;
+    rt.load_jit(spec, &wasm)
+}
+
+#[cfg(not(feature = "jit"))]
+fn jit_fallback(_rt: &Runtime, _f: &InstalledFunction, spec: FunctionSpec, reasons: Vec<String>) -> Result<LoadedFunction, RunError> {
+    Err(RunError::NoUsableTier { function: spec.name, reasons: reasons.join("; ") })
+}

@@ -1,0 +1,49 @@
+//! `limes`: verify, install and run limes bundles on an edge device.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Run limes functions: verified, precompiled, sub-millisecond cold starts.
+///
+/// `limes install BUNDLE --trust KEY` verifies a signed bundle and stores it;
+/// `limes run NAME` runs it. Nothing native is mapped before the bundle's
+/// signature and every digest have been checked.
+///
+/// Exit codes: 0 success; 1 error; 2 usage; 3 the bundle failed
+/// verification; 4 the function returned an error; 5 the function trapped,
+/// timed out or ran out of memory.
+#[derive(Parser)]
+#[command(name = "limes", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Store directory [default: $LIMES_HOME, else $XDG_DATA_HOME/limes, else ~/.local/share/limes].
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<std::path::PathBuf>,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output on stderr (-v, -vv).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: cli::Command,
+}
+
+fn main() -> ExitCode {
+    let c = Cli::parse();
+    let level = ["warn", "info", "debug", "trace"][c.verbose.min(3) as usize];
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ctx = cli::Ctx { store: c.store.unwrap_or_else(limes::store::default_root), json: c.json };
+    match c.command.execute(&ctx) {
+        Ok(code) => code,
+        Err(e) => {
+            if ctx.json {
+                println!("{}", serde_json::json!({"ok": false, "error": format!("{e:#}")}));
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}

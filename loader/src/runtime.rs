@@ -1,0 +1,359 @@
+//! Loading precompiled components and invoking them: one engine built from
+//! the shared [`EngineProfile`], the pooling allocator, an `InstancePre` per
+//! function, and a fresh store (WASI context, memory limit, epoch deadline)
+//! per invocation.
+
+use limes_bundle::manifest::{Limits, Manifest, Preopen, WorldKind};
+use limes_bundle::profile::EngineProfile;
+use limes_sdk::{Request, Response};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../wit", world: "function" });
+}
+use bindings::limes::function::types as wit;
+
+/// Guest stdout/stderr kept per invocation (the rest is dropped).
+pub const STDIO_CAPTURE_LIMIT: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("engine setup failed: {0}")]
+    Engine(String),
+    #[error("cannot load {function}: {reason}")]
+    Load { function: String, reason: String },
+    #[error("no precompiled tier of {function} fits this host ({reasons}) and this loader has no JIT (build with --features jit)")]
+    NoUsableTier { function: String, reasons: String },
+    #[error("{function} timed out after {ms} ms")]
+    Timeout { function: String, ms: u64 },
+    #[error("{function} exceeded its memory limit of {limit} bytes")]
+    MemoryLimit { function: String, limit: u64 },
+    #[error("{function} trapped: {message}")]
+    Trap { function: String, message: String },
+    #[error("{function}: instantiation failed: {message}")]
+    Instantiate { function: String, message: String },
+    #[error("{function} has no preopen named {name:?} (declared: {declared})")]
+    UndeclaredDir { function: String, name: String, declared: String },
+    #[error("{function}: cannot preopen {path}: {message}")]
+    Dir { function: String, path: PathBuf, message: String },
+    #[error("{function}: request of {size} bytes exceeds the limit of {limit} bytes")]
+    InputTooLarge { function: String, size: u64, limit: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Use the pooling allocator (the default: fastest instantiation).
+    pub pooling: bool,
+    /// Instances that may be live at once (pool size).
+    pub max_instances: u32,
+    /// Epoch tick; time limits are enforced to this resolution.
+    pub epoch_tick: Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { pooling: true, max_instances: 64, epoch_tick: Duration::from_millis(5) }
+    }
+}
+
+pub struct Host {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// One engine and linker shared by every function a process runs.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    epoch_tick: Duration,
+}
+
+enum Entry {
+    Limes(bindings::FunctionPre<Host>),
+    Study { pre: InstancePre<Host>, run: ComponentExportIndex },
+}
+
+/// What a function is, as far as running it goes.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub kind: WorldKind,
+    pub export: String,
+    pub limits: Limits,
+    pub preopens: Vec<Preopen>,
+}
+
+impl FunctionSpec {
+    pub fn from_manifest(m: &Manifest) -> FunctionSpec {
+        FunctionSpec {
+            name: m.function.name.clone(),
+            kind: m.world.kind,
+            export: m.world.export.clone(),
+            limits: m.limits,
+            preopens: m.preopens.clone(),
+        }
+    }
+}
+
+/// A function ready to instantiate.
+pub struct LoadedFunction {
+    pub spec: FunctionSpec,
+    entry: Entry,
+    /// Tier of the mapped artifact; `None` when compiled at load (JIT).
+    pub tier: Option<String>,
+    pub jit: bool,
+    /// Time to map (deserialize) or compile the component.
+    pub load_time: Duration,
+    /// Time to resolve imports into an `InstancePre`.
+    pub link_time: Duration,
+}
+
+/// Per-invocation settings.
+#[derive(Debug, Clone, Default)]
+pub struct InvokeOptions {
+    /// Host directories bound to the function's declared preopens, by name.
+    pub dirs: Vec<(String, PathBuf)>,
+    pub memory_limit: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub max_input: Option<u64>,
+}
+
+/// The outcome of one call.
+#[derive(Debug)]
+pub struct Invocation {
+    pub result: Result<Response, limes_sdk::Error>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub instantiate_time: Duration,
+    pub call_time: Duration,
+}
+
+impl Runtime {
+    pub fn new(opts: &RuntimeOptions) -> Result<Runtime, RunError> {
+        let engine_err = |e: wasmtime::Error| RunError::Engine(format!("{e:#}"));
+        let profile = EngineProfile::default();
+        let mut config = Config::new();
+        profile.apply(&mut config);
+        if opts.pooling {
+            let n = opts.max_instances.max(1);
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(n)
+                .total_core_instances(n * 4)
+                .total_memories(n * 2)
+                .total_tables(n * 4)
+                .total_stacks(n)
+                .max_memories_per_component(4)
+                .max_tables_per_component(8)
+                .max_core_instances_per_component(16)
+                .max_memory_size(profile.memory_reservation as usize);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        // The limes types interface carries only types; components import it
+        // as an empty instance.
+        linker.instance("limes:function/types@0.1.0").map_err(engine_err)?;
+        spawn_epoch_ticker(&engine, opts.epoch_tick);
+        Ok(Runtime { engine, linker, epoch_tick: opts.epoch_tick })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Map a precompiled artifact.
+    ///
+    /// # Safety
+    /// `cwasm` must be a file whose content was verified against a trusted
+    /// signature (the store guarantees this for its entries): deserializing
+    /// native code is arbitrary code execution otherwise.
+    pub unsafe fn load_precompiled(&self, spec: FunctionSpec, cwasm: &Path, tier: &str) -> Result<LoadedFunction, RunError> {
+        let t = Instant::now();
+        // SAFETY: forwarded to the caller (see above).
+        let component = unsafe { Component::deserialize_file(&self.engine, cwasm) }.map_err(|e| RunError::Load {
+            function: spec.name.clone(),
+            reason: format!("Wasmtime refused the {tier} artifact: {e:#}"),
+        })?;
+        let load_time = t.elapsed();
+        self.link(spec, component, Some(tier.to_string()), false, load_time)
+    }
+
+    /// Compile a component at load time (the study's method, and the JIT
+    /// fallback).
+    #[cfg(feature = "jit")]
+    pub fn load_jit(&self, spec: FunctionSpec, wasm: &[u8]) -> Result<LoadedFunction, RunError> {
+        let t = Instant::now();
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| RunError::Load { function: spec.name.clone(), reason: format!("compiling: {e:#}") })?;
+        let load_time = t.elapsed();
+        self.link(spec, component, None, true, load_time)
+    }
+
+    fn link(
+        &self,
+        spec: FunctionSpec,
+        component: Component,
+        tier: Option<String>,
+        jit: bool,
+        load_time: Duration,
+    ) -> Result<LoadedFunction, RunError> {
+        let t = Instant::now();
+        let load_err = |e: wasmtime::Error| RunError::Load { function: spec.name.clone(), reason: format!("{e:#}") };
+        let pre = self.linker.instantiate_pre(&component).map_err(load_err)?;
+        let entry = match spec.kind {
+            WorldKind::Limes => Entry::Limes(bindings::FunctionPre::new(pre).map_err(load_err)?),
+            WorldKind::ComponentRun => {
+                let (_, iface) = component
+                    .get_export(None, &spec.export)
+                    .ok_or_else(|| load_err(wasmtime::Error::msg(format!("no export {}", spec.export))))?;
+                let (_, run) = component
+                    .get_export(Some(&iface), "run")
+                    .ok_or_else(|| load_err(wasmtime::Error::msg("no `run` function")))?;
+                Entry::Study { pre, run }
+            }
+        };
+        Ok(LoadedFunction { spec, entry, tier, jit, load_time, link_time: t.elapsed() })
+    }
+
+    /// Invoke `f` once on a fresh instance.
+    pub fn invoke(&self, f: &LoadedFunction, req: Request, opts: &InvokeOptions) -> Result<Invocation, RunError> {
+        let name = &f.spec.name;
+        let max_input = opts.max_input.unwrap_or(f.spec.limits.max_input_bytes);
+        if req.body.len() as u64 > max_input {
+            return Err(RunError::InputTooLarge { function: name.clone(), size: req.body.len() as u64, limit: max_input });
+        }
+        let memory_limit = opts.memory_limit.unwrap_or(f.spec.limits.memory_bytes);
+        let timeout = opts.timeout.unwrap_or(Duration::from_millis(f.spec.limits.timeout_ms));
+
+        let stdout = MemoryOutputPipe::new(STDIO_CAPTURE_LIMIT);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPTURE_LIMIT);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone()).allow_blocking_current_thread(true);
+        for (dir_name, host) in &opts.dirs {
+            let decl = f.spec.preopens.iter().find(|p| &p.name == dir_name).ok_or_else(|| RunError::UndeclaredDir {
+                function: name.clone(),
+                name: dir_name.clone(),
+                declared: f.spec.preopens.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+            })?;
+            let perms = if decl.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            wasi.preopened_dir(host, &decl.guest_path, perms).map_err(|e| RunError::Dir {
+                function: name.clone(),
+                path: host.clone(),
+                message: format!("{e:#}"),
+            })?;
+        }
+        let host = Host {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_limit.min(usize::MAX as u64) as usize)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = wasmtime::Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limits);
+        let ticks = (timeout.as_nanos() / self.epoch_tick.as_nanos()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let classify = |e: wasmtime::Error, stage: &str| -> RunError {
+            if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+                if *trap == wasmtime::Trap::Interrupt {
+                    return RunError::Timeout { function: name.clone(), ms: timeout.as_millis() as u64 };
+                }
+            }
+            let msg = format!("{e:#}");
+            if msg.contains("forcing trap when growing memory") || msg.contains("memory limit") {
+                return RunError::MemoryLimit { function: name.clone(), limit: memory_limit };
+            }
+            if stage == "instantiate" {
+                RunError::Instantiate { function: name.clone(), message: msg }
+            } else {
+                RunError::Trap { function: name.clone(), message: msg }
+            }
+        };
+
+        let t = Instant::now();
+        let result = match &f.entry {
+            Entry::Limes(pre) => {
+                let inst = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate"))?;
+                let instantiate_time = t.elapsed();
+                let t = Instant::now();
+                let wreq = wit::Request { body: req.body, content_type: req.content_type, metadata: req.metadata };
+                let out = inst
+                    .limes_function_handler()
+                    .call_handle(&mut store, &wreq)
+                    .map_err(|e| classify(e, "call"))?;
+                (instantiate_time, t.elapsed(), from_wit(out))
+            }
+            Entry::Study { pre, run } => {
+                let inst = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate"))?;
+                let func = inst
+                    .get_typed_func::<(String,), (String,)>(&mut store, run)
+                    .map_err(|e| classify(e, "instantiate"))?;
+                let instantiate_time = t.elapsed();
+                let t = Instant::now();
+                let args = String::from_utf8(req.body)
+                    .map_err(|_| RunError::Trap { function: name.clone(), message: "run(args) needs a UTF-8 body".into() });
+                let out = match args {
+                    Ok(a) => {
+                        let (s,) = func.call(&mut store, (a,)).map_err(|e| classify(e, "call"))?;
+                        Ok(Response::new(s.into_bytes()).with_content_type("text/plain"))
+                    }
+                    Err(e) => return Err(e),
+                };
+                (instantiate_time, t.elapsed(), out)
+            }
+        };
+        let (instantiate_time, call_time, result) = result;
+        drop(store);
+        Ok(Invocation {
+            result,
+            stdout: stdout.contents().to_vec(),
+            stderr: stderr.contents().to_vec(),
+            instantiate_time,
+            call_time,
+        })
+    }
+}
+
+fn from_wit(r: Result<wit::Response, wit::Error>) -> Result<Response, limes_sdk::Error> {
+    match r {
+        Ok(r) => Ok(Response { body: r.body, content_type: r.content_type }),
+        Err(wit::Error::BadRequest(m)) => Err(limes_sdk::Error::BadRequest(m)),
+        Err(wit::Error::NotFound(m)) => Err(limes_sdk::Error::NotFound(m)),
+        Err(wit::Error::Internal(m)) => Err(limes_sdk::Error::Internal(m)),
+    }
+}
+
+/// Advance the engine's epoch every `tick` for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("limes-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(tick);
+            match weak.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawn epoch thread");
+}
+
+/// Shared handle for servers.
+pub type SharedRuntime = Arc<Runtime>;
