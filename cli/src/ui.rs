@@ -51,15 +51,6 @@ impl Ui {
         Ui { json: args.json, quiet: args.quiet, spinner }
     }
 
-    /// A human status line (stderr), unless quiet or JSON.
-    pub fn status(&self, msg: &str) {
-        if let Some(s) = &self.spinner {
-            s.println(msg);
-        } else if !self.quiet && !self.json {
-            eprintln!("{msg}");
-        }
-    }
-
     /// The command's result: JSON on stdout with `--json`, else the text.
     pub fn result(&self, json: serde_json::Value, text: impl FnOnce() -> String) {
         self.finish_spinner();

@@ -30,6 +30,9 @@ pub struct BuildCommand {
     /// variable holding the key text.
     #[arg(long, value_name = "KEY", env = "LIMES_SIGN")]
     sign: Option<String>,
+    /// Recompile every tier instead of reusing the content-addressed AOT cache.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 impl BuildCommand {
@@ -43,6 +46,7 @@ impl BuildCommand {
             out_dir: self.out_dir.clone(),
             signing_key,
             source_date_epoch: None,
+            no_cache: self.no_cache,
         };
         let out = limes_build::build(&opts, ui)?;
         let m = &out.manifest;

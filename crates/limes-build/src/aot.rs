@@ -80,12 +80,14 @@ fn cache_key(component_sha: &str, tier: &Tier, profile: &EngineProfile) -> Strin
 }
 
 /// Precompile `component` for every tier (in parallel), reusing artifacts
-/// from `cache_dir` when the same component was compiled before.
+/// from `cache_dir` when the same component was compiled before (unless
+/// `reuse` is false; fresh results are stored either way).
 pub fn precompile(
     component: &[u8],
     tiers: &[Tier],
     profile: &EngineProfile,
     cache_dir: &Path,
+    reuse: bool,
 ) -> Result<Vec<AotOutput>, AotError> {
     let component_sha = limes_bundle::sha256_hex(component);
     std::fs::create_dir_all(cache_dir).map_err(|source| AotError::Cache { path: cache_dir.into(), source })?;
@@ -98,7 +100,8 @@ pub fn precompile(
                     let key = cache_key(component_sha, tier, profile);
                     let path = cache_dir.join(format!("{key}.cwasm"));
                     let meta_path = cache_dir.join(format!("{key}.hash"));
-                    if let (Ok(m), Ok(hash)) = (std::fs::metadata(&path), std::fs::read_to_string(&meta_path)) {
+                    let hit = reuse.then(|| (std::fs::metadata(&path), std::fs::read_to_string(&meta_path)));
+                    if let Some((Ok(m), Ok(hash))) = hit {
                         return Ok(AotOutput {
                             tier: *tier,
                             path,

@@ -40,6 +40,8 @@ pub struct BuildOptions {
     pub signing_key: Option<SecretKey>,
     /// Overrides `SOURCE_DATE_EPOCH` from the environment.
     pub source_date_epoch: Option<u64>,
+    /// Recompile every tier instead of reusing the AOT cache.
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -185,7 +187,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
     let t = Instant::now();
     let profile = EngineProfile::default();
     let cache = project.target_dir.join("limes").join("cache").join("aot");
-    let aot_out = aot::precompile(&wasm, &tiers, &profile, &cache)?;
+    let aot_out = aot::precompile(&wasm, &tiers, &profile, &cache, !opts.no_cache)?;
     timings.aot = t.elapsed();
 
     progress.step("assembling bundle");

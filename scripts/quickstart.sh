@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job on a reference pack: build the Mandelbrot function into a
+# signed bundle, verify it, install it into a local store and run it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build -p limes-pack -p limes
+bin="${CARGO_TARGET_DIR:-target}/debug"
+work="${CARGO_TARGET_DIR:-target}/quickstart"
+mkdir -p "$work"
+[ -f "$work/limes.key" ] || "$bin/limes-pack" keygen --dir "$work" --name limes
+"$bin/limes-pack" build packs/mandelbrot --sign "$work/limes.key" --out-dir "$work"
+"$bin/limes-pack" verify "$work/mandelbrot-0.1.0.limes" --key "$work/limes.pub"
+"$bin/limes" --store "$work/store" install "$work/mandelbrot-0.1.0.limes" --trust "$work/limes.pub"
+"$bin/limes" --store "$work/store" run mandelbrot --data output=checksum --timings

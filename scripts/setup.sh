@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what building and testing limes-pack needs on a fresh Debian
+# machine with rustup: the Rust targets and the Debian tools the tests use.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+
+need_targets=(wasm32-wasip2 x86_64-unknown-linux-musl)
+installed=$(rustup target list --installed)
+for t in "${need_targets[@]}"; do
+    grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+
+# command -> Debian package
+declare -A pkgs=(
+    [minisign]=minisign        # independent check of bundle signatures
+    [musl-gcc]=musl-tools      # static native builds for microVM images
+)
+missing=()
+for cmd in "${!pkgs[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

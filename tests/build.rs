@@ -1,0 +1,186 @@
+//! End-to-end tests of `limes-pack build`, `native` and `new`, running the
+//! real binary and running what it builds under Wasmtime.
+
+mod common;
+use common::*;
+use limes_sdk::Request;
+use std::process::Command;
+
+fn limes_pack() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_limes-pack"));
+    c.env_remove("LIMES_SIGN");
+    c
+}
+
+fn native_exe(crate_dir: &std::path::Path) -> std::path::PathBuf {
+    let out = ok(limes_pack().args(["native", "--json"]).arg(crate_dir));
+    json(&out)["executable"].as_str().unwrap().into()
+}
+
+#[test]
+fn every_pack_builds_into_a_validated_bundle() {
+    let out_dir = tempdir();
+    for (dir, name) in [("noop", "noop"), ("mandelbrot", "mandelbrot"), ("image", "image")] {
+        let out = ok(limes_pack().args(["build", "--json", "--out-dir"]).arg(out_dir.path()).arg(pack(dir)));
+        let j = json(&out);
+        assert_eq!(j["function"], name);
+        assert_eq!(j["world"]["kind"], "limes");
+        assert_eq!(j["world"]["export"], "limes:function/handler@0.1.0");
+        let imports: Vec<&str> = j["world"]["imports"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(imports.iter().all(|i| i.starts_with("wasi:") || i.starts_with("limes:function/types@")), "{imports:?}");
+        let tiers: Vec<&str> = j["tiers"].as_array().unwrap().iter().map(|t| t["tier"].as_str().unwrap()).collect();
+        assert_eq!(tiers, ["x86-64", "x86-64-v2", "x86-64-v3"]);
+        let bundle = out_dir.path().join(format!("{name}-0.1.0.limes"));
+        assert!(bundle.is_file());
+        let insp = json(&ok(limes_pack().args(["inspect", "--json"]).arg(&bundle)));
+        assert_eq!(insp["manifest"]["function"]["name"], name);
+        assert_eq!(insp["signer_key_id"], serde_json::Value::Null);
+    }
+    // The image pack declares its preopen.
+    let insp = json(&ok(limes_pack().args(["inspect", "--json"]).arg(out_dir.path().join("image-0.1.0.limes"))));
+    assert_eq!(insp["manifest"]["preopens"][0]["guest_path"], "/images");
+}
+
+#[test]
+fn packs_give_identical_bytes_natively_and_as_wasm() {
+    let key = test_key();
+    let out = tempdir();
+    let jpeg = test_jpeg();
+    let images = tempdir();
+    std::fs::write(images.path().join("in.jpg"), &jpeg).unwrap();
+    let cases: Vec<(&str, Request)> = vec![
+        ("noop", Request::new(b"hello limes".to_vec()).with_meta("x", "1")),
+        ("noop", Request::new(Vec::new())),
+        ("mandelbrot", Request::new("output=checksum")),
+        ("mandelbrot", Request::new("width=64&height=48&iterations=100")),
+        ("mandelbrot", Request::new("width=0")),
+        ("image", Request::new(jpeg.clone())),
+        ("image", Request::new(jpeg.clone()).with_meta("format", "png")),
+        ("image", Request::new(b"not a jpeg".to_vec())),
+    ];
+    for dir in ["noop", "mandelbrot", "image"] {
+        let built = build_signed(&pack(dir), &key, out.path());
+        let exe = native_exe(&pack(dir));
+        for (_, req) in cases.iter().filter(|(d, _)| *d == dir) {
+            let native = run_native(&exe, req);
+            let dirs = if dir == "image" { vec![("images".into(), images.path().to_path_buf())] } else { vec![] };
+            let (wasm, tier) = run_installed(&built.bundle, &key, req.clone(), dirs);
+            assert!(tier.is_some());
+            assert_eq!(native, wasm, "{dir}: native and wasm answers differ for {:?}", String::from_utf8_lossy(&req.body[..req.body.len().min(40)]));
+        }
+    }
+    // Known answers.
+    let (noop, _) = run_installed(&out.path().join("noop-0.1.0.limes"), &key, Request::new("ping"), vec![]);
+    assert_eq!(noop.unwrap().body, b"ping");
+    let (m, _) = run_installed(&out.path().join("mandelbrot-0.1.0.limes"), &key, Request::new("output=checksum"), vec![]);
+    let text = String::from_utf8(m.unwrap().body).unwrap();
+    assert_eq!(text.trim(), MANDELBROT_DEFAULT_CHECKSUM, "Mandelbrot checksum drifted");
+    let (png, _) = run_installed(&out.path().join("mandelbrot-0.1.0.limes"), &key, Request::new(""), vec![]);
+    let png = image::load_from_memory(&png.unwrap().body).unwrap();
+    assert_eq!((png.width(), png.height(), png.color()), (800, 800, image::ColorType::L8));
+
+    // The image pipeline reads the same answer from a preopened file.
+    let bundle = out.path().join("image-0.1.0.limes");
+    let dirs = vec![("images".to_string(), images.path().to_path_buf())];
+    let (from_body, _) = run_installed(&bundle, &key, Request::new(jpeg.clone()), dirs.clone());
+    let (from_file, _) = run_installed(&bundle, &key, Request::new("").with_meta("file", "in.jpg"), dirs.clone());
+    let from_body = from_body.unwrap();
+    assert_eq!(from_body, from_file.unwrap());
+    let img = image::load_from_memory(&from_body.body).unwrap();
+    assert_eq!((img.width(), img.height(), img.color()), (1024, 768, image::ColorType::L8));
+    let (missing, _) = run_installed(&bundle, &key, Request::new("").with_meta("file", "nope.jpg"), dirs.clone());
+    assert!(matches!(missing, Err(limes_sdk::Error::NotFound(_))), "{missing:?}");
+    let (escape, _) = run_installed(&bundle, &key, Request::new("").with_meta("file", "../etc/passwd"), dirs);
+    assert!(matches!(escape, Err(limes_sdk::Error::BadRequest(_))), "{escape:?}");
+}
+
+#[test]
+fn new_templates_build_and_run() {
+    let key = test_key();
+    let work = tempdir();
+    for template in ["blank", "noop", "mandelbrot", "image"] {
+        let name = format!("demo-{template}");
+        ok(limes_pack().args(["new", &name, "--template", template, "--dir"]).arg(work.path()));
+        let dir = work.path().join(&name);
+        assert!(dir.join("Cargo.toml").is_file() && dir.join("src/lib.rs").is_file());
+        let out = ok(limes_pack()
+            .args(["build", "--json", "--sign"])
+            .arg(&key.secret)
+            .arg(&dir)
+            .env("CARGO_TARGET_DIR", std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| work.path().join("target").into())));
+        let j = json(&out);
+        assert_eq!(j["world"]["kind"], "limes", "{template}");
+        let bundle = std::path::PathBuf::from(j["bundle"].as_str().unwrap());
+        let req = match template {
+            "blank" => Request::new("limes"),
+            "noop" => Request::new("echo"),
+            "mandelbrot" => Request::new("output=checksum"),
+            _ => Request::new(test_jpeg()),
+        };
+        let (res, _) = run_installed(&bundle, &key, req, vec![]);
+        let body = res.unwrap().body;
+        match template {
+            "blank" => assert_eq!(body, b"hello, limes\n"),
+            "noop" => assert_eq!(body, b"echo"),
+            "mandelbrot" => assert_eq!(String::from_utf8(body).unwrap().trim(), MANDELBROT_DEFAULT_CHECKSUM),
+            _ => assert_eq!(&body[..2], b"\xff\xd8", "JPEG output"),
+        }
+    }
+    // Names are checked and existing directories are never overwritten.
+    let e = fails(limes_pack().args(["new", "demo-blank", "--dir"]).arg(work.path()), 1);
+    assert!(e.contains("already exists"), "{e}");
+    let e = fails(limes_pack().args(["new", "9bad", "--dir"]).arg(work.path()), 1);
+    assert!(e.contains("not a valid crate name"), "{e}");
+    let e = fails(limes_pack().args(["new", "x", "--template", "nope", "--dir"]).arg(work.path()), 1);
+    assert!(e.contains("choose one of: blank, noop, mandelbrot, image"), "{e}");
+}
+
+#[test]
+fn clear_errors_for_bad_crates() {
+    let out = tempdir();
+    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("not-a-function")), 1);
+    assert!(e.contains("is not a limes function crate") && e.contains("limes_sdk::export!"), "{e}");
+
+    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("wrong-world")), 1);
+    assert!(e.contains("does not export the limes world"), "{e}");
+
+    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("broken")), 1);
+    assert!(e.contains("error[E0308]"), "cargo's own error must pass through: {e}");
+    assert!(e.contains("`cargo build` of `broken` for wasm32-wasip2 failed"), "{e}");
+
+    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg("/nonexistent/crate"), 1);
+    assert!(e.contains("no Cargo.toml at /nonexistent/crate"), "{e}");
+
+    let e = fails(limes_pack().args(["build", "--tier", "x86-64-v9", "--out-dir"]).arg(out.path()).arg(pack("noop")), 1);
+    assert!(e.contains("unknown tier \"x86-64-v9\""), "{e}");
+
+    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(common::repo()), 1);
+    assert!(e.contains("workspace root without a package"), "{e}");
+
+    // Nothing half-written is left behind by any of these.
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".limes") && !n.to_string_lossy().starts_with(".limes-tmp")), "{left:?}");
+}
+
+#[test]
+fn missing_rustup_target_names_the_fix() {
+    // A target whose standard library is certainly not installed here.
+    let e = limes_build::compile::ensure_target_installed("riscv32imc-unknown-none-elf", &common::repo()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("rustup target add riscv32imc-unknown-none-elf"), "{msg}");
+    limes_build::compile::ensure_target_installed("wasm32-wasip2", &common::repo()).unwrap();
+}
+
+#[test]
+fn no_change_rebuild_reuses_everything() {
+    let out = tempdir();
+    let first = json(&ok(limes_pack().args(["build", "--json", "--out-dir"]).arg(out.path()).arg(pack("mandelbrot"))));
+    let second = json(&ok(limes_pack().args(["build", "--json", "--out-dir"]).arg(out.path()).arg(pack("mandelbrot"))));
+    assert_eq!(second["bundle_unchanged"], true);
+    assert!(second["tiers"].as_array().unwrap().iter().all(|t| t["cached"] == true), "{second}");
+    assert_eq!(first["bundle_size"], second["bundle_size"]);
+    // Only the requested tier is built.
+    let one = json(&ok(limes_pack().args(["build", "--json", "--tier", "x86-64-v2", "--out-dir"]).arg(out.path()).arg(pack("noop"))));
+    assert_eq!(one["tiers"].as_array().unwrap().len(), 1);
+    assert_eq!(one["tiers"][0]["tier"], "x86-64-v2");
+}

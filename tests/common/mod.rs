@@ -1,0 +1,136 @@
+//! Shared helpers for the end-to-end tests: paths, running the real
+//! binaries, building packs once per test process, the frame protocol.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn pack(name: &str) -> PathBuf {
+    repo().join("packs").join(name)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests").join("fixtures").join(name)
+}
+
+pub fn test_jpeg() -> Vec<u8> {
+    std::fs::read(pack("image").join("testdata/input-1024x768.jpg")).unwrap()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("limes-test-").tempdir().unwrap()
+}
+
+/// Run a command and require success, showing its output on failure.
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run a command that must fail with `code`; returns stderr.
+pub fn fails(cmd: &mut Command, code: i32) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cmd:?}: expected exit {code}\n--- stdout\n{}\n--- stderr\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Send one request to a native frame-protocol executable, return the answer.
+pub fn run_native(exe: &Path, req: &limes_sdk::Request) -> Result<limes_sdk::Response, limes_sdk::Error> {
+    use limes_sdk::frame;
+    use std::io::Write;
+    let mut child = Command::new(exe)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        frame::write_frame(&mut stdin, frame::REQUEST_MAGIC, &frame::encode_request(req)).unwrap();
+        stdin.flush().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "native runner exited with {}", out.status);
+    match frame::read_frame(&mut &out.stdout[..], frame::RESPONSE_MAGIC).unwrap() {
+        frame::Frame::Payload(p) => frame::decode_response(&p).unwrap(),
+        other => panic!("expected a response frame, got {other:?}"),
+    }
+}
+
+/// A signing key for the tests, fresh per process.
+pub struct TestKey {
+    pub dir: tempfile::TempDir,
+    pub secret: PathBuf,
+    pub public: PathBuf,
+}
+
+pub fn test_key() -> TestKey {
+    let dir = tempdir();
+    let sk = limes_bundle::keys::SecretKey::generate().unwrap();
+    let secret = dir.path().join("test.key");
+    let public = dir.path().join("test.pub");
+    std::fs::write(&secret, sk.to_text()).unwrap();
+    std::fs::write(&public, sk.public().to_text()).unwrap();
+    TestKey { dir, secret, public }
+}
+
+/// Build `crate_dir` with the library (signed with `key`) into `out`.
+pub fn build_signed(crate_dir: &Path, key: &TestKey, out: &Path) -> limes_build::BuildOutput {
+    let opts = limes_build::BuildOptions {
+        path: crate_dir.to_path_buf(),
+        out_dir: Some(out.to_path_buf()),
+        signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap()),
+        cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+        ..Default::default()
+    };
+    limes_build::build(&opts, &limes_build::pipeline::NoProgress)
+        .unwrap_or_else(|e| panic!("building {}: {e}", crate_dir.display()))
+}
+
+/// Install `bundle` into a fresh store and invoke it once through the AOT
+/// path (map + instantiate + call), as a device would.
+pub fn run_installed(
+    bundle: &Path,
+    key: &TestKey,
+    req: limes_sdk::Request,
+    dirs: Vec<(String, PathBuf)>,
+) -> (Result<limes_sdk::Response, limes_sdk::Error>, Option<String>) {
+    let store_dir = tempdir();
+    let store = limes::Store::open(store_dir.path()).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let f = store.install(bundle, &keys, false).unwrap();
+    let rt = limes::Runtime::new(&limes::RuntimeOptions { max_instances: 2, ..Default::default() }).unwrap();
+    let loaded = limes::load(&rt, &f, limes::LoadMode::Auto).unwrap();
+    assert!(!loaded.jit, "expected a precompiled tier to load");
+    let opts = limes::runtime::InvokeOptions { dirs, ..Default::default() };
+    let inv = rt.invoke(&loaded, req, &opts).unwrap();
+    (inv.result, loaded.tier.clone())
+}
+
+/// Known answer for the default Mandelbrot render (800x800, 256 iterations,
+/// f32, x in [-2,1], y in [-1.5,1.5]): pinned so that a change in either the
+/// native or the Wasm build shows up, not only a difference between them.
+pub const MANDELBROT_DEFAULT_CHECKSUM: &str =
+    r#"{"width":800,"height":800,"iterations":256,"fnv1a64":"4663184a2b054bbc","sum":2711483}"#;
