@@ -69,7 +69,13 @@ impl Ui {
 
     pub fn fail(&self, e: &anyhow::Error) -> ExitCode {
         self.finish_spinner();
-        let verify = e.chain().any(|c| c.downcast_ref::<limes_bundle::BundleError>().is_some_and(is_verification));
+        let verify = e.chain().any(|c| {
+            let bundle = c.downcast_ref::<limes_bundle::BundleError>().or_else(|| match c.downcast_ref() {
+                Some(limes_build::pipeline::BuildError::Bundle(b)) => Some(b),
+                _ => None,
+            });
+            bundle.is_some_and(is_verification)
+        });
         if self.json {
             let v = serde_json::json!({
                 "ok": false,

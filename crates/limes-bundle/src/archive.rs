@@ -17,7 +17,7 @@ use crate::keys::{KeyId, SignatureInfo, TrustedKeys};
 use crate::manifest::{is_safe_path, FileEntry, Manifest, MANIFEST_PATH, SIGNATURE_PATH};
 use crate::BundleError;
 use sha2::{Digest, Sha256};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 /// zstd level used for bundles. Fixed: part of what makes builds reproducible.
@@ -46,6 +46,25 @@ impl Default for BundleLimits {
             max_entries: 256,
         }
     }
+}
+
+fn encoder<W: Write>(w: W) -> io::Result<zstd::stream::Encoder<'static, W>> {
+    let mut enc = zstd::stream::Encoder::new(w, ZSTD_LEVEL)?;
+    enc.include_checksum(true)?;
+    enc.include_contentsize(false)?;
+    Ok(enc)
+}
+
+/// The first bytes of every bundle: zstd magic, frame header descriptor and
+/// window descriptor as our encoder settings produce them.
+pub fn canonical_frame_header() -> &'static [u8] {
+    static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    HEAD.get_or_init(|| {
+        let mut enc = encoder(Vec::new()).expect("zstd encoder");
+        enc.write_all(b"limes").expect("in-memory write");
+        let out = enc.finish().expect("in-memory zstd");
+        out[..6].to_vec()
+    })
 }
 
 /// Content of one file to put into a bundle.
@@ -115,9 +134,7 @@ pub fn write_bundle(
         return Err(BundleError::Manifest("files given do not match the manifest's file list".into()));
     }
 
-    let mut enc = zstd::stream::Encoder::new(tmp.as_file(), ZSTD_LEVEL).map_err(io_err)?;
-    enc.include_checksum(true).map_err(io_err)?;
-    enc.include_contentsize(false).map_err(io_err)?;
+    let mut enc = encoder(tmp.as_file()).map_err(io_err)?;
     {
         let mut tar = tar::Builder::new(&mut enc);
         let mut add = |path: &str, size: u64, data: &mut dyn Read| -> io::Result<()> {
@@ -249,6 +266,46 @@ fn classify(e: io::Error, context: &str) -> BundleError {
     }
 }
 
+/// Hashes everything read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Passes decompressed bytes through and compresses them again.
+struct ReEncode<R> {
+    inner: R,
+    enc: zstd::stream::Encoder<'static, HashWriter>,
+}
+
+impl<R: Read> Read for ReEncode<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.enc.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
 struct HashingReader<'a, R> {
     inner: R,
     hasher: &'a mut Sha256,
@@ -335,12 +392,33 @@ pub fn read_stream(
     policy: SignaturePolicy<'_>,
     sink: &mut dyn FileSink,
 ) -> Result<VerifiedBundle, BundleError> {
-    let raw = BufReader::new(Bounded { inner: compressed, left: limits.max_compressed, what: "compressed size" });
+    let mut raw = BufReader::new(Hashing {
+        inner: Bounded { inner: compressed, left: limits.max_compressed, what: "compressed size" },
+        hasher: Sha256::new(),
+    });
+    // The frame header must be exactly the one the writer emits: a header
+    // field that changes nothing when decoding (the window size, say) would
+    // otherwise let a modified bundle verify.
+    let head = raw.fill_buf().map_err(|e| classify(e, "zstd frame header"))?;
+    let want = canonical_frame_header();
+    if head.len() < want.len() || head[..want.len()] != want[..] {
+        return Err(BundleError::Compression(format!(
+            "zstd frame header is not the canonical limes header {want:02x?}"
+        )));
+    }
     let mut dec = zstd::stream::read::Decoder::with_buffer(raw)
         .map_err(|e| BundleError::Compression(e.to_string()))?
         .single_frame();
     dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| BundleError::Compression(e.to_string()))?;
-    let mut unpacked = Bounded { inner: dec, left: limits.max_unpacked, what: "unpacked size" };
+    // Everything decompressed is compressed again with the writer's settings:
+    // the result must be the input, byte for byte. zstd can encode the same
+    // content in many ways; only the canonical one is a limes bundle, so no
+    // altered byte goes unnoticed even when it decodes to the same content.
+    let tee = ReEncode {
+        inner: dec,
+        enc: encoder(HashWriter(Sha256::new())).map_err(|e| BundleError::Compression(e.to_string()))?,
+    };
+    let mut unpacked = Bounded { inner: tee, left: limits.max_unpacked, what: "unpacked size" };
 
     let mut archive = tar::Archive::new(&mut unpacked);
     let mut entries = archive.entries().map_err(|e| classify(e, "archive"))?;
@@ -464,10 +542,18 @@ pub fn read_stream(
             return Err(BundleError::Archive("data after the last listed file".into()));
         }
     }
-    let mut raw = unpacked.inner.finish();
+    let ReEncode { inner: dec, enc } = unpacked.inner;
+    let mut raw = dec.finish();
     let trailing = raw.fill_buf().map_err(|e| classify(e, "bundle end"))?;
     if !trailing.is_empty() {
         return Err(BundleError::Archive("trailing bytes after the compressed archive".into()));
+    }
+    let original = raw.into_inner().hasher.finalize();
+    let reencoded = enc.finish().map_err(|e| BundleError::Compression(e.to_string()))?.0.finalize();
+    if original != reencoded {
+        return Err(BundleError::Compression(
+            "compressed stream is not in canonical form: it was altered (or written by another tool)".into(),
+        ));
     }
 
     Ok(VerifiedBundle {
@@ -499,3 +585,88 @@ pub fn resign(
     Ok(v)
 }
 
+
+#[cfg(all(test, feature = "sign"))]
+mod tests {
+    use super::*;
+    use crate::keys::SecretKey;
+    use crate::manifest::{tests::sample, COMPONENT_PATH};
+
+    fn make(dir: &Path, sign: Option<&SecretKey>) -> (PathBuf, Vec<u8>) {
+        let component = b"\0asm fake component bytes".to_vec();
+        let mut m = sample();
+        let files = vec![(COMPONENT_PATH.to_string(), Source::Bytes(&component))];
+        m.files = file_entries(&files).unwrap();
+        let json = m.to_json();
+        let sig = sign.map(|k| k.sign(&json, "t"));
+        let out = dir.join("b.limes");
+        write_bundle(&out, &json, sig.as_deref(), &files, 0).unwrap();
+        (out, json)
+    }
+
+    use std::path::PathBuf;
+
+    #[test]
+    fn round_trip_signed_and_unsigned() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let keys = TrustedKeys::new(vec![key.public()]);
+        let (b, json) = make(dir.path(), Some(&key));
+        let mut mem = InMemory::default();
+        let v = read_bundle(&b, &BundleLimits::default(), SignaturePolicy::Require(&keys), &mut mem).unwrap();
+        assert_eq!(v.manifest_bytes, json);
+        assert!(v.signature_verified);
+        assert_eq!(mem.0[0].0, COMPONENT_PATH);
+        // Reproducible: same inputs, same bytes.
+        let first = std::fs::read(&b).unwrap();
+        make(dir.path(), Some(&key));
+        assert_eq!(first, std::fs::read(&b).unwrap());
+        // Unsigned bundles are readable for inspection, refused under Require.
+        let (b, _) = make(dir.path(), None);
+        read_bundle(&b, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard).unwrap();
+        let e = read_bundle(&b, &BundleLimits::default(), SignaturePolicy::Require(&keys), &mut Discard).unwrap_err();
+        assert!(matches!(e, BundleError::Unsigned), "{e}");
+        assert_eq!(&std::fs::read(&b).unwrap()[..6], canonical_frame_header());
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let keys = TrustedKeys::new(vec![key.public()]);
+        let (b, _) = make(dir.path(), Some(&key));
+        let orig = std::fs::read(&b).unwrap();
+        let bad = dir.path().join("bad.limes");
+        for i in 0..orig.len() {
+            for mask in [0x01u8, 0x80] {
+                let mut m = orig.clone();
+                m[i] ^= mask;
+                std::fs::write(&bad, &m).unwrap();
+                let r = read_bundle(&bad, &BundleLimits::default(), SignaturePolicy::Require(&keys), &mut Discard);
+                assert!(r.is_err(), "flipping byte {i} with {mask:#x} was accepted");
+            }
+        }
+        for cut in [0, 1, 5, orig.len() / 2, orig.len() - 1] {
+            std::fs::write(&bad, &orig[..cut]).unwrap();
+            assert!(read_bundle(&bad, &BundleLimits::default(), SignaturePolicy::Require(&keys), &mut Discard).is_err());
+        }
+        let mut extra = orig.clone();
+        extra.push(0);
+        std::fs::write(&bad, &extra).unwrap();
+        let e = read_bundle(&bad, &BundleLimits::default(), SignaturePolicy::Require(&keys), &mut Discard).unwrap_err();
+        assert!(e.to_string().contains("trailing"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let keys = TrustedKeys::new(vec![key.public()]);
+        let (b, _) = make(dir.path(), Some(&key));
+        let tiny = BundleLimits { max_unpacked: 1024, ..Default::default() };
+        let e = read_bundle(&b, &tiny, SignaturePolicy::Require(&keys), &mut Discard).unwrap_err();
+        assert!(matches!(e, BundleError::TooLarge(_)), "{e}");
+        let tiny = BundleLimits { max_compressed: 10, ..Default::default() };
+        assert!(matches!(read_bundle(&b, &tiny, SignaturePolicy::Require(&keys), &mut Discard), Err(BundleError::TooLarge(_))));
+    }
+}

@@ -139,9 +139,11 @@ mod tests {
         let img = render(&p);
         // (-2,-1.5): |c|^2 = 6.25 > 4, escapes after one step -> 1 + 1*254/256 = 1.
         assert_eq!(img[0], 1);
-        // (-1, -0.5) and (0, -0.5) stay bounded; the centre pixel (-1, 0) too.
-        assert_eq!(img[4], 0);
+        // Pixel (1,1) is c = -1 - 0.5i, which escapes after a few steps.
+        assert!(img[4] > 1 && img[4] < 20, "{}", img[4]);
+        // c = -0.5i and c = +0.5i (pixels (2,1) and (2,2)) are in the set.
         assert_eq!(img[5], 0);
+        assert_eq!(img[8], 0);
     }
 
     #[test]
