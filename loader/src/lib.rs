@@ -20,3 +20,6 @@ pub mod store;
 pub use store::Store;
 pub mod launch;
 pub use launch::{load, LoadMode};
+
+/// Whether this build can compile components at load time.
+pub const JIT_ENABLED: bool = cfg!(feature = "jit");

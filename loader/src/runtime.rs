@@ -271,19 +271,29 @@ impl Runtime {
         store.epoch_deadline_trap();
 
         let classify = |e: wasmtime::Error, stage: &str| -> RunError {
-            if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-                if *trap == wasmtime::Trap::Interrupt {
-                    return RunError::Timeout { function: name.clone(), ms: timeout.as_millis() as u64 };
-                }
+            let trap = e.downcast_ref::<wasmtime::Trap>().copied();
+            if trap == Some(wasmtime::Trap::Interrupt) {
+                return RunError::Timeout { function: name.clone(), ms: timeout.as_millis() as u64 };
             }
-            let msg = format!("{e:#}");
-            if msg.contains("forcing trap when growing memory") || msg.contains("memory limit") {
+            let full = format!("{e:#}");
+            if full.contains("forcing trap when growing memory") {
                 return RunError::MemoryLimit { function: name.clone(), limit: memory_limit };
             }
+            // The trap kind, plus what the guest said last on stderr (a Rust
+            // panic message lands there just before the trap).
+            let mut message = match trap {
+                Some(t) => t.to_string(),
+                None => full.lines().next().unwrap_or_default().to_string(),
+            };
+            let said = stderr.contents();
+            let tail = String::from_utf8_lossy(&said[said.len().saturating_sub(2048)..]).trim().to_string();
+            if !tail.is_empty() {
+                message = format!("{message}; guest stderr: {tail}");
+            }
             if stage == "instantiate" {
-                RunError::Instantiate { function: name.clone(), message: msg }
+                RunError::Instantiate { function: name.clone(), message }
             } else {
-                RunError::Trap { function: name.clone(), message: msg }
+                RunError::Trap { function: name.clone(), message }
             }
         };
 

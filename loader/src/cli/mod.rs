@@ -39,7 +39,13 @@ pub const EXIT_FAULT: u8 = 5;
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for c in e.chain() {
-        if let Some(b) = c.downcast_ref::<limes_bundle::BundleError>() {
+        // `#[error(transparent)]` wrappers hide the inner error from the
+        // chain, so look inside them explicitly.
+        let bundle = c.downcast_ref::<limes_bundle::BundleError>().or_else(|| match c.downcast_ref() {
+            Some(limes::store::StoreError::Bundle(b)) => Some(b),
+            _ => None,
+        });
+        if let Some(b) = bundle {
             if !matches!(b, limes_bundle::BundleError::Io { .. } | limes_bundle::BundleError::Key(_)) {
                 return EXIT_VERIFY;
             }

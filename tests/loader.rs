@@ -1,0 +1,283 @@
+//! End-to-end tests of the `limes` loader binary: install, run, list,
+//! remove; tampered and untrusted bundles; rollback protection; faults;
+//! the Limes study's world; the thin (no-Cranelift) build.
+
+mod common;
+use common::*;
+use limes_bundle::archive::{self, BundleLimits, InMemory, SignaturePolicy, Source};
+use limes_bundle::keys::SecretKey;
+use limes_bundle::Manifest;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn limes(store: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_limes"));
+    c.arg("--store").arg(store).env_remove("LIMES_HOME");
+    c
+}
+
+/// Re-sign `bundle` after `edit` changed its manifest (a validly signed
+/// bundle with different content, as an attacker with the key, or a
+/// publisher of another version, would make).
+fn rewrite(bundle: &Path, key: &TestKey, out: &Path, edit: impl FnOnce(&mut Manifest)) -> PathBuf {
+    let mut mem = InMemory::default();
+    let v = archive::read_bundle(bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
+    let mut m = v.manifest.clone();
+    edit(&mut m);
+    let json = m.to_json();
+    let sk = SecretKey::from_file(&key.secret).unwrap();
+    let sig = sk.sign(&json, "rewritten");
+    let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b))).collect();
+    archive::write_bundle(out, &json, Some(&sig), &files, 0).unwrap();
+    out.to_path_buf()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn install_run_list_remove() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("noop"), &key, d.path());
+    let store = d.path().join("store");
+    let o = ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    assert!(stdout(&o).starts_with("installed noop 0.1.0"), "{}", stdout(&o));
+    // Installing the same bundle again is a no-op that succeeds.
+    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.dir.path()));
+    let o = ok(limes(&store).args(["run", "noop", "--data", "hello limes"]));
+    assert_eq!(o.stdout, b"hello limes");
+    let o = ok(limes(&store).args(["--json", "run", "noop", "--data", "x", "--timings"]));
+    let j = json(&o);
+    assert_eq!(j["body_utf8"], "x");
+    assert!(j["timings"]["tier"].is_string() && j["timings"]["jit"] == false, "{j}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("map") && err.contains("instantiate") && err.contains("call"), "{err}");
+    let input = d.path().join("in.bin");
+    std::fs::write(&input, [0u8, 1, 2, 255]).unwrap();
+    let o = ok(limes(&store).args(["run", "noop", "--input"]).arg(&input));
+    assert_eq!(o.stdout, [0u8, 1, 2, 255]);
+
+    let list = json(&ok(limes(&store).args(["--json", "list"])));
+    assert_eq!(list[0]["name"], "noop");
+    // Store files are read-only.
+    let obj = store.join("objects").join(list[0]["object"].as_str().unwrap());
+    let meta = std::fs::metadata(obj.join("component.wasm")).unwrap();
+    assert!(meta.permissions().readonly());
+
+    ok(limes(&store).args(["remove", "noop"]));
+    assert!(!obj.exists(), "unreferenced object is collected");
+    let e = fails(limes(&store).args(["run", "noop"]), 1);
+    assert!(e.contains("no function named \"noop\" is installed"), "{e}");
+    let e = fails(limes(&store).args(["remove", "noop"]), 1);
+    assert!(e.contains("no function named"), "{e}");
+}
+
+#[test]
+fn tampered_or_untrusted_bundles_never_reach_the_store() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("noop"), &key, d.path());
+    let store = d.path().join("store");
+    let orig = std::fs::read(&built.bundle).unwrap();
+    for at in [orig.len() / 3, orig.len() / 2, orig.len() - 40] {
+        let mut m = orig.clone();
+        m[at] ^= 0x10;
+        let bad = d.path().join("bad.limes");
+        std::fs::write(&bad, &m).unwrap();
+        let e = fails(limes(&store).arg("install").arg(&bad).arg("--trust").arg(&key.public), 3);
+        assert!(e.contains("installing"), "{e}");
+        let e = fails(limes(&store).arg("run").arg(&bad).arg("--trust").arg(&key.public), 3);
+        assert!(e.contains("verifying"), "{e}");
+    }
+    let other = test_key();
+    let e = fails(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&other.public), 3);
+    assert!(e.contains("not trusted"), "{e}");
+    // A validly signed manifest that lies about a file's digest.
+    let lying = rewrite(&built.bundle, &key, &d.path().join("lying.limes"), |m| {
+        let f = m.files.iter_mut().find(|f| f.path.starts_with("aot/")).unwrap();
+        f.sha256 = "0".repeat(64);
+    });
+    let e = fails(limes(&store).arg("install").arg(&lying).arg("--trust").arg(&key.public), 3);
+    assert!(e.contains("digest mismatch for aot/"), "{e}");
+    // Nothing was published, and staging was cleaned up.
+    for sub in ["objects", "functions", "tmp"] {
+        let n = std::fs::read_dir(store.join(sub)).unwrap().count();
+        assert_eq!(n, 0, "{sub}/ is not empty");
+    }
+    let e = fails(limes(&store).arg("run").arg(&built.bundle), 1);
+    assert!(e.contains("needs --trust"), "{e}");
+}
+
+#[test]
+fn older_versions_are_refused_unless_allowed() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("noop"), &key, d.path());
+    let store = d.path().join("store");
+    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let old = rewrite(&built.bundle, &key, &d.path().join("old.limes"), |m| m.function.version = "0.0.9".into());
+    let e = fails(limes(&store).arg("install").arg(&old).arg("--trust").arg(&key.public), 1);
+    assert!(e.contains("rollback protection") && e.contains("--allow-downgrade"), "{e}");
+    ok(limes(&store).arg("install").arg(&old).arg("--trust").arg(&key.public).arg("--allow-downgrade"));
+    let list = json(&ok(limes(&store).args(["--json", "list"])));
+    assert_eq!(list[0]["version"], "0.0.9");
+    assert!(limes::store::version_cmp("0.10.0", "0.9.9").is_gt());
+    assert!(limes::store::version_cmp("1.0.0", "1.0.0-rc1").is_gt());
+}
+
+#[test]
+fn components_of_the_limes_study_world_run_unchanged() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&fixture("study-run"), &key, d.path());
+    assert_eq!(built.manifest.world.kind, limes_bundle::manifest::WorldKind::ComponentRun);
+    assert_eq!(built.manifest.world.export, "component:run/run");
+    let store = d.path().join("store");
+    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let o = ok(limes(&store).args(["run", "study", "--data", "mandelbrot 800"]));
+    assert_eq!(stdout(&o), "study says: mandelbrot 800");
+}
+
+#[test]
+fn faulty_functions_fail_cleanly() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&fixture("faulty"), &key, d.path());
+    let store = d.path().join("store");
+    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let e = fails(limes(&store).args(["run", "faulty", "--data", "loop"]), 5);
+    assert!(e.contains("timed out after 500 ms"), "{e}");
+    let e = fails(limes(&store).args(["run", "faulty", "--data", "loop", "--timeout-ms", "50"]), 5);
+    assert!(e.contains("timed out after 50 ms"), "{e}");
+    let e = fails(limes(&store).args(["run", "faulty", "--data", "oom"]), 5);
+    assert!(e.contains("exceeded its memory limit of 33554432 bytes"), "{e}");
+    let e = fails(limes(&store).args(["run", "faulty", "--data", "panic"]), 5);
+    assert!(e.contains("trapped") && e.contains("asked to panic"), "{e}");
+    let e = fails(limes(&store).args(["run", "faulty", "--data", "abort"]), 5);
+    assert!(e.contains("trapped"), "{e}");
+    let e = fails(limes(&store).args(["run", "faulty", "--data", "bad"]), 4);
+    assert!(e.contains("bad-request: bad on purpose"), "{e}");
+    let o = ok(limes(&store).args(["run", "faulty", "--data", "noisy"]));
+    assert_eq!(stdout(&o), "quiet now");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("to stdout") && err.contains("to stderr"), "guest stdio goes to stderr: {err}");
+    // Oversized input is refused before instantiation.
+    let big = d.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; (32 << 20) + 1]).unwrap();
+    let e = fails(limes(&store).args(["run", "faulty", "--input"]).arg(&big), 1);
+    assert!(e.contains("exceeds the limit"), "{e}");
+    // One runtime survives every fault and keeps answering.
+    let f = limes::Store::open(&store).unwrap().get("faulty").unwrap();
+    let rt = limes::Runtime::new(&Default::default()).unwrap();
+    let loaded = limes::load(&rt, &f, limes::LoadMode::Auto).unwrap();
+    for body in ["loop", "oom", "panic", "abort", "ok"] {
+        let r = rt.invoke(&loaded, limes_sdk::Request::new(body), &Default::default());
+        if body == "ok" {
+            assert_eq!(r.unwrap().result.unwrap().body, b"ok");
+        } else {
+            assert!(r.is_err(), "{body}");
+        }
+    }
+}
+
+#[test]
+fn corrupted_store_entries_are_detected() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("noop"), &key, d.path());
+    let store = d.path().join("store");
+    let o = json(&ok(limes(&store).args(["--json", "install"]).arg(&built.bundle).arg("--trust").arg(&key.public)));
+    let obj = store.join("objects").join(o["object"].as_str().unwrap());
+    let victim = std::fs::read_dir(obj.join("aot")).unwrap().next().unwrap().unwrap().path();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(obj.join("aot"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&victim, b"truncated").unwrap();
+    let e = fails(limes(&store).args(["run", "noop"]), 1);
+    assert!(e.contains("store entry for noop is corrupted") && e.contains("reinstall"), "{e}");
+}
+
+#[test]
+fn preopened_directories_follow_the_manifest() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("image"), &key, d.path());
+    let store = d.path().join("store");
+    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let images = d.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let jpeg = images.join("in.jpg");
+    std::fs::write(&jpeg, test_jpeg()).unwrap();
+    let from_body = ok(limes(&store).args(["run", "image", "--input"]).arg(&jpeg));
+    let dir_arg = format!("images={}", images.display());
+    let from_file = ok(limes(&store).args(["run", "image", "--meta", "file=in.jpg", "--dir", &dir_arg]));
+    assert_eq!(from_body.stdout, from_file.stdout);
+    assert_eq!(&from_body.stdout[..2], b"\xff\xd8");
+    // Without the binding the file is simply not there.
+    let e = fails(limes(&store).args(["run", "image", "--meta", "file=in.jpg"]), 4);
+    assert!(e.contains("not-found"), "{e}");
+    let e = fails(limes(&store).args(["run", "image", "--dir", "secrets=/etc"]), 1);
+    assert!(e.contains("no preopen named \"secrets\""), "{e}");
+    // Read-only: the declared preopen is not writable.
+    let m = limes::Store::open(&store).unwrap().get("image").unwrap().manifest;
+    assert!(!m.preopens[0].writable);
+}
+
+#[test]
+fn incompatible_artifacts_fall_back_or_fail_with_the_reason() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("noop"), &key, d.path());
+    let other_engine = rewrite(&built.bundle, &key, &d.path().join("w.limes"), |m| m.engine.wasmtime = "47.0.0".into());
+    let store_dir = d.path().join("store");
+    let store = limes::Store::open(&store_dir).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let f = store.install(&other_engine, &keys, false).unwrap();
+    let rt = limes::Runtime::new(&Default::default()).unwrap();
+    match limes::load(&rt, &f, limes::LoadMode::Auto) {
+        Ok(l) => {
+            assert!(limes::JIT_ENABLED, "only a JIT build may fall back");
+            assert!(l.jit && l.tier.is_none());
+            let r = rt.invoke(&l, limes_sdk::Request::new("jit"), &Default::default()).unwrap();
+            assert_eq!(r.result.unwrap().body, b"jit");
+        }
+        Err(e) => {
+            assert!(!limes::JIT_ENABLED);
+            let msg = e.to_string();
+            assert!(msg.contains("artifacts are for Wasmtime 47.0.0"), "{msg}");
+        }
+    }
+}
+
+/// The device build: default features, built on its own (no workspace
+/// feature unification), must contain no Cranelift, load AOT tiers, and
+/// refuse `--jit` with a clear message.
+#[test]
+fn thin_loader_has_no_cranelift_and_runs_aot() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = ok(Command::new(&cargo)
+        .args(["tree", "-p", "limes", "-e", "normal", "--prefix", "none"])
+        .current_dir(repo()));
+    let tree = stdout(&tree);
+    assert!(tree.contains("wasmtime v48"), "{tree}");
+    for bad in ["cranelift-codegen", "wasmtime-internal-cranelift", "winch"] {
+        assert!(!tree.contains(bad), "the default loader build pulls {bad}");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target")).join("thin");
+    ok(Command::new(&cargo)
+        .args(["build", "--quiet", "-p", "limes", "--bin", "limes", "--target-dir"])
+        .arg(&target)
+        .current_dir(repo()));
+    let thin = target.join("debug").join("limes");
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("mandelbrot"), &key, d.path());
+    let store = d.path().join("store");
+    ok(Command::new(&thin).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let o = ok(Command::new(&thin).arg("--store").arg(&store).args(["run", "mandelbrot", "--data", "output=checksum"]));
+    assert_eq!(stdout(&o).trim(), MANDELBROT_DEFAULT_CHECKSUM);
+    let e = fails(Command::new(&thin).arg("--store").arg(&store).args(["run", "mandelbrot", "--jit"]), 1);
+    assert!(e.contains("no JIT"), "{e}");
+}
