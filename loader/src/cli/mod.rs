@@ -4,6 +4,7 @@ mod install;
 mod list;
 mod remove;
 mod run;
+mod serve;
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ pub enum Command {
     List(list::ListCommand),
     Remove(remove::RemoveCommand),
     Run(run::RunCommand),
+    Serve(serve::ServeCommand),
 }
 
 impl Command {
@@ -29,6 +31,7 @@ impl Command {
             Command::List(c) => c.execute(ctx),
             Command::Remove(c) => c.execute(ctx),
             Command::Run(c) => c.execute(ctx),
+            Command::Serve(c) => c.execute(ctx),
         }
     }
 }

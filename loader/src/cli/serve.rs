@@ -1,0 +1,78 @@
+use super::Ctx;
+use anyhow::{bail, Context};
+use clap::Args;
+use limes::serve::{serve, ServeOptions};
+use limes::Store;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Serve installed functions over HTTP.
+///
+/// `POST /functions/NAME` runs NAME on a fresh instance with the body as
+/// input (headers and query parameters become metadata); `GET /healthz`;
+/// `GET /metrics` (Prometheus text: counts by status, cold/warm latency).
+/// Prints `listening on ADDR` once ready; SIGINT/SIGTERM stop accepting and
+/// finish the requests in flight.
+#[derive(Args)]
+pub struct ServeCommand {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Serve only these functions (repeatable) [default: all installed].
+    #[arg(long = "function", value_name = "NAME")]
+    functions: Vec<String>,
+    /// Invocations running at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// How long a request may wait for a free instance before 503, in ms.
+    #[arg(long, default_value_t = 5000)]
+    queue_timeout_ms: u64,
+    /// Largest request body in bytes (each function's manifest may lower it).
+    #[arg(long, default_value_t = 32 << 20)]
+    max_body: usize,
+    /// Wall-time limit per request in ms (overrides the manifests).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
+    #[arg(long, value_name = "NAME=PATH")]
+    dir: Vec<String>,
+}
+
+impl ServeCommand {
+    pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        let mut dirs = Vec::new();
+        for d in &self.dir {
+            let Some((n, p)) = d.split_once('=') else { bail!("--dir takes NAME=PATH, got {d:?}") };
+            dirs.push((n.to_string(), PathBuf::from(p)));
+        }
+        let opts = ServeOptions {
+            listen: self.listen,
+            functions: self.functions.clone(),
+            concurrency: self.concurrency,
+            queue_timeout: Duration::from_millis(self.queue_timeout_ms),
+            max_body: self.max_body,
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            dirs,
+        };
+        let store = Store::open(&ctx.store)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+        rt.block_on(async move {
+            let shutdown = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+                tracing::info!("shutting down: finishing requests in flight");
+            };
+            serve(&store, opts, |addr| {
+                println!("listening on {addr}");
+                let _ = std::io::stdout().flush();
+            }, shutdown)
+            .await
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}

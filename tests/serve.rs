@@ -1,0 +1,136 @@
+//! `limes serve` end to end: a real server process on 127.0.0.1, real HTTP,
+//! faulty functions under concurrent load, graceful shutdown.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(store: &std::path::Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_limes"))
+        .arg("--store")
+        .arg(store)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    Server { addr: addr.parse().unwrap(), child }
+}
+
+/// Minimal HTTP/1.1 client: one request per connection.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response has headers");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, raw[split + 4..].to_vec())
+}
+
+#[test]
+fn serves_functions_and_survives_faults_under_load() {
+    let key = test_key();
+    let d = tempdir();
+    let store = d.path().join("store");
+    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let st = limes::Store::open(&store).unwrap();
+    for krate in [pack("noop"), fixture("faulty")] {
+        let b = build_signed(&krate, &key, d.path());
+        st.install(&b.bundle, &keys, false).unwrap();
+    }
+    let server = start(&store, &["--concurrency", "4", "--max-body", "1048576"]);
+    let a = server.addr;
+
+    let (s, body) = http(a, "GET", "/healthz", b"");
+    assert_eq!(s, 200);
+    let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(health["functions"], serde_json::json!(["faulty", "noop"]));
+
+    assert_eq!(http(a, "POST", "/functions/noop", b"hello"), (200, b"hello".to_vec()));
+    assert_eq!(http(a, "POST", "/functions/nope", b"").0, 404);
+    assert_eq!(http(a, "POST", "/functions/faulty", b"loop").0, 504);
+    assert_eq!(http(a, "POST", "/functions/faulty", b"oom").0, 507);
+    let (s, body) = http(a, "POST", "/functions/faulty", b"panic");
+    assert_eq!(s, 500);
+    assert!(String::from_utf8_lossy(&body).contains("asked to panic"));
+    assert_eq!(http(a, "POST", "/functions/faulty", b"bad").0, 400);
+    assert_eq!(http(a, "POST", "/functions/noop", &vec![7u8; 2 << 20]).0, 413);
+
+    // Concurrent load with 1% faulty requests: every good request gets its
+    // own answer back, and the server is still up afterwards.
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut good = 0;
+                for i in 0..250 {
+                    let n = t * 1000 + i;
+                    if n % 100 == 7 {
+                        let what: &[u8] = if n % 200 == 7 { b"panic" } else { b"oom" };
+                        let (s, _) = http(a, "POST", "/functions/faulty", what);
+                        assert!(s == 500 || s == 507, "fault answered {s}");
+                    } else {
+                        let msg = format!("request {n}");
+                        let (s, body) = http(a, "POST", "/functions/noop", msg.as_bytes());
+                        assert_eq!((s, body), (200, msg.into_bytes()));
+                        good += 1;
+                    }
+                }
+                good
+            })
+        })
+        .collect();
+    let good: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let faulty = (0..8).flat_map(|t| (0..250).map(move |i| t * 1000 + i)).filter(|n| n % 100 == 7).count();
+    assert_eq!(faulty, 24, "1.2% of the requests go to the faulty function");
+    assert_eq!(good, 2000 - faulty);
+    assert_eq!(http(a, "GET", "/healthz", b"").0, 200);
+
+    let (s, m) = http(a, "GET", "/metrics", b"");
+    assert_eq!(s, 200);
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("limes_requests_total{function=\"noop\",status=\"200\"} 1977"), "{m}");
+    assert!(m.contains("limes_request_duration_seconds{function=\"noop\",phase=\"warm\",quantile=\"0.99\"}"), "{m}");
+
+    // Graceful shutdown on SIGTERM: exit 0.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "server exited with {status}");
+}
+
+#[test]
+fn serve_without_functions_fails_clearly() {
+    let d = tempdir();
+    let out = Command::new(env!("CARGO_BIN_EXE_limes"))
+        .arg("--store")
+        .arg(d.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no functions to serve"));
+}
