@@ -5,4 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+target="${CARGO_TARGET_DIR:-target}"
+# Benchmark smoke run (few iterations, asserts no timings): every method and
+# workload must run and the report must be written.
+cargo build --locked -p limes -p limes-bench
+"$target/debug/limes-bench" --quick --out "$target/bench-quick" >/dev/null
+for f in report.md results.json results.csv scaling.svg; do
+    test -s "$target/bench-quick/$f" || { echo "benchmark smoke run wrote no $f" >&2; exit 1; }
+done
 cargo test --workspace --locked "$@"

@@ -1,0 +1,361 @@
+//! `limes-bench`: the Limes study's comparison, measured in one run on this
+//! machine, with our AOT path beside the study's compile-at-load method.
+//!
+//! Writes `results.json`, `results.csv`, `report.md` and `scaling.svg` to
+//! `--out`. `--quick` is a smoke run (few iterations) for CI; it asserts
+//! nothing about timings.
+
+mod report;
+mod synth;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use limes::runtime::{InvokeOptions, RuntimeOptions};
+use limes::{LoadMode, Runtime, Store};
+use limes_sdk::Request;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "limes-bench", about = "Cold start and execution: compile-at-load vs AOT vs native, in one run")]
+struct Args {
+    /// Output directory for results and the report.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Smoke mode: a few iterations of everything (CI).
+    #[arg(long)]
+    quick: bool,
+    /// In-process cold starts per pack (AOT path).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Executions of each full workload per method.
+    #[arg(long)]
+    exec_runs: Option<usize>,
+    /// Compile-at-load starts per pack (slow: a full Cranelift compile each).
+    #[arg(long)]
+    compile_runs: Option<usize>,
+    /// Whole-process starts (`limes run`, native executables).
+    #[arg(long)]
+    process_runs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub n: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub min_us: f64,
+    pub max_us: f64,
+    pub mean_us: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[Duration]) -> Stats {
+        let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        Stats { n: v.len(), p50_us: q(0.5), p99_us: q(0.99), min_us: v[0], max_us: v[v.len() - 1], mean_us: v.iter().sum::<f64>() / v.len() as f64 }
+    }
+}
+
+/// One measured quantity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub method: String,
+    /// `cold_start`, `execution` or `total`.
+    pub phase: String,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRow {
+    pub pack: String,
+    pub cold_build_ms: f64,
+    pub no_change_build_ms: f64,
+    pub component_bytes: u64,
+    pub bundle_bytes: u64,
+    pub tiers: Vec<(String, f64, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalingRow {
+    pub size_bytes: u64,
+    pub compile_at_load: Stats,
+    pub aot: Stats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadRow {
+    pub clients: usize,
+    pub requests: usize,
+    pub requests_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: report::Machine,
+    pub quick: bool,
+    pub rows: Vec<Row>,
+    pub builds: Vec<BuildRow>,
+    pub scaling: Vec<ScalingRow>,
+    pub serve_load: Vec<LoadRow>,
+    pub notes: Vec<String>,
+}
+
+struct Workload {
+    name: &'static str,
+    pack: &'static str,
+    function: &'static str,
+    /// The full request (execution) and a trivial one (cold start).
+    full: Request,
+    light: Request,
+    dirs: Vec<(String, PathBuf)>,
+    native: fn(Request) -> Result<limes_sdk::Response, limes_sdk::Error>,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn sibling(bin: &str) -> Result<PathBuf> {
+    let p = std::env::current_exe()?.parent().unwrap().join(bin);
+    anyhow::ensure!(p.is_file(), "{} not found next to limes-bench; build it first (scripts/bench.sh does)", p.display());
+    Ok(p)
+}
+
+fn tiny_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 128]));
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap();
+    out
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+    let t = Instant::now();
+    let r = f();
+    (t.elapsed(), r)
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let q = a.quick;
+    let runs = a.runs.unwrap_or(if q { 20 } else { 1000 });
+    let exec_runs = a.exec_runs.unwrap_or(if q { 2 } else { 30 });
+    let compile_runs = a.compile_runs.unwrap_or(if q { 2 } else { 20 });
+    let process_runs = a.process_runs.unwrap_or(if q { 3 } else { 200 });
+    std::fs::create_dir_all(&a.out)?;
+    let work = tempfile::tempdir()?;
+    let mut notes = Vec::new();
+    let mut rows = Vec::new();
+    eprintln!("limes-bench: runs={runs} exec_runs={exec_runs} compile_runs={compile_runs} process_runs={process_runs}");
+
+    // --- Build: cold and no-change, per pack; sizes; precompile per tier.
+    let key = limes_bundle::keys::SecretKey::generate()?;
+    let pubkey = work.path().join("bench.pub");
+    std::fs::write(&pubkey, key.public().to_text())?;
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&pubkey))?;
+    let store = Store::open(work.path().join("store"))?;
+    let mut builds = Vec::new();
+    let mut components = Vec::new();
+    for (dir, pkg) in [("noop", "noop"), ("mandelbrot", "mandelbrot"), ("image", "image-pipeline")] {
+        let path = repo().join("packs").join(dir);
+        eprintln!("building {dir}");
+        // Cold: the function crate itself recompiles (not its dependencies)
+        // and no AOT artifact is reused.
+        let _ = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["clean", "--quiet", "--release", "--target", "wasm32-wasip2", "-p", pkg])
+            .current_dir(repo())
+            .status();
+        let opts = |no_cache| limes_build::BuildOptions {
+            path: path.clone(),
+            out_dir: Some(work.path().join("out")),
+            signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap()),
+            cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+            no_cache,
+            ..Default::default()
+        };
+        let (cold, out) = time(|| limes_build::build(&opts(true), &limes_build::pipeline::NoProgress));
+        let out = out.with_context(|| format!("building {dir}"))?;
+        let (warm, again) = time(|| limes_build::build(&opts(false), &limes_build::pipeline::NoProgress));
+        anyhow::ensure!(again?.bundle_unchanged, "no-change build rewrote the bundle");
+        builds.push(BuildRow {
+            pack: out.manifest.function.name.clone(),
+            cold_build_ms: cold.as_secs_f64() * 1e3,
+            no_change_build_ms: warm.as_secs_f64() * 1e3,
+            component_bytes: std::fs::metadata(&out.component)?.len(),
+            bundle_bytes: out.bundle_size,
+            tiers: out.aot.iter().map(|t| (t.tier.name.to_string(), t.compile_time.as_secs_f64() * 1e3, t.size)).collect(),
+        });
+        store.install(&out.bundle, &keys, true)?;
+        components.push((out.manifest.function.name.clone(), std::fs::read(&out.component)?));
+    }
+
+    // --- Workloads.
+    let jpeg = std::fs::read(repo().join("packs/image/testdata/input-1024x768.jpg"))?;
+    let images = work.path().join("images");
+    std::fs::create_dir_all(&images)?;
+    std::fs::write(images.join("in.jpg"), &jpeg)?;
+    let img_dirs = vec![("images".to_string(), images.clone())];
+    let workloads = vec![
+        Workload { name: "noop", pack: "noop", function: "noop", full: Request::new("hello"), light: Request::new("x"), dirs: vec![], native: noop::handle },
+        Workload {
+            name: "mandelbrot",
+            pack: "mandelbrot",
+            function: "mandelbrot",
+            full: Request::new(""),
+            light: Request::new("width=1&height=1"),
+            dirs: vec![],
+            native: mandelbrot::handle,
+        },
+        Workload { name: "image (body)", pack: "image", function: "image", full: Request::new(jpeg.clone()), light: Request::new(tiny_jpeg()), dirs: img_dirs.clone(), native: image_pipeline::handle },
+        Workload {
+            name: "image (file)",
+            pack: "image",
+            function: "image",
+            full: Request::new("").with_meta("file", "in.jpg"),
+            light: Request::new(tiny_jpeg()),
+            dirs: img_dirs.clone(),
+            native: |_| unreachable!("native file variant is not measured in-process"),
+        },
+    ];
+
+    let rt = Runtime::new(&RuntimeOptions { max_instances: 4, ..Default::default() })?;
+    let profile = limes_bundle::EngineProfile::default();
+    let limes_bin = sibling("limes")?;
+    for w in &workloads {
+        eprintln!("workload {}", w.name);
+        let f = store.get(w.function)?;
+        let opts = InvokeOptions { dirs: w.dirs.clone(), ..Default::default() };
+        let wasm = &components.iter().find(|(n, _)| n == w.function).unwrap().1;
+        let push = |rows: &mut Vec<Row>, method: &str, phase: &str, s: &[Duration]| {
+            if !s.is_empty() {
+                rows.push(Row { workload: w.name.into(), method: method.into(), phase: phase.into(), stats: Stats::of(s) });
+            }
+        };
+
+        // Our AOT path, in process: map + link + instantiate (cold start),
+        // call (execution). Every start maps the artifact afresh.
+        let mut cold = Vec::new();
+        for _ in 0..runs {
+            let l = limes::load(&rt, &f, LoadMode::Auto)?;
+            let inv = rt.invoke(&l, w.light.clone(), &opts)?;
+            inv.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+            cold.push(l.load_time + l.link_time + inv.instantiate_time);
+        }
+        let mut exec = Vec::new();
+        let mut total = Vec::new();
+        for _ in 0..exec_runs {
+            let (t, inv) = time(|| -> Result<_> {
+                let l = limes::load(&rt, &f, LoadMode::Auto)?;
+                Ok(rt.invoke(&l, w.full.clone(), &opts)?)
+            });
+            let inv = inv?;
+            inv.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+            exec.push(inv.call_time);
+            total.push(t);
+        }
+        push(&mut rows, "aot-in-process", "cold_start", &cold);
+        push(&mut rows, "aot-in-process", "execution", &exec);
+        push(&mut rows, "aot-in-process", "total", &total);
+
+        // The study's method: a fresh engine and a full compile per start.
+        let mut cold = Vec::new();
+        let mut exec = Vec::new();
+        let mut total = Vec::new();
+        for i in 0..compile_runs {
+            let t0 = Instant::now();
+            let fresh = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1, ..Default::default() })?;
+            let spec = limes::runtime::FunctionSpec::from_manifest(&f.manifest);
+            let l = fresh.load_jit(spec, wasm)?;
+            let req = if i % 2 == 0 { w.light.clone() } else { w.full.clone() };
+            let inv = fresh.invoke(&l, req, &opts)?;
+            inv.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let start = t0.elapsed() - inv.call_time;
+            cold.push(start);
+            if i % 2 == 1 {
+                exec.push(inv.call_time);
+                total.push(t0.elapsed());
+            }
+        }
+        push(&mut rows, "compile-at-load", "cold_start", &cold);
+        push(&mut rows, "compile-at-load", "execution", &exec);
+        push(&mut rows, "compile-at-load", "total", &total);
+
+        // Native, in process (the same Rust function, no Wasm).
+        if !w.name.contains("file") {
+            let mut exec = Vec::new();
+            for _ in 0..exec_runs.max(3) {
+                let (t, r) = time(|| (w.native)(w.full.clone()));
+                r.map_err(|e| anyhow::anyhow!("{e}"))?;
+                exec.push(t);
+            }
+            push(&mut rows, "native-in-process", "execution", &exec);
+        }
+
+        // Whole processes: `limes run` (AOT) and the native executable.
+        let body = work.path().join("body.bin");
+        std::fs::write(&body, &w.full.body)?;
+        let mut total = Vec::new();
+        for _ in 0..process_runs.min(if w.pack == "noop" { usize::MAX } else { exec_runs.max(3) }) {
+            let mut cmd = Command::new(&limes_bin);
+            cmd.arg("--store").arg(store.root()).args(["run", w.function, "--input"]).arg(&body);
+            for (k, v) in &w.full.metadata {
+                cmd.arg("--meta").arg(format!("{k}={v}"));
+            }
+            for (n, p) in &w.dirs {
+                cmd.arg("--dir").arg(format!("{n}={}", p.display()));
+            }
+            let (t, out) = time(|| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status());
+            anyhow::ensure!(out?.success(), "limes run {} failed", w.function);
+            total.push(t);
+        }
+        push(&mut rows, "aot-process (limes run)", "total", &total);
+    }
+
+    // Native process baselines: a hello-world-sized process (the noop
+    // executable on empty input), and each native executable answering the
+    // full request over the frame protocol.
+    for (pack, wl) in [("noop", 0usize), ("mandelbrot", 1), ("image", 2)] {
+        let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
+        let exe = limes_build::compile::build_native(&project, None, &limes_build::CargoOptions { quiet: true, ..Default::default() })?;
+        let w = &workloads[wl];
+        let frame = {
+            let mut v = Vec::new();
+            limes_sdk::frame::write_frame(&mut v, limes_sdk::frame::REQUEST_MAGIC, &limes_sdk::frame::encode_request(&w.full))?;
+            v
+        };
+        let n = if pack == "noop" { process_runs } else { exec_runs.max(3) };
+        let mut total = Vec::new();
+        for _ in 0..n {
+            let (t, ok) = time(|| -> Result<bool> {
+                use std::io::Write;
+                let mut c = Command::new(&exe).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+                c.stdin.take().unwrap().write_all(&frame)?;
+                Ok(c.wait()?.success())
+            });
+            anyhow::ensure!(ok?, "native {pack} failed");
+            total.push(t);
+        }
+        rows.push(Row { workload: w.name.into(), method: "native-process".into(), phase: "total".into(), stats: Stats::of(&total) });
+    }
+    notes.push("microVM backend: not measured yet (the microVM image issue is open); the study's Firecracker figures are 30-95 ms".into());
+
+    // --- Scaling with component size.
+    let sizes: &[u64] = if q { &[10_000, 100_000] } else { &[10_000, 100_000, 1_000_000, 10_000_000] };
+    let scaling = synth::scaling(sizes, &profile, if q { 2 } else { 5 }, if q { 5 } else { 200 }, work.path())?;
+
+    // --- limes serve under concurrent load.
+    let serve_load = report::serve_load(&store, if q { &[1, 2] } else { &[1, 2, 8, 64] }, if q { 50 } else { 2000 })?;
+
+    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, notes };
+    report::write_all(&a.out, &results)?;
+    eprintln!("wrote {}", a.out.join("report.md").display());
+    println!("{}", std::fs::read_to_string(a.out.join("report.md"))?);
+    Ok(())
+}

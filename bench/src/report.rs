@@ -1,0 +1,247 @@
+//! Machine description, the serve load test, and writing the results as
+//! JSON, CSV, Markdown and SVG.
+
+use crate::{LoadRow, Results};
+use anyhow::Result;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub os: String,
+    pub rustc: String,
+    pub wasmtime: String,
+    pub date_utc: String,
+    pub kvm_device: bool,
+}
+
+fn cmd(c: &str, args: &[&str]) -> String {
+    std::process::Command::new(c)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("unknown").trim().to_string();
+        let os = std::fs::read_to_string("/etc/os-release")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("PRETTY_NAME="))
+            .map(|l| l.trim_start_matches("PRETTY_NAME=").trim_matches('"').to_string())
+            .unwrap_or_default();
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            kernel: cmd("uname", &["-r"]),
+            os,
+            rustc: cmd("rustc", &["-V"]),
+            wasmtime: limes_bundle::profile::WASMTIME_VERSION.into(),
+            date_utc: cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            kvm_device: Path::new("/dev/kvm").exists(),
+        }
+    }
+}
+
+fn post(addr: SocketAddr, body: &[u8]) -> Result<u16> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "POST /functions/noop HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let line = String::from_utf8_lossy(&raw[..raw.len().min(16)]).to_string();
+    Ok(line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+}
+
+/// `limes serve` (in process, on 127.0.0.1) under 1..N concurrent clients,
+/// a bounded number of requests per level.
+pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize) -> Result<Vec<LoadRow>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let root = store.root().to_path_buf();
+    let server = std::thread::spawn(move || -> Result<()> {
+        let store = limes::Store::open(root)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(limes::serve::serve(
+            &store,
+            limes::serve::ServeOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                functions: vec!["noop".into()],
+                concurrency: 64,
+                ..Default::default()
+            },
+            move |a| tx.send(a).unwrap(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ))?;
+        Ok(())
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30))?;
+    let mut rows = Vec::new();
+    for &clients in levels {
+        let per = (per_level / clients).max(1);
+        let t = Instant::now();
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                std::thread::spawn(move || -> Result<Vec<Duration>> {
+                    let mut lat = Vec::with_capacity(per);
+                    for _ in 0..per {
+                        let t = Instant::now();
+                        anyhow::ensure!(post(addr, b"ping")? == 200, "non-200 from serve");
+                        lat.push(t.elapsed());
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().unwrap()?);
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let s = crate::Stats::of(&all);
+        rows.push(LoadRow { clients, requests: all.len(), requests_per_s: all.len() as f64 / wall, p50_us: s.p50_us, p99_us: s.p99_us });
+    }
+    let _ = stop_tx.send(());
+    server.join().unwrap()?;
+    Ok(rows)
+}
+
+fn find<'a>(r: &'a Results, workload: &str, method: &str, phase: &str) -> Option<&'a crate::Stats> {
+    r.rows.iter().find(|x| x.workload == workload && x.method == method && x.phase == phase).map(|x| &x.stats)
+}
+
+fn us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else if v >= 1000.0 {
+        format!("{:.2} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+pub fn markdown(r: &Results) -> String {
+    let m = &r.machine;
+    let mut s = String::new();
+    let _ = writeln!(s, "# limes benchmark report{}\n", if r.quick { " (quick smoke run: too few iterations to quote)" } else { "" });
+    let _ = writeln!(s, "Machine: {} ({} cores), {}, kernel {}, {}, Wasmtime {}; /dev/kvm {}. Measured {}.\n",
+        m.cpu, m.cores, m.os, m.kernel, m.rustc, m.wasmtime, if m.kvm_device { "present" } else { "absent" }, m.date_utc);
+    let workloads: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
+        for row in &r.rows {
+            if !v.contains(&row.workload) {
+                v.push(row.workload.clone());
+            }
+        }
+        v
+    };
+    s += "## Cold start (in process): the study's compile-at-load vs our AOT path\n\n";
+    s += "Cold start = everything before the function's first instruction: compile-at-load is a fresh engine plus `Component::new` (the Limes study's method); AOT is mapping the verified `.cwasm` (`deserialize_file`), linking and instantiating from the pooling allocator.\n\n";
+    s += "| workload | compile-at-load p50 | p99 | AOT p50 | AOT p99 | AOT min / max | runs (AOT) | speed-up (p50) |\n|---|---|---|---|---|---|---|---|\n";
+    for w in &workloads {
+        if let (Some(c), Some(a)) = (find(r, w, "compile-at-load", "cold_start"), find(r, w, "aot-in-process", "cold_start")) {
+            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} / {} | {} | {:.0}x |", us(c.p50_us), us(c.p99_us), us(a.p50_us), us(a.p99_us), us(a.min_us), us(a.max_us), a.n, c.p50_us / a.p50_us);
+        }
+    }
+    s += "\n## Execution: Wasm (AOT) against the same function compiled natively\n\n";
+    s += "| workload | native p50 | AOT p50 | AOT / native | compile-at-load p50 | AOT p99 |\n|---|---|---|---|---|---|\n";
+    for w in &workloads {
+        if let Some(a) = find(r, w, "aot-in-process", "execution") {
+            let n = find(r, w, "native-in-process", "execution");
+            let c = find(r, w, "compile-at-load", "execution");
+            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} |",
+                n.map(|n| us(n.p50_us)).unwrap_or("-".into()), us(a.p50_us),
+                n.filter(|n| n.p50_us >= 50.0).map(|n| format!("{:.2}x", a.p50_us / n.p50_us)).unwrap_or("-".into()),
+                c.map(|c| us(c.p50_us)).unwrap_or("-".into()), us(a.p99_us));
+        }
+    }
+    s += "\n## Whole process: `limes run` (verify-free start from the store, AOT) vs a native process\n\n";
+    s += "| workload | `limes run` p50 | p99 | native process p50 | p99 | runs |\n|---|---|---|---|---|---|\n";
+    for w in &workloads {
+        if let Some(l) = find(r, w, "aot-process (limes run)", "total") {
+            let n = find(r, w, "native-process", "total");
+            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} |", us(l.p50_us), us(l.p99_us),
+                n.map(|n| us(n.p50_us)).unwrap_or("-".into()), n.map(|n| us(n.p99_us)).unwrap_or("-".into()), l.n);
+        }
+    }
+    s += "\n## Cold start against component size\n\n![scaling](scaling.svg)\n\n| component size | compile-at-load p50 | AOT (map + instantiate + call) p50 | AOT p99 |\n|---|---|---|---|\n";
+    for x in &r.scaling {
+        let _ = writeln!(s, "| {:.0} KB | {} | {} | {} |", x.size_bytes as f64 / 1e3, us(x.compile_at_load.p50_us), us(x.aot.p50_us), us(x.aot.p99_us));
+    }
+    s += "\n## `limes serve` under concurrent load (noop, 127.0.0.1, one connection per request)\n\n| clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|\n";
+    for l in &r.serve_load {
+        let _ = writeln!(s, "| {} | {} | {:.0} | {} | {} |", l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
+    }
+    s += "\n## Build (limes-pack)\n\n| pack | cold build | no-change build | component | bundle | tiers (precompile ms, bytes) |\n|---|---|---|---|---|---|\n";
+    for b in &r.builds {
+        let tiers: Vec<String> = b.tiers.iter().map(|(t, ms, sz)| format!("{t}: {ms:.0} ms, {sz} B")).collect();
+        let _ = writeln!(s, "| {} | {:.0} ms | {:.0} ms | {} B | {} B | {} |", b.pack, b.cold_build_ms, b.no_change_build_ms, b.component_bytes, b.bundle_bytes, tiers.join("; "));
+    }
+    for n in &r.notes {
+        let _ = writeln!(s, "\nNote: {n}");
+    }
+    s
+}
+
+/// Log-log line chart of cold start against component size.
+pub fn svg(r: &Results) -> String {
+    let (w, h, pad) = (640.0, 400.0, 60.0);
+    let pts = |f: &dyn Fn(&crate::ScalingRow) -> f64| -> Vec<(f64, f64)> { r.scaling.iter().map(|x| (x.size_bytes as f64, f(x))).collect() };
+    let jit = pts(&|x| x.compile_at_load.p50_us);
+    let aot = pts(&|x| x.aot.p50_us);
+    let all: Vec<(f64, f64)> = jit.iter().chain(aot.iter()).copied().collect();
+    if all.is_empty() {
+        return String::from("<svg xmlns=\"http://www.w3.org/2000/svg\"/>");
+    }
+    let (xmin, xmax) = all.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let (ymin, ymax) = all.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+    let (lx0, lx1) = (xmin.log10().floor(), xmax.log10().ceil().max(xmin.log10().floor() + 1.0));
+    let (ly0, ly1) = (ymin.log10().floor(), ymax.log10().ceil().max(ymin.log10().floor() + 1.0));
+    let sx = |x: f64| pad + (x.log10() - lx0) / (lx1 - lx0) * (w - 2.0 * pad);
+    let sy = |y: f64| h - pad - (y.log10() - ly0) / (ly1 - ly0) * (h - 2.0 * pad);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    let _ = writeln!(s, "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">Cold start vs component size (log-log, p50)</text>", w / 2.0);
+    for e in lx0 as i32..=lx1 as i32 {
+        let x = sx(10f64.powi(e));
+        let _ = writeln!(s, "<line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">1e{e} B</text>", pad, h - pad, h - pad + 16.0);
+    }
+    for e in ly0 as i32..=ly1 as i32 {
+        let y = sy(10f64.powi(e));
+        let _ = writeln!(s, "<line x1=\"{pad}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">1e{e} µs</text>", w - pad, pad - 4.0, y + 4.0);
+    }
+    for (pts, color, label, ly) in [(&jit, "#c0392b", "compile-at-load (study)", 40.0), (&aot, "#2471a3", "AOT map + instantiate + call", 56.0)] {
+        let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+        let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", path.join(" "));
+        for &(x, y) in pts.iter() {
+            let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>", sx(x), sy(y));
+        }
+        let _ = writeln!(s, "<text x=\"{}\" y=\"{ly}\" fill=\"{color}\">{label}</text>", pad + 10.0);
+    }
+    s += "</svg>\n";
+    s
+}
+
+pub fn write_all(out: &Path, r: &Results) -> Result<()> {
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(r)?)?;
+    let mut csv = String::from("workload,method,phase,n,p50_us,p99_us,min_us,max_us,mean_us\n");
+    for x in &r.rows {
+        let _ = writeln!(csv, "{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1}", x.workload, x.method, x.phase, x.stats.n, x.stats.p50_us, x.stats.p99_us, x.stats.min_us, x.stats.max_us, x.stats.mean_us);
+    }
+    std::fs::write(out.join("results.csv"), csv)?;
+    std::fs::write(out.join("report.md"), markdown(r))?;
+    std::fs::write(out.join("scaling.svg"), svg(r))?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The full benchmark, optimised builds: writes bench-results/{report.md,
+# results.json,results.csv,scaling.svg}. Pass --quick for a smoke run.
+# Run it on an otherwise idle machine: it measures wall-clock time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+target="${CARGO_TARGET_DIR:-target}"
+# The loader alone first, so target/release/limes is the thin device build
+# (no Cranelift); the benchmark itself links Cranelift for compile-at-load.
+cargo build --release --locked -p limes --bin limes
+cargo build --release --locked -p limes-bench
+"$target/release/limes-bench" --out "${BENCH_OUT:-bench-results}" "$@"
