@@ -14,6 +14,7 @@ done
 declare -A pkgs=(
     [minisign]=minisign        # independent check of bundle signatures
     [musl-gcc]=musl-tools      # static native builds for microVM images
+    [qemu-system-x86_64]=qemu-system-x86   # boots microVM images (TCG when KVM cannot)
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
@@ -26,3 +27,6 @@ if ((${#missing[@]})); then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# A stock Debian kernel for microVM tests (downloaded, not installed).
+"$(dirname "$0")/fetch-kernel.sh" >/dev/null

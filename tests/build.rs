@@ -30,6 +30,7 @@ fn every_pack_builds_into_a_validated_bundle() {
         assert!(imports.iter().all(|i| i.starts_with("wasi:") || i.starts_with("limes:function/types@")), "{imports:?}");
         let tiers: Vec<&str> = j["tiers"].as_array().unwrap().iter().map(|t| t["tier"].as_str().unwrap()).collect();
         assert_eq!(tiers, ["x86-64", "x86-64-v2", "x86-64-v3"]);
+        assert_eq!(j["microvm"]["target"], "x86_64-unknown-linux-musl", "microVM image by default");
         let bundle = out_dir.path().join(format!("{name}-0.1.0.limes"));
         assert!(bundle.is_file());
         let insp = json(&ok(limes_pack().args(["inspect", "--json"]).arg(&bundle)));

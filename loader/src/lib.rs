@@ -24,3 +24,4 @@ pub use launch::{load, LoadMode};
 /// Whether this build can compile components at load time.
 pub const JIT_ENABLED: bool = cfg!(feature = "jit");
 pub mod serve;
+pub mod microvm;

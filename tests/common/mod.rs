@@ -98,7 +98,13 @@ pub fn test_key() -> TestKey {
 
 /// Build `crate_dir` with the library (signed with `key`) into `out`.
 pub fn build_signed(crate_dir: &Path, key: &TestKey, out: &Path) -> limes_build::BuildOutput {
+    build_signed_with(crate_dir, key, out, false)
+}
+
+/// [`build_signed`], optionally with the microVM image.
+pub fn build_signed_with(crate_dir: &Path, key: &TestKey, out: &Path, microvm: bool) -> limes_build::BuildOutput {
     let opts = limes_build::BuildOptions {
+        microvm,
         path: crate_dir.to_path_buf(),
         out_dir: Some(out.to_path_buf()),
         signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap()),
@@ -134,3 +140,13 @@ pub fn run_installed(
 /// native or the Wasm build shows up, not only a difference between them.
 pub const MANDELBROT_DEFAULT_CHECKSUM: &str =
     r#"{"width":800,"height":800,"iterations":256,"fnv1a64":"4663184a2b054bbc","sum":2711483}"#;
+
+/// The kernel microVM tests boot: `$LIMES_KERNEL`, else what
+/// `scripts/fetch-kernel.sh` fetched. Missing is a failure, not a skip.
+pub fn test_kernel() -> PathBuf {
+    let k = std::env::var_os("LIMES_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/limes-kernel/vmlinuz"));
+    assert!(k.is_file(), "no kernel at {}: run scripts/fetch-kernel.sh (scripts/setup.sh does)", k.display());
+    k
+}

@@ -33,6 +33,14 @@ pub struct BuildCommand {
     /// Recompile every tier instead of reusing the content-addressed AOT cache.
     #[arg(long)]
     no_cache: bool,
+    /// Skip the microVM image (static x86_64-unknown-linux-musl build of the
+    /// same function as /init of an initramfs, plus a Firecracker config).
+    #[arg(long)]
+    no_microvm: bool,
+    /// Embed this kernel (ELF vmlinux or bzImage) in the bundle; by default
+    /// the kernel is a device-side setting.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_microvm")]
+    kernel: Option<PathBuf>,
 }
 
 impl BuildCommand {
@@ -47,6 +55,8 @@ impl BuildCommand {
             signing_key,
             source_date_epoch: None,
             no_cache: self.no_cache,
+            microvm: !self.no_microvm,
+            kernel: self.kernel.clone(),
         };
         let out = limes_build::build(&opts, ui)?;
         let m = &out.manifest;
@@ -59,6 +69,7 @@ impl BuildCommand {
             "bundle_unchanged": out.bundle_unchanged,
             "component": out.component,
             "world": m.world,
+            "microvm": m.microvm,
             "tiers": out.aot.iter().map(|a| serde_json::json!({
                 "tier": a.tier.name, "size": a.size, "cached": a.cached,
                 "compile_ms": a.compile_time.as_secs_f64() * 1e3,
@@ -67,6 +78,7 @@ impl BuildCommand {
             "timings_ms": {
                 "cargo": out.timings.cargo.as_secs_f64() * 1e3,
                 "validate": out.timings.validate.as_secs_f64() * 1e3,
+                "microvm": out.timings.microvm.as_secs_f64() * 1e3,
                 "aot": out.timings.aot.as_secs_f64() * 1e3,
                 "bundle": out.timings.bundle.as_secs_f64() * 1e3,
                 "total": out.timings.total.as_secs_f64() * 1e3,
@@ -88,6 +100,11 @@ impl BuildCommand {
                     a.size,
                     if a.cached { "(cached)".to_string() } else { format!("{:.0} ms", a.compile_time.as_secs_f64() * 1e3) }
                 );
+            }
+            if let Some(vm) = &m.microvm {
+                let size = m.file(&vm.initrd).map(|f| f.size).unwrap_or(0);
+                s += &format!("  microvm   initrd {} bytes, {} vCPU, {} MiB{}\n", size, vm.vcpus, vm.memory_mib,
+                    if vm.kernel.is_some() { ", kernel embedded" } else { "" });
             }
             s += &format!("  component {}\n", out.component.display());
             s += &format!(

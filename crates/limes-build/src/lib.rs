@@ -13,6 +13,7 @@
 
 pub mod aot;
 pub mod compile;
+pub mod microvm;
 pub mod pipeline;
 pub mod project;
 pub mod templates;

@@ -42,11 +42,17 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<u64>,
     /// Recompile every tier instead of reusing the AOT cache.
     pub no_cache: bool,
+    /// Also build the microVM image (static native build, initramfs,
+    /// Firecracker config).
+    pub microvm: bool,
+    /// Embed this kernel in the bundle (else the kernel is a device setting).
+    pub kernel: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
     pub cargo: Duration,
+    pub microvm: Duration,
     pub validate: Duration,
     pub aot: Duration,
     pub bundle: Duration,
@@ -82,6 +88,8 @@ pub enum BuildError {
     Bundle(#[from] BundleError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    MicroVm(#[from] crate::microvm::MicroVmError),
     #[error("SOURCE_DATE_EPOCH={0:?} is not a non-negative integer")]
     BadEpoch(String),
 }
@@ -190,12 +198,30 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
     let aot_out = aot::precompile(&wasm, &tiers, &profile, &cache, !opts.no_cache)?;
     timings.aot = t.elapsed();
 
+    let image = if opts.microvm {
+        progress.step(&format!("building the microVM image ({})", crate::microvm::MICROVM_TARGET));
+        let t = Instant::now();
+        let image = crate::microvm::build_image(&project, &opts.cargo, epoch, opts.kernel.is_some())?;
+        timings.microvm = t.elapsed();
+        Some(image)
+    } else {
+        None
+    };
+
     progress.step("assembling bundle");
     let t = Instant::now();
     let aot_paths: Vec<String> = aot_out.iter().map(|a| format!("aot/{}.cwasm", a.tier.name)).collect();
     let mut files: Vec<(String, Source<'_>)> = vec![(COMPONENT_PATH.to_string(), Source::Bytes(&wasm))];
     for (a, p) in aot_out.iter().zip(&aot_paths) {
         files.push((p.clone(), Source::File(&a.path)));
+    }
+    if let Some(img) = &image {
+        use crate::microvm::{FIRECRACKER_CONFIG_PATH, INITRD_PATH, KERNEL_PATH};
+        files.push((INITRD_PATH.into(), Source::Bytes(&img.initrd)));
+        files.push((FIRECRACKER_CONFIG_PATH.into(), Source::Bytes(&img.firecracker_config)));
+        if let Some(k) = &opts.kernel {
+            files.push((KERNEL_PATH.into(), Source::File(k)));
+        }
     }
     files.sort_by(|a, b| a.0.cmp(&b.0));
     let manifest = Manifest {
@@ -221,7 +247,16 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
                 compat_hash: a.compat_hash.clone(),
             })
             .collect(),
-        microvm: None,
+        microvm: image.as_ref().map(|img| limes_bundle::manifest::MicroVm {
+            target: crate::microvm::MICROVM_TARGET.into(),
+            initrd: crate::microvm::INITRD_PATH.into(),
+            rootfs: None,
+            kernel: opts.kernel.as_ref().map(|_| crate::microvm::KERNEL_PATH.into()),
+            firecracker_config: crate::microvm::FIRECRACKER_CONFIG_PATH.into(),
+            boot_args: crate::microvm::BOOT_ARGS.into(),
+            vcpus: img.vcpus,
+            memory_mib: img.memory_mib,
+        }),
         files: archive::file_entries(&files)?,
         provenance: Provenance {
             source_digest: source_digest(&project.package_dir)?,

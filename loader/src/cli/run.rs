@@ -53,6 +53,86 @@ pub struct RunCommand {
     /// Print the cold-start breakdown (microseconds) on stderr.
     #[arg(long)]
     timings: bool,
+    /// Run as Wasm (precompiled tier, JIT fallback) or boot the bundle's
+    /// microVM image (Firecracker when present with a working KVM, else
+    /// QEMU -M microvm: KVM if it runs guests, else TCG).
+    #[arg(long, value_enum, default_value = "wasm")]
+    backend: Backend,
+    /// Kernel for the microVM backend [default: embedded in the bundle, else $LIMES_KERNEL].
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Hardware acceleration for QEMU: auto probes KVM once and remembers.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+enum Backend {
+    Wasm,
+    Microvm,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>, timings: serde_json::Value) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(resp) => {
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "content_type": resp.content_type,
+                        "body_len": resp.body.len(), "body_utf8": String::from_utf8(resp.body.clone()).ok(),
+                        "timings": timings})
+                );
+            } else {
+                std::io::stdout().write_all(&resp.body)?;
+                std::io::stdout().flush()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if ctx.json {
+                println!("{}", serde_json::json!({"ok": false, "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings}));
+            }
+            eprintln!("function error: {e}");
+            Ok(ExitCode::from(EXIT_FUNCTION_ERROR))
+        }
+    }
+}
+
+impl RunCommand {
+    fn run_microvm(&self, ctx: &Ctx, store: &Store, f: &InstalledFunction, req: Request, verify: Option<Duration>) -> anyhow::Result<ExitCode> {
+        let opts = limes::microvm::VmOptions {
+            kernel: self.kernel.clone(),
+            timeout: Duration::from_millis(self.timeout_ms.unwrap_or(120_000).max(1000)),
+            accel: match self.accel {
+                AccelArg::Auto => limes::microvm::Accel::Auto,
+                AccelArg::Kvm => limes::microvm::Accel::Kvm,
+                AccelArg::Tcg => limes::microvm::Accel::Tcg,
+            },
+            probe_cache: Some(store.root().join("microvm-accel")),
+        };
+        let o = limes::microvm::run(f, &req, &opts).with_context(|| format!("booting the microVM image of {}", f.manifest.function.name))?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        if self.timings {
+            eprintln!(
+                "timings ({}): {}boot {:.1} ms, execution {:.1} ms, total {:.1} ms",
+                o.hypervisor,
+                verify.map(|v| format!("verify {:.1} ms, ", ms(v))).unwrap_or_default(),
+                ms(o.boot_time),
+                ms(o.exec_time),
+                ms(o.total)
+            );
+        }
+        let timings = serde_json::json!({"backend": "microvm", "hypervisor": o.hypervisor, "boot_ms": ms(o.boot_time),
+            "exec_ms": ms(o.exec_time), "total_ms": ms(o.total), "verify_ms": verify.map(ms)});
+        print_result(ctx, o.result, timings)
+    }
 }
 
 fn us(d: Duration) -> f64 {
@@ -112,6 +192,9 @@ impl RunCommand {
         };
         let verify_time = t.elapsed();
 
+        if self.backend == Backend::Microvm {
+            return self.run_microvm(ctx, &store, &f, req, is_file.then_some(verify_time));
+        }
         let t = Instant::now();
         let rt = Runtime::new(&RuntimeOptions { max_instances: 1, ..Default::default() })?;
         let engine_time = t.elapsed();
@@ -146,28 +229,6 @@ impl RunCommand {
                 us(total)
             );
         }
-        match inv.result {
-            Ok(resp) => {
-                if ctx.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"ok": true, "content_type": resp.content_type,
-                            "body_len": resp.body.len(), "body_utf8": String::from_utf8(resp.body.clone()).ok(),
-                            "timings": timings})
-                    );
-                } else {
-                    std::io::stdout().write_all(&resp.body)?;
-                    std::io::stdout().flush()?;
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                if ctx.json {
-                    println!("{}", serde_json::json!({"ok": false, "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings}));
-                }
-                eprintln!("function error: {e}");
-                Ok(ExitCode::from(EXIT_FUNCTION_ERROR))
-            }
-        }
+        print_result(ctx, inv.result, timings)
     }
 }

@@ -1,0 +1,294 @@
+//! The microVM backend: boot a function's image under Firecracker (when it
+//! and a working KVM are present) or QEMU `-M microvm` (KVM if it works,
+//! else TCG software emulation), send the request over the serial console,
+//! and read the answer. Every launch runs under a timeout, and the VM
+//! process is killed and reaped on every path.
+
+use crate::store::InstalledFunction;
+use limes_sdk::frame::{self, Frame};
+use limes_sdk::{Request, Response};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when it runs guests here (probed once, remembered), else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Kernel to boot; else the bundle's embedded one, else `$LIMES_KERNEL`.
+    pub kernel: Option<PathBuf>,
+    pub timeout: Duration,
+    pub accel: Accel,
+    /// Where the KVM probe result is remembered (`None`: probe every time).
+    pub probe_cache: Option<PathBuf>,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions { kernel: None, timeout: Duration::from_secs(120), accel: Accel::Auto, probe_cache: None }
+    }
+}
+
+#[derive(Debug)]
+pub struct VmOutcome {
+    pub result: Result<Response, limes_sdk::Error>,
+    /// Launch to the guest's ready frame.
+    pub boot_time: Duration,
+    /// Request sent to response received.
+    pub exec_time: Duration,
+    /// Launch to answer (teardown excluded).
+    pub total: Duration,
+    /// `qemu-tcg`, `qemu-kvm` or `firecracker`.
+    pub hypervisor: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{0} has no microVM image (it was built with --no-microvm)")]
+    NoImage(String),
+    #[error("no kernel to boot: pass --kernel PATH or set LIMES_KERNEL (a Debian linux-image kernel works)")]
+    NoKernel,
+    #[error("no hypervisor: install QEMU (`apt-get install qemu-system-x86`) or Firecracker")]
+    NoHypervisor,
+    #[error("could not start {cmd}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("the VM did not {stage} within {secs} s{detail}")]
+    Timeout { stage: &'static str, secs: u64, detail: String },
+    #[error("the VM ended before answering{detail}")]
+    Ended { detail: String },
+    #[error("bad frame from the VM: {0}")]
+    Frame(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Kills and reaps the VM on every path out.
+struct Vm(Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.is_file())
+}
+
+fn kvm_device() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+enum Event {
+    Ready(Instant),
+    Answer(Instant, Vec<u8>),
+    Eof(Vec<u8>),
+    Error(String),
+}
+
+/// Read the VM's serial output: ready frame, then the response frame;
+/// anything else (boot noise) is skipped but kept for error messages.
+fn reader(mut out: impl Read + Send + 'static, tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut noise = Vec::new();
+        for (magic, ready) in [(limes_sdk::native::READY_MAGIC, true), (frame::RESPONSE_MAGIC, false)] {
+            match frame::scan_for_magic(&mut out, magic) {
+                Ok((Frame::Payload(p), skipped)) => {
+                    noise.extend(skipped);
+                    let now = Instant::now();
+                    let _ = tx.send(if ready { Event::Ready(now) } else { Event::Answer(now, p) });
+                }
+                Ok((Frame::Eof, skipped)) | Ok((Frame::Shutdown, skipped)) => {
+                    noise.extend(skipped);
+                    let _ = tx.send(Event::Eof(noise));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::Error(e.to_string()));
+                    return;
+                }
+            }
+        }
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+}
+
+fn tail(noise: &[u8]) -> String {
+    let t = String::from_utf8_lossy(&noise[noise.len().saturating_sub(800)..]).trim().to_string();
+    if t.is_empty() { String::new() } else { format!("; console: {t}") }
+}
+
+struct Launch<'a> {
+    kernel: &'a Path,
+    initrd: &'a Path,
+    boot_args: &'a str,
+    vcpus: u32,
+    memory_mib: u32,
+}
+
+fn qemu_command(l: &Launch<'_>, kvm: bool) -> Option<Command> {
+    let qemu = which("qemu-system-x86_64")?;
+    let mut c = Command::new(qemu);
+    c.args(["-M", "microvm,isa-serial=on", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args(["-m", &l.memory_mib.to_string(), "-smp", &l.vcpus.to_string()])
+        .args(["-cpu", if kvm { "host" } else { "max" }, "-accel", if kvm { "kvm" } else { "tcg" }])
+        .arg("-kernel")
+        .arg(l.kernel)
+        .arg("-initrd")
+        .arg(l.initrd)
+        .args(["-append", l.boot_args])
+        // A plain (non-mux) stdio chardev: no escape characters, so the
+        // frames are binary-safe.
+        .args(["-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0"]);
+    Some(c)
+}
+
+fn firecracker_command(l: &Launch<'_>, dir: &Path) -> Option<Result<Command, std::io::Error>> {
+    let fc = which("firecracker")?;
+    let cfg = serde_json::json!({
+        "boot-source": {"kernel_image_path": l.kernel, "initrd_path": l.initrd, "boot_args": l.boot_args},
+        "drives": [],
+        "machine-config": {"vcpu_count": l.vcpus, "mem_size_mib": l.memory_mib, "smt": false},
+    });
+    let path = dir.join("firecracker.json");
+    Some(std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).map(|_| {
+        let mut c = Command::new(fc);
+        c.arg("--no-api").arg("--config-file").arg(&path);
+        c
+    }))
+}
+
+/// Boot, answer one request, tear down.
+fn launch(mut cmd: Command, name: &str, req: &Request, timeout: Duration) -> Result<(VmOutcome, Vec<u8>), VmError> {
+    let shown = format!("{:?}", cmd.get_program());
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| VmError::Spawn { cmd: shown, source })?;
+    let mut vm = Vm(child);
+    let mut stderr = vm.0.stderr.take().expect("piped");
+    let err_thread = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let (tx, rx) = mpsc::channel();
+    reader(vm.0.stdout.take().expect("piped"), tx);
+    let deadline = start + timeout;
+    let wait = |stage: &'static str| -> Result<Event, VmError> {
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|_| VmError::Timeout {
+            stage,
+            secs: timeout.as_secs(),
+            detail: String::new(),
+        })
+    };
+    let ended = |noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>| {
+        drop(vm);
+        let err = err_thread.join().unwrap_or_default();
+        VmError::Ended { detail: format!("{}{}", tail(&noise), tail(&err).replace("console", "hypervisor")) }
+    };
+    let ready_at = match wait("boot")? {
+        Event::Ready(t) => t,
+        Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
+        Event::Error(e) => return Err(VmError::Frame(e)),
+        Event::Answer(..) => return Err(VmError::Frame("answer before ready".into())),
+    };
+    let mut stdin = vm.0.stdin.take().expect("piped");
+    frame::write_frame(&mut stdin, frame::REQUEST_MAGIC, &frame::encode_request(req))?;
+    stdin.flush()?;
+    let sent = Instant::now();
+    let (answered, payload) = match wait("answer")? {
+        Event::Answer(t, p) => (t, p),
+        Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
+        Event::Error(e) => return Err(VmError::Frame(e)),
+        Event::Ready(_) => return Err(VmError::Frame("second ready frame".into())),
+    };
+    let total = start.elapsed();
+    // The guest reboots after answering, which ends the VM; give it a moment.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if vm.0.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stdin);
+    drop(vm);
+    let _ = err_thread.join();
+    let result = frame::decode_response(&payload).map_err(|e| VmError::Frame(e.to_string()))?;
+    tracing::debug!(function = name, "microVM answered");
+    Ok((
+        VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor: String::new() },
+        payload,
+    ))
+}
+
+/// Run `f`'s microVM image once with `req`.
+pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmOutcome, VmError> {
+    let name = &f.manifest.function.name;
+    let vm = f.manifest.microvm.as_ref().ok_or_else(|| VmError::NoImage(name.clone()))?;
+    let kernel = opts
+        .kernel
+        .clone()
+        .or_else(|| vm.kernel.as_ref().map(|k| f.path_of(k)))
+        .or_else(|| std::env::var_os("LIMES_KERNEL").map(PathBuf::from))
+        .ok_or(VmError::NoKernel)?;
+    let initrd = f.path_of(&vm.initrd);
+    let l = Launch { kernel: &kernel, initrd: &initrd, boot_args: &vm.boot_args, vcpus: vm.vcpus, memory_mib: vm.memory_mib };
+
+    let kvm_ok = kvm_device();
+    if kvm_ok && opts.accel != Accel::Tcg {
+        let tmp = tempfile::tempdir()?;
+        if let Some(cmd) = firecracker_command(&l, tmp.path()) {
+            if let Ok((mut o, _)) = launch(cmd?, name, req, opts.timeout) {
+                o.hypervisor = "firecracker".into();
+                return Ok(o);
+            }
+            tracing::info!("firecracker did not run the guest; trying QEMU");
+        }
+    }
+    let remembered = opts.probe_cache.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+    let try_kvm = match opts.accel {
+        Accel::Kvm => true,
+        Accel::Tcg => false,
+        Accel::Auto => kvm_ok && remembered.as_deref().map(str::trim) != Some("tcg"),
+    };
+    if try_kvm {
+        let cmd = qemu_command(&l, true).ok_or(VmError::NoHypervisor)?;
+        // KVM may exist without running normal guests (nested setups): give
+        // it a short boot deadline, then fall back to TCG and remember.
+        let probe = if opts.accel == Accel::Kvm { opts.timeout } else { Duration::from_secs(20) };
+        match launch(cmd, name, req, probe) {
+            Ok((mut o, _)) => {
+                if let Some(p) = &opts.probe_cache {
+                    let _ = std::fs::write(p, "kvm\n");
+                }
+                o.hypervisor = "qemu-kvm".into();
+                return Ok(o);
+            }
+            Err(e) if opts.accel == Accel::Kvm => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "KVM did not run the guest; using TCG");
+                if let Some(p) = &opts.probe_cache {
+                    let _ = std::fs::write(p, "tcg\n");
+                }
+            }
+        }
+    }
+    let cmd = qemu_command(&l, false).ok_or(VmError::NoHypervisor)?;
+    let (mut o, _) = launch(cmd, name, req, opts.timeout)?;
+    o.hypervisor = "qemu-tcg".into();
+    Ok(o)
+}

@@ -1,0 +1,140 @@
+//! microVM images: every pack's image boots (QEMU -M microvm; KVM if it runs
+//! guests here, else TCG) and answers with exactly the bytes of its Wasm
+//! run; the Firecracker config follows Firecracker's documented schema.
+
+mod common;
+use common::*;
+use limes_sdk::Request;
+use std::process::Command;
+
+fn vm_opts(probe: &std::path::Path) -> limes::microvm::VmOptions {
+    limes::microvm::VmOptions {
+        kernel: Some(test_kernel()),
+        probe_cache: Some(probe.join("accel")),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn every_pack_boots_and_answers_like_wasm() {
+    let key = test_key();
+    let d = tempdir();
+    let store = limes::Store::open(d.path().join("store")).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let rt = limes::Runtime::new(&Default::default()).unwrap();
+    let cases: Vec<(&str, Request)> = vec![
+        ("noop", Request::new("hello microvm").with_meta("k", "v")),
+        ("mandelbrot", Request::new("output=checksum")),
+        ("mandelbrot", Request::new("width=abc")),
+        ("image", Request::new(test_jpeg())),
+    ];
+    for dir in ["noop", "mandelbrot", "image"] {
+        let built = build_signed_with(&pack(dir), &key, d.path(), true);
+        let vm = built.manifest.microvm.as_ref().expect("microVM image in the bundle");
+        assert_eq!(vm.target, "x86_64-unknown-linux-musl");
+        let f = store.install(&built.bundle, &keys, false).unwrap();
+        let loaded = limes::load(&rt, &f, limes::LoadMode::Auto).unwrap();
+        for (_, req) in cases.iter().filter(|(p, _)| *p == dir) {
+            let wasm = rt.invoke(&loaded, req.clone(), &Default::default()).unwrap().result;
+            let o = limes::microvm::run(&f, req, &vm_opts(d.path())).unwrap_or_else(|e| panic!("{dir}: {e}"));
+            assert_eq!(o.result, wasm, "{dir}: microVM and Wasm answers differ");
+            assert!(o.boot_time > std::time::Duration::ZERO && o.hypervisor.starts_with("qemu") || o.hypervisor == "firecracker");
+        }
+        if dir == "mandelbrot" {
+            let o = limes::microvm::run(&f, &Request::new("output=checksum"), &vm_opts(d.path())).unwrap();
+            assert_eq!(String::from_utf8(o.result.unwrap().body).unwrap().trim(), MANDELBROT_DEFAULT_CHECKSUM);
+        }
+    }
+}
+
+#[test]
+fn limes_run_boots_the_image() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed_with(&pack("noop"), &key, d.path(), true);
+    let store = d.path().join("store");
+    ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let o = ok(Command::new(env!("CARGO_BIN_EXE_limes"))
+        .arg("--store")
+        .arg(&store)
+        .args(["run", "noop", "--backend", "microvm", "--timings", "--data", "from the VM", "--kernel"])
+        .arg(test_kernel()));
+    assert_eq!(o.stdout, b"from the VM");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("boot") && err.contains("execution"), "{err}");
+    // No kernel anywhere: a clear error naming the fix.
+    let e = fails(
+        Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).args(["run", "noop", "--backend", "microvm"]).env_remove("LIMES_KERNEL"),
+        1,
+    );
+    assert!(e.contains("no kernel to boot") && e.contains("LIMES_KERNEL"), "{e}");
+    // A bundle without an image says so.
+    let plain = build_signed(&pack("noop"), &key, &d.path().join("plain"));
+    let st = limes::Store::open(d.path().join("store2")).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let f = st.install(&plain.bundle, &keys, false).unwrap();
+    let e = limes::microvm::run(&f, &Request::new(""), &vm_opts(d.path())).unwrap_err();
+    assert!(e.to_string().contains("has no microVM image"), "{e}");
+}
+
+/// Field names and required fields of Firecracker's `--config-file`, as in
+/// its API specification (firecracker.yaml: BootSource, MachineConfiguration,
+/// Drive) and `vmm::resources::VmmConfig`.
+#[test]
+fn firecracker_config_follows_the_documented_schema() {
+    let key = test_key();
+    let d = tempdir();
+    let kernel = test_kernel();
+    for embedded in [false, true] {
+        let mut opts = limes_build::BuildOptions {
+            path: pack("noop"),
+            out_dir: Some(d.path().join(format!("o{embedded}"))),
+            signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap()),
+            cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+            microvm: true,
+            ..Default::default()
+        };
+        if embedded {
+            opts.kernel = Some(kernel.clone());
+        }
+        let out = limes_build::build(&opts, &limes_build::pipeline::NoProgress).unwrap();
+        let mut mem = limes_bundle::archive::InMemory::default();
+        limes_bundle::archive::read_bundle(&out.bundle, &Default::default(), limes_bundle::archive::SignaturePolicy::Unverified, &mut mem).unwrap();
+        let file = |p: &str| mem.0.iter().find(|(n, _)| n == p).map(|(_, b)| b.clone());
+        let cfg: serde_json::Value = serde_json::from_slice(&file("microvm/firecracker.json").unwrap()).unwrap();
+        let top = ["boot-source", "drives", "machine-config", "network-interfaces", "vsock", "logger", "metrics", "mmds-config", "balloon", "entropy", "cpu-config"];
+        for k in cfg.as_object().unwrap().keys() {
+            assert!(top.contains(&k.as_str()), "unknown top-level key {k}");
+        }
+        let boot = cfg["boot-source"].as_object().expect("boot-source is required");
+        for k in boot.keys() {
+            assert!(["kernel_image_path", "initrd_path", "boot_args"].contains(&k.as_str()), "boot-source.{k}");
+        }
+        assert!(boot["kernel_image_path"].is_string(), "kernel_image_path is required");
+        assert_eq!(boot["initrd_path"], "microvm/initrd.cpio");
+        assert!(file("microvm/initrd.cpio").unwrap().starts_with(b"070701"));
+        let mc = cfg["machine-config"].as_object().expect("machine-config is required");
+        for k in mc.keys() {
+            assert!(["vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "cpu_template", "huge_pages"].contains(&k.as_str()), "machine-config.{k}");
+        }
+        let vcpus = mc["vcpu_count"].as_u64().expect("vcpu_count is required");
+        assert!((1..=32).contains(&vcpus));
+        assert!(mc["mem_size_mib"].as_u64().expect("mem_size_mib is required") >= 128);
+        for drive in cfg["drives"].as_array().unwrap() {
+            for req in ["drive_id", "is_root_device", "is_read_only"] {
+                assert!(drive.get(req).is_some(), "drives[].{req} is required");
+            }
+        }
+        if embedded {
+            assert_eq!(boot["kernel_image_path"], "microvm/vmlinux");
+            assert_eq!(file("microvm/vmlinux").unwrap(), std::fs::read(&kernel).unwrap());
+            // The embedded kernel boots without --kernel.
+            let st = limes::Store::open(d.path().join("st")).unwrap();
+            let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+            let f = st.install(&out.bundle, &keys, false).unwrap();
+            let opts = limes::microvm::VmOptions { probe_cache: Some(d.path().join("accel")), ..Default::default() };
+            let o = limes::microvm::run(&f, &Request::new("embedded"), &opts).unwrap();
+            assert_eq!(o.result.unwrap().body, b"embedded");
+        }
+    }
+}
