@@ -168,6 +168,15 @@ pub fn markdown(r: &Results) -> String {
                 c.map(|c| us(c.p50_us)).unwrap_or("-".into()), us(a.p99_us));
         }
     }
+    s += "\n## microVM image of the same function (boot-to-answer)\n\n| workload | backend | boot p50 | execution p50 | boot-to-answer p50 | runs |\n|---|---|---|---|---|---|\n";
+    for w in &workloads {
+        for row in r.rows.iter().filter(|x| &x.workload == w && x.method.starts_with("microvm") && x.phase == "total") {
+            let boot = find(r, w, &row.method, "cold_start");
+            let exec = find(r, w, &row.method, "execution");
+            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} |", row.method.trim_start_matches("microvm ").trim_matches(|c| c == '(' || c == ')'),
+                boot.map(|b| us(b.p50_us)).unwrap_or("-".into()), exec.map(|b| us(b.p50_us)).unwrap_or("-".into()), us(row.stats.p50_us), row.stats.n);
+        }
+    }
     s += "\n## Whole process: `limes run` (verify-free start from the store, AOT) vs a native process\n\n";
     s += "| workload | `limes run` p50 | p99 | native process p50 | p99 | runs |\n|---|---|---|---|---|---|\n";
     for w in &workloads {
