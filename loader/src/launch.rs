@@ -35,7 +35,7 @@ pub fn load(rt: &Runtime, f: &InstalledFunction, mode: LoadMode) -> Result<Loade
         match aot_blocker(f) {
             Some(r) => reasons.push(r),
             None => {
-                let (best, skipped) = select::best_tier(&f.manifest);
+                let (best, skipped) = select::best_tier_of(&f.manifest, |p| f.has(p));
                 reasons.extend(skipped.into_iter().map(|s| format!("{}: {}", s.tier, s.reason)));
                 if let Some(a) = best {
                     // SAFETY: store objects are published only after the whole
@@ -44,8 +44,8 @@ pub fn load(rt: &Runtime, f: &InstalledFunction, mode: LoadMode) -> Result<Loade
                         Ok(l) => return Ok(l),
                         Err(e) => reasons.push(e.to_string()),
                     }
-                } else if f.manifest.aot.is_empty() {
-                    reasons.push("the bundle has no precompiled tiers".into());
+                } else if !f.manifest.aot.iter().any(|a| f.has(&a.path)) {
+                    reasons.push("no precompiled tier is installed".into());
                 }
             }
         }

@@ -25,3 +25,4 @@ pub use launch::{load, LoadMode};
 pub const JIT_ENABLED: bool = cfg!(feature = "jit");
 pub mod serve;
 pub mod microvm;
+pub mod pull;

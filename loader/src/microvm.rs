@@ -54,6 +54,8 @@ pub struct VmOutcome {
 pub enum VmError {
     #[error("{0} has no microVM image (it was built with --no-microvm)")]
     NoImage(String),
+    #[error("{0}'s microVM image was not fetched; pull it again with --with-microvm")]
+    NotFetched(String),
     #[error("no kernel to boot: pass --kernel PATH or set LIMES_KERNEL (a Debian linux-image kernel works)")]
     NoKernel,
     #[error("no hypervisor: install QEMU (`apt-get install qemu-system-x86`) or Firecracker")]
@@ -239,6 +241,9 @@ fn launch(mut cmd: Command, name: &str, req: &Request, timeout: Duration) -> Res
 pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmOutcome, VmError> {
     let name = &f.manifest.function.name;
     let vm = f.manifest.microvm.as_ref().ok_or_else(|| VmError::NoImage(name.clone()))?;
+    if !f.has(&vm.initrd) {
+        return Err(VmError::NotFetched(name.clone()));
+    }
     let kernel = opts
         .kernel
         .clone()

@@ -12,9 +12,14 @@ pub struct Skipped {
 
 /// The best tier this host supports, and why the others were skipped.
 pub fn best_tier(manifest: &Manifest) -> (Option<&AotArtifact>, Vec<Skipped>) {
+    best_tier_of(manifest, |_| true)
+}
+
+/// [`best_tier`] among the artifacts for which `present` holds.
+pub fn best_tier_of(manifest: &Manifest, present: impl Fn(&str) -> bool) -> (Option<&AotArtifact>, Vec<Skipped>) {
     let mut skipped = Vec::new();
     let mut best: Option<(&AotArtifact, u8)> = None;
-    for a in &manifest.aot {
+    for a in manifest.aot.iter().filter(|a| present(&a.path)) {
         let Some(tier) = Tier::by_name(&a.tier) else {
             skipped.push(Skipped { tier: a.tier.clone(), reason: "unknown tier".into() });
             continue;

@@ -48,6 +48,10 @@ pub struct Installed {
     pub version: String,
     pub object: String,
     pub signer: String,
+    /// Files present in the object; empty means all the manifest lists (a
+    /// registry pull fetches only what this host will run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// An installed function, resolved to its verified files.
@@ -61,6 +65,11 @@ pub struct InstalledFunction {
 impl InstalledFunction {
     pub fn path_of(&self, rel: &str) -> PathBuf {
         self.dir.join(rel)
+    }
+
+    /// Whether the object holds `rel` (partial pulls hold a subset).
+    pub fn has(&self, rel: &str) -> bool {
+        self.record.files.is_empty() || self.record.files.iter().any(|f| f == rel)
     }
 }
 
@@ -192,12 +201,69 @@ impl Store {
     /// `allow_downgrade`.
     pub fn install(&self, bundle: &Path, keys: &TrustedKeys, allow_downgrade: bool) -> Result<InstalledFunction, StoreError> {
         let (staging, v) = self.stage(bundle, keys, &BundleLimits::default())?;
-        let object = limes_bundle::sha256_hex(&v.manifest_bytes);
-        let name = v.manifest.function.name.clone();
+        let signer = v.signer.map(|k| k.to_string()).unwrap_or_default();
+        self.publish(staging, &v.manifest, &v.manifest_bytes, signer, Vec::new(), allow_downgrade)
+    }
+
+    /// Install a subset of a bundle's files fetched separately (a registry
+    /// pull). The signature and every given file are verified here again,
+    /// whatever the caller checked.
+    pub fn install_parts(
+        &self,
+        manifest_bytes: &[u8],
+        signature: &str,
+        files: &[(String, Vec<u8>)],
+        keys: &TrustedKeys,
+        allow_downgrade: bool,
+    ) -> Result<InstalledFunction, StoreError> {
+        let info = limes_bundle::keys::SignatureInfo::parse(signature)?;
+        let signer = keys.verify(manifest_bytes, &info)?.id().to_string();
+        let manifest = Manifest::from_json(manifest_bytes)?;
+        let tmp = self.root.join("tmp");
+        let staging = tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(io_err(&tmp))?;
+        let mut present = Vec::new();
+        for (path, data) in files {
+            let entry = manifest.file(path).ok_or_else(|| BundleError::UnlistedFile(path.clone()))?;
+            let actual = limes_bundle::sha256_hex(data);
+            if actual != entry.sha256 || data.len() as u64 != entry.size {
+                return Err(BundleError::DigestMismatch { path: path.clone(), expected: entry.sha256.clone(), actual }.into());
+            }
+            DirSink { dir: staging.path() }.file(entry, &mut &data[..]).map_err(io_err(staging.path()))?;
+            present.push(path.clone());
+        }
+        for (name, data) in [(MANIFEST_PATH, manifest_bytes), (SIGNATURE_PATH, signature.as_bytes())] {
+            let p = staging.path().join(name);
+            std::fs::write(&p, data).map_err(io_err(&p))?;
+        }
+        make_read_only(staging.path()).map_err(io_err(staging.path()))?;
+        present.sort();
+        self.publish(staging, &manifest, manifest_bytes, signer, present, allow_downgrade)
+    }
+
+    /// Move a verified staging directory into `objects/` and point the
+    /// function's record at it, under the store lock.
+    fn publish(
+        &self,
+        staging: tempfile::TempDir,
+        manifest: &Manifest,
+        manifest_bytes: &[u8],
+        signer: String,
+        files: Vec<String>,
+        allow_downgrade: bool,
+    ) -> Result<InstalledFunction, StoreError> {
+        // A partial object is named by what it holds too, so it never
+        // shadows a complete one.
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, manifest_bytes);
+        for f in &files {
+            sha2::Digest::update(&mut h, f.as_bytes());
+        }
+        let object = if files.is_empty() { limes_bundle::sha256_hex(manifest_bytes) } else { format!("{}-partial", hex::encode(sha2::Digest::finalize(h))) };
+        let name = manifest.function.name.clone();
         let _guard = self.lock()?;
         if let Some(cur) = self.record(&name)? {
-            if !allow_downgrade && version_cmp(&v.manifest.function.version, &cur.version).is_lt() {
-                return Err(StoreError::Downgrade { name, installed: cur.version, offered: v.manifest.function.version });
+            if !allow_downgrade && version_cmp(&manifest.function.version, &cur.version).is_lt() {
+                return Err(StoreError::Downgrade { name, installed: cur.version, offered: manifest.function.version.clone() });
             }
         }
         let dest = self.root.join("objects").join(&object);
@@ -210,12 +276,7 @@ impl Store {
                 StoreError::Io { path: dest.clone(), source: e }
             })?;
         }
-        let record = Installed {
-            name: name.clone(),
-            version: v.manifest.function.version.clone(),
-            object,
-            signer: v.signer.map(|k| k.to_string()).unwrap_or_default(),
-        };
+        let record = Installed { name: name.clone(), version: manifest.function.version.clone(), object, signer, files };
         let rec_path = self.root.join("functions").join(format!("{name}.json"));
         let mut tmp = tempfile::Builder::new().prefix(".rec-").tempfile_in(self.root.join("functions")).map_err(io_err(&rec_path))?;
         tmp.write_all(&serde_json::to_vec_pretty(&record).expect("record serializes"))
@@ -224,6 +285,22 @@ impl Store {
         tmp.persist(&rec_path).map_err(|e| StoreError::Io { path: rec_path.clone(), source: e.error })?;
         self.gc_locked()?;
         self.get(&name)
+    }
+
+    /// A verified copy of a file with this SHA-256 from any installed
+    /// object (so a pull does not download what the device already has).
+    pub fn find_blob(&self, sha256: &str) -> Option<Vec<u8>> {
+        for r in self.list().ok()? {
+            let Ok(f) = self.get(&r.name) else { continue };
+            if let Some(e) = f.manifest.files.iter().find(|e| e.sha256 == sha256 && f.has(&e.path)) {
+                if let Ok(data) = std::fs::read(f.path_of(&e.path)) {
+                    if limes_bundle::sha256_hex(&data) == sha256 {
+                        return Some(data);
+                    }
+                }
+            }
+        }
+        None
     }
 
     fn record(&self, name: &str) -> Result<Option<Installed>, StoreError> {
@@ -249,11 +326,11 @@ impl Store {
         let corrupted = |detail: String| StoreError::Corrupted { name: name.into(), detail };
         let dir = self.root.join("objects").join(&record.object);
         let bytes = std::fs::read(dir.join(MANIFEST_PATH)).map_err(|e| corrupted(format!("manifest unreadable: {e}")))?;
-        if limes_bundle::sha256_hex(&bytes) != record.object {
+        if record.files.is_empty() && limes_bundle::sha256_hex(&bytes) != record.object {
             return Err(corrupted("manifest digest does not match the object name".into()));
         }
         let manifest = Manifest::from_json(&bytes).map_err(|e| corrupted(e.to_string()))?;
-        for f in &manifest.files {
+        for f in manifest.files.iter().filter(|f| record.files.is_empty() || record.files.contains(&f.path)) {
             let len = std::fs::metadata(dir.join(&f.path)).map(|m| m.len()).map_err(|e| corrupted(format!("{}: {e}", f.path)))?;
             if len != f.size {
                 return Err(corrupted(format!("{} is {len} bytes, manifest says {}", f.path, f.size)));

@@ -150,3 +150,56 @@ pub fn test_kernel() -> PathBuf {
     assert!(k.is_file(), "no kernel at {}: run scripts/fetch-kernel.sh (scripts/setup.sh does)", k.display());
     k
 }
+
+/// A real OCI registry (Debian's `docker-registry`, the CNCF distribution
+/// server) on 127.0.0.1 with temporary storage; killed on drop.
+pub struct TestRegistry {
+    child: std::process::Child,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestRegistry {
+    /// Start one; with `basic_auth`, an htpasswd (bcrypt) user is required.
+    pub fn start(basic_auth: Option<(&str, &str)>) -> TestRegistry {
+        let dir = tempdir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, pass)) = basic_auth {
+            let out = ok(Command::new("htpasswd").args(["-Bbn", user, pass]));
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+            cfg += &format!("auth:\n  htpasswd:\n    realm: limes-test\n    path: {}\n", dir.path().join("htpasswd").display());
+        }
+        std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry is required (apt-get install docker-registry, or run scripts/setup.sh)");
+        let reg = TestRegistry { child, addr, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&reg.addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "registry did not start on {}", reg.addr);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        reg
+    }
+
+    /// Paths of the stored blobs (for tampering tests).
+    pub fn blob_path(&self, sha256_hex: &str) -> PathBuf {
+        self.dir.path().join("data/docker/registry/v2/blobs/sha256").join(&sha256_hex[..2]).join(sha256_hex).join("data")
+    }
+}

@@ -5,6 +5,7 @@ mod inspect;
 mod keygen;
 mod native;
 mod new;
+mod push;
 mod sign;
 mod verify;
 
@@ -20,6 +21,7 @@ pub enum Command {
     Sign(sign::SignCommand),
     Verify(verify::VerifyCommand),
     Inspect(inspect::InspectCommand),
+    Push(push::PushCommand),
 }
 
 impl Command {
@@ -32,6 +34,7 @@ impl Command {
             Command::Sign(c) => c.execute(ui),
             Command::Verify(c) => c.execute(ui),
             Command::Inspect(c) => c.execute(ui),
+            Command::Push(c) => c.execute(ui),
         }
     }
 }

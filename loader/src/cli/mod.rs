@@ -2,6 +2,7 @@
 
 mod install;
 mod list;
+mod pull;
 mod remove;
 mod run;
 mod serve;
@@ -19,6 +20,7 @@ pub struct Ctx {
 pub enum Command {
     Install(install::InstallCommand),
     List(list::ListCommand),
+    Pull(pull::PullCommand),
     Remove(remove::RemoveCommand),
     Run(run::RunCommand),
     Serve(serve::ServeCommand),
@@ -29,6 +31,7 @@ impl Command {
         match self {
             Command::Install(c) => c.execute(ctx),
             Command::List(c) => c.execute(ctx),
+            Command::Pull(c) => c.execute(ctx),
             Command::Remove(c) => c.execute(ctx),
             Command::Run(c) => c.execute(ctx),
             Command::Serve(c) => c.execute(ctx),
@@ -46,8 +49,17 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         // chain, so look inside them explicitly.
         let bundle = c.downcast_ref::<limes_bundle::BundleError>().or_else(|| match c.downcast_ref() {
             Some(limes::store::StoreError::Bundle(b)) => Some(b),
-            _ => None,
+            _ => match c.downcast_ref() {
+                Some(limes::pull::PullError::Bundle(b)) => Some(b),
+                Some(limes::pull::PullError::Store(limes::store::StoreError::Bundle(b))) => Some(b),
+                _ => None,
+            },
         });
+        if matches!(c.downcast_ref(), Some(limes::pull::PullError::LayerMismatch { .. }))
+            || matches!(c.downcast_ref(), Some(limes::pull::PullError::Oci(limes_oci::OciError::Digest { .. })))
+        {
+            return EXIT_VERIFY;
+        }
         if let Some(b) = bundle {
             if !matches!(b, limes_bundle::BundleError::Io { .. } | limes_bundle::BundleError::Key(_)) {
                 return EXIT_VERIFY;

@@ -185,6 +185,7 @@ impl RunCommand {
                 version: v.manifest.function.version.clone(),
                 object: limes_bundle::sha256_hex(&v.manifest_bytes),
                 signer: v.signer.map(|k| k.to_string()).unwrap_or_default(),
+                files: Vec::new(),
             };
             (InstalledFunction { record: rec, dir: dir.path().to_path_buf(), manifest: v.manifest }, Some(dir))
         } else {

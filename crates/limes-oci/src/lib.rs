@@ -1,0 +1,313 @@
+//! limes bundles as OCI artifacts.
+//!
+//! Owns: the artifact layout (one layer per bundle file, so a device fetches
+//! only the tier and backend it uses and unchanged layers are neither
+//! uploaded nor downloaded twice), media types, registry credentials
+//! (anonymous, basic from the environment or Docker's `config.json`, bearer
+//! tokens through the client), `push`, and fetching single blobs with their
+//! digest and size checked while streaming.
+//!
+//! Must not touch: trust decisions or the store (the loader verifies the
+//! signature before it asks for anything but the manifest and signature,
+//! and installs); building bundles.
+
+use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
+use limes_bundle::manifest::{MANIFEST_PATH, SIGNATURE_PATH};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const ARTIFACT_TYPE: &str = "application/vnd.limes.bundle.v1";
+pub const MEDIA_MANIFEST: &str = "application/vnd.limes.manifest.v1+json";
+pub const MEDIA_SIGNATURE: &str = "application/vnd.limes.signature.v1";
+/// Plain `application/wasm`, so wasm-aware tools recognise the component.
+pub const MEDIA_COMPONENT: &str = "application/wasm";
+pub const MEDIA_CWASM: &str = "application/vnd.limes.cwasm.v1";
+pub const MEDIA_INITRD: &str = "application/vnd.limes.microvm.initrd.v1";
+pub const MEDIA_VM_CONFIG: &str = "application/vnd.limes.microvm.firecracker-config.v1+json";
+pub const MEDIA_KERNEL: &str = "application/vnd.limes.microvm.kernel.v1";
+pub const MEDIA_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub const TITLE: &str = "org.opencontainers.image.title";
+pub const TIER_ANNOTATION: &str = "org.limes.tier";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("invalid reference {0:?}: {1}")]
+    Reference(String, String),
+    #[error("--insecure (plain HTTP) is only allowed for registries on loopback, not {0}")]
+    InsecureRemote(String),
+    #[error("registry {registry}: {message}")]
+    Registry { registry: String, message: String },
+    #[error("registry {registry} rejected the credentials: {message}")]
+    Auth { registry: String, message: String },
+    #[error("{0} is not a limes bundle artifact (artifactType {1:?})")]
+    NotLimes(String, Option<String>),
+    #[error("the artifact has no layer for {0}")]
+    MissingLayer(String),
+    #[error("blob {what} is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { what: String, size: i64, limit: u64 },
+    #[error("digest mismatch for {what}: expected {expected}, received {actual}")]
+    Digest { what: String, expected: String, actual: String },
+    #[error("cannot push an unsigned bundle; sign it first (`limes-pack sign`)")]
+    Unsigned,
+    #[error(transparent)]
+    Bundle(#[from] limes_bundle::BundleError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Credentials for one registry.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Resolve credentials: explicit, else `LIMES_REGISTRY_USERNAME` /
+/// `LIMES_REGISTRY_PASSWORD`, else Docker's `config.json` (`$DOCKER_CONFIG`
+/// or `~/.docker`), else anonymous.
+pub fn registry_auth(registry: &str, explicit: &Credentials) -> RegistryAuth {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let user = explicit.username.clone().or_else(|| env("LIMES_REGISTRY_USERNAME"));
+    let pass = explicit.password.clone().or_else(|| env("LIMES_REGISTRY_PASSWORD"));
+    if let (Some(u), Some(p)) = (user, pass) {
+        return RegistryAuth::Basic(u, p);
+    }
+    docker_config_auth(registry).unwrap_or(RegistryAuth::Anonymous)
+}
+
+fn docker_config_auth(registry: &str) -> Option<RegistryAuth> {
+    use base64::Engine as _;
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+    let auths = cfg.get("auths")?.as_object()?;
+    let entry = auths
+        .iter()
+        .find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/') == registry)?
+        .1;
+    let raw = base64::engine::general_purpose::STANDARD.decode(entry.get("auth")?.as_str()?).ok()?;
+    let (u, p) = String::from_utf8(raw).ok()?.split_once(':').map(|(u, p)| (u.to_string(), p.to_string()))?;
+    Some(RegistryAuth::Basic(u, p))
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A registry connection for one reference.
+pub struct Registry {
+    pub client: Client,
+    pub reference: Reference,
+    pub auth: RegistryAuth,
+}
+
+impl Registry {
+    pub fn new(reference: &str, insecure: bool, creds: &Credentials) -> Result<Registry, OciError> {
+        let reference: Reference =
+            reference.parse().map_err(|e: oci_client::ParseError| OciError::Reference(reference.into(), e.to_string()))?;
+        let registry = reference.resolve_registry().to_string();
+        if insecure && !is_loopback(&registry) {
+            return Err(OciError::InsecureRemote(registry));
+        }
+        let config = ClientConfig {
+            protocol: if insecure { ClientProtocol::Http } else { ClientProtocol::Https },
+            ..Default::default()
+        };
+        Ok(Registry { client: Client::new(config), auth: registry_auth(&registry, creds), reference })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> OciError {
+        let message = e.to_string();
+        let registry = self.reference.resolve_registry().to_string();
+        let lower = message.to_lowercase();
+        if lower.contains("401") || lower.contains("unauthorized") || lower.contains("not authorized") || lower.contains("authentication") {
+            OciError::Auth { registry, message }
+        } else if lower.contains("error sending request") {
+            OciError::Registry { registry, message: format!("cannot reach the registry ({message})") }
+        } else {
+            OciError::Registry { registry, message }
+        }
+    }
+
+    /// The artifact's OCI manifest (must be a limes bundle).
+    pub async fn manifest(&self) -> Result<(OciImageManifest, String), OciError> {
+        let (m, digest) = self.client.pull_manifest(&self.reference, &self.auth).await.map_err(|e| self.err(e))?;
+        match m {
+            OciManifest::Image(m) if m.artifact_type.as_deref() == Some(ARTIFACT_TYPE) => Ok((m, digest)),
+            OciManifest::Image(m) => Err(OciError::NotLimes(self.reference.to_string(), m.artifact_type)),
+            OciManifest::ImageIndex(_) => Err(OciError::NotLimes(self.reference.to_string(), Some("image index".into()))),
+        }
+    }
+
+    /// Fetch one blob into `out`, refusing more than `limit` bytes and
+    /// checking its SHA-256 against the descriptor.
+    pub async fn fetch(&self, layer: &OciDescriptor, limit: u64, out: &mut Vec<u8>) -> Result<(), OciError> {
+        let what = layer.annotations.as_ref().and_then(|a| a.get(TITLE)).cloned().unwrap_or_else(|| layer.digest.clone());
+        if layer.size < 0 || layer.size as u64 > limit {
+            return Err(OciError::TooLarge { what, size: layer.size, limit });
+        }
+        // Retry transient failures; every attempt starts from scratch, so a
+        // partial download is never kept.
+        let mut last = None;
+        for attempt in 0..3 {
+            out.clear();
+            match self.client.pull_blob(&self.reference, layer, &mut *out).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, blob = %what, error = %e, "blob download failed");
+                    last = Some(e);
+                }
+            }
+        }
+        if let Some(e) = last {
+            let msg = e.to_string();
+            if msg.to_lowercase().contains("digest") {
+                return Err(OciError::Digest { what, expected: layer.digest.clone(), actual: msg });
+            }
+            return Err(self.err(e));
+        }
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&out[..])));
+        if actual != layer.digest || out.len() as i64 != layer.size {
+            return Err(OciError::Digest { what, expected: layer.digest.clone(), actual });
+        }
+        Ok(())
+    }
+}
+
+fn media_type(path: &str) -> &'static str {
+    match path {
+        MANIFEST_PATH => MEDIA_MANIFEST,
+        SIGNATURE_PATH => MEDIA_SIGNATURE,
+        p if p.ends_with(".cwasm") => MEDIA_CWASM,
+        p if p.ends_with(".wasm") => MEDIA_COMPONENT,
+        p if p.ends_with("initrd.cpio") => MEDIA_INITRD,
+        p if p.ends_with("firecracker.json") => MEDIA_VM_CONFIG,
+        _ => MEDIA_KERNEL,
+    }
+}
+
+fn descriptor(path: &str, data: &[u8], tier: Option<&str>) -> OciDescriptor {
+    let mut annotations = BTreeMap::new();
+    annotations.insert(TITLE.to_string(), path.to_string());
+    if let Some(t) = tier {
+        annotations.insert(TIER_ANNOTATION.to_string(), t.to_string());
+    }
+    OciDescriptor {
+        media_type: media_type(path).into(),
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(data))),
+        size: data.len() as i64,
+        urls: None,
+        annotations: Some(annotations),
+        artifact_type: None,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PushReport {
+    pub reference: String,
+    pub manifest_url: String,
+    pub uploaded: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+/// Push a signed bundle as an OCI artifact. The bundle is verified first
+/// (digests, sizes, schema); layers already in the registry are skipped.
+pub async fn push(bundle: &Path, reference: &str, insecure: bool, creds: &Credentials) -> Result<PushReport, OciError> {
+    let reg = Registry::new(reference, insecure, creds)?;
+    let mut mem = InMemory::default();
+    let v = read_bundle(bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem)?;
+    let sig = v.signature.clone().ok_or(OciError::Unsigned)?;
+    let mut files: Vec<(String, Vec<u8>, Option<String>)> =
+        vec![(MANIFEST_PATH.into(), v.manifest_bytes.clone(), None), (SIGNATURE_PATH.into(), sig.into_bytes(), None)];
+    for (path, data) in mem.0 {
+        let tier = v.manifest.aot.iter().find(|a| a.path == path).map(|a| a.tier.clone());
+        files.push((path, data, tier));
+    }
+    // Authenticate for push up front so a bad password fails clearly.
+    reg.client
+        .auth(&reg.reference, &reg.auth, oci_client::RegistryOperation::Push)
+        .await
+        .map_err(|e| OciError::Auth { registry: reg.reference.resolve_registry().into(), message: e.to_string() })?;
+    let mut layers = Vec::new();
+    let (mut uploaded, mut skipped) = (Vec::new(), Vec::new());
+    let empty = b"{}".to_vec();
+    let config = OciDescriptor {
+        media_type: MEDIA_EMPTY.into(),
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(&empty))),
+        size: 2,
+        urls: None,
+        annotations: None,
+        artifact_type: None,
+    };
+    let mut blobs: Vec<(String, OciDescriptor, Vec<u8>)> = vec![("(config)".into(), config.clone(), empty)];
+    for (path, data, tier) in files {
+        let d = descriptor(&path, &data, tier.as_deref());
+        layers.push(d.clone());
+        blobs.push((path, d, data));
+    }
+    for (path, d, data) in blobs {
+        let exists = reg.client.blob_exists(&reg.reference, &d.digest).await.map_err(|e| reg.err(e))?;
+        if exists {
+            skipped.push(path);
+        } else {
+            reg.client.push_blob(&reg.reference, data, &d.digest).await.map_err(|e| reg.err(e))?;
+            uploaded.push(path);
+        }
+    }
+    let mut annotations = BTreeMap::new();
+    annotations.insert(TITLE.to_string(), format!("{} {}", v.manifest.function.name, v.manifest.function.version));
+    annotations.insert("org.opencontainers.image.version".to_string(), v.manifest.function.version.clone());
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+        artifact_type: Some(ARTIFACT_TYPE.into()),
+        config,
+        layers,
+        subject: None,
+        annotations: Some(annotations),
+    };
+    let url = reg
+        .client
+        .push_manifest(&reg.reference, &OciManifest::Image(manifest))
+        .await
+        .map_err(|e| reg.err(e))?;
+    uploaded.retain(|p| p != "(config)");
+    skipped.retain(|p| p != "(config)");
+    Ok(PushReport { reference: reg.reference.to_string(), manifest_url: url, uploaded, skipped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_only_for_insecure() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost:5000"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(!is_loopback("registry.example.com:5000"));
+        assert!(!is_loopback("10.0.0.1:5000"));
+        assert!(matches!(Registry::new("example.com/x:1", true, &Credentials::default()), Err(OciError::InsecureRemote(_))));
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(media_type("component.wasm"), "application/wasm");
+        assert_eq!(media_type("aot/x86-64-v3.cwasm"), MEDIA_CWASM);
+        assert_eq!(media_type("manifest.json"), MEDIA_MANIFEST);
+    }
+}

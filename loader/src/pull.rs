@@ -1,0 +1,96 @@
+//! Installing from an OCI registry: fetch the manifest and its signature,
+//! verify them against the trusted keys, and only then fetch the files this
+//! host will run (the component, the best CPU tier, the microVM image on
+//! request), each checked against the signed manifest's digest.
+
+use crate::select;
+use crate::store::{InstalledFunction, Store, StoreError};
+use limes_bundle::keys::SignatureInfo;
+use limes_bundle::manifest::{Manifest, MANIFEST_PATH, SIGNATURE_PATH};
+use limes_bundle::TrustedKeys;
+use limes_oci::{Credentials, OciError, Registry, TITLE};
+
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    pub insecure: bool,
+    pub credentials: Credentials,
+    /// Also fetch the microVM image.
+    pub with_microvm: bool,
+    /// Fetch every tier, not only the best for this host.
+    pub all_tiers: bool,
+    pub allow_downgrade: bool,
+}
+
+#[derive(Debug)]
+pub struct PullReport {
+    pub function: InstalledFunction,
+    pub oci_digest: String,
+    pub downloaded: Vec<String>,
+    pub reused: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bundle(#[from] limes_bundle::BundleError),
+    #[error("registry layer for {path} does not match the signed manifest (layer {layer}, manifest sha256:{signed})")]
+    LayerMismatch { path: String, layer: String, signed: String },
+}
+
+pub async fn pull(store: &Store, reference: &str, keys: &TrustedKeys, opts: &PullOptions) -> Result<PullReport, PullError> {
+    let reg = Registry::new(reference, opts.insecure, &opts.credentials)?;
+    let (oci, digest) = reg.manifest().await?;
+    let layer = |title: &str| {
+        oci.layers
+            .iter()
+            .find(|l| l.annotations.as_ref().and_then(|a| a.get(TITLE)).map(String::as_str) == Some(title))
+            .ok_or_else(|| OciError::MissingLayer(title.to_string()))
+    };
+    let mut manifest_bytes = Vec::new();
+    reg.fetch(layer(MANIFEST_PATH)?, 1 << 20, &mut manifest_bytes).await?;
+    let mut sig = Vec::new();
+    reg.fetch(layer(SIGNATURE_PATH)?, 4 << 10, &mut sig).await?;
+    let sig = String::from_utf8(sig).map_err(|_| limes_bundle::BundleError::Signature("signature is not UTF-8".into()))?;
+    // Trust first: nothing else is fetched for an unverified manifest.
+    keys.verify(&manifest_bytes, &SignatureInfo::parse(&sig)?)?;
+    let manifest = Manifest::from_json(&manifest_bytes)?;
+
+    let mut wanted = vec![manifest.component.clone()];
+    if opts.all_tiers {
+        wanted.extend(manifest.aot.iter().map(|a| a.path.clone()));
+    } else if let (Some(best), _) = select::best_tier(&manifest) {
+        wanted.push(best.path.clone());
+    }
+    if opts.with_microvm {
+        if let Some(vm) = &manifest.microvm {
+            wanted.push(vm.initrd.clone());
+            wanted.push(vm.firecracker_config.clone());
+            wanted.extend(vm.kernel.clone());
+            wanted.extend(vm.rootfs.clone());
+        }
+    }
+    let (mut downloaded, mut reused, mut files) = (Vec::new(), Vec::new(), Vec::new());
+    for path in wanted {
+        let entry = manifest.file(&path).expect("validated manifest lists its artifacts");
+        if let Some(data) = store.find_blob(&entry.sha256) {
+            reused.push(path.clone());
+            files.push((path, data));
+            continue;
+        }
+        let l = layer(&path)?;
+        let signed = format!("sha256:{}", entry.sha256);
+        if l.digest != signed || l.size as u64 != entry.size {
+            return Err(PullError::LayerMismatch { path, layer: l.digest.clone(), signed: entry.sha256.clone() });
+        }
+        let mut data = Vec::new();
+        reg.fetch(l, entry.size, &mut data).await?;
+        downloaded.push(path.clone());
+        files.push((path, data));
+    }
+    let function = store.install_parts(&manifest_bytes, &sig, &files, keys, opts.allow_downgrade)?;
+    Ok(PullReport { function, oci_digest: digest, downloaded, reused })
+}
