@@ -185,3 +185,29 @@ fn no_change_rebuild_reuses_everything() {
     assert_eq!(one["tiers"].as_array().unwrap().len(), 1);
     assert_eq!(one["tiers"][0]["tier"], "x86-64-v2");
 }
+
+#[test]
+fn killed_builds_never_leave_a_broken_bundle() {
+    let out = tempdir();
+    let bundle = out.path().join("noop-0.1.0.limes");
+    let mut seed = 99u64;
+    for _ in 0..8 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let delay = std::time::Duration::from_millis(100 + (seed >> 33) % 900);
+        let mut child = limes_pack()
+            .args(["build", "--quiet", "--no-cache", "--no-microvm", "--out-dir"])
+            .arg(out.path())
+            .arg(pack("noop"))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        // Either no bundle yet, or a whole one: never a partial file.
+        if bundle.exists() {
+            ok(limes_pack().args(["inspect"]).arg(&bundle));
+        }
+    }
+    ok(limes_pack().args(["build", "--quiet", "--no-microvm", "--out-dir"]).arg(out.path()).arg(pack("noop")));
+    ok(limes_pack().args(["inspect"]).arg(&bundle));
+}

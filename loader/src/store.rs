@@ -365,9 +365,17 @@ impl Store {
         Ok(rec)
     }
 
-    /// Remove objects no record points to, and stale staging directories.
+    /// Remove objects no record points to, and staging directories left by
+    /// killed installs (old enough that no live install can own them).
     /// Callers hold the lock.
     fn gc_locked(&self) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp");
+        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(15 * 60);
+        for e in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
+                let _ = remove_tree(&e.path());
+            }
+        }
         let live: Vec<String> = self.list()?.into_iter().map(|r| r.object).collect();
         let objects = self.root.join("objects");
         for e in std::fs::read_dir(&objects).map_err(io_err(&objects))?.flatten() {

@@ -67,6 +67,14 @@ pub fn canonical_frame_header() -> &'static [u8] {
     })
 }
 
+/// Compress a raw tar stream exactly as [`write_bundle`] does (used to build
+/// hostile test bundles that only the structural checks can refuse).
+pub fn compress_canonical(raw_tar: &[u8]) -> Vec<u8> {
+    let mut enc = encoder(Vec::new()).expect("zstd encoder");
+    enc.write_all(raw_tar).expect("in-memory write");
+    enc.finish().expect("in-memory zstd")
+}
+
 /// Content of one file to put into a bundle.
 pub enum Source<'a> {
     Bytes(&'a [u8]),
