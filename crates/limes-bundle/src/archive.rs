@@ -173,6 +173,11 @@ pub fn write_bundle(
         tar.into_inner().map_err(io_err)?;
     }
     enc.finish().map_err(io_err)?.sync_all().map_err(io_err)?;
+    // Temporary files are created private; a bundle is meant to be shared.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(io_err)?;
+    }
     tmp.persist(out).map_err(|e| BundleError::io(out, e.error))?;
     Ok(())
 }
