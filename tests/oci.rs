@@ -44,10 +44,12 @@ fn push_pull_install_run_round_trip() {
     let o = json(&ok(limes(&store).args(["--json", "pull", &reference, "--insecure", "--trust"]).arg(&key.public)));
     assert_eq!(o["downloaded"].as_array().unwrap().len(), 0, "{o}");
     assert_eq!(o["reused"].as_array().unwrap().len(), 2, "{o}");
-    // By digest works too.
+    // By digest works too, and `install` takes a reference as well.
     let digest = o["oci_digest"].as_str().unwrap().to_string();
     let by_digest = format!("{}/functions/mandelbrot@{digest}", reg.addr);
-    ok(limes(&d.path().join("other")).args(["pull", &by_digest, "--insecure", "--trust"]).arg(&key.public));
+    ok(limes(&d.path().join("other")).args(["install", &by_digest, "--insecure", "--trust"]).arg(&key.public));
+    let o = ok(limes(&d.path().join("other")).args(["run", "mandelbrot", "--data", "output=checksum"]));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), MANDELBROT_DEFAULT_CHECKSUM);
 }
 
 #[test]

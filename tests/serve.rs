@@ -85,8 +85,8 @@ fn serves_functions_and_survives_faults_under_load() {
         .map(|t| {
             std::thread::spawn(move || {
                 let mut good = 0;
-                for i in 0..250 {
-                    let n = t * 1000 + i;
+                for i in 0..1250 {
+                    let n = t * 1250 + i;
                     if n % 100 == 7 {
                         let what: &[u8] = if n % 200 == 7 { b"panic" } else { b"oom" };
                         let (s, _) = http(a, "POST", "/functions/faulty", what);
@@ -103,15 +103,15 @@ fn serves_functions_and_survives_faults_under_load() {
         })
         .collect();
     let good: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    let faulty = (0..8).flat_map(|t| (0..250).map(move |i| t * 1000 + i)).filter(|n| n % 100 == 7).count();
-    assert_eq!(faulty, 24, "1.2% of the requests go to the faulty function");
-    assert_eq!(good, 2000 - faulty);
+    let faulty = (0..8).flat_map(|t| (0..1250).map(move |i| t * 1250 + i)).filter(|n| n % 100 == 7).count();
+    assert_eq!(faulty, 100, "1% of the 10,000 requests go to the faulty function");
+    assert_eq!(good, 10_000 - faulty);
     assert_eq!(http(a, "GET", "/healthz", b"").0, 200);
 
     let (s, m) = http(a, "GET", "/metrics", b"");
     assert_eq!(s, 200);
     let m = String::from_utf8(m).unwrap();
-    assert!(m.contains("limes_requests_total{function=\"noop\",status=\"200\"} 1977"), "{m}");
+    assert!(m.contains("limes_requests_total{function=\"noop\",status=\"200\"} 9901"), "{m}");
     assert!(m.contains("limes_request_duration_seconds{function=\"noop\",phase=\"warm\",quantile=\"0.99\"}"), "{m}");
 
     // Graceful shutdown on SIGTERM: exit 0.

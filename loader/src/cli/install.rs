@@ -11,11 +11,22 @@ use std::process::ExitCode;
 /// The signature must come from a trusted key (matched by key id), every
 /// file must match its SHA-256 and size; only then are the files published
 /// (read-only) in the store, atomically. Installing an older version than
-/// the installed one is refused unless --allow-downgrade.
+/// the installed one is refused unless --allow-downgrade. An argument that
+/// is not a file but an OCI reference installs from the registry (see
+/// `limes pull`, whose options apply).
 #[derive(Args)]
 pub struct InstallCommand {
-    /// The bundle file.
+    /// The bundle file, or an OCI reference.
     bundle: PathBuf,
+    /// With an OCI reference: plain HTTP, loopback registries only.
+    #[arg(long)]
+    insecure: bool,
+    /// With an OCI reference: registry user (password from LIMES_REGISTRY_PASSWORD).
+    #[arg(long)]
+    username: Option<String>,
+    /// With an OCI reference: also fetch the microVM image.
+    #[arg(long)]
+    with_microvm: bool,
     /// Trusted public key, or a directory of `.pub` files (repeatable).
     #[arg(long, required = true, value_name = "KEY|DIR")]
     trust: Vec<PathBuf>,
@@ -26,6 +37,10 @@ pub struct InstallCommand {
 
 impl InstallCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        let text = self.bundle.to_string_lossy();
+        if !self.bundle.exists() && text.contains('/') && (text.contains(':') || text.contains('@')) && !text.starts_with('/') && !text.starts_with('.') {
+            return super::pull::PullCommand::from_install(text.to_string(), self.trust, self.insecure, self.username, self.with_microvm, self.allow_downgrade).execute(ctx);
+        }
         let keys = TrustedKeys::load(&self.trust)?;
         let store = Store::open(&ctx.store)?;
         let f = store

@@ -40,6 +40,10 @@ pub struct PullCommand {
 }
 
 impl PullCommand {
+    pub fn from_install(reference: String, trust: Vec<PathBuf>, insecure: bool, username: Option<String>, with_microvm: bool, allow_downgrade: bool) -> Self {
+        PullCommand { reference, trust, insecure, username, with_microvm, all_tiers: false, allow_downgrade }
+    }
+
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let keys = TrustedKeys::load(&self.trust)?;
         let store = Store::open(&ctx.store)?;

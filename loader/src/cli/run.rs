@@ -157,15 +157,12 @@ impl RunCommand {
             let Some((k, v)) = m.split_once('=') else { bail!("--meta takes KEY=VALUE, got {m:?}") };
             req.metadata.push((k.to_ascii_lowercase(), v.to_string()));
         }
-        let mut opts = InvokeOptions {
+        let opts = InvokeOptions {
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
             timeout: self.timeout_ms.map(Duration::from_millis),
+            dirs: super::parse_dirs(&self.dir)?,
             ..Default::default()
         };
-        for d in &self.dir {
-            let Some((n, p)) = d.split_once('=') else { bail!("--dir takes NAME=PATH, got {d:?}") };
-            opts.dirs.push((n.to_string(), PathBuf::from(p)));
-        }
 
         let store = Store::open(&ctx.store)?;
         // A bundle file is verified and staged in the store's tmp/ (removed

@@ -1,10 +1,9 @@
 use super::Ctx;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use limes::serve::{serve, ServeOptions};
 use limes::Store;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -42,11 +41,7 @@ pub struct ServeCommand {
 
 impl ServeCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let mut dirs = Vec::new();
-        for d in &self.dir {
-            let Some((n, p)) = d.split_once('=') else { bail!("--dir takes NAME=PATH, got {d:?}") };
-            dirs.push((n.to_string(), PathBuf::from(p)));
-        }
+        let dirs = super::parse_dirs(&self.dir)?;
         let opts = ServeOptions {
             listen: self.listen,
             functions: self.functions.clone(),
