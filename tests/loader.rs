@@ -59,6 +59,12 @@ fn install_run_list_remove() {
     let o = ok(limes(&store).args(["run", "noop", "--input"]).arg(&input));
     assert_eq!(o.stdout, [0u8, 1, 2, 255]);
 
+    // Straight from the bundle file: verified, staged, run, cleaned up.
+    let o = ok(limes(&store).arg("run").arg(&built.bundle).arg("--trust").arg(&key.public).args(["--data", "direct", "--timings"]));
+    assert_eq!(o.stdout, b"direct");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("verify"));
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "staging left behind");
+
     let list = json(&ok(limes(&store).args(["--json", "list"])));
     assert_eq!(list[0]["name"], "noop");
     // Store files are read-only.

@@ -196,6 +196,12 @@ impl Store {
         Ok((staging, v))
     }
 
+    /// Remove a staging directory from [`Store::stage`] (its files are
+    /// read-only, which a plain drop cannot remove as a non-root user).
+    pub fn discard(&self, staging: tempfile::TempDir) {
+        let _ = remove_tree(&staging.keep());
+    }
+
     /// Verify and install `bundle`. Installing the same bundle twice is a
     /// no-op; an older version than the installed one is refused unless
     /// `allow_downgrade`.

@@ -169,7 +169,7 @@ impl RunCommand {
         // afterwards); a name resolves to an installed, verified object.
         let is_file = std::path::Path::new(&self.target).is_file();
         let t = Instant::now();
-        let (f, _staging): (InstalledFunction, Option<tempfile::TempDir>) = if is_file {
+        let (f, staging): (InstalledFunction, Option<tempfile::TempDir>) = if is_file {
             if self.trust.is_empty() {
                 bail!("running a bundle file needs --trust KEY|DIR (or install it first)");
             }
@@ -191,13 +191,22 @@ impl RunCommand {
         let verify_time = t.elapsed();
 
         if self.backend == Backend::Microvm {
-            return self.run_microvm(ctx, &store, &f, req, is_file.then_some(verify_time));
+            let r = self.run_microvm(ctx, &store, &f, req, is_file.then_some(verify_time));
+            if let Some(s) = staging {
+                store.discard(s);
+            }
+            return r;
         }
         let t = Instant::now();
         let rt = Runtime::new(&RuntimeOptions { max_instances: 1, ..Default::default() })?;
         let engine_time = t.elapsed();
         let loaded = launch::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto })?;
-        let inv = rt.invoke(&loaded, req, &opts)?;
+        let inv = rt.invoke(&loaded, req, &opts);
+        // The mapped artifact stays valid after its file is unlinked.
+        if let Some(s) = staging {
+            store.discard(s);
+        }
+        let inv = inv?;
         let total = start.elapsed();
 
         let _ = std::io::stderr().write_all(&inv.stdout);
