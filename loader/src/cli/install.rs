@@ -18,15 +18,9 @@ use std::process::ExitCode;
 pub struct InstallCommand {
     /// The bundle file, or an OCI reference.
     bundle: PathBuf,
-    /// With an OCI reference: plain HTTP, loopback registries only.
-    #[arg(long)]
-    insecure: bool,
-    /// With an OCI reference: registry user (password from LIMES_REGISTRY_PASSWORD).
-    #[arg(long)]
-    username: Option<String>,
-    /// With an OCI reference: also fetch the microVM image.
-    #[arg(long)]
-    with_microvm: bool,
+    /// With an OCI reference: how to reach the registry.
+    #[command(flatten)]
+    registry: super::pull::RegistryArgs,
     /// Trusted public key, or a directory of `.pub` files (repeatable).
     #[arg(long, required = true, value_name = "KEY|DIR")]
     trust: Vec<PathBuf>,
@@ -39,7 +33,7 @@ impl InstallCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let text = self.bundle.to_string_lossy();
         if !self.bundle.exists() && text.contains('/') && (text.contains(':') || text.contains('@')) && !text.starts_with('/') && !text.starts_with('.') {
-            return super::pull::PullCommand::from_install(text.to_string(), self.trust, self.insecure, self.username, self.with_microvm, self.allow_downgrade).execute(ctx);
+            return super::pull::PullCommand::from_install(text.to_string(), self.trust, self.registry, self.allow_downgrade).execute(ctx);
         }
         let keys = TrustedKeys::load(&self.trust)?;
         let store = Store::open(&ctx.store)?;

@@ -22,6 +22,19 @@ pub struct PullCommand {
     /// Trusted public key, or a directory of `.pub` files (repeatable).
     #[arg(long, required = true, value_name = "KEY|DIR")]
     trust: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Fetch every CPU tier, not only the best for this host.
+    #[arg(long)]
+    all_tiers: bool,
+    /// Allow replacing a function with an older version.
+    #[arg(long)]
+    allow_downgrade: bool,
+}
+
+/// Registry options shared by `pull` and `install REF`.
+#[derive(Args, Clone, Debug)]
+pub struct RegistryArgs {
     /// Plain HTTP; allowed only for registries on loopback.
     #[arg(long)]
     insecure: bool,
@@ -31,29 +44,23 @@ pub struct PullCommand {
     /// Also fetch the microVM image.
     #[arg(long)]
     with_microvm: bool,
-    /// Fetch every CPU tier, not only the best for this host.
-    #[arg(long)]
-    all_tiers: bool,
-    /// Allow replacing a function with an older version.
-    #[arg(long)]
-    allow_downgrade: bool,
 }
 
 impl PullCommand {
-    pub fn from_install(reference: String, trust: Vec<PathBuf>, insecure: bool, username: Option<String>, with_microvm: bool, allow_downgrade: bool) -> Self {
-        PullCommand { reference, trust, insecure, username, with_microvm, all_tiers: false, allow_downgrade }
+    pub fn from_install(reference: String, trust: Vec<PathBuf>, registry: RegistryArgs, allow_downgrade: bool) -> Self {
+        PullCommand { reference, trust, registry, all_tiers: false, allow_downgrade }
     }
 
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let keys = TrustedKeys::load(&self.trust)?;
         let store = Store::open(&ctx.store)?;
         let opts = PullOptions {
-            insecure: self.insecure,
+            insecure: self.registry.insecure,
             credentials: limes_oci::Credentials {
-                username: self.username.clone(),
+                username: self.registry.username.clone(),
                 password: std::env::var("LIMES_REGISTRY_PASSWORD").ok(),
             },
-            with_microvm: self.with_microvm,
+            with_microvm: self.registry.with_microvm,
             all_tiers: self.all_tiers,
             allow_downgrade: self.allow_downgrade,
         };
