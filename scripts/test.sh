@@ -13,4 +13,5 @@ cargo build --locked -p limes -p limes-bench
 for f in report.md results.json results.csv scaling.svg; do
     test -s "$target/bench-quick/$f" || { echo "benchmark smoke run wrote no $f" >&2; exit 1; }
 done
-cargo test --workspace --locked "$@"
+# --show-output: suites that report counts (the mutation suite) print them.
+cargo test --workspace --locked "$@" -- --show-output
