@@ -17,6 +17,8 @@ declare -A pkgs=(
     [qemu-system-x86_64]=qemu-system-x86   # boots microVM images (TCG when KVM cannot)
     [docker-registry]=docker-registry      # a real OCI registry for push/pull tests
     [htpasswd]=apache2-utils               # its basic-auth variant
+    [zstd]=zstd                            # `tar --zstd` in the interop tests
+    [kill]=procps                          # signals to `limes serve` in tests
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
