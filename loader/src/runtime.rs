@@ -318,15 +318,9 @@ impl Runtime {
                 let instantiate_time = t.elapsed();
                 let t = Instant::now();
                 let args = String::from_utf8(req.body)
-                    .map_err(|_| RunError::Trap { function: name.clone(), message: "run(args) needs a UTF-8 body".into() });
-                let out = match args {
-                    Ok(a) => {
-                        let (s,) = func.call(&mut store, (a,)).map_err(|e| classify(e, "call"))?;
-                        Ok(Response::new(s.into_bytes()).with_content_type("text/plain"))
-                    }
-                    Err(e) => return Err(e),
-                };
-                (instantiate_time, t.elapsed(), out)
+                    .map_err(|_| RunError::Trap { function: name.clone(), message: "run(args) needs a UTF-8 body".into() })?;
+                let (s,) = func.call(&mut store, (args,)).map_err(|e| classify(e, "call"))?;
+                (instantiate_time, t.elapsed(), Ok(Response::new(s.into_bytes()).with_content_type("text/plain")))
             }
         };
         let (instantiate_time, call_time, result) = result;

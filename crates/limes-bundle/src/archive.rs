@@ -279,16 +279,24 @@ fn classify(e: io::Error, context: &str) -> BundleError {
     }
 }
 
-/// Hashes everything read through it.
+/// Hashes and counts everything read through it.
 struct Hashing<R> {
     inner: R,
     hasher: Sha256,
+    count: u64,
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing { inner, hasher: Sha256::new(), count: 0 }
+    }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.count += n as u64;
         Ok(n)
     }
 }
@@ -315,21 +323,6 @@ impl<R: Read> Read for ReEncode<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.enc.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-struct HashingReader<'a, R> {
-    inner: R,
-    hasher: &'a mut Sha256,
-    count: u64,
-}
-
-impl<R: Read> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
         Ok(n)
     }
 }
@@ -405,10 +398,7 @@ pub fn read_stream(
     policy: SignaturePolicy<'_>,
     sink: &mut dyn FileSink,
 ) -> Result<VerifiedBundle, BundleError> {
-    let mut raw = BufReader::new(Hashing {
-        inner: Bounded { inner: compressed, left: limits.max_compressed, what: "compressed size" },
-        hasher: Sha256::new(),
-    });
+    let mut raw = BufReader::new(Hashing::new(Bounded { inner: compressed, left: limits.max_compressed, what: "compressed size" }));
     // The frame header must be exactly the one the writer emits: a header
     // field that changes nothing when decoding (the window size, say) would
     // otherwise let a modified bundle verify.
@@ -524,14 +514,13 @@ pub fn read_stream(
         if size != want.size {
             return Err(BundleError::SizeMismatch { path: p, expected: want.size, actual: size });
         }
-        let mut hasher = Sha256::new();
-        let mut hr = HashingReader { inner: (&mut e).take(size), hasher: &mut hasher, count: 0 };
+        let mut hr = Hashing::new((&mut e).take(size));
         sink.file(want, &mut hr).map_err(|er| classify(er, &p))?;
         io::copy(&mut hr, &mut io::sink()).map_err(|er| classify(er, &p))?;
         if hr.count != size {
             return Err(BundleError::Archive(format!("{p:?} is truncated")));
         }
-        let actual = hex::encode(hasher.finalize());
+        let actual = hex::encode(hr.hasher.finalize());
         if actual != want.sha256 {
             return Err(BundleError::DigestMismatch { path: p, expected: want.sha256.clone(), actual });
         }
