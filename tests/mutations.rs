@@ -37,10 +37,10 @@ fn file(path: &str, data: &[u8]) -> E {
 fn pack_entries(entries: &[E], trailing_zeros: usize) -> Vec<u8> {
     let mut raw = Vec::new();
     for e in entries {
-        let mut h = tar::Header::new_ustar();
+        // Start from the writer's own header, so the pristine reconstruction
+        // is byte-identical and each variant differs only where it means to.
+        let mut h = archive::canonical_header("x", 0, 0).unwrap();
         h.set_entry_type(e.kind);
-        h.set_mode(0o444);
-        h.set_mtime(0);
         let _ = h.set_path(&e.path).or_else(|_| {
             // Paths tar::Header refuses (absolute, `..`) are written raw.
             let name = &mut h.as_old_mut().name;
@@ -96,7 +96,7 @@ impl Original {
         let json = serde_json::to_vec_pretty(&m).unwrap();
         let mut es = self.entries();
         es[0] = file(MANIFEST_PATH, &json);
-        es[1] = file(SIGNATURE_PATH, key.sign(&json, "mutant").as_bytes());
+        es[1] = file(SIGNATURE_PATH, key.sign(&json, &m.trusted_comment()).as_bytes());
         pack_entries(&es, 0)
     }
 }
@@ -258,7 +258,7 @@ fn no_mutated_bundle_is_accepted() {
         let verify = read_bundle_bytes(bytes, &keys);
         assert!(verify.is_err(), "verify accepted mutant {name:?}");
         std::fs::write(&probe, bytes).unwrap();
-        let install = store.install(&probe, &keys, true);
+        let install = store.install(&probe, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: true });
         assert!(install.is_err(), "install accepted mutant {name:?}");
         let msg = install.unwrap_err().to_string();
         assert!(!msg.is_empty());

@@ -213,7 +213,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
     let aot_paths: Vec<String> = aot_out.iter().map(|a| format!("aot/{}.cwasm", a.tier.name)).collect();
     let mut files: Vec<(String, Source<'_>)> = vec![(COMPONENT_PATH.to_string(), Source::Bytes(&wasm))];
     for (a, p) in aot_out.iter().zip(&aot_paths) {
-        files.push((p.clone(), Source::File(&a.path)));
+        files.push((p.clone(), Source::Bytes(&a.bytes)));
     }
     if let Some(img) = &image {
         use crate::microvm::{FIRECRACKER_CONFIG_PATH, INITRD_PATH, KERNEL_PATH};
@@ -293,9 +293,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
     })
 }
 
-/// The signed one-line comment: what the bundle is, readable in `minisign -V`.
+/// The signed one-line comment (its format lives with the manifest).
 pub fn trusted_comment(m: &Manifest) -> String {
-    format!("limes bundle {} {} schema {}", m.function.name, m.function.version, m.schema)
+    m.trusted_comment()
 }
 
 /// Whether `path` already holds an intact bundle with exactly this manifest

@@ -100,7 +100,10 @@ pub fn file_entries(files: &[(String, Source<'_>)]) -> Result<Vec<FileEntry>, Bu
     Ok(out)
 }
 
-fn header(path: &str, size: u64, mtime: u64) -> tar::Header {
+/// The one header a bundle entry may have: what the writer emits for this
+/// path, size and mtime. The reader rebuilds it and compares all 512 bytes,
+/// so no header byte can change while the signed content stays the same.
+pub fn canonical_header(path: &str, size: u64, mtime: u64) -> Result<tar::Header, BundleError> {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(size);
@@ -110,9 +113,10 @@ fn header(path: &str, size: u64, mtime: u64) -> tar::Header {
     h.set_mtime(mtime);
     h.set_username("").ok();
     h.set_groupname("").ok();
-    h.set_path(path).expect("safe paths fit a ustar header");
+    h.set_path(path)
+        .map_err(|_| BundleError::UnsafeEntry(format!("{} does not fit a ustar header", crate::untrusted(path))))?;
     h.set_cksum();
-    h
+    Ok(h)
 }
 
 /// Write a bundle to `out` atomically: the archive goes to a temporary file in
@@ -146,7 +150,7 @@ pub fn write_bundle(
     {
         let mut tar = tar::Builder::new(&mut enc);
         let mut add = |path: &str, size: u64, data: &mut dyn Read| -> io::Result<()> {
-            let h = header(path, size, mtime);
+            let h = canonical_header(path, size, mtime).map_err(io::Error::other)?;
             tar.append(&h, data)
         };
         add(MANIFEST_PATH, manifest_json.len() as u64, &mut &manifest_json[..]).map_err(io_err)?;
@@ -339,34 +343,84 @@ fn read_small(entry: &mut dyn Read, size: u64, max: u64, what: &str) -> Result<V
     Ok(v)
 }
 
-/// Check one tar entry's header: a regular file with a safe path that the
-/// header states directly (no long-name or pax override).
-fn check_entry(entry: &tar::Entry<'_, impl Read>) -> Result<String, BundleError> {
-    let h = entry.header();
-    let ty = h.entry_type();
-    let path = String::from_utf8(entry.path_bytes().into_owned())
-        .map_err(|_| BundleError::UnsafeEntry("entry path is not UTF-8".into()))?;
-    if !ty.is_file() || ty != tar::EntryType::Regular {
-        let kind = if ty.is_symlink() {
-            "a symlink"
-        } else if ty.is_hard_link() {
-            "a hard link"
-        } else if ty.is_dir() {
-            "a directory"
-        } else if ty.is_character_special() || ty.is_block_special() {
-            "a device node"
-        } else {
-            "not a regular file"
-        };
-        return Err(BundleError::UnsafeEntry(format!("{path:?} is {kind}")));
+const BLOCK: usize = 512;
+
+/// One entry as its 512-byte header states it.
+struct EntryHead {
+    path: String,
+    size: u64,
+    mtime: u64,
+}
+
+/// Read exactly one 512-byte block.
+fn read_block(r: &mut impl Read, what: &str) -> Result<[u8; BLOCK], BundleError> {
+    let mut b = [0u8; BLOCK];
+    r.read_exact(&mut b).map_err(|e| classify(e, what))?;
+    Ok(b)
+}
+
+/// Judge an entry from its header block alone, before a byte of its payload
+/// is read: it must be a regular file with a safe path, and the block must be
+/// exactly [`canonical_header`] of what it states. Extension entries (GNU
+/// long names, pax headers) are refused here, so their payload is never
+/// buffered. `Ok(None)` is the first end-of-archive block.
+fn parse_header(block: &[u8; BLOCK]) -> Result<Option<EntryHead>, BundleError> {
+    if block.iter().all(|&b| b == 0) {
+        return Ok(None);
     }
-    if entry.path_bytes().as_ref() != h.path_bytes().as_ref() {
-        return Err(BundleError::UnsafeEntry(format!("{path:?} uses a long-name or pax path override")));
+    let h = tar::Header::from_byte_slice(block);
+    let name = crate::untrusted_bytes(&h.path_bytes());
+    let kind = match block[156] {
+        b'0' => None,
+        b'1' => Some("a hard link"),
+        b'2' => Some("a symlink"),
+        b'3' | b'4' => Some("a device node"),
+        b'5' => Some("a directory"),
+        b'6' => Some("a fifo"),
+        b'L' | b'K' => Some("a GNU long-name extension entry"),
+        b'x' | b'g' => Some("a pax extended header"),
+        _ => Some("not a regular file"),
+    };
+    if let Some(kind) = kind {
+        return Err(BundleError::UnsafeEntry(format!("{name} is {kind}")));
     }
-    if path != MANIFEST_PATH && path != SIGNATURE_PATH && !is_safe_path(&path) {
-        return Err(BundleError::UnsafeEntry(format!("{path:?} is not a safe relative path")));
+    let raw = h.path_bytes();
+    let path = std::str::from_utf8(&raw).map_err(|_| BundleError::UnsafeEntry(format!("entry path {name} is not UTF-8")))?;
+    if path != MANIFEST_PATH && path != SIGNATURE_PATH && !is_safe_path(path) {
+        return Err(BundleError::UnsafeEntry(format!("{name} is not a safe relative path")));
     }
-    Ok(path)
+    let field = |what: &str| BundleError::Archive(format!("header of {name} has an invalid {what} field"));
+    let size = h.size().map_err(|_| field("size"))?;
+    let mtime = h.mtime().map_err(|_| field("mtime"))?;
+    let want = canonical_header(path, size, mtime)?;
+    if let Some(i) = want.as_bytes().iter().zip(block.iter()).position(|(a, b)| a != b) {
+        return Err(BundleError::Archive(format!(
+            "header of {name} differs from the canonical limes header at byte {i} ({})",
+            header_field(i)
+        )));
+    }
+    Ok(Some(EntryHead { path: path.to_string(), size, mtime }))
+}
+
+/// Name of the ustar header field holding byte `i`.
+fn header_field(i: usize) -> &'static str {
+    const FIELDS: [(usize, &str); 16] = [
+        (100, "name"), (108, "mode"), (116, "uid"), (124, "gid"), (136, "size"), (148, "mtime"),
+        (156, "checksum"), (157, "type"), (257, "link name"), (263, "magic"), (265, "version"),
+        (297, "user name"), (329, "group name"), (337, "device major"), (345, "device minor"), (500, "prefix"),
+    ];
+    FIELDS.iter().find(|(end, _)| i < *end).map(|(_, n)| *n).unwrap_or("padding")
+}
+
+/// Read the zero padding that follows `size` bytes of payload.
+fn read_padding(r: &mut impl Read, size: u64, what: &str) -> Result<(), BundleError> {
+    let pad = ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize;
+    let mut b = [0u8; BLOCK];
+    r.read_exact(&mut b[..pad]).map_err(|e| classify(e, what))?;
+    if b[..pad].iter().any(|&x| x != 0) {
+        return Err(BundleError::Archive(format!("padding after {what} is not zero")));
+    }
+    Ok(())
 }
 
 /// Read and verify the bundle at `path`, streaming each listed file through
@@ -423,34 +477,28 @@ pub fn read_stream(
     };
     let mut unpacked = Bounded { inner: tee, left: limits.max_unpacked, what: "unpacked size" };
 
-    let mut archive = tar::Archive::new(&mut unpacked);
-    let mut entries = archive.entries().map_err(|e| classify(e, "archive"))?;
-    let mut next = |what: &str| -> Result<Option<tar::Entry<'_, _>>, BundleError> {
-        entries.next().transpose().map_err(|e| classify(e, what))
-    };
+    let next = |r: &mut _, what: &str| -> Result<Option<EntryHead>, BundleError> { parse_header(&read_block(r, what)?) };
 
     // 1. The manifest.
-    let mut entry = next("manifest header")?.ok_or_else(|| BundleError::Archive("bundle is empty".into()))?;
-    let p = check_entry(&entry)?;
-    if p != MANIFEST_PATH {
-        return Err(BundleError::Archive(format!("first entry must be {MANIFEST_PATH}, found {p:?}")));
+    let head = next(&mut unpacked, "manifest header")?.ok_or_else(|| BundleError::Archive("bundle is empty".into()))?;
+    if head.path != MANIFEST_PATH {
+        return Err(BundleError::Archive(format!("first entry must be {MANIFEST_PATH}, found {}", crate::untrusted(&head.path))));
     }
-    let size = entry.header().size().map_err(|e| classify(e, MANIFEST_PATH))?;
-    let manifest_bytes = read_small(&mut entry, size, limits.max_manifest, MANIFEST_PATH)?;
-    drop(entry);
+    let mtime = head.mtime;
+    let manifest_bytes = read_small(&mut unpacked, head.size, limits.max_manifest, MANIFEST_PATH)?;
+    read_padding(&mut unpacked, head.size, MANIFEST_PATH)?;
 
     // 2. The signature: checked before anything else is read.
-    let mut entry = next("signature header")?;
+    let mut pending = next(&mut unpacked, "signature header")?;
     let mut signature = None;
-    if let Some(e) = entry.as_mut() {
-        if check_entry(e)? == SIGNATURE_PATH {
-            let size = e.header().size().map_err(|er| classify(er, SIGNATURE_PATH))?;
-            let bytes = read_small(e, size, limits.max_signature, SIGNATURE_PATH)?;
-            signature = Some(
-                String::from_utf8(bytes).map_err(|_| BundleError::Signature("signature file is not UTF-8".into()))?,
-            );
-            entry = None;
+    if let Some(h) = pending.take_if(|h| h.path == SIGNATURE_PATH) {
+        let bytes = read_small(&mut unpacked, h.size, limits.max_signature, SIGNATURE_PATH)?;
+        read_padding(&mut unpacked, h.size, SIGNATURE_PATH)?;
+        if h.mtime != mtime {
+            return Err(BundleError::Archive(format!("{SIGNATURE_PATH} has another mtime than {MANIFEST_PATH}")));
         }
+        signature = Some(String::from_utf8(bytes).map_err(|_| BundleError::Signature("signature file is not UTF-8".into()))?);
+        pending = next(&mut unpacked, "entry header")?;
     }
     let (signer, signature_verified, trusted_comment) = match (&signature, &policy) {
         (None, SignaturePolicy::Require(_)) => return Err(BundleError::Unsigned),
@@ -469,6 +517,15 @@ pub fn read_stream(
     };
     // Only now is the manifest's content trusted enough to parse.
     let manifest = Manifest::from_json(&manifest_bytes)?;
+    if let (true, Some(tc)) = (signature_verified, &trusted_comment) {
+        check_trusted_comment(&manifest, tc)?;
+    }
+    if mtime != manifest.provenance.source_date_epoch {
+        return Err(BundleError::Archive(format!(
+            "entry mtime {mtime} is not the manifest's source_date_epoch {}",
+            manifest.provenance.source_date_epoch
+        )));
+    }
     if manifest.files.len() > limits.max_entries {
         return Err(BundleError::TooLarge(format!(
             "manifest lists {} files (limit {})",
@@ -487,12 +544,14 @@ pub fn read_stream(
     // 3. Exactly the listed files, in order.
     let mut expected = manifest.files.iter();
     loop {
-        let e = match entry.take() {
-            Some(e) => Some(e),
-            None => next("entry header")?,
+        let h = match pending.take() {
+            Some(h) => h,
+            None => match next(&mut unpacked, "entry header")? {
+                Some(h) => h,
+                None => break,
+            },
         };
-        let Some(mut e) = e else { break };
-        let p = check_entry(&e)?;
+        let p = h.path;
         let want = match expected.next() {
             Some(w) if w.path == p => w,
             Some(w) => {
@@ -510,11 +569,14 @@ pub fn read_stream(
                 })
             }
         };
-        let size = e.header().size().map_err(|er| classify(er, &p))?;
-        if size != want.size {
-            return Err(BundleError::SizeMismatch { path: p, expected: want.size, actual: size });
+        if h.size != want.size {
+            return Err(BundleError::SizeMismatch { path: p, expected: want.size, actual: h.size });
         }
-        let mut hr = Hashing::new((&mut e).take(size));
+        if h.mtime != mtime {
+            return Err(BundleError::Archive(format!("{p} has another mtime than {MANIFEST_PATH}")));
+        }
+        let size = h.size;
+        let mut hr = Hashing::new((&mut unpacked).take(size));
         sink.file(want, &mut hr).map_err(|er| classify(er, &p))?;
         io::copy(&mut hr, &mut io::sink()).map_err(|er| classify(er, &p))?;
         if hr.count != size {
@@ -524,25 +586,21 @@ pub fn read_stream(
         if actual != want.sha256 {
             return Err(BundleError::DigestMismatch { path: p, expected: want.sha256.clone(), actual });
         }
+        read_padding(&mut unpacked, size, &p)?;
     }
     if let Some(missing) = expected.next() {
         return Err(BundleError::MissingFile(missing.path.clone()));
     }
-    drop(archive);
 
-    // 4. Only end-of-archive padding may follow, then the zstd frame must end
-    // (which checks its content checksum) with no trailing bytes.
-    let mut rest = [0u8; 4096];
-    let mut padding = 0u64;
-    loop {
-        let n = unpacked.read(&mut rest).map_err(|e| classify(e, "archive end"))?;
-        if n == 0 {
-            break;
-        }
-        padding += n as u64;
-        if rest[..n].iter().any(|&b| b != 0) || padding > 64 << 10 {
-            return Err(BundleError::Archive("data after the last listed file".into()));
-        }
+    // 4. The archive ends exactly as the writer ends it (two zero blocks),
+    // then the zstd frame must end (which checks its content checksum) with
+    // no trailing bytes.
+    if read_block(&mut unpacked, "archive end")?.iter().any(|&b| b != 0) {
+        return Err(BundleError::Archive("data after the last listed file".into()));
+    }
+    let mut probe = [0u8; 1];
+    if unpacked.read(&mut probe).map_err(|e| classify(e, "archive end"))? != 0 {
+        return Err(BundleError::Archive("data after the end of the archive".into()));
     }
     let ReEncode { inner: dec, enc } = unpacked.inner;
     let mut raw = dec.finish();
@@ -567,6 +625,18 @@ pub fn read_stream(
         trusted_comment,
         compressed_size,
     })
+}
+
+/// A verified signature's trusted comment must name this manifest.
+pub fn check_trusted_comment(manifest: &Manifest, comment: &str) -> Result<(), BundleError> {
+    let want = manifest.trusted_comment();
+    if comment != want {
+        return Err(BundleError::Signature(format!(
+            "the signed trusted comment {} does not describe this manifest (expected {want:?})",
+            crate::untrusted(comment)
+        )));
+    }
+    Ok(())
 }
 
 /// Rewrite `out` (atomically) with `signature` added or replaced, keeping the
@@ -600,7 +670,7 @@ mod tests {
         let files = vec![(COMPONENT_PATH.to_string(), Source::Bytes(&component))];
         m.files = file_entries(&files).unwrap();
         let json = m.to_json();
-        let sig = sign.map(|k| k.sign(&json, "t"));
+        let sig = sign.map(|k| k.sign(&json, &m.trusted_comment()));
         let out = dir.join("b.limes");
         write_bundle(&out, &json, sig.as_deref(), &files, 0).unwrap();
         (out, json)

@@ -171,6 +171,18 @@ impl TrustedKeys {
         })?;
         Ok(key)
     }
+
+    /// The one way a detached manifest becomes trusted: the signature must
+    /// be by a trusted key, the manifest must parse and validate, and the
+    /// signed trusted comment must name this manifest's function and
+    /// version. Returns the signer and the manifest.
+    pub fn verify_manifest(&self, manifest_bytes: &[u8], signature: &str) -> Result<(KeyId, crate::Manifest), BundleError> {
+        let info = SignatureInfo::parse(signature)?;
+        let signer = self.verify(manifest_bytes, &info)?.id;
+        let manifest = crate::Manifest::from_json(manifest_bytes)?;
+        crate::archive::check_trusted_comment(&manifest, &info.trusted_comment)?;
+        Ok((signer, manifest))
+    }
 }
 
 #[cfg(feature = "sign")]

@@ -27,6 +27,26 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// How much of an attacker-controlled string an error message quotes.
+const QUOTE_LIMIT: usize = 64;
+
+/// A short, escaped, quoted prefix of an untrusted string, safe to put in an
+/// error message or on a terminal (no control characters, bounded length).
+pub fn untrusted(s: &str) -> String {
+    untrusted_bytes(s.as_bytes())
+}
+
+/// [`untrusted`] for bytes that may not be UTF-8.
+pub fn untrusted_bytes(b: &[u8]) -> String {
+    let cut = &b[..b.len().min(QUOTE_LIMIT)];
+    let text: String = String::from_utf8_lossy(cut).escape_debug().collect();
+    if b.len() > QUOTE_LIMIT {
+        format!("\"{text}\"... ({} bytes)", b.len())
+    } else {
+        format!("\"{text}\"")
+    }
+}
+
 /// Everything that can go wrong reading, verifying or writing a bundle.
 /// Every variant names what broke, so a CI log says where to look.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +82,26 @@ pub enum BundleError {
 }
 
 impl BundleError {
+    /// Whether the bytes failed verification (as opposed to the reader
+    /// failing to read them, or a key that could not be loaded).
+    pub fn is_verification(&self) -> bool {
+        match self {
+            BundleError::Io { .. } | BundleError::Key(_) => false,
+            BundleError::Compression(_)
+            | BundleError::Archive(_)
+            | BundleError::TooLarge(_)
+            | BundleError::UnsafeEntry(_)
+            | BundleError::Manifest(_)
+            | BundleError::Unsigned
+            | BundleError::Signature(_)
+            | BundleError::UntrustedKey(_)
+            | BundleError::DigestMismatch { .. }
+            | BundleError::SizeMismatch { .. }
+            | BundleError::MissingFile(_)
+            | BundleError::UnlistedFile(_) => true,
+        }
+    }
+
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         BundleError::Io { path: path.as_ref().display().to_string(), source }
     }

@@ -190,13 +190,24 @@ impl Manifest {
 
     /// Parse and check a manifest: syntax, then [`Manifest::validate`].
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, BundleError> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+            // serde quotes what it read (an unknown field name, say): bound it.
+            let msg = e.to_string();
+            BundleError::Manifest(if msg.len() > 200 { crate::untrusted(&msg) } else { msg })
+        })?;
         m.validate()?;
         Ok(m)
     }
 
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
         self.files.iter().find(|f| f.path == path)
+    }
+
+    /// The signed one-line comment: what the bundle is, readable in
+    /// `minisign -V`. Readers require exactly this text in a verified
+    /// signature, so a signature cannot vouch for another name or version.
+    pub fn trusted_comment(&self) -> String {
+        format!("limes bundle {} {} schema {}", self.function.name, self.function.version, self.schema)
     }
 
     /// Bundle file name: `NAME-VERSION.limes`.
