@@ -26,9 +26,9 @@ fn rewrite(bundle: &Path, key: &TestKey, out: &Path, edit: impl FnOnce(&mut Mani
     edit(&mut m);
     let json = m.to_json();
     let sk = SecretKey::from_file(&key.secret).unwrap();
-    let sig = sk.sign(&json, "rewritten");
+    let sig = sk.sign(&json, &m.trusted_comment());
     let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b))).collect();
-    archive::write_bundle(out, &json, Some(&sig), &files, 0).unwrap();
+    archive::write_bundle(out, &json, Some(&sig), &files, m.provenance.source_date_epoch).unwrap();
     out.to_path_buf()
 }
 
@@ -177,7 +177,7 @@ fn faulty_functions_fail_cleanly() {
     // One runtime survives every fault and keeps answering.
     let f = limes::Store::open(&store).unwrap().get("faulty").unwrap();
     let rt = limes::Runtime::new(&Default::default()).unwrap();
-    let loaded = limes::load(&rt, &f, limes::LoadMode::Auto).unwrap();
+    let loaded = limes::load(&rt, &f, limes::LoadMode::Auto, limes::store::Integrity::Rehash).unwrap();
     for body in ["loop", "oom", "panic", "abort", "ok"] {
         let r = rt.invoke(&loaded, limes_sdk::Request::new(body), &Default::default());
         if body == "ok" {
@@ -240,9 +240,9 @@ fn incompatible_artifacts_fall_back_or_fail_with_the_reason() {
     let store_dir = d.path().join("store");
     let store = limes::Store::open(&store_dir).unwrap();
     let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
-    let f = store.install(&other_engine, &keys, false).unwrap();
+    let f = store.install(&other_engine, &keys, Default::default()).unwrap();
     let rt = limes::Runtime::new(&Default::default()).unwrap();
-    match limes::load(&rt, &f, limes::LoadMode::Auto) {
+    match limes::load(&rt, &f, limes::LoadMode::Auto, limes::store::Integrity::Rehash) {
         Ok(l) => {
             assert!(limes::JIT_ENABLED, "only a JIT build may fall back");
             assert!(l.jit && l.tier.is_none());

@@ -32,8 +32,8 @@ fn every_pack_boots_and_answers_like_wasm() {
         let built = build_signed_with(&pack(dir), &key, d.path(), true);
         let vm = built.manifest.microvm.as_ref().expect("microVM image in the bundle");
         assert_eq!(vm.target, "x86_64-unknown-linux-musl");
-        let f = store.install(&built.bundle, &keys, false).unwrap();
-        let loaded = limes::load(&rt, &f, limes::LoadMode::Auto).unwrap();
+        let f = store.install(&built.bundle, &keys, Default::default()).unwrap();
+        let loaded = limes::load(&rt, &f, limes::LoadMode::Auto, limes::store::Integrity::Rehash).unwrap();
         for (_, req) in cases.iter().filter(|(p, _)| *p == dir) {
             let wasm = rt.invoke(&loaded, req.clone(), &Default::default()).unwrap().result;
             let o = limes::microvm::run(&f, req, &vm_opts(d.path())).unwrap_or_else(|e| panic!("{dir}: {e}"));
@@ -72,7 +72,7 @@ fn limes_run_boots_the_image() {
     let plain = build_signed(&pack("noop"), &key, &d.path().join("plain"));
     let st = limes::Store::open(d.path().join("store2")).unwrap();
     let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
-    let f = st.install(&plain.bundle, &keys, false).unwrap();
+    let f = st.install(&plain.bundle, &keys, Default::default()).unwrap();
     let e = limes::microvm::run(&f, &Request::new(""), &vm_opts(d.path())).unwrap_err();
     assert!(e.to_string().contains("has no microVM image"), "{e}");
 }
@@ -131,7 +131,7 @@ fn firecracker_config_follows_the_documented_schema() {
             // The embedded kernel boots without --kernel.
             let st = limes::Store::open(d.path().join("st")).unwrap();
             let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
-            let f = st.install(&out.bundle, &keys, false).unwrap();
+            let f = st.install(&out.bundle, &keys, Default::default()).unwrap();
             let opts = limes::microvm::VmOptions { probe_cache: Some(d.path().join("accel")), ..Default::default() };
             let o = limes::microvm::run(&f, &Request::new("embedded"), &opts).unwrap();
             assert_eq!(o.result.unwrap().body, b"embedded");

@@ -59,7 +59,7 @@ fn serves_functions_and_survives_faults_under_load() {
     let st = limes::Store::open(&store).unwrap();
     for krate in [pack("noop"), fixture("faulty")] {
         let b = build_signed(&krate, &key, d.path());
-        st.install(&b.bundle, &keys, false).unwrap();
+        st.install(&b.bundle, &keys, Default::default()).unwrap();
     }
     let server = start(&store, &["--concurrency", "4", "--max-body", "1048576"]);
     let a = server.addr;

@@ -3,7 +3,7 @@
 
 use crate::runtime::{FunctionSpec, LoadedFunction, RunError, Runtime};
 use crate::select;
-use crate::store::InstalledFunction;
+use crate::store::{InstalledFunction, Integrity};
 use limes_bundle::profile::{EngineProfile, WASMTIME_VERSION};
 
 /// How to load.
@@ -28,7 +28,9 @@ fn aot_blocker(f: &InstalledFunction) -> Option<String> {
     None
 }
 
-pub fn load(rt: &Runtime, f: &InstalledFunction, mode: LoadMode) -> Result<LoadedFunction, RunError> {
+/// Load `f`, checking the bytes of the artifact by `integrity` first: native
+/// code is mapped only from bytes that match the signed manifest.
+pub fn load(rt: &Runtime, f: &InstalledFunction, mode: LoadMode, integrity: Integrity) -> Result<LoadedFunction, LoadError> {
     let spec = FunctionSpec::from_manifest(&f.manifest);
     let mut reasons = Vec::new();
     if mode == LoadMode::Auto {
@@ -38,9 +40,18 @@ pub fn load(rt: &Runtime, f: &InstalledFunction, mode: LoadMode) -> Result<Loade
                 let (best, skipped) = select::best_tier_of(&f.manifest, |p| f.has(p));
                 reasons.extend(skipped.into_iter().map(|s| format!("{}: {}", s.tier, s.reason)));
                 if let Some(a) = best {
-                    // SAFETY: store objects are published only after the whole
-                    // bundle verified against a trusted key, and are read-only.
-                    match unsafe { rt.load_precompiled(spec.clone(), &f.path_of(&a.path), &a.tier) } {
+                    let mapped = if integrity == Integrity::Stamp && f.stamp_unchanged(&a.path)? {
+                        // SAFETY: the file is the inode that was hashed against
+                        // the signed manifest at install, unchanged since, in a
+                        // store only this user can write (checked on open).
+                        unsafe { rt.load_precompiled(spec.clone(), &f.path_of(&a.path), &a.tier) }
+                    } else {
+                        let bytes = f.read_verified(&a.path)?;
+                        // SAFETY: these bytes were just hashed against the
+                        // signed manifest; the same buffer is deserialized.
+                        unsafe { rt.load_precompiled_bytes(spec.clone(), &bytes, &a.tier) }
+                    };
+                    match mapped {
                         Ok(l) => return Ok(l),
                         Err(e) => reasons.push(e.to_string()),
                     }
@@ -52,13 +63,23 @@ pub fn load(rt: &Runtime, f: &InstalledFunction, mode: LoadMode) -> Result<Loade
     } else {
         reasons.push("JIT requested".into());
     }
-    jit_fallback(rt, f, spec, reasons)
+    Ok(jit_fallback(rt, f, spec, reasons)?)
+}
+
+/// Why a function could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 #[cfg(feature = "jit")]
 fn jit_fallback(rt: &Runtime, f: &InstalledFunction, spec: FunctionSpec, reasons: Vec<String>) -> Result<LoadedFunction, RunError> {
     tracing::info!(function = %spec.name, reasons = %reasons.join("; "), "compiling at load (JIT)");
-    let wasm = std::fs::read(f.path_of(&f.manifest.component))
+    let wasm = f
+        .read_verified(&f.manifest.component)
         .map_err(|e| RunError::Load { function: spec.name.clone(), reason: format!("component: {e}") })?;
     rt.load_jit(spec, &wasm)
 }

@@ -56,6 +56,8 @@ pub enum VmError {
     NoImage(String),
     #[error("{0}'s microVM image was not fetched; pull it again with --with-microvm")]
     NotFetched(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("no kernel to boot: pass --kernel PATH or set LIMES_KERNEL (a Debian linux-image kernel works)")]
     NoKernel,
     #[error("no hypervisor: install QEMU (`apt-get install qemu-system-x86`) or Firecracker")]
@@ -250,6 +252,13 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
         .or_else(|| vm.kernel.as_ref().map(|k| f.path_of(k)))
         .or_else(|| std::env::var_os("LIMES_KERNEL").map(PathBuf::from))
         .ok_or(VmError::NoKernel)?;
+    // The image runs in a VM, but it is still only what was signed: hash
+    // what the hypervisor will read against the manifest before it boots.
+    let mut signed: Vec<&str> = vec![&vm.initrd];
+    if opts.kernel.is_none() {
+        signed.extend(vm.kernel.as_deref());
+    }
+    f.check_files(&signed, crate::store::Integrity::Rehash)?;
     let initrd = f.path_of(&vm.initrd);
     let l = Launch { kernel: &kernel, initrd: &initrd, boot_args: &vm.boot_args, vcpus: vm.vcpus, memory_mib: vm.memory_mib };
 
@@ -264,7 +273,13 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
             tracing::info!("firecracker did not run the guest; trying QEMU");
         }
     }
-    let remembered = opts.probe_cache.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+    // The probe cache lives in the store: read and written without
+    // following symlinks.
+    let remembered = opts
+        .probe_cache
+        .as_ref()
+        .and_then(|p| crate::store::read_nofollow(p, 16).ok().flatten())
+        .map(|b| String::from_utf8_lossy(&b).to_string());
     let try_kvm = match opts.accel {
         Accel::Kvm => true,
         Accel::Tcg => false,
@@ -278,7 +293,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
         match launch(cmd, name, req, probe) {
             Ok((mut o, _)) => {
                 if let Some(p) = &opts.probe_cache {
-                    let _ = std::fs::write(p, "kvm\n");
+                    let _ = crate::store::write_atomic(p, b"kvm\n");
                 }
                 o.hypervisor = "qemu-kvm".into();
                 return Ok(o);
@@ -287,7 +302,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
             Err(e) => {
                 tracing::info!(error = %e, "KVM did not run the guest; using TCG");
                 if let Some(p) = &opts.probe_cache {
-                    let _ = std::fs::write(p, "tcg\n");
+                    let _ = crate::store::write_atomic(p, b"tcg\n");
                 }
             }
         }

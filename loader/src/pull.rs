@@ -5,8 +5,7 @@
 
 use crate::select;
 use crate::store::{InstalledFunction, Store, StoreError};
-use limes_bundle::keys::SignatureInfo;
-use limes_bundle::manifest::{Manifest, MANIFEST_PATH, SIGNATURE_PATH};
+use limes_bundle::manifest::{MANIFEST_PATH, SIGNATURE_PATH};
 use limes_bundle::TrustedKeys;
 use limes_oci::{Credentials, OciError, Registry, TITLE};
 
@@ -18,7 +17,7 @@ pub struct PullOptions {
     pub with_microvm: bool,
     /// Fetch every tier, not only the best for this host.
     pub all_tiers: bool,
-    pub allow_downgrade: bool,
+    pub policy: crate::store::InstallPolicy,
 }
 
 #[derive(Debug)]
@@ -41,6 +40,18 @@ pub enum PullError {
     LayerMismatch { path: String, layer: String, signed: String },
 }
 
+impl PullError {
+    /// Whether the registry served bytes that failed verification.
+    pub fn is_verification(&self) -> bool {
+        match self {
+            PullError::Oci(o) => o.is_verification(),
+            PullError::Store(s) => s.is_verification(),
+            PullError::Bundle(b) => b.is_verification(),
+            PullError::LayerMismatch { .. } => true,
+        }
+    }
+}
+
 pub async fn pull(store: &Store, reference: &str, keys: &TrustedKeys, opts: &PullOptions) -> Result<PullReport, PullError> {
     let reg = Registry::new(reference, opts.insecure, &opts.credentials)?;
     let (oci, digest) = reg.manifest().await?;
@@ -56,8 +67,7 @@ pub async fn pull(store: &Store, reference: &str, keys: &TrustedKeys, opts: &Pul
     reg.fetch(layer(SIGNATURE_PATH)?, 4 << 10, &mut sig).await?;
     let sig = String::from_utf8(sig).map_err(|_| limes_bundle::BundleError::Signature("signature is not UTF-8".into()))?;
     // Trust first: nothing else is fetched for an unverified manifest.
-    keys.verify(&manifest_bytes, &SignatureInfo::parse(&sig)?)?;
-    let manifest = Manifest::from_json(&manifest_bytes)?;
+    let (_, manifest) = keys.verify_manifest(&manifest_bytes, &sig)?;
 
     let mut wanted = vec![manifest.component.clone()];
     if opts.all_tiers {
@@ -91,6 +101,6 @@ pub async fn pull(store: &Store, reference: &str, keys: &TrustedKeys, opts: &Pul
         downloaded.push(path.clone());
         files.push((path, data));
     }
-    let function = store.install_parts(&manifest_bytes, &sig, &files, keys, opts.allow_downgrade)?;
+    let function = store.install_parts(&manifest_bytes, &sig, &files, keys, opts.policy)?;
     Ok(PullReport { function, oci_digest: digest, downloaded, reused })
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -65,7 +65,43 @@ impl Default for RuntimeOptions {
 pub struct Host {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: TotalMemory,
+}
+
+/// The memory limit of one instance, over all its linear memories together
+/// (Wasmtime's `StoreLimits` applies its limit to each memory on its own, so
+/// a component with four memories would get four times the limit).
+struct TotalMemory {
+    limit: usize,
+    used: usize,
+    hit: bool,
+}
+
+/// The error a growth past the limit traps with (classified by type).
+#[derive(Debug)]
+struct MemoryLimitHit;
+
+impl std::fmt::Display for MemoryLimitHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("memory limit reached")
+    }
+}
+impl std::error::Error for MemoryLimitHit {}
+
+impl wasmtime::ResourceLimiter for TotalMemory {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let next = self.used.saturating_add(desired.saturating_sub(current));
+        if next > self.limit {
+            self.hit = true;
+            return Err(MemoryLimitHit.into());
+        }
+        self.used = next;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
 }
 
 impl WasiView for Host {
@@ -192,6 +228,23 @@ impl Runtime {
         self.link(spec, component, Some(tier.to_string()), false, load_time)
     }
 
+    /// Map a precompiled artifact from bytes in memory (copied into an
+    /// executable mapping by Wasmtime).
+    ///
+    /// # Safety
+    /// As [`Runtime::load_precompiled`]: `bytes` must have been verified
+    /// against a trusted signature.
+    pub unsafe fn load_precompiled_bytes(&self, spec: FunctionSpec, bytes: &[u8], tier: &str) -> Result<LoadedFunction, RunError> {
+        let t = Instant::now();
+        // SAFETY: forwarded to the caller (see above).
+        let component = unsafe { Component::deserialize(&self.engine, bytes) }.map_err(|e| RunError::Load {
+            function: spec.name.clone(),
+            reason: format!("Wasmtime refused the {tier} artifact: {e:#}"),
+        })?;
+        let load_time = t.elapsed();
+        self.link(spec, component, Some(tier.to_string()), false, load_time)
+    }
+
     /// Compile a component at load time (the study's method, and the JIT
     /// fallback).
     #[cfg(feature = "jit")]
@@ -259,10 +312,7 @@ impl Runtime {
         let host = Host {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit.min(usize::MAX as u64) as usize)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: TotalMemory { limit: memory_limit.min(usize::MAX as u64) as usize, used: 0, hit: false },
         };
         let mut store = wasmtime::Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);
@@ -270,15 +320,15 @@ impl Runtime {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
-        let classify = |e: wasmtime::Error, stage: &str| -> RunError {
+        let classify = |e: wasmtime::Error, stage: &str, limit_hit: bool| -> RunError {
             let trap = e.downcast_ref::<wasmtime::Trap>().copied();
             if trap == Some(wasmtime::Trap::Interrupt) {
                 return RunError::Timeout { function: name.clone(), ms: timeout.as_millis() as u64 };
             }
-            let full = format!("{e:#}");
-            if full.contains("forcing trap when growing memory") {
+            if limit_hit || e.downcast_ref::<MemoryLimitHit>().is_some() {
                 return RunError::MemoryLimit { function: name.clone(), limit: memory_limit };
             }
+            let full = format!("{e:#}");
             // The trap kind, plus what the guest said last on stderr (a Rust
             // panic message lands there just before the trap).
             let mut message = match trap {
@@ -300,26 +350,26 @@ impl Runtime {
         let t = Instant::now();
         let result = match &f.entry {
             Entry::Limes(pre) => {
-                let inst = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate"))?;
+                let inst = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
                 let instantiate_time = t.elapsed();
                 let t = Instant::now();
                 let wreq = wit::Request { body: req.body, content_type: req.content_type, metadata: req.metadata };
                 let out = inst
                     .limes_function_handler()
                     .call_handle(&mut store, &wreq)
-                    .map_err(|e| classify(e, "call"))?;
+                    .map_err(|e| classify(e, "call", store.data().limits.hit))?;
                 (instantiate_time, t.elapsed(), from_wit(out))
             }
             Entry::Study { pre, run } => {
-                let inst = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate"))?;
+                let inst = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
                 let func = inst
                     .get_typed_func::<(String,), (String,)>(&mut store, run)
-                    .map_err(|e| classify(e, "instantiate"))?;
+                    .map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
                 let instantiate_time = t.elapsed();
                 let t = Instant::now();
                 let args = String::from_utf8(req.body)
                     .map_err(|_| RunError::Trap { function: name.clone(), message: "run(args) needs a UTF-8 body".into() })?;
-                let (s,) = func.call(&mut store, (args,)).map_err(|e| classify(e, "call"))?;
+                let (s,) = func.call(&mut store, (args,)).map_err(|e| classify(e, "call", store.data().limits.hit))?;
                 (instantiate_time, t.elapsed(), Ok(Response::new(s.into_bytes()).with_content_type("text/plain")))
             }
         };

@@ -105,6 +105,8 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Load(#[from] launch::LoadError),
     #[error("no functions to serve (install some with `limes install`)")]
     Nothing,
     #[error("cannot listen on {addr}: {source}")]
@@ -260,7 +262,9 @@ pub async fn serve(
     let mut functions = HashMap::new();
     for n in names {
         let f = store.get(&n)?;
-        let loaded = launch::load(&runtime, &f, LoadMode::Auto)?;
+        // Serve re-hashes each artifact once per load: a long-lived process
+        // must not depend on the store staying untouched since install.
+        let loaded = launch::load(&runtime, &f, LoadMode::Auto, crate::store::Integrity::Rehash)?;
         tracing::info!(function = %n, tier = ?loaded.tier, "loaded");
         functions.insert(
             n,

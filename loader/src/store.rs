@@ -17,7 +17,10 @@ use limes_bundle::archive::{read_bundle, BundleLimits, FileSink, SignaturePolicy
 use limes_bundle::manifest::{FileEntry, Manifest, MANIFEST_PATH, SIGNATURE_PATH};
 use limes_bundle::{BundleError, TrustedKeys};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,17 +31,70 @@ pub enum StoreError {
     Bundle(#[from] BundleError),
     #[error("no function named {0:?} is installed (see `limes list`)")]
     NotInstalled(String),
+    #[error("{0} is not a function name (letters, digits, `.`, `_`, `-`; 1-64 characters, not starting with `.`)")]
+    InvalidName(String),
     #[error(
         "refusing to replace {name} {installed} with older version {offered} (rollback protection); \
          pass --allow-downgrade to do it anyway"
     )]
     Downgrade { name: String, installed: String, offered: String },
+    #[error(
+        "{name} {version} is already installed with different content (object {installed}, offered {offered}); \
+         a version names one build: publish a new version, or pass --force to replace it"
+    )]
+    SameVersionDiffers { name: String, version: String, installed: String, offered: String },
+    #[error(
+        "{name} was installed from key {pinned}, this bundle is signed by key {offered}; \
+         refusing a change of publisher. If this is a planned key rotation, pass --rotate-key"
+    )]
+    SignerChanged { name: String, pinned: String, offered: String },
     #[error("store entry for {name} is corrupted: {detail}; reinstall it with `limes install`")]
     Corrupted { name: String, detail: String },
+    #[error("{path} does not match the signed manifest ({detail}): the store was modified after install; reinstall the function with `limes install` and find out who can write to the store")]
+    Tampered { path: PathBuf, detail: String },
+    #[error("refusing to use the store: {path} {problem}; {fix}")]
+    Unsafe { path: PathBuf, problem: String, fix: String },
+}
+
+impl StoreError {
+    /// Whether this error means bytes failed verification (a bundle, or a
+    /// store object that no longer matches what was verified at install).
+    pub fn is_verification(&self) -> bool {
+        match self {
+            StoreError::Bundle(b) => b.is_verification(),
+            StoreError::Tampered { .. } | StoreError::Unsafe { .. } | StoreError::SignerChanged { .. } => true,
+            StoreError::Io { .. }
+            | StoreError::NotInstalled(_)
+            | StoreError::InvalidName(_)
+            | StoreError::Downgrade { .. }
+            | StoreError::SameVersionDiffers { .. }
+            | StoreError::Corrupted { .. } => false,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// What an artifact's inode looked like right after it was verified and made
+/// read-only. Any later write, chmod, chown or replacement changes the ctime
+/// or the inode number (ctime cannot be set from user space), so an
+/// unchanged stamp on a store the loader's user alone can write means the
+/// bytes are the ones that were hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub ctime: i64,
+    pub ctime_nsec: i64,
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> FileStamp {
+        FileStamp { dev: m.dev(), ino: m.ino(), size: m.len(), ctime: m.ctime(), ctime_nsec: m.ctime_nsec() }
+    }
 }
 
 /// The record `functions/<name>.json`.
@@ -52,6 +108,12 @@ pub struct Installed {
     /// registry pull fetches only what this host will run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// SHA-256 of the signed manifest.
+    #[serde(default)]
+    pub manifest_sha256: String,
+    /// Stamps of the object's files taken at install.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stamps: BTreeMap<String, FileStamp>,
 }
 
 /// An installed function, resolved to its verified files.
@@ -60,6 +122,17 @@ pub struct InstalledFunction {
     pub record: Installed,
     pub dir: PathBuf,
     pub manifest: Manifest,
+}
+
+/// How much to trust an object's bytes before mapping them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// Hash the bytes against the signed manifest (serve: once per load).
+    Rehash,
+    /// Trust the install-time verification when the file's stamp is
+    /// unchanged (the store's ownership was checked when it was opened);
+    /// re-hash otherwise (`limes run`).
+    Stamp,
 }
 
 impl InstalledFunction {
@@ -71,6 +144,161 @@ impl InstalledFunction {
     pub fn has(&self, rel: &str) -> bool {
         self.record.files.is_empty() || self.record.files.iter().any(|f| f == rel)
     }
+
+    fn entry(&self, rel: &str) -> Result<&FileEntry, StoreError> {
+        self.manifest.file(rel).ok_or_else(|| StoreError::Corrupted {
+            name: self.record.name.clone(),
+            detail: format!("{rel} is not listed in its manifest"),
+        })
+    }
+
+    fn open_checked(&self, rel: &str) -> Result<(File, std::fs::Metadata), StoreError> {
+        open_checked(&self.path_of(rel))
+    }
+
+    /// Read `rel` and check its SHA-256 and size against the signed manifest
+    /// (the bytes returned are the bytes that were hashed).
+    pub fn read_verified(&self, rel: &str) -> Result<Vec<u8>, StoreError> {
+        let entry = self.entry(rel)?;
+        let (f, _) = self.open_checked(rel)?;
+        let p = self.path_of(rel);
+        let mut data = Vec::with_capacity(entry.size.min(256 << 20) as usize);
+        f.take(entry.size + 1).read_to_end(&mut data).map_err(io_err(&p))?;
+        let actual = limes_bundle::sha256_hex(&data);
+        if data.len() as u64 != entry.size || actual != entry.sha256 {
+            return Err(StoreError::Tampered {
+                path: p,
+                detail: format!("{} bytes with sha256 {actual}, manifest says {} bytes with sha256 {}", data.len(), entry.size, entry.sha256),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Whether `rel` is still exactly the inode that was verified at install.
+    pub fn stamp_unchanged(&self, rel: &str) -> Result<bool, StoreError> {
+        let (_, m) = self.open_checked(rel)?;
+        Ok(self.record.stamps.get(rel) == Some(&FileStamp::of(&m)))
+    }
+
+    /// Check that the files the caller is about to hand to something that
+    /// maps or boots them are the signed bytes, by `integrity`.
+    pub fn check_files(&self, rels: &[&str], integrity: Integrity) -> Result<(), StoreError> {
+        for rel in rels {
+            if integrity == Integrity::Stamp && self.stamp_unchanged(rel)? {
+                continue;
+            }
+            self.read_verified(rel)?;
+        }
+        Ok(())
+    }
+}
+
+/// Open a store file without following a symlink, and check it is a
+/// regular file of this user that nobody else can write.
+fn open_checked(p: &Path) -> Result<(File, std::fs::Metadata), StoreError> {
+    let f = open_nofollow(p)?;
+    let m = f.metadata().map_err(io_err(p))?;
+    check_owned(p, &m, false)?;
+    if !m.is_file() {
+        return Err(unsafe_path(p, "is not a regular file", "reinstall the function"));
+    }
+    Ok((f, m))
+}
+
+fn unsafe_path(path: &Path, problem: &str, fix: &str) -> StoreError {
+    StoreError::Unsafe { path: path.to_path_buf(), problem: problem.into(), fix: fix.into() }
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Open a file for reading; a symlink in the last component is an error.
+fn open_nofollow(p: &Path) -> Result<File, StoreError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                unsafe_path(p, "is a symlink", "remove it; nothing in the store may be a symlink")
+            } else {
+                StoreError::Io { path: p.to_path_buf(), source: e }
+            }
+        })
+}
+
+/// Who may write a store path: only the loader's user.
+fn check_owned(p: &Path, m: &std::fs::Metadata, dir: bool) -> Result<(), StoreError> {
+    if m.file_type().is_symlink() {
+        return Err(unsafe_path(p, "is a symlink", "remove it; nothing in the store may be a symlink"));
+    }
+    if dir && !m.is_dir() {
+        return Err(unsafe_path(p, "is not a directory", "remove it"));
+    }
+    let me = euid();
+    if m.uid() != me {
+        return Err(unsafe_path(
+            p,
+            &format!("is owned by uid {}, not by this user (uid {me})", m.uid()),
+            &format!("run limes as the store's owner, or `chown -R {me} {}`", p.display()),
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(unsafe_path(
+            p,
+            &format!("is writable by its group or others (mode {:o})", m.mode() & 0o7777),
+            &format!("`chmod -R go-w {}`", p.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Check a directory tree of the store: no symlinks, everything owned by
+/// this user and writable by nobody else.
+fn check_tree(dir: &Path) -> Result<(), StoreError> {
+    let m = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
+    check_owned(dir, &m, true)?;
+    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let p = e.map_err(io_err(dir))?.path();
+        let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+        if m.is_dir() {
+            check_tree(&p)?;
+        } else {
+            check_owned(&p, &m, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `data` to `dest` atomically: temp file + rename, so a symlink
+/// planted at the destination is replaced, never written through.
+pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_err(dir))?;
+    tmp.write_all(data).and_then(|_| tmp.as_file().sync_all()).map_err(io_err(dest))?;
+    tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
+    Ok(())
+}
+
+/// Read at most `limit` bytes of a store file this user owns and nobody
+/// else can write (`None` if absent), never through a symlink.
+pub fn read_nofollow(p: &Path, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let f = match open_checked(p) {
+        Ok((f, _)) => f,
+        Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut v = Vec::new();
+    f.take(limit).read_to_end(&mut v).map_err(io_err(p))?;
+    Ok(Some(v))
+}
+
+/// A function name as records and manifests spell it; anything else never
+/// becomes a path.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && !name.starts_with('.') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 pub struct Store {
@@ -87,62 +315,148 @@ impl FileSink for DirSink<'_> {
         // Paths were checked by the reader (`is_safe_path`): relative, no `..`.
         let path = self.dir.join(&entry.path);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
         }
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
         io::copy(data, &mut f)?;
         f.sync_all()
     }
 }
 
-/// Compare dotted numeric versions (`1.2.10` > `1.2.9`); pre-release or
-/// build suffixes compare as text after the numbers.
+/// Semantic-version order (semver.org, section 11): numeric core parts
+/// compare as numbers; a pre-release sorts before its release; pre-release
+/// identifiers compare numerically when both are numeric (`rc.9` < `rc.10`),
+/// numbers before words, and a longer list wins a tie; build metadata is
+/// ignored.
 pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let split = |v: &str| -> (Vec<u64>, String) {
-        let (core, rest) = v.split_once(['-', '+']).map(|(c, r)| (c, r.to_string())).unwrap_or((v, String::new()));
-        (core.split('.').map(|p| p.parse().unwrap_or(0)).collect(), rest)
+    use std::cmp::Ordering;
+    let split = |v: &str| -> (Vec<u64>, Option<String>) {
+        let v = v.split_once('+').map(|(c, _)| c).unwrap_or(v);
+        let (core, pre) = match v.split_once('-') {
+            Some((c, p)) => (c, Some(p.to_string())),
+            None => (v, None),
+        };
+        (core.split('.').map(|p| p.parse().unwrap_or(0)).collect(), pre)
     };
-    let (na, ra) = split(a);
-    let (nb, rb) = split(b);
-    na.cmp(&nb).then_with(|| match (ra.is_empty(), rb.is_empty()) {
-        (true, false) => std::cmp::Ordering::Greater,
-        (false, true) => std::cmp::Ordering::Less,
-        _ => ra.cmp(&rb),
+    let ident = |x: &str, y: &str| -> Ordering {
+        match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(a), Ok(b)) => a.cmp(&b),
+            (Ok(_), Err(_)) => Ordering::Less,
+            (Err(_), Ok(_)) => Ordering::Greater,
+            (Err(_), Err(_)) => x.cmp(y),
+        }
+    };
+    let (mut na, pa) = split(a);
+    let (mut nb, pb) = split(b);
+    let len = na.len().max(nb.len());
+    na.resize(len, 0);
+    nb.resize(len, 0);
+    na.cmp(&nb).then_with(|| match (pa, pb) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => {
+            let (xs, ys): (Vec<&str>, Vec<&str>) = (x.split('.').collect(), y.split('.').collect());
+            xs.iter().zip(&ys).map(|(p, q)| ident(p, q)).find(|o| o.is_ne()).unwrap_or_else(|| xs.len().cmp(&ys.len()))
+        }
     })
 }
 
+/// Open a directory without following a symlink (for fd-based chmod).
+fn open_dir_nofollow(p: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC).open(p)
+}
+
+/// Make a staged tree read-only. Permissions are set on file descriptors
+/// opened without following symlinks, so a planted link redirects nothing.
 fn make_read_only(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let p = e.path();
-        if e.file_type()?.is_dir() {
+        let ty = e.file_type()?;
+        if ty.is_dir() {
             make_read_only(&p)?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o555))?;
+            open_dir_nofollow(&p)?.set_permissions(std::fs::Permissions::from_mode(0o500))?;
+        } else if ty.is_file() {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)?
+                .set_permissions(std::fs::Permissions::from_mode(0o400))?;
         } else {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444))?;
+            return Err(io::Error::other(format!("{} is not a regular file or directory", p.display())));
+        }
+    }
+    open_dir_nofollow(dir)?.set_permissions(std::fs::Permissions::from_mode(0o500))
+}
+
+/// Remove a tree of the store. Nothing is followed: a symlink (or any
+/// non-directory) is unlinked itself, and directories are made writable
+/// through descriptors opened with `O_NOFOLLOW`.
+fn remove_tree(path: &Path) -> io::Result<()> {
+    let m = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !m.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    open_dir_nofollow(path)?.set_permissions(std::fs::Permissions::from_mode(0o700))?;
+    for e in std::fs::read_dir(path)? {
+        remove_tree(&e?.path())?;
+    }
+    std::fs::remove_dir(path)
+}
+
+/// Stamps of every file in a published object.
+fn stamps(dir: &Path, files: impl Iterator<Item = String>) -> Result<BTreeMap<String, FileStamp>, StoreError> {
+    let mut out = BTreeMap::new();
+    for rel in files {
+        let p = dir.join(&rel);
+        let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+        out.insert(rel, FileStamp::of(&m));
+    }
+    Ok(out)
+}
+
+/// Check every file an existing object should hold against the manifest;
+/// `Err` describes the first difference.
+fn verify_object(dir: &Path, manifest_bytes: &[u8], manifest: &Manifest, files: &[String]) -> Result<(), String> {
+    check_tree(dir).map_err(|e| e.to_string())?;
+    let read = |rel: &str| -> Result<Vec<u8>, String> {
+        let p = dir.join(rel);
+        let f = open_nofollow(&p).map_err(|e| e.to_string())?;
+        let mut v = Vec::new();
+        f.take(manifest_bytes.len().max(1 << 30) as u64).read_to_end(&mut v).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(v)
+    };
+    if read(MANIFEST_PATH)? != manifest_bytes {
+        return Err("its manifest differs".into());
+    }
+    for e in manifest.files.iter().filter(|e| files.is_empty() || files.contains(&e.path)) {
+        let data = read(&e.path)?;
+        if data.len() as u64 != e.size || limes_bundle::sha256_hex(&data) != e.sha256 {
+            return Err(format!("{} does not match its digest", e.path));
         }
     }
     Ok(())
 }
 
-fn remove_tree(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fn writable(d: &Path) -> io::Result<()> {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
-        for e in std::fs::read_dir(d)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                writable(&e.path())?;
-            }
-        }
-        Ok(())
-    }
-    if !dir.exists() {
-        return Ok(());
-    }
-    let _ = writable(dir);
-    std::fs::remove_dir_all(dir)
+/// What an install may override.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstallPolicy {
+    /// Replace an installed function with an older version.
+    pub allow_downgrade: bool,
+    /// Replace the installed build of the same version with other content.
+    pub force: bool,
+    /// Accept a signer other than the one pinned for this function name.
+    pub rotate_key: bool,
 }
 
 /// Default store location: `$LIMES_HOME`, else `$XDG_DATA_HOME/limes`, else
@@ -158,12 +472,27 @@ pub fn default_root() -> PathBuf {
     Path::new(&home).join(".local/share/limes")
 }
 
+const SUBDIRS: [&str; 4] = ["objects", "functions", "pins", "tmp"];
+
 impl Store {
+    /// Open (creating it `0700` if needed) the store at `root`, and refuse it
+    /// unless the root and its directories are real directories owned by
+    /// this user that no one else can write.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
-        for d in ["objects", "functions", "tmp"] {
-            let p = root.join(d);
-            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        if !root.exists() {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+        }
+        for p in std::iter::once(root.clone()).chain(SUBDIRS.iter().map(|d| root.join(d))) {
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::Io { path: p, source: e }),
+            }
+            let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+            check_owned(&p, &m, true)?;
         }
         Ok(Store { root })
     }
@@ -172,11 +501,31 @@ impl Store {
         &self.root
     }
 
-    fn lock(&self) -> Result<std::fs::File, StoreError> {
+    fn lock(&self) -> Result<File, StoreError> {
         let p = self.root.join("lock");
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err(&p))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => unsafe_path(&p, "is a symlink", "remove it"),
+                _ => StoreError::Io { path: p.clone(), source: e },
+            })?;
         f.lock().map_err(io_err(&p))?;
         Ok(f)
+    }
+
+    /// Write `data` to `ROOT/rel` atomically (see [`write_atomic`]).
+    pub fn write_file(&self, rel: &str, data: &[u8]) -> Result<(), StoreError> {
+        write_atomic(&self.root.join(rel), data)
+    }
+
+    /// Read a small file of the store (see [`read_nofollow`]).
+    pub fn read_file(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        read_nofollow(&self.root.join(rel), limit)
     }
 
     /// Verify `bundle` against `keys` and unpack it into a fresh staging
@@ -184,10 +533,16 @@ impl Store {
     pub fn stage(&self, bundle: &Path, keys: &TrustedKeys, limits: &BundleLimits) -> Result<(tempfile::TempDir, VerifiedBundle), StoreError> {
         let tmp = self.root.join("tmp");
         let staging = tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(io_err(&tmp))?;
-        let v = read_bundle(bundle, limits, SignaturePolicy::Require(keys), &mut DirSink { dir: staging.path() })?;
+        let v = match read_bundle(bundle, limits, SignaturePolicy::Require(keys), &mut DirSink { dir: staging.path() }) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = remove_tree(&staging.keep());
+                return Err(e.into());
+            }
+        };
         let write = |name: &str, data: &[u8]| -> Result<(), StoreError> {
             let p = staging.path().join(name);
-            let mut f = std::fs::File::create(&p).map_err(io_err(&p))?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).map_err(io_err(&p))?;
             f.write_all(data).and_then(|_| f.sync_all()).map_err(io_err(&p))
         };
         write(MANIFEST_PATH, &v.manifest_bytes)?;
@@ -202,13 +557,28 @@ impl Store {
         let _ = remove_tree(&staging.keep());
     }
 
+    /// A staged bundle as a function that can be run without installing it
+    /// (its stamps are taken now, right after verification).
+    pub fn staged_function(&self, staging: &tempfile::TempDir, v: &VerifiedBundle) -> Result<InstalledFunction, StoreError> {
+        let record = Installed {
+            name: v.manifest.function.name.clone(),
+            version: v.manifest.function.version.clone(),
+            object: limes_bundle::sha256_hex(&v.manifest_bytes),
+            signer: v.signer.map(|k| k.to_string()).unwrap_or_default(),
+            files: Vec::new(),
+            manifest_sha256: limes_bundle::sha256_hex(&v.manifest_bytes),
+            stamps: stamps(staging.path(), v.manifest.files.iter().map(|f| f.path.clone()))?,
+        };
+        Ok(InstalledFunction { record, dir: staging.path().to_path_buf(), manifest: v.manifest.clone() })
+    }
+
     /// Verify and install `bundle`. Installing the same bundle twice is a
-    /// no-op; an older version than the installed one is refused unless
-    /// `allow_downgrade`.
-    pub fn install(&self, bundle: &Path, keys: &TrustedKeys, allow_downgrade: bool) -> Result<InstalledFunction, StoreError> {
+    /// no-op (after re-verifying the installed copy); see [`InstallPolicy`]
+    /// for what else is refused.
+    pub fn install(&self, bundle: &Path, keys: &TrustedKeys, policy: InstallPolicy) -> Result<InstalledFunction, StoreError> {
         let (staging, v) = self.stage(bundle, keys, &BundleLimits::default())?;
         let signer = v.signer.map(|k| k.to_string()).unwrap_or_default();
-        self.publish(staging, &v.manifest, &v.manifest_bytes, signer, Vec::new(), allow_downgrade)
+        self.publish(staging, &v.manifest, &v.manifest_bytes, signer, Vec::new(), policy)
     }
 
     /// Install a subset of a bundle's files fetched separately (a registry
@@ -220,16 +590,14 @@ impl Store {
         signature: &str,
         files: &[(String, Vec<u8>)],
         keys: &TrustedKeys,
-        allow_downgrade: bool,
+        policy: InstallPolicy,
     ) -> Result<InstalledFunction, StoreError> {
-        let info = limes_bundle::keys::SignatureInfo::parse(signature)?;
-        let signer = keys.verify(manifest_bytes, &info)?.id().to_string();
-        let manifest = Manifest::from_json(manifest_bytes)?;
+        let (signer, manifest) = keys.verify_manifest(manifest_bytes, signature)?;
         let tmp = self.root.join("tmp");
         let staging = tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(io_err(&tmp))?;
         let mut present = Vec::new();
         for (path, data) in files {
-            let entry = manifest.file(path).ok_or_else(|| BundleError::UnlistedFile(path.clone()))?;
+            let entry = manifest.file(path).ok_or_else(|| BundleError::UnlistedFile(limes_bundle::untrusted(path)))?;
             let actual = limes_bundle::sha256_hex(data);
             if actual != entry.sha256 || data.len() as u64 != entry.size {
                 return Err(BundleError::DigestMismatch { path: path.clone(), expected: entry.sha256.clone(), actual }.into());
@@ -243,7 +611,7 @@ impl Store {
         }
         make_read_only(staging.path()).map_err(io_err(staging.path()))?;
         present.sort();
-        self.publish(staging, &manifest, manifest_bytes, signer, present, allow_downgrade)
+        self.publish(staging, &manifest, manifest_bytes, signer.to_string(), present, policy)
     }
 
     /// Move a verified staging directory into `objects/` and point the
@@ -255,7 +623,23 @@ impl Store {
         manifest_bytes: &[u8],
         signer: String,
         files: Vec<String>,
-        allow_downgrade: bool,
+        policy: InstallPolicy,
+    ) -> Result<InstalledFunction, StoreError> {
+        let staging = staging.keep();
+        let r = self.publish_locked(&staging, manifest, manifest_bytes, signer, files, policy);
+        // Gone on success (renamed into place or a duplicate) and on error.
+        let _ = remove_tree(&staging);
+        r
+    }
+
+    fn publish_locked(
+        &self,
+        staging: &Path,
+        manifest: &Manifest,
+        manifest_bytes: &[u8],
+        signer: String,
+        files: Vec<String>,
+        policy: InstallPolicy,
     ) -> Result<InstalledFunction, StoreError> {
         // A partial object is named by what it holds too, so it never
         // shadows a complete one.
@@ -264,31 +648,59 @@ impl Store {
         for f in &files {
             sha2::Digest::update(&mut h, f.as_bytes());
         }
-        let object = if files.is_empty() { limes_bundle::sha256_hex(manifest_bytes) } else { format!("{}-partial", hex::encode(sha2::Digest::finalize(h))) };
+        let manifest_sha256 = limes_bundle::sha256_hex(manifest_bytes);
+        let object = if files.is_empty() { manifest_sha256.clone() } else { format!("{}-partial", hex::encode(sha2::Digest::finalize(h))) };
         let name = manifest.function.name.clone();
+        let version = manifest.function.version.clone();
         let _guard = self.lock()?;
-        if let Some(cur) = self.record(&name)? {
-            if !allow_downgrade && version_cmp(&manifest.function.version, &cur.version).is_lt() {
-                return Err(StoreError::Downgrade { name, installed: cur.version, offered: manifest.function.version.clone() });
+
+        // Identity: one publisher per name, unless rotated on purpose.
+        let pin_rel = format!("pins/{name}");
+        let pinned = self.read_file(&pin_rel, 64)?.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+        if let Some(p) = pinned.as_ref().filter(|p| **p != signer) {
+            if !policy.rotate_key {
+                return Err(StoreError::SignerChanged { name, pinned: p.clone(), offered: signer });
             }
         }
-        let dest = self.root.join("objects").join(&object);
-        if dest.exists() {
-            let _ = remove_tree(staging.path());
-        } else {
-            let kept = staging.keep();
-            std::fs::rename(&kept, &dest).map_err(|e| {
-                let _ = remove_tree(&kept);
-                StoreError::Io { path: dest.clone(), source: e }
-            })?;
+        if let Some(cur) = self.record(&name)? {
+            let order = version_cmp(&version, &cur.version);
+            if !policy.allow_downgrade && order.is_lt() {
+                return Err(StoreError::Downgrade { name, installed: cur.version, offered: version });
+            }
+            let cur_manifest = if cur.manifest_sha256.is_empty() { cur.object.trim_end_matches("-partial").to_string() } else { cur.manifest_sha256.clone() };
+            if !policy.force && order.is_eq() && cur.version == version && cur_manifest != manifest_sha256 {
+                return Err(StoreError::SameVersionDiffers { name, version, installed: cur_manifest, offered: manifest_sha256 });
+            }
         }
-        let record = Installed { name: name.clone(), version: manifest.function.version.clone(), object, signer, files };
-        let rec_path = self.root.join("functions").join(format!("{name}.json"));
-        let mut tmp = tempfile::Builder::new().prefix(".rec-").tempfile_in(self.root.join("functions")).map_err(io_err(&rec_path))?;
-        tmp.write_all(&serde_json::to_vec_pretty(&record).expect("record serializes"))
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(io_err(&rec_path))?;
-        tmp.persist(&rec_path).map_err(|e| StoreError::Io { path: rec_path.clone(), source: e.error })?;
+
+        let dest = self.root.join("objects").join(&object);
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            // Reuse an existing object only if it still holds exactly the
+            // verified bytes; otherwise the fresh copy replaces it.
+            if let Err(why) = verify_object(&dest, manifest_bytes, manifest, &files) {
+                tracing::warn!(object = %object, reason = %why, "installed object does not match its manifest; replacing it");
+                let aside = self.root.join("tmp").join(format!("bad-{object}-{}", std::process::id()));
+                std::fs::rename(&dest, &aside).map_err(io_err(&dest))?;
+                let _ = remove_tree(&aside);
+            }
+        }
+        if std::fs::symlink_metadata(&dest).is_err() {
+            std::fs::rename(staging, &dest).map_err(io_err(&dest))?;
+        }
+        let all_files: Vec<String> = if files.is_empty() { manifest.files.iter().map(|f| f.path.clone()).collect() } else { files.clone() };
+        let record = Installed {
+            name: name.clone(),
+            version,
+            object,
+            signer: signer.clone(),
+            files,
+            manifest_sha256,
+            stamps: stamps(&dest, all_files.into_iter())?,
+        };
+        self.write_file(&format!("functions/{name}.json"), &serde_json::to_vec_pretty(&record).expect("record serializes"))?;
+        if pinned.as_deref() != Some(signer.as_str()) {
+            self.write_file(&pin_rel, format!("{signer}\n").as_bytes())?;
+        }
         self.gc_locked()?;
         self.get(&name)
     }
@@ -299,10 +711,8 @@ impl Store {
         for r in self.list().ok()? {
             let Ok(f) = self.get(&r.name) else { continue };
             if let Some(e) = f.manifest.files.iter().find(|e| e.sha256 == sha256 && f.has(&e.path)) {
-                if let Ok(data) = std::fs::read(f.path_of(&e.path)) {
-                    if limes_bundle::sha256_hex(&data) == sha256 {
-                        return Some(data);
-                    }
+                if let Ok(data) = f.read_verified(&e.path) {
+                    return Some(data);
                 }
             }
         }
@@ -310,39 +720,51 @@ impl Store {
     }
 
     fn record(&self, name: &str) -> Result<Option<Installed>, StoreError> {
-        let p = self.root.join("functions").join(format!("{name}.json"));
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupted {
-                name: name.into(),
-                detail: format!("{}: {e}", p.display()),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        if !is_valid_name(name) {
+            return Err(StoreError::InvalidName(limes_bundle::untrusted(name)));
         }
+        let rel = format!("functions/{name}.json");
+        let Some(b) = self.read_file(&rel, 1 << 20)? else { return Ok(None) };
+        serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupted {
+            name: name.into(),
+            detail: format!("{}: {e}", self.root.join(rel).display()),
+        })
     }
 
-    /// Resolve an installed function, with cheap integrity checks (the
-    /// manifest's digest is the object's name; artifact sizes match).
+    /// Resolve an installed function: the object directory must be a real
+    /// directory tree of this user that nobody else can write, its manifest
+    /// must be the one the record names, and artifact sizes must match.
+    /// Callers check artifact bytes with [`InstalledFunction::check_files`]
+    /// before mapping or booting them.
     pub fn get(&self, name: &str) -> Result<InstalledFunction, StoreError> {
-        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && !name.starts_with('.');
-        if !valid_name {
-            return Err(StoreError::NotInstalled(name.into()));
-        }
         let record = self.record(name)?.ok_or_else(|| StoreError::NotInstalled(name.into()))?;
         let corrupted = |detail: String| StoreError::Corrupted { name: name.into(), detail };
+        if record.object.contains('/') || record.object.starts_with('.') {
+            return Err(corrupted(format!("object name {:?} is not a digest", record.object)));
+        }
         let dir = self.root.join("objects").join(&record.object);
-        let bytes = std::fs::read(dir.join(MANIFEST_PATH)).map_err(|e| corrupted(format!("manifest unreadable: {e}")))?;
-        if record.files.is_empty() && limes_bundle::sha256_hex(&bytes) != record.object {
-            return Err(corrupted("manifest digest does not match the object name".into()));
+        check_tree(&dir)?;
+        let mpath = dir.join(MANIFEST_PATH);
+        let (mf, _) = open_checked(&mpath)?;
+        let mut bytes = Vec::new();
+        mf.take(1 << 20).read_to_end(&mut bytes).map_err(io_err(&mpath))?;
+        let digest = limes_bundle::sha256_hex(&bytes);
+        let want = if record.manifest_sha256.is_empty() { record.object.clone() } else { record.manifest_sha256.clone() };
+        if (record.files.is_empty() || !record.manifest_sha256.is_empty()) && digest != want {
+            return Err(StoreError::Tampered { path: mpath, detail: "manifest digest does not match the installed record".into() });
         }
         let manifest = Manifest::from_json(&bytes).map_err(|e| corrupted(e.to_string()))?;
-        for f in manifest.files.iter().filter(|f| record.files.is_empty() || record.files.contains(&f.path)) {
-            let len = std::fs::metadata(dir.join(&f.path)).map(|m| m.len()).map_err(|e| corrupted(format!("{}: {e}", f.path)))?;
-            if len != f.size {
-                return Err(corrupted(format!("{} is {len} bytes, manifest says {}", f.path, f.size)));
+        let f = InstalledFunction { record, dir, manifest };
+        for e in f.manifest.files.iter().filter(|e| f.has(&e.path)) {
+            let (_, m) = f.open_checked(&e.path)?;
+            if m.len() != e.size {
+                return Err(StoreError::Tampered {
+                    path: f.path_of(&e.path),
+                    detail: format!("{} bytes, manifest says {}", m.len(), e.size),
+                });
             }
         }
-        Ok(InstalledFunction { record, dir, manifest })
+        Ok(f)
     }
 
     pub fn list(&self) -> Result<Vec<Installed>, StoreError> {
@@ -351,7 +773,7 @@ impl Store {
         for e in std::fs::read_dir(&d).map_err(io_err(&d))? {
             let p = e.map_err(io_err(&d))?.path();
             let Some(stem) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else { continue };
-            if stem.starts_with('.') {
+            if !is_valid_name(stem) {
                 continue;
             }
             if let Some(r) = self.record(stem)? {
@@ -362,7 +784,11 @@ impl Store {
         Ok(out)
     }
 
+    /// Remove a function. Its publisher stays pinned (see `--rotate-key`).
     pub fn remove(&self, name: &str) -> Result<Installed, StoreError> {
+        if !is_valid_name(name) {
+            return Err(StoreError::InvalidName(limes_bundle::untrusted(name)));
+        }
         let _guard = self.lock()?;
         let rec = self.record(name)?.ok_or_else(|| StoreError::NotInstalled(name.into()))?;
         let p = self.root.join("functions").join(format!("{name}.json"));
@@ -378,6 +804,7 @@ impl Store {
         let tmp = self.root.join("tmp");
         let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(15 * 60);
         for e in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            // DirEntry::metadata does not follow symlinks.
             if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
                 let _ = remove_tree(&e.path());
             }

@@ -126,9 +126,9 @@ pub fn run_installed(
     let store_dir = tempdir();
     let store = limes::Store::open(store_dir.path()).unwrap();
     let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
-    let f = store.install(bundle, &keys, false).unwrap();
+    let f = store.install(bundle, &keys, Default::default()).unwrap();
     let rt = limes::Runtime::new(&limes::RuntimeOptions { max_instances: 2, ..Default::default() }).unwrap();
-    let loaded = limes::load(&rt, &f, limes::LoadMode::Auto).unwrap();
+    let loaded = limes::load(&rt, &f, limes::LoadMode::Auto, limes::store::Integrity::Rehash).unwrap();
     assert!(!loaded.jit, "expected a precompiled tier to load");
     let opts = limes::runtime::InvokeOptions { dirs, ..Default::default() };
     let inv = rt.invoke(&loaded, req, &opts).unwrap();
@@ -202,4 +202,13 @@ impl TestRegistry {
     pub fn blob_path(&self, sha256_hex: &str) -> PathBuf {
         self.dir.path().join("data/docker/registry/v2/blobs/sha256").join(&sha256_hex[..2]).join(sha256_hex).join("data")
     }
+}
+
+/// The real `limes` binary on `store`, with no store or log setting
+/// inherited from the environment (tests of the loader package only).
+pub fn limes_cmd(store: &Path) -> Command {
+    let exe = option_env!("CARGO_BIN_EXE_limes").expect("only the loader package's tests run the limes binary");
+    let mut c = Command::new(exe);
+    c.arg("--store").arg(store).env_remove("LIMES_HOME").env_remove("RUST_LOG");
+    c
 }

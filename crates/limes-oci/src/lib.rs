@@ -60,6 +60,24 @@ pub enum OciError {
     Io(#[from] std::io::Error),
 }
 
+impl OciError {
+    /// Whether a registry answered with bytes that fail verification.
+    pub fn is_verification(&self) -> bool {
+        match self {
+            OciError::Digest { .. } | OciError::TooLarge { .. } => true,
+            OciError::Bundle(b) => b.is_verification(),
+            OciError::Reference(..)
+            | OciError::InsecureRemote(_)
+            | OciError::Registry { .. }
+            | OciError::Auth { .. }
+            | OciError::NotLimes(..)
+            | OciError::MissingLayer(_)
+            | OciError::Unsigned
+            | OciError::Io(_) => false,
+        }
+    }
+}
+
 /// Credentials for one registry.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {

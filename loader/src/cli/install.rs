@@ -24,21 +24,41 @@ pub struct InstallCommand {
     /// Trusted public key, or a directory of `.pub` files (repeatable).
     #[arg(long, required = true, value_name = "KEY|DIR")]
     trust: Vec<PathBuf>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// What an install may override (shared by `install` and `pull`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct PolicyArgs {
     /// Allow replacing a function with an older version.
     #[arg(long)]
     allow_downgrade: bool,
+    /// Replace an installed build of the same version that has other content.
+    #[arg(long)]
+    force: bool,
+    /// Accept a signer other than the key pinned for this function name
+    /// (the key that first installed it): a planned key rotation.
+    #[arg(long)]
+    rotate_key: bool,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> limes::store::InstallPolicy {
+        limes::store::InstallPolicy { allow_downgrade: self.allow_downgrade, force: self.force, rotate_key: self.rotate_key }
+    }
 }
 
 impl InstallCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let text = self.bundle.to_string_lossy();
         if !self.bundle.exists() && text.contains('/') && (text.contains(':') || text.contains('@')) && !text.starts_with('/') && !text.starts_with('.') {
-            return super::pull::PullCommand::from_install(text.to_string(), self.trust, self.registry, self.allow_downgrade).execute(ctx);
+            return super::pull::PullCommand::from_install(text.to_string(), self.trust, self.registry, self.policy).execute(ctx);
         }
         let keys = TrustedKeys::load(&self.trust)?;
         let store = Store::open(&ctx.store)?;
         let f = store
-            .install(&self.bundle, &keys, self.allow_downgrade)
+            .install(&self.bundle, &keys, self.policy.policy())
             .with_context(|| format!("installing {}", self.bundle.display()))?;
         if ctx.json {
             println!(

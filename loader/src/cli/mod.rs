@@ -55,31 +55,39 @@ pub const EXIT_FUNCTION_ERROR: u8 = 4;
 pub const EXIT_FAULT: u8 = 5;
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use limes::launch::LoadError;
+    use limes::pull::PullError;
+    use limes::store::StoreError;
+    use limes::RunError;
+    fn run(r: &RunError) -> u8 {
+        match r {
+            RunError::Timeout { .. } | RunError::MemoryLimit { .. } | RunError::Trap { .. } => EXIT_FAULT,
+            _ => 1,
+        }
+    }
     for c in e.chain() {
-        // `#[error(transparent)]` wrappers hide the inner error from the
-        // chain, so look inside them explicitly.
-        let bundle = c.downcast_ref::<limes_bundle::BundleError>().or_else(|| match c.downcast_ref() {
-            Some(limes::store::StoreError::Bundle(b)) => Some(b),
-            _ => match c.downcast_ref() {
-                Some(limes::pull::PullError::Bundle(b)) => Some(b),
-                Some(limes::pull::PullError::Store(limes::store::StoreError::Bundle(b))) => Some(b),
-                _ => None,
-            },
-        });
-        if matches!(c.downcast_ref(), Some(limes::pull::PullError::LayerMismatch { .. }))
-            || matches!(c.downcast_ref(), Some(limes::pull::PullError::Oci(limes_oci::OciError::Digest { .. })))
-        {
-            return EXIT_VERIFY;
-        }
-        if let Some(b) = bundle {
-            if !matches!(b, limes_bundle::BundleError::Io { .. } | limes_bundle::BundleError::Key(_)) {
-                return EXIT_VERIFY;
+        let code = if let Some(b) = c.downcast_ref::<limes_bundle::BundleError>() {
+            b.is_verification().then_some(EXIT_VERIFY)
+        } else if let Some(s) = c.downcast_ref::<StoreError>() {
+            s.is_verification().then_some(EXIT_VERIFY)
+        } else if let Some(p) = c.downcast_ref::<PullError>() {
+            p.is_verification().then_some(EXIT_VERIFY)
+        } else if let Some(l) = c.downcast_ref::<LoadError>() {
+            match l {
+                LoadError::Store(s) => s.is_verification().then_some(EXIT_VERIFY),
+                LoadError::Run(r) => Some(run(r)).filter(|&c| c != 1),
             }
-        }
-        if let Some(r) = c.downcast_ref::<limes::RunError>() {
-            if matches!(r, limes::RunError::Timeout { .. } | limes::RunError::MemoryLimit { .. } | limes::RunError::Trap { .. }) {
-                return EXIT_FAULT;
-            }
+        } else if let Some(r) = c.downcast_ref::<RunError>() {
+            Some(run(r)).filter(|&c| c != 1)
+        } else if let Some(limes::microvm::VmError::Store(s)) = c.downcast_ref() {
+            s.is_verification().then_some(EXIT_VERIFY)
+        } else if let Some(limes::serve::ServeError::Load(LoadError::Store(s))) = c.downcast_ref() {
+            s.is_verification().then_some(EXIT_VERIFY)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            return code;
         }
     }
     1

@@ -27,9 +27,8 @@ pub struct PullCommand {
     /// Fetch every CPU tier, not only the best for this host.
     #[arg(long)]
     all_tiers: bool,
-    /// Allow replacing a function with an older version.
-    #[arg(long)]
-    allow_downgrade: bool,
+    #[command(flatten)]
+    policy: super::install::PolicyArgs,
 }
 
 /// Registry options shared by `pull` and `install REF`.
@@ -47,8 +46,8 @@ pub struct RegistryArgs {
 }
 
 impl PullCommand {
-    pub fn from_install(reference: String, trust: Vec<PathBuf>, registry: RegistryArgs, allow_downgrade: bool) -> Self {
-        PullCommand { reference, trust, registry, all_tiers: false, allow_downgrade }
+    pub fn from_install(reference: String, trust: Vec<PathBuf>, registry: RegistryArgs, policy: super::install::PolicyArgs) -> Self {
+        PullCommand { reference, trust, registry, all_tiers: false, policy }
     }
 
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -62,7 +61,7 @@ impl PullCommand {
             },
             with_microvm: self.registry.with_microvm,
             all_tiers: self.all_tiers,
-            allow_downgrade: self.allow_downgrade,
+            policy: self.policy.policy(),
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let r = rt

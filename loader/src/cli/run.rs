@@ -3,7 +3,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use limes::launch::{self, LoadMode};
 use limes::runtime::{InvokeOptions, RuntimeOptions};
-use limes::store::InstalledFunction;
+use limes::store::{InstalledFunction, Integrity};
 use limes::{Runtime, Store};
 use limes_bundle::archive::BundleLimits;
 use limes_bundle::TrustedKeys;
@@ -177,14 +177,13 @@ impl RunCommand {
             let (dir, v) = store
                 .stage(std::path::Path::new(&self.target), &keys, &BundleLimits::default())
                 .with_context(|| format!("verifying {}", self.target))?;
-            let rec = limes::store::Installed {
-                name: v.manifest.function.name.clone(),
-                version: v.manifest.function.version.clone(),
-                object: limes_bundle::sha256_hex(&v.manifest_bytes),
-                signer: v.signer.map(|k| k.to_string()).unwrap_or_default(),
-                files: Vec::new(),
-            };
-            (InstalledFunction { record: rec, dir: dir.path().to_path_buf(), manifest: v.manifest }, Some(dir))
+            match store.staged_function(&dir, &v) {
+                Ok(f) => (f, Some(dir)),
+                Err(e) => {
+                    store.discard(dir);
+                    return Err(e.into());
+                }
+            }
         } else {
             (store.get(&self.target)?, None)
         };
@@ -200,13 +199,16 @@ impl RunCommand {
         let t = Instant::now();
         let rt = Runtime::new(&RuntimeOptions { max_instances: 1, ..Default::default() })?;
         let engine_time = t.elapsed();
-        let loaded = launch::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto })?;
-        let inv = rt.invoke(&loaded, req, &opts);
+        // A one-shot run trusts the install-time hash when the artifact's stamp
+        // is unchanged (the store's ownership was checked when it opened), and
+        // re-hashes otherwise; `serve` always re-hashes once per load.
+        let loaded = launch::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto }, Integrity::Stamp);
+        let inv = loaded.map_err(anyhow::Error::from).and_then(|l| Ok((rt.invoke(&l, req, &opts)?, l)));
         // The mapped artifact stays valid after its file is unlinked.
         if let Some(s) = staging {
             store.discard(s);
         }
-        let inv = inv?;
+        let (inv, loaded) = inv?;
         let total = start.elapsed();
 
         let _ = std::io::stderr().write_all(&inv.stdout);
