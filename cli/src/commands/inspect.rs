@@ -27,19 +27,24 @@ impl InspectCommand {
             "trusted_comment": v.trusted_comment,
             "manifest": m,
         });
+        // Every manifest string is the publisher's (or an attacker's, for an
+        // unsigned bundle): escape control characters so no text can move the
+        // cursor or forge lines on the terminal.
+        let t = |s: &str| -> String { s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect() };
+        let short = |s: &str| -> String { t(s.get(..16).unwrap_or(s)) };
         ui.result(json, || {
-            let mut s = format!("{} {}", m.function.name, m.function.version);
+            let mut s = format!("{} {}", t(&m.function.name), t(&m.function.version));
             if let Some(d) = &m.function.description {
-                s += &format!(" - {d}");
+                s += &format!(" - {}", t(d));
             }
             s += &format!("\n  bundle     {} bytes, schema {}\n", v.compressed_size, m.schema);
             s += &format!(
                 "  signer     {}\n",
                 v.signer.map(|k| format!("key {k} (not checked; use verify --key)")).unwrap_or_else(|| "unsigned".into())
             );
-            s += &format!("  world      {:?}: {}\n", m.world.kind, m.world.export);
-            s += &format!("  imports    {}\n", m.world.imports.join(", "));
-            s += &format!("  engine     wasmtime {}, profile {}\n", m.engine.wasmtime, m.engine.profile.name);
+            s += &format!("  world      {:?}: {}\n", m.world.kind, t(&m.world.export));
+            s += &format!("  imports    {}\n", t(&m.world.imports.join(", ")));
+            s += &format!("  engine     wasmtime {}, profile {}\n", t(&m.engine.wasmtime), t(&m.engine.profile.name));
             s += &format!(
                 "  limits     memory {} MiB, timeout {} ms, input {} MiB\n",
                 m.limits.memory_bytes >> 20,
@@ -47,20 +52,20 @@ impl InspectCommand {
                 m.limits.max_input_bytes >> 20
             );
             for p in &m.preopens {
-                s += &format!("  preopen    {} -> {}{}\n", p.name, p.guest_path, if p.writable { " (writable)" } else { "" });
+                s += &format!("  preopen    {} -> {}{}\n", t(&p.name), t(&p.guest_path), if p.writable { " (writable)" } else { "" });
             }
             for a in &m.aot {
                 let size = m.file(&a.path).map(|f| f.size).unwrap_or(0);
-                s += &format!("  tier       {:<10} {:>9} bytes  {}\n", a.tier, size, a.path);
+                s += &format!("  tier       {:<10} {:>9} bytes  {}\n", t(&a.tier), size, t(&a.path));
             }
             for f in &m.files {
-                s += &format!("  file       {:<24} {:>9} bytes  sha256 {}\n", f.path, f.size, &f.sha256[..16]);
+                s += &format!("  file       {:<24} {:>9} bytes  sha256 {}\n", t(&f.path), f.size, short(&f.sha256));
             }
             s += &format!(
                 "  provenance source {} rustc {:?} git {}\n",
-                &m.provenance.source_digest[..16],
+                short(&m.provenance.source_digest),
                 m.provenance.rustc,
-                m.provenance.git_commit.as_deref().unwrap_or("none")
+                t(m.provenance.git_commit.as_deref().unwrap_or("none"))
             );
             s
         });

@@ -46,6 +46,10 @@ pub fn load_secret_key(spec: &str) -> anyhow::Result<limes_bundle::keys::SecretK
     if let Some(var) = spec.strip_prefix("env:") {
         let text = std::env::var(var)
             .with_context(|| format!("signing key variable {var} is not set (or not UTF-8)"))?;
+        // Cargo, rustc and every build script run as children of this
+        // process: they must not inherit the secret. Key loading happens
+        // before any thread is spawned, so changing the environment is sound.
+        std::env::remove_var(var);
         Ok(limes_bundle::keys::SecretKey::from_text(&text, &format!("${var}"))?)
     } else {
         Ok(limes_bundle::keys::SecretKey::from_file(std::path::Path::new(spec))?)

@@ -29,6 +29,28 @@ pub struct AotOutput {
     pub compat_hash: String,
     pub compile_time: Duration,
     pub cached: bool,
+    /// The artifact's bytes: what goes into the bundle is exactly what was
+    /// compiled or checked against the cache's recorded digest.
+    pub bytes: Vec<u8>,
+}
+
+/// What the cache records beside each artifact.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheMeta {
+    compat_hash: String,
+    sha256: String,
+}
+
+/// A cached artifact, if it is whole and still has the digest recorded when
+/// it was compiled (a tampered or damaged entry is recompiled, never signed).
+fn cached(path: &Path, meta_path: &Path) -> Option<(Vec<u8>, String)> {
+    let meta: CacheMeta = serde_json::from_slice(&std::fs::read(meta_path).ok()?).ok()?;
+    let bytes = std::fs::read(path).ok()?;
+    if limes_bundle::sha256_hex(&bytes) != meta.sha256 {
+        tracing::warn!(path = %path.display(), "cached AOT artifact does not match its recorded digest; recompiling");
+        return None;
+    }
+    Some((bytes, meta.compat_hash))
 }
 
 /// A `Hasher` that feeds SHA-256, so Wasmtime's compatibility hash becomes a
@@ -99,16 +121,16 @@ pub fn precompile(
                 s.spawn(move || {
                     let key = cache_key(component_sha, tier, profile);
                     let path = cache_dir.join(format!("{key}.cwasm"));
-                    let meta_path = cache_dir.join(format!("{key}.hash"));
-                    let hit = reuse.then(|| (std::fs::metadata(&path), std::fs::read_to_string(&meta_path)));
-                    if let Some((Ok(m), Ok(hash))) = hit {
+                    let meta_path = cache_dir.join(format!("{key}.meta.json"));
+                    if let Some((bytes, compat_hash)) = reuse.then(|| cached(&path, &meta_path)).flatten() {
                         return Ok(AotOutput {
                             tier: *tier,
                             path,
-                            size: m.len(),
-                            compat_hash: hash.trim().to_string(),
+                            size: bytes.len() as u64,
+                            compat_hash,
                             compile_time: Duration::ZERO,
                             cached: true,
+                            bytes,
                         });
                     }
                     let start = Instant::now();
@@ -121,9 +143,10 @@ pub fn precompile(
                     let cache_err = |source| AotError::Cache { path: path.clone(), source };
                     // Write the hash first and the artifact last (each via
                     // temp + rename): an artifact present means both are whole.
-                    write_atomic(&meta_path, hash.as_bytes()).map_err(cache_err)?;
+                    let meta = CacheMeta { compat_hash: hash.clone(), sha256: limes_bundle::sha256_hex(&bytes) };
+                    write_atomic(&meta_path, &serde_json::to_vec(&meta).expect("meta serializes")).map_err(cache_err)?;
                     write_atomic(&path, &bytes).map_err(cache_err)?;
-                    Ok(AotOutput { tier: *tier, path, size: bytes.len() as u64, compat_hash: hash, compile_time, cached: false })
+                    Ok(AotOutput { tier: *tier, path, size: bytes.len() as u64, compat_hash: hash, compile_time, cached: false, bytes })
                 })
             })
             .collect();
