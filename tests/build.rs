@@ -211,3 +211,54 @@ fn killed_builds_never_leave_a_broken_bundle() {
     ok(limes_pack().args(["build", "--quiet", "--no-microvm", "--out-dir"]).arg(out.path()).arg(pack("noop")));
     ok(limes_pack().args(["inspect"]).arg(&bundle));
 }
+
+/// Two build-side attacks: a build script that reads the signing key from
+/// its environment, and a tampered artifact in the AOT cache.
+#[test]
+fn build_scripts_never_see_the_key_and_a_tampered_cache_is_not_signed() {
+    use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
+    let key = test_key();
+    let work = tempdir();
+    ok(limes_pack().args(["new", "envprobe", "--template", "noop", "--dir"]).arg(work.path()));
+    let dir = work.path().join("envprobe");
+    let probe = work.path().join("probe.txt");
+    std::fs::write(
+        dir.join("build.rs"),
+        "fn main() {\n    println!(\"cargo:rerun-if-changed=build.rs\");\n    let seen = std::env::var(\"LIMES_TEST_SIGNING_KEY\").map(|_| \"present\").unwrap_or(\"absent\");\n    std::fs::write(env!(\"LIMES_PROBE_OUT_PATH\", \"set by the test\"), seen).ok();\n}\n",
+    )
+    .unwrap();
+    // The probe path reaches the build script at compile time of build.rs.
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| work.path().join("target").into());
+    let build = || {
+        let mut c = limes_pack();
+        c.args(["build", "--json", "--no-microvm", "--sign", "env:LIMES_TEST_SIGNING_KEY"])
+            .arg(&dir)
+            .env("LIMES_TEST_SIGNING_KEY", std::fs::read_to_string(&key.secret).unwrap())
+            .env("LIMES_PROBE_OUT_PATH", &probe)
+            .env("CARGO_TARGET_DIR", &target);
+        c
+    };
+    let j = json(&ok(&mut build()));
+    assert_eq!(std::fs::read_to_string(&probe).unwrap(), "absent", "a build script saw the signing key");
+    let bundle = std::path::PathBuf::from(j["bundle"].as_str().unwrap());
+    let first = std::fs::read(&bundle).unwrap();
+
+    // Find the cache entry holding this bundle's baseline tier, and replace
+    // it with other bytes of the same size.
+    let mut mem = InMemory::default();
+    read_bundle(&bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
+    let artifact = &mem.0.iter().find(|(p, _)| p == "aot/x86-64.cwasm").unwrap().1;
+    let cache = std::path::Path::new(&target).join("limes/cache/aot");
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm") && std::fs::read(p).is_ok_and(|b| &b == artifact))
+        .expect("the AOT cache holds the artifact");
+    let mut evil = artifact.clone();
+    let mid = evil.len() / 2;
+    evil[mid..mid + 32].fill(0xcc);
+    std::fs::write(&entry, &evil).unwrap();
+    ok(&mut build());
+    assert_eq!(std::fs::read(&bundle).unwrap(), first, "the rebuilt bundle differs: the tampered cache entry was used");
+    assert_eq!(&std::fs::read(&entry).unwrap(), artifact, "the tampered cache entry was not recompiled");
+}

@@ -201,8 +201,10 @@ fn corrupted_store_entries_are_detected() {
     std::fs::set_permissions(obj.join("aot"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&victim, b"truncated").unwrap();
-    let e = fails(limes(&store).args(["run", "noop"]), 1);
-    assert!(e.contains("store entry for noop is corrupted") && e.contains("reinstall"), "{e}");
+    // A store object that no longer matches its signed manifest is a
+    // verification failure (exit 3), with the fix named.
+    let e = fails(limes(&store).args(["run", "noop"]), 3);
+    assert!(e.contains("does not match the signed manifest") && e.contains("reinstall"), "{e}");
 }
 
 #[test]

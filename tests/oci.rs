@@ -125,3 +125,180 @@ fn basic_auth_registry() {
     let o = ok(limes(&d.path().join("s2")).args(["run", "noop", "--data", "authed"]));
     assert_eq!(o.stdout, b"authed");
 }
+
+/// What the fake registry does with one path.
+#[derive(Clone)]
+enum Answer {
+    Bytes(&'static str, Vec<u8>),
+    /// Stream this many bytes (zeros) as a 200 with no length announced.
+    Endless(u64),
+    /// Read the request, then say nothing.
+    Stall,
+    Redirect(String),
+}
+
+/// A registry that lies on purpose, on 127.0.0.1: a fixed map from path to
+/// answer, counting requests per path. Stops when dropped.
+struct FakeRegistry {
+    addr: String,
+    hits: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+impl FakeRegistry {
+    fn start(routes: std::collections::HashMap<String, Answer>) -> FakeRegistry {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, st) = (hits.clone(), stop.clone());
+        let routes = std::sync::Arc::new(routes);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut s) = conn else { continue };
+                let (h, routes, st) = (h.clone(), routes.clone(), st.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+                        if s.read(&mut b).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                    match routes.get(&path).cloned() {
+                        Some(Answer::Bytes(ct, body)) => {
+                            let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: {ct}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                            let _ = s.write_all(&body);
+                        }
+                        Some(Answer::Endless(n)) => {
+                            let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n");
+                            let chunk = vec![0u8; 64 << 10];
+                            let mut sent = 0u64;
+                            while sent < n && s.write_all(&chunk).is_ok() {
+                                sent += chunk.len() as u64;
+                            }
+                        }
+                        Some(Answer::Stall) => {
+                            while !st.load(std::sync::atomic::Ordering::SeqCst) {
+                                std::thread::sleep(std::time::Duration::from_millis(50));
+                            }
+                        }
+                        Some(Answer::Redirect(to)) => {
+                            let _ = write!(s, "HTTP/1.1 307 Temporary Redirect\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                        }
+                        None => {
+                            let _ = write!(s, "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                        }
+                    }
+                });
+            }
+        });
+        FakeRegistry { addr, hits, stop }
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+/// The OCI manifest a push of `files` would write, and the blob routes.
+fn artifact(files: &[(String, Vec<u8>)]) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    use sha2::Digest;
+    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
+    let layers: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(p, b)| serde_json::json!({"mediaType": "application/octet-stream", "digest": digest(b), "size": b.len(),
+            "annotations": {"org.opencontainers.image.title": p}}))
+        .collect();
+    let m = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": limes_oci::ARTIFACT_TYPE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest(b"{}"), "size": 2},
+        "layers": layers});
+    (serde_json::to_vec(&m).unwrap(), files.iter().map(|(_, b)| (format!("/v2/fns/noop/blobs/{}", digest(b)), b.clone())).collect())
+}
+
+#[test]
+fn a_lying_registry_cannot_exhaust_or_hang_a_pull() {
+    use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("noop"), &key, d.path());
+    let mut mem = InMemory::default();
+    let v = read_bundle(&built.bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
+    let mut files = vec![("manifest.json".to_string(), v.manifest_bytes.clone()), ("manifest.json.minisig".to_string(), v.signature.clone().unwrap().into_bytes())];
+    files.extend(mem.0);
+    let (oci, blobs) = artifact(&files);
+    let sig_path = blobs[1].0.clone();
+    let comp = blobs[files.iter().position(|(n, _)| n == "component.wasm").unwrap()].0.clone();
+    let ct = "application/vnd.oci.image.manifest.v1+json";
+    let mut routes: std::collections::HashMap<String, Answer> = blobs.iter().map(|(p, b)| (p.clone(), Answer::Bytes("application/octet-stream", b.clone()))).collect();
+    routes.insert("/v2/fns/noop/manifests/good".into(), Answer::Bytes(ct, oci.clone()));
+    routes.insert("/v2/fns/noop/manifests/huge".into(), Answer::Endless(256 << 20));
+    routes.insert("/v2/fns/noop/manifests/stall".into(), Answer::Stall);
+    let reg = FakeRegistry::start(routes.clone());
+    let pull = |tag: &str, store: &str| {
+        let mut c = limes(&d.path().join(store));
+        c.args(["pull", &format!("{}/fns/noop:{tag}", reg.addr), "--insecure", "--registry-timeout-ms", "1500", "--trust"]).arg(&key.public);
+        c
+    };
+    // The honest answers install.
+    ok(&mut pull("good", "s0"));
+
+    // A 256 MiB OCI manifest is cut off at 1 MiB.
+    let e = fails(&mut pull("huge", "s1"), 3);
+    assert!(e.contains("OCI manifest is over its 1048576-byte limit"), "{e}");
+    // A stalled registry fails the pull at the deadline instead of hanging.
+    let t = std::time::Instant::now();
+    let e = fails(&mut pull("stall", "s2"), 1);
+    assert!(e.contains("no answer within the deadline"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "the stalled pull took {:?}", t.elapsed());
+    drop(reg);
+
+    // The signature layer (a few hundred bytes) answered with 512 MiB: cut
+    // at its descriptor size, downloaded once, never retried.
+    let mut r = routes.clone();
+    r.insert(sig_path.clone(), Answer::Endless(512 << 20));
+    let reg = FakeRegistry::start(r);
+    let mut c = limes(&d.path().join("s3"));
+    c.args(["pull", &format!("{}/fns/noop:good", reg.addr), "--insecure", "--trust"]).arg(&key.public);
+    let e = fails(&mut c, 3);
+    assert!(e.contains("manifest.json.minisig") && e.contains("limit"), "{e}");
+    assert_eq!(reg.hits(&sig_path), 1, "a size violation was retried");
+    drop(reg);
+
+    // A redirect to plain HTTP off loopback is refused (before any
+    // connection); one to loopback is followed.
+    let mut r = routes.clone();
+    r.insert(comp.clone(), Answer::Redirect("http://registry.example.invalid/blob".into()));
+    let reg = FakeRegistry::start(r);
+    let mut c = limes(&d.path().join("s4"));
+    c.args(["pull", &format!("{}/fns/noop:good", reg.addr), "--insecure", "--trust"]).arg(&key.public);
+    let e = fails(&mut c, 1);
+    assert!(e.contains("refusing a redirect to plain HTTP off loopback"), "{e}");
+    drop(reg);
+    let mut r = routes.clone();
+    r.insert("/elsewhere/component".into(), routes[&comp].clone());
+    r.insert(comp.clone(), Answer::Redirect("/elsewhere/component".into()));
+    let reg = FakeRegistry::start(r);
+    let mut c = limes(&d.path().join("s5"));
+    c.args(["pull", &format!("{}/fns/noop:good", reg.addr), "--insecure", "--trust"]).arg(&key.public);
+    ok(&mut c);
+    assert_eq!(reg.hits("/elsewhere/component"), 1);
+    let o = ok(limes(&d.path().join("s5")).args(["run", "noop", "--data", "redirected"]));
+    assert_eq!(o.stdout, b"redirected");
+}

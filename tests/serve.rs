@@ -134,3 +134,116 @@ fn serve_without_functions_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no functions to serve"));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// First line of whatever the server answers on `s` within `wait`.
+fn status_line(s: &mut TcpStream, wait: Duration) -> String {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !raw.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer within {wait:?}: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&raw).lines().next().unwrap_or("").to_string()
+}
+
+/// Slow and oversized clients (slowloris headers, slow bodies, huge
+/// declared bodies, unknown functions, more connections than the cap) never
+/// starve `/healthz` and never make the server hold much memory.
+#[test]
+fn hostile_clients_are_bounded() {
+    let key = test_key();
+    let d = tempdir();
+    let store = d.path().join("store");
+    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let b = build_signed(&pack("noop"), &key, &d.path().join("out"));
+    limes::Store::open(&store).unwrap().install(&b.bundle, &keys, Default::default()).unwrap();
+    let server = start(
+        &store,
+        &["--max-connections", "250", "--header-timeout-ms", "1500", "--body-timeout-ms", "2500", "--queue-timeout-ms", "500", "--body-budget-mib", "32"],
+    );
+    let addr = server.addr;
+    let pid = server.child.id();
+    assert_eq!(http(addr, "GET", "/healthz", b"").0, 200);
+    let base = rss_kib(pid);
+
+    // 200 slowloris clients: half a request head, then silence.
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"POST /functions/noop HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // 12 slow bodies: a declared 32 MiB - 1, 8 MiB of it sent at ~6 MB/s,
+    // then silence. Only one fits the 32 MiB body budget at a time.
+    let bodies: Vec<_> = (0..12)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                write!(s, "POST /functions/noop HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", (32 << 20) - 1).unwrap();
+                let chunk = vec![b'a'; 64 << 10];
+                for _ in 0..128 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                status_line(&mut s, Duration::from_secs(10))
+            })
+        })
+        .collect();
+    // Oversized and unknown: answered at once, before any body byte is sent.
+    for (path, want) in [("/functions/noop", "413"), ("/functions/nosuch", "404")] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n").unwrap();
+        let line = status_line(&mut s, Duration::from_secs(2));
+        assert!(line.contains(want), "{path}: {line}");
+    }
+    // Meanwhile /healthz answers, quickly, and memory stays bounded.
+    let mut peak = base;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        let t = std::time::Instant::now();
+        assert_eq!(http(addr, "GET", "/healthz", b"").0, 200);
+        assert!(t.elapsed() < Duration::from_secs(1), "/healthz took {:?}", t.elapsed());
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for h in bodies {
+        let line = h.join().unwrap();
+        assert!(line.contains(" 408 ") || line.contains(" 503 "), "slow body answered {line:?}");
+    }
+    let grown = peak.saturating_sub(base);
+    println!("serve RSS: {base} KiB at rest, peak +{grown} KiB under 200 slowloris and 12 slow 8 MiB bodies");
+    assert!(grown < 64 << 10, "the server grew by {grown} KiB");
+    // The header deadline closed every slowloris connection.
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a slowloris connection is still open after the header deadline: {e}"),
+        }
+    }
+    drop(slow);
+    // Over the connection cap a client is told so at once.
+    let idle: Vec<TcpStream> = (0..260).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = http(addr, "GET", "/healthz", b"");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(http(addr, "GET", "/healthz", b"").0, 200);
+}

@@ -221,3 +221,26 @@ fn sign_command_signs_an_unsigned_bundle() {
     fails(limes_pack().arg("sign").arg(&bundle).arg("--key").arg(&sk), 3);
     assert_eq!(std::fs::read(&bundle).unwrap(), m);
 }
+
+/// `inspect` shows an attacker's manifest text escaped (no terminal control
+/// sequences reach the screen) and never panics on odd field lengths.
+#[test]
+fn inspect_escapes_manifest_text_and_survives_short_digests() {
+    use limes_bundle::archive::{read_bundle, write_bundle, BundleLimits, InMemory, SignaturePolicy, Source};
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("noop"), &key, d.path());
+    let mut mem = InMemory::default();
+    let v = read_bundle(&built.bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
+    let mut m = v.manifest.clone();
+    m.function.description = Some("x\u{1b}[2K\r\u{1b}[32mOK: signature by TRUSTED key\u{1b}[0m".into());
+    m.provenance.source_digest = "ab".into();
+    let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b))).collect();
+    let evil = d.path().join("evil.limes");
+    write_bundle(&evil, &m.to_json(), None, &files, m.provenance.source_date_epoch).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_limes-pack")).arg("inspect").arg(&evil).output().unwrap();
+    assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&b'\r'), "control bytes reached the terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\\u{1b}[2K") && text.contains("unsigned"), "{text}");
+}

@@ -7,7 +7,7 @@ use crate::select;
 use crate::store::{InstalledFunction, Store, StoreError};
 use limes_bundle::manifest::{MANIFEST_PATH, SIGNATURE_PATH};
 use limes_bundle::TrustedKeys;
-use limes_oci::{Credentials, OciError, Registry, TITLE};
+use limes_oci::{Credentials, OciError, Puller, Timeouts, TITLE};
 
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
@@ -18,6 +18,7 @@ pub struct PullOptions {
     /// Fetch every tier, not only the best for this host.
     pub all_tiers: bool,
     pub policy: crate::store::InstallPolicy,
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug)]
@@ -53,7 +54,7 @@ impl PullError {
 }
 
 pub async fn pull(store: &Store, reference: &str, keys: &TrustedKeys, opts: &PullOptions) -> Result<PullReport, PullError> {
-    let reg = Registry::new(reference, opts.insecure, &opts.credentials)?;
+    let reg = Puller::new(reference, opts.insecure, &opts.credentials, opts.timeouts)?;
     let (oci, digest) = reg.manifest().await?;
     let layer = |title: &str| {
         oci.layers

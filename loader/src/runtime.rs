@@ -411,3 +411,62 @@ fn spawn_epoch_ticker(engine: &Engine, tick: Duration) {
 
 /// Shared handle for servers.
 pub type SharedRuntime = Arc<Runtime>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limes_bundle::manifest::Limits;
+
+    /// Four core instances of 40 MiB each: 160 MiB in all.
+    const FOUR_MEMORIES: &str = r#"
+(component
+  (core module $m (memory (export "mem") 640))
+  (core instance $a (instantiate $m))
+  (core instance $b (instantiate $m))
+  (core instance $c (instantiate $m))
+  (core module $main
+    (memory (export "memory") 640)
+    (global $heap (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      global.get $heap
+      local.set $p
+      global.get $heap
+      local.get 3
+      i32.add
+      global.set $heap
+      local.get $p)
+    (func (export "run") (param i32 i32) (result i32)
+      (i32.store (i32.const 8) (i32.const 16))
+      (i32.store (i32.const 12) (i32.const 2))
+      (i32.store16 (i32.const 16) (i32.const 0x6b6f))
+      (i32.const 8)))
+  (core instance $i (instantiate $main))
+  (func $run (param "args" string) (result string)
+    (canon lift (core func $i "run") (memory $i "memory") (realloc (func $i "realloc"))))
+  (instance $inst (export "run" (func $run)))
+  (export "component:run/run" (instance $inst)))
+"#;
+
+    #[test]
+    fn the_memory_limit_covers_all_memories_of_an_instance() {
+        let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1, ..Default::default() }).unwrap();
+        let component = Component::new(&rt.engine, FOUR_MEMORIES).unwrap();
+        let spec = FunctionSpec {
+            name: "multi".into(),
+            kind: WorldKind::ComponentRun,
+            export: "component:run/run".into(),
+            limits: Limits { memory_bytes: 100 << 20, timeout_ms: 5000, max_input_bytes: 1024 },
+            preopens: Vec::new(),
+        };
+        let f = rt.link(spec, component, None, true, Duration::ZERO).unwrap();
+        // Each memory (40 MiB) is under 100 MiB; together (160 MiB) they are not.
+        match rt.invoke(&f, Request::new("x"), &InvokeOptions::default()) {
+            Err(RunError::MemoryLimit { limit, .. }) => assert_eq!(limit, 100 << 20),
+            other => panic!("expected the memory limit, got {other:?}"),
+        }
+        let roomy = InvokeOptions { memory_limit: Some(200 << 20), ..Default::default() };
+        let inv = rt.invoke(&f, Request::new("x"), &roomy).unwrap();
+        assert_eq!(inv.result.unwrap().body, b"ok");
+    }
+}

@@ -6,12 +6,18 @@
 //! limit) yields an error response and never takes the server down.
 //! `GET /healthz` answers while the server runs; `GET /metrics` exposes
 //! counters and cold/warm latency quantiles in Prometheus text format.
+//!
+//! Hostile clients are bounded: connections are capped (over the cap a
+//! client gets an immediate 503), headers and bodies must arrive within
+//! their deadlines, the function and the declared size are checked before
+//! a byte of the body is read, and bodies being read share a byte budget,
+//! so memory stays bounded whatever clients send.
 
 use crate::launch::{self, LoadMode};
 use crate::runtime::{InvokeOptions, LoadedFunction, RunError, Runtime, RuntimeOptions};
 use crate::store::Store;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +43,14 @@ pub struct ServeOptions {
     /// Overrides each manifest's wall-time limit.
     pub timeout: Option<Duration>,
     pub dirs: Vec<(String, PathBuf)>,
+    /// Open connections at once (also kept below the open-file limit).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this.
+    pub body_timeout: Duration,
+    /// Bytes of request bodies being received at once, over all requests.
+    pub body_budget: usize,
 }
 
 impl Default for ServeOptions {
@@ -49,6 +63,10 @@ impl Default for ServeOptions {
             max_body: 32 << 20,
             timeout: None,
             dirs: Vec::new(),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            body_budget: 256 << 20,
         }
     }
 }
@@ -95,6 +113,8 @@ struct AppState {
     runtime: Runtime,
     functions: HashMap<String, Arc<Served>>,
     permits: Semaphore,
+    /// In KiB, so that any body size fits a permit count.
+    body_budget: Semaphore,
     opts: ServeOptions,
     started: Instant,
 }
@@ -136,20 +156,52 @@ fn json_str(s: &str) -> String {
     out
 }
 
+/// Read a request body of at most `limit` bytes within the body deadline.
+async fn read_body(app: &AppState, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(app.opts.body_timeout, http_body_util::BodyExt::collect(limited)).await {
+        Err(_) => Err(error_response(StatusCode::REQUEST_TIMEOUT, "body-timeout", &format!("the request body did not arrive within {} ms", app.opts.body_timeout.as_millis()))),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body exceeds {limit} bytes")))
+        }
+        Ok(Err(e)) => Err(error_response(StatusCode::BAD_REQUEST, "bad-body", &format!("reading the request body: {e}"))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
 async fn invoke(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
+    // Nothing of the body is read before the function and the declared size
+    // have been checked.
     let Some(f) = app.functions.get(&name).cloned() else {
-        return error_response(StatusCode::NOT_FOUND, "unknown-function", &format!("no function {name:?} is served"));
+        return error_response(StatusCode::NOT_FOUND, "unknown-function", &format!("no function {} is served", limes_bundle::untrusted(&name)));
     };
     let limit = (f.loaded.spec.limits.max_input_bytes as usize).min(app.opts.max_body);
-    if body.len() > limit {
-        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body exceeds {limit} bytes"));
+    let (parts, body) = request.into_parts();
+    let headers: HeaderMap = parts.headers;
+    let declared = match headers.get(axum::http::header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
+        Some(None) => return error_response(StatusCode::BAD_REQUEST, "bad-request", "invalid Content-Length"),
+        Some(Some(n)) => Some(n),
+        None => None,
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body of {} bytes exceeds {limit} bytes", declared.unwrap_or(0)));
     }
+    // Reserve the body's bytes (all of the limit when the size is not
+    // declared) from the shared budget before reading it.
+    let reserve = (declared.map(|n| n as usize).unwrap_or(limit).div_ceil(1024)).max(1).min(u32::MAX as usize) as u32;
+    let budget = match tokio::time::timeout(app.opts.queue_timeout, app.body_budget.acquire_many(reserve)).await {
+        Ok(Ok(p)) => p,
+        _ => return error_response(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many request bodies in flight; retry later"),
+    };
+    let body = match read_body(&app, body, limit).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
     let Ok(permit) = tokio::time::timeout(app.opts.queue_timeout, app.permits.acquire()).await else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "busy", "all instances are busy; retry later");
     };
@@ -164,6 +216,7 @@ async fn invoke(
     for (k, v) in query {
         req.metadata.push((k.to_ascii_lowercase(), v));
     }
+    drop(budget);
     let app2 = app.clone();
     let f2 = f.clone();
     let started = Instant::now();
@@ -281,15 +334,118 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Bind { addr: opts.listen, source })?;
     let addr = listener.local_addr()?;
-    let max_body = opts.max_body;
-    let app = Arc::new(AppState { runtime, functions, permits: Semaphore::new(opts.concurrency.max(1)), opts, started: Instant::now() });
+    let max_connections = opts.max_connections.min(connection_ceiling()).max(1);
+    let header_timeout = opts.header_timeout;
+    let body_budget = Semaphore::new((opts.body_budget / 1024).max(1));
+    let app = Arc::new(AppState { runtime, functions, permits: Semaphore::new(opts.concurrency.max(1)), body_budget, opts, started: Instant::now() });
     let router = Router::new()
         .route("/functions/{name}", post(invoke))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(max_body))
         .with_state(app);
     on_ready(addr);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    accept_loop(listener, router, max_connections, header_timeout, shutdown).await;
     Ok(())
+}
+
+/// Raise the soft open-file limit to the hard one and return how many
+/// connections fit under it (room is kept for the store, logs and workers),
+/// so that accepting never fails for want of descriptors.
+fn connection_ceiling() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max.min(1 << 20), rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+    }
+    (lim.rlim_cur as usize).saturating_sub(128).max(16)
+}
+
+/// Accept connections until `shutdown`, each served by hyper with a header
+/// deadline; over `max_connections` a client is answered 503 and closed.
+/// On shutdown, connections finish their request in flight and close.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tokio::io::AsyncWriteExt;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept:
+                    // pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        while tasks.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tasks.spawn(async move {
+                let mut stream = stream;
+                let body = "{\"error\":\"too many open connections; retry later\",\"kind\":\"busy\"}\n";
+                let busy = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                // Answer, then close gracefully: send FIN and drain what the
+                // client already sent, or the kernel resets the connection
+                // and the client may never read the 503.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    use tokio::io::AsyncReadExt;
+                    stream.write_all(busy.as_bytes()).await?;
+                    stream.shutdown().await?;
+                    let mut sink = [0u8; 4096];
+                    let mut drained = 0;
+                    while drained < 64 << 10 {
+                        match stream.read(&mut sink).await? {
+                            0 => break,
+                            n => drained += n,
+                        }
+                    }
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
+            });
+            continue;
+        };
+        let svc = TowerToHyperService::new(router.clone());
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(64 << 10);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
 }

@@ -159,6 +159,12 @@ pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf
     .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: WASM_TARGET.into(), what: ".wasm component" })
 }
 
+/// Where native shim builds put their output: apart from the function's
+/// workspace target directory (see [`build_native`]).
+pub fn native_target_dir(project: &Project) -> PathBuf {
+    project.target_dir.join("limes").join("native-target")
+}
+
 /// Build the function natively: a small generated crate whose `main` serves
 /// the frame protocol with the function's handler. `target` of `None` means
 /// the host. Returns the executable's path.
@@ -204,12 +210,17 @@ pub fn build_native(project: &Project, target: Option<&str>, opts: &CargoOptions
     }
     let mut cmd = Command::new(cargo());
     let manifest = shim_dir.join("Cargo.toml");
+    // The shim is another workspace: it resolves the function and its SDK
+    // with another profile and feature set, yet cargo gives some of those
+    // units the same file names as the function's own workspace does. In a
+    // shared target directory one build then overwrites the other's rlibs
+    // and fingerprints (two `limes_sdk` meet: E0308). So it gets its own.
     cmd.current_dir(&shim_dir)
         .arg("build")
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")
-        .arg(&project.target_dir)
+        .arg(native_target_dir(project))
         .args(["--message-format", "json-render-diagnostics"])
         .args(profile_args(opts));
     if opts.offline {

@@ -77,7 +77,7 @@ pub struct EngineInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Largest linear memory a single instance may grow to.
+    /// Largest total linear memory of one instance (all its memories together).
     pub memory_bytes: u64,
     /// Wall-time limit of one invocation.
     pub timeout_ms: u64,

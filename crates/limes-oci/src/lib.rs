@@ -21,6 +21,9 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub mod fetch;
+pub use fetch::{Puller, Timeouts};
+
 pub const ARTIFACT_TYPE: &str = "application/vnd.limes.bundle.v1";
 pub const MEDIA_MANIFEST: &str = "application/vnd.limes.manifest.v1+json";
 pub const MEDIA_SIGNATURE: &str = "application/vnd.limes.signature.v1";
@@ -48,8 +51,8 @@ pub enum OciError {
     NotLimes(String, Option<String>),
     #[error("the artifact has no layer for {0}")]
     MissingLayer(String),
-    #[error("blob {what} is {size} bytes, over the {limit}-byte limit")]
-    TooLarge { what: String, size: i64, limit: u64 },
+    #[error("{what} is over its {limit}-byte limit (the registry declared or sent more)")]
+    TooLarge { what: String, limit: u64 },
     #[error("digest mismatch for {what}: expected {expected}, received {actual}")]
     Digest { what: String, expected: String, actual: String },
     #[error("cannot push an unsigned bundle; sign it first (`limes-pack sign`)")]
@@ -114,7 +117,17 @@ fn docker_config_auth(registry: &str) -> Option<RegistryAuth> {
     Some(RegistryAuth::Basic(u, p))
 }
 
-fn is_loopback(registry: &str) -> bool {
+/// `scheme://host[:port]` of a URL: what a message may show of it (paths
+/// and queries can carry tokens).
+pub(crate) fn host_only(url: &reqwest::Url) -> String {
+    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or("?"), url.port().map(|p| format!(":{p}")).unwrap_or_default())
+}
+
+pub(crate) fn host_only_str(url: &str) -> String {
+    reqwest::Url::parse(url).map(|u| host_only(&u)).unwrap_or_else(|_| "the registry".into())
+}
+
+pub(crate) fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
@@ -158,52 +171,6 @@ impl Registry {
         }
     }
 
-    /// The artifact's OCI manifest (must be a limes bundle).
-    pub async fn manifest(&self) -> Result<(OciImageManifest, String), OciError> {
-        let (m, digest) = self.client.pull_manifest(&self.reference, &self.auth).await.map_err(|e| self.err(e))?;
-        match m {
-            OciManifest::Image(m) if m.artifact_type.as_deref() == Some(ARTIFACT_TYPE) => Ok((m, digest)),
-            OciManifest::Image(m) => Err(OciError::NotLimes(self.reference.to_string(), m.artifact_type)),
-            OciManifest::ImageIndex(_) => Err(OciError::NotLimes(self.reference.to_string(), Some("image index".into()))),
-        }
-    }
-
-    /// Fetch one blob into `out`, refusing more than `limit` bytes and
-    /// checking its SHA-256 against the descriptor.
-    pub async fn fetch(&self, layer: &OciDescriptor, limit: u64, out: &mut Vec<u8>) -> Result<(), OciError> {
-        let what = layer.annotations.as_ref().and_then(|a| a.get(TITLE)).cloned().unwrap_or_else(|| layer.digest.clone());
-        if layer.size < 0 || layer.size as u64 > limit {
-            return Err(OciError::TooLarge { what, size: layer.size, limit });
-        }
-        // Retry transient failures; every attempt starts from scratch, so a
-        // partial download is never kept.
-        let mut last = None;
-        for attempt in 0..3 {
-            out.clear();
-            match self.client.pull_blob(&self.reference, layer, &mut *out).await {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(attempt, blob = %what, error = %e, "blob download failed");
-                    last = Some(e);
-                }
-            }
-        }
-        if let Some(e) = last {
-            let msg = e.to_string();
-            if msg.to_lowercase().contains("digest") {
-                return Err(OciError::Digest { what, expected: layer.digest.clone(), actual: msg });
-            }
-            return Err(self.err(e));
-        }
-        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&out[..])));
-        if actual != layer.digest || out.len() as i64 != layer.size {
-            return Err(OciError::Digest { what, expected: layer.digest.clone(), actual });
-        }
-        Ok(())
-    }
 }
 
 fn media_type(path: &str) -> &'static str {

@@ -43,6 +43,10 @@ pub struct RegistryArgs {
     /// Also fetch the microVM image.
     #[arg(long)]
     with_microvm: bool,
+    /// Longest silence from the registry (connecting, or while a response is
+    /// awaited or read) before the pull fails, in ms.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    registry_timeout_ms: u64,
 }
 
 impl PullCommand {
@@ -62,6 +66,10 @@ impl PullCommand {
             with_microvm: self.registry.with_microvm,
             all_tiers: self.all_tiers,
             policy: self.policy.policy(),
+            timeouts: limes_oci::Timeouts {
+                connect: std::time::Duration::from_millis(self.registry.registry_timeout_ms.min(10_000)),
+                read: std::time::Duration::from_millis(self.registry.registry_timeout_ms),
+            },
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let r = rt

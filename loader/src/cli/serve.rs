@@ -37,6 +37,19 @@ pub struct ServeCommand {
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
     #[arg(long, value_name = "NAME=PATH")]
     dir: Vec<String>,
+    /// Open connections at once; over it a client gets 503 at once (also
+    /// kept below the open-file limit).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// A request's headers must arrive within this many ms.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// A request's body must arrive within this many ms (else 408).
+    #[arg(long, default_value_t = 30_000)]
+    body_timeout_ms: u64,
+    /// MiB of request bodies being received at once, over all requests.
+    #[arg(long, default_value_t = 256)]
+    body_budget_mib: usize,
 }
 
 impl ServeCommand {
@@ -50,6 +63,10 @@ impl ServeCommand {
             max_body: self.max_body,
             timeout: self.timeout_ms.map(Duration::from_millis),
             dirs,
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            body_budget: self.body_budget_mib << 20,
         };
         let store = Store::open(&ctx.store)?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
