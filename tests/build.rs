@@ -262,3 +262,19 @@ fn build_scripts_never_see_the_key_and_a_tampered_cache_is_not_signed() {
     assert_eq!(std::fs::read(&bundle).unwrap(), first, "the rebuilt bundle differs: the tampered cache entry was used");
     assert_eq!(&std::fs::read(&entry).unwrap(), artifact, "the tampered cache entry was not recompiled");
 }
+
+/// A native build of a pack inside this repository must leave the
+/// workspace's target directory alone: the generated shim is another
+/// workspace, and sharing the directory once let its `limes_sdk` and pack
+/// rlibs replace the workspace's (E0308 in limes-bench). `--profile dev`
+/// puts the shim's output where the workspace's own debug build lives, the
+/// case that would collide.
+#[test]
+fn native_builds_leave_the_workspace_build_intact() {
+    let out = ok(limes_pack().args(["native", "--json", "--profile", "dev"]).arg(pack("noop")));
+    let exe = std::path::PathBuf::from(json(&out)["executable"].as_str().unwrap());
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| repo().join("target"));
+    assert!(exe.starts_with(target.join("limes").join("native-target")), "{}", exe.display());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    ok(Command::new(cargo).args(["build", "--locked", "--quiet", "-p", "limes-bench"]).current_dir(repo()));
+}
