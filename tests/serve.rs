@@ -77,41 +77,54 @@ fn serves_functions_and_survives_faults_under_load() {
     assert_eq!(s, 500);
     assert!(String::from_utf8_lossy(&body).contains("asked to panic"));
     assert_eq!(http(a, "POST", "/functions/faulty", b"bad").0, 400);
-    assert_eq!(http(a, "POST", "/functions/noop", &vec![7u8; 2 << 20]).0, 413);
+    // Too large by its declared length: answered before the body is sent
+    // (as to a client that waits with `Expect: 100-continue`).
+    let mut s = TcpStream::connect(a).unwrap();
+    write!(s, "POST /functions/noop HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", 2 << 20).unwrap();
+    let line = status_line(&mut s, Duration::from_secs(5));
+    assert!(line.contains(" 413 "), "{line}");
 
-    // Concurrent load with 1% faulty requests: every good request gets its
-    // own answer back, and the server is still up afterwards.
+    // Concurrent load with 2% faulty requests, 1% of all looping forever and
+    // 1% exceeding memory: every good request gets its own answer back, and
+    // the server is still up afterwards.
     let threads: Vec<_> = (0..8)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut good = 0;
+                let mut good = Vec::new();
                 for i in 0..1250 {
                     let n = t * 1250 + i;
-                    if n % 100 == 7 {
-                        let what: &[u8] = if n % 200 == 7 { b"panic" } else { b"oom" };
+                    if n % 100 == 7 || n % 100 == 57 {
+                        let (what, want): (&[u8], u16) = if n % 100 == 7 { (b"loop", 504) } else { (b"oom", 507) };
                         let (s, _) = http(a, "POST", "/functions/faulty", what);
-                        assert!(s == 500 || s == 507, "fault answered {s}");
+                        assert_eq!(s, want, "fault {} answered {s}", String::from_utf8_lossy(what));
                     } else {
                         let msg = format!("request {n}");
+                        let t = std::time::Instant::now();
                         let (s, body) = http(a, "POST", "/functions/noop", msg.as_bytes());
+                        good.push(t.elapsed());
                         assert_eq!((s, body), (200, msg.into_bytes()));
-                        good += 1;
                     }
                 }
                 good
             })
         })
         .collect();
-    let good: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    let faulty = (0..8).flat_map(|t| (0..1250).map(move |i| t * 1250 + i)).filter(|n| n % 100 == 7).count();
-    assert_eq!(faulty, 100, "1% of the 10,000 requests go to the faulty function");
+    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    lat.sort();
+    let good = lat.len();
+    println!("good requests: {good}, p50 {:?}, p99 {:?} (beside 100 runaway loops and 100 memory-limit hits)", lat[good / 2], lat[good * 99 / 100]);
+    let faulty = (0..8).flat_map(|t| (0..1250).map(move |i| t * 1250 + i)).filter(|n| n % 100 == 7 || n % 100 == 57).count();
+    assert_eq!(faulty, 200, "2% of the 10,000 requests go to the faulty function");
     assert_eq!(good, 10_000 - faulty);
     assert_eq!(http(a, "GET", "/healthz", b"").0, 200);
 
     let (s, m) = http(a, "GET", "/metrics", b"");
     assert_eq!(s, 200);
     let m = String::from_utf8(m).unwrap();
-    assert!(m.contains("limes_requests_total{function=\"noop\",status=\"200\"} 9901"), "{m}");
+    assert!(m.contains("limes_requests_total{function=\"noop\",status=\"200\"} 9801"), "{m}");
+    // 101 runaway loops, each ended by killing its worker.
+    assert!(m.contains("limes_worker_replacements_total{function=\"faulty\",reason=\"timeout\"} 101"), "{m}");
+    assert!(m.contains("limes_worker_replacements_total{function=\"noop\",reason=\"timeout\"} 0"), "{m}");
     assert!(m.contains("limes_request_duration_seconds{function=\"noop\",phase=\"warm\",quantile=\"0.99\"}"), "{m}");
 
     // Graceful shutdown on SIGTERM: exit 0.
@@ -246,4 +259,72 @@ fn hostile_clients_are_bounded() {
     drop(idle);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(http(addr, "GET", "/healthz", b"").0, 200);
+}
+
+/// Children of `pid` (the worker processes of a server).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let p = task.unwrap().path().join("children");
+        if let Ok(s) = std::fs::read_to_string(p) {
+            out.extend(s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// A runaway request is answered 504 at its deadline while another
+/// client's requests keep their latency; a crashed worker is replaced and
+/// counted.
+#[test]
+fn runaway_requests_end_their_worker_only() {
+    let key = test_key();
+    let d = tempdir();
+    let store = d.path().join("store");
+    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let st = limes::Store::open(&store).unwrap();
+    for krate in [pack("noop"), fixture("faulty")] {
+        let b = build_signed(&krate, &key, d.path());
+        st.install(&b.bundle, &keys, Default::default()).unwrap();
+    }
+    let server = start(&store, &["--workers", "2", "--timeout-ms", "400"]);
+    let a = server.addr;
+    let runaway = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let (s, body) = http(a, "POST", "/functions/faulty", b"loop");
+        (s, String::from_utf8_lossy(&body).to_string(), t.elapsed())
+    });
+    // Meanwhile another client is served as usual.
+    let mut lat = Vec::new();
+    while !runaway.is_finished() {
+        let t = std::time::Instant::now();
+        assert_eq!(http(a, "POST", "/functions/noop", b"hi"), (200, b"hi".to_vec()));
+        lat.push(t.elapsed());
+    }
+    let (s, body, took) = runaway.join().unwrap();
+    assert_eq!(s, 504, "{body}");
+    assert!(body.contains("timed out after 400 ms") && body.contains("\"kind\":\"timeout\""), "{body}");
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(3), "{took:?}");
+    lat.sort();
+    println!("runaway answered in {took:?}; {} requests beside it, p50 {:?}, max {:?}", lat.len(), lat[lat.len() / 2], lat.last().unwrap());
+    assert!(lat.len() >= 3, "the other client was starved");
+    // The faulty function still answers (a fresh worker took over).
+    assert_eq!(http(a, "POST", "/functions/faulty", b"fine"), (200, b"fine".to_vec()));
+    // A worker killed from outside: its next request fails cleanly, the
+    // worker is replaced, and the function keeps answering.
+    let before = children(server.child.id());
+    assert_eq!(before.len(), 4, "two workers per function: {before:?}");
+    for pid in &before {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(http(a, "POST", "/functions/noop", b"again").0);
+    }
+    assert!(statuses.contains(&500), "{statuses:?}");
+    assert_eq!(*statuses.last().unwrap(), 200, "{statuses:?}");
+    let (_, m) = http(a, "GET", "/metrics", b"");
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("limes_worker_replacements_total{function=\"noop\",reason=\"crash\"} 2"), "{m}");
 }

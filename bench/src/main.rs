@@ -97,6 +97,9 @@ pub struct ScalingRow {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadRow {
+    /// `workers` (pre-warmed worker processes, the design) or `in-process`
+    /// (the previous design: no deadline enforcement without epochs).
+    pub mode: String,
     pub clients: usize,
     pub requests: usize,
     pub requests_per_s: f64,
@@ -130,7 +133,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn sibling(bin: &str) -> Result<PathBuf> {
+pub(crate) fn sibling(bin: &str) -> Result<PathBuf> {
     let p = std::env::current_exe()?.parent().unwrap().join(bin);
     anyhow::ensure!(p.is_file(), "{} not found next to limes-bench; build it first (scripts/bench.sh does)", p.display());
     Ok(p)
@@ -401,7 +404,10 @@ fn main() -> Result<()> {
     let scaling = synth::scaling(sizes, &profile, if q { 2 } else { 5 }, if q { 5 } else { 200 }, work.path())?;
 
     // --- limes serve under concurrent load.
-    let serve_load = report::serve_load(&store, if q { &[1, 2] } else { &[1, 2, 8, 64] }, if q { 50 } else { 2000 })?;
+    let mut serve_load = Vec::new();
+    for in_process in [false, true] {
+        serve_load.extend(report::serve_load(&store, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 2000 }, in_process)?);
+    }
 
     let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, notes };
     report::write_all(&a.out, &results)?;

@@ -66,7 +66,8 @@ fn post(addr: SocketAddr, body: &[u8]) -> Result<u16> {
 
 /// `limes serve` (in process, on 127.0.0.1) under 1..N concurrent clients,
 /// a bounded number of requests per level.
-pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize) -> Result<Vec<LoadRow>> {
+pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_process: bool) -> Result<Vec<LoadRow>> {
+    let worker_exe = crate::sibling("limes")?;
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let root = store.root().to_path_buf();
@@ -79,6 +80,9 @@ pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize) -> R
                 listen: "127.0.0.1:0".parse().unwrap(),
                 functions: vec!["noop".into()],
                 concurrency: 64,
+                workers: 4,
+                worker_exe: Some(worker_exe),
+                in_process,
                 ..Default::default()
             },
             move |a| tx.send(a).unwrap(),
@@ -112,7 +116,7 @@ pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize) -> R
         }
         let wall = t.elapsed().as_secs_f64();
         let s = crate::Stats::of(&all);
-        rows.push(LoadRow { clients, requests: all.len(), requests_per_s: all.len() as f64 / wall, p50_us: s.p50_us, p99_us: s.p99_us });
+        rows.push(LoadRow { mode: if in_process { "in-process" } else { "workers" }.into(), clients, requests: all.len(), requests_per_s: all.len() as f64 / wall, p50_us: s.p50_us, p99_us: s.p99_us });
     }
     let _ = stop_tx.send(());
     server.join().unwrap()?;
@@ -198,9 +202,9 @@ pub fn markdown(r: &Results) -> String {
     for x in &r.scaling {
         let _ = writeln!(s, "| {:.0} KB | {} | {} | {} |", x.size_bytes as f64 / 1e3, us(x.compile_at_load.p50_us), us(x.aot.p50_us), us(x.aot.p99_us));
     }
-    s += "\n## `limes serve` under concurrent load (noop, 127.0.0.1, one connection per request)\n\n| clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|\n";
+    s += "\n## `limes serve` under concurrent load (noop, 127.0.0.1, one connection per request)\n\n`workers` is the design (4 pre-warmed worker processes, requests over a pipe, deadlines by killing the worker); `in-process` is the previous design, measured in the same run for comparison (it cannot enforce deadlines without epoch checks).\n\n| mode | clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|---|\n";
     for l in &r.serve_load {
-        let _ = writeln!(s, "| {} | {} | {:.0} | {} | {} |", l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
+        let _ = writeln!(s, "| {} | {} | {} | {:.0} | {} | {} |", l.mode, l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
     }
     s += "\n## Build (limes-pack)\n\n| pack | cold build | no-change build | component | bundle | tiers (precompile ms, bytes) |\n|---|---|---|---|---|---|\n";
     for b in &r.builds {

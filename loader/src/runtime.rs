@@ -52,13 +52,11 @@ pub struct RuntimeOptions {
     pub pooling: bool,
     /// Instances that may be live at once (pool size).
     pub max_instances: u32,
-    /// Epoch tick; time limits are enforced to this resolution.
-    pub epoch_tick: Duration,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { pooling: true, max_instances: 64, epoch_tick: Duration::from_millis(5) }
+        RuntimeOptions { pooling: true, max_instances: 64 }
     }
 }
 
@@ -111,10 +109,14 @@ impl WasiView for Host {
 }
 
 /// One engine and linker shared by every function a process runs.
+///
+/// Compiled code carries no epoch checks (see the engine profile): a call
+/// runs until it returns, traps or hits its memory limit. Wall-time limits
+/// are the executor's job: the caller ends the process or thread that runs
+/// [`Runtime::invoke`] at the deadline.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
-    epoch_tick: Duration,
 }
 
 enum Entry {
@@ -155,6 +157,19 @@ pub struct LoadedFunction {
     pub load_time: Duration,
     /// Time to resolve imports into an `InstancePre`.
     pub link_time: Duration,
+}
+
+impl LoadedFunction {
+    /// The wall-time limit of one call: the override, else the manifest's.
+    /// The executor enforces it (compiled code has no epoch checks).
+    pub fn deadline(&self, opts: &InvokeOptions) -> Duration {
+        opts.timeout.unwrap_or(Duration::from_millis(self.spec.limits.timeout_ms))
+    }
+
+    /// The error a call past its deadline ends with.
+    pub fn timeout_error(&self, opts: &InvokeOptions) -> RunError {
+        RunError::Timeout { function: self.spec.name.clone(), ms: self.deadline(opts).as_millis() as u64 }
+    }
 }
 
 /// Per-invocation settings.
@@ -203,8 +218,7 @@ impl Runtime {
         // The limes types interface carries only types; components import it
         // as an empty instance.
         linker.instance("limes:function/types@0.1.0").map_err(engine_err)?;
-        spawn_epoch_ticker(&engine, opts.epoch_tick);
-        Ok(Runtime { engine, linker, epoch_tick: opts.epoch_tick })
+        Ok(Runtime { engine, linker })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -290,7 +304,7 @@ impl Runtime {
             return Err(RunError::InputTooLarge { function: name.clone(), size: req.body.len() as u64, limit: max_input });
         }
         let memory_limit = opts.memory_limit.unwrap_or(f.spec.limits.memory_bytes);
-        let timeout = opts.timeout.unwrap_or(Duration::from_millis(f.spec.limits.timeout_ms));
+        let timeout = f.deadline(opts);
 
         let stdout = MemoryOutputPipe::new(STDIO_CAPTURE_LIMIT);
         let stderr = MemoryOutputPipe::new(STDIO_CAPTURE_LIMIT);
@@ -316,9 +330,6 @@ impl Runtime {
         };
         let mut store = wasmtime::Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);
-        let ticks = (timeout.as_nanos() / self.epoch_tick.as_nanos()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
 
         let classify = |e: wasmtime::Error, stage: &str, limit_hit: bool| -> RunError {
             let trap = e.downcast_ref::<wasmtime::Trap>().copied();
@@ -392,21 +403,6 @@ fn from_wit(r: Result<wit::Response, wit::Error>) -> Result<Response, limes_sdk:
         Err(wit::Error::NotFound(m)) => Err(limes_sdk::Error::NotFound(m)),
         Err(wit::Error::Internal(m)) => Err(limes_sdk::Error::Internal(m)),
     }
-}
-
-/// Advance the engine's epoch every `tick` for as long as the engine lives.
-fn spawn_epoch_ticker(engine: &Engine, tick: Duration) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("limes-epoch".into())
-        .spawn(move || loop {
-            std::thread::sleep(tick);
-            match weak.upgrade() {
-                Some(e) => e.increment_epoch(),
-                None => return,
-            }
-        })
-        .expect("spawn epoch thread");
 }
 
 /// Shared handle for servers.

@@ -14,7 +14,8 @@
 //! so memory stays bounded whatever clients send.
 
 use crate::launch::{self, LoadMode};
-use crate::runtime::{InvokeOptions, LoadedFunction, RunError, Runtime, RuntimeOptions};
+use crate::pool::{CallError, Pool, WorkerSpec};
+use crate::runtime::{FunctionSpec, InvokeOptions, LoadedFunction, RunError, Runtime, RuntimeOptions};
 use crate::store::Store;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -51,6 +52,14 @@ pub struct ServeOptions {
     pub body_timeout: Duration,
     /// Bytes of request bodies being received at once, over all requests.
     pub body_budget: usize,
+    /// Pre-warmed worker processes per function.
+    pub workers: usize,
+    /// The `limes` executable workers run [default: this executable].
+    pub worker_exe: Option<PathBuf>,
+    /// Run functions inside the server process instead of in workers: the
+    /// previous design, kept for benchmark comparisons only. Compiled code
+    /// has no epoch checks, so deadlines are NOT enforced in this mode.
+    pub in_process: bool,
 }
 
 impl Default for ServeOptions {
@@ -67,6 +76,9 @@ impl Default for ServeOptions {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             body_budget: 256 << 20,
+            workers: 4,
+            worker_exe: None,
+            in_process: false,
         }
     }
 }
@@ -99,8 +111,17 @@ impl Latencies {
     }
 }
 
+/// What runs a function's requests.
+enum Executor {
+    /// Worker processes (the default).
+    Workers(Arc<Pool>),
+    /// This process (benchmark comparisons only: no deadlines).
+    InProcess(LoadedFunction),
+}
+
 struct Served {
-    loaded: LoadedFunction,
+    spec: FunctionSpec,
+    exec: Executor,
     served: AtomicU64,
     /// First invocation after load (pages of code and data faulted in) vs
     /// every later one.
@@ -110,7 +131,8 @@ struct Served {
 }
 
 struct AppState {
-    runtime: Runtime,
+    /// Only in the in-process mode.
+    runtime: Option<Runtime>,
     functions: HashMap<String, Arc<Served>>,
     permits: Semaphore,
     /// In KiB, so that any body size fits a permit count.
@@ -127,6 +149,8 @@ pub enum ServeError {
     Run(#[from] RunError),
     #[error(transparent)]
     Load(#[from] launch::LoadError),
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
     #[error("no functions to serve (install some with `limes install`)")]
     Nothing,
     #[error("cannot listen on {addr}: {source}")]
@@ -180,7 +204,7 @@ async fn invoke(
     let Some(f) = app.functions.get(&name).cloned() else {
         return error_response(StatusCode::NOT_FOUND, "unknown-function", &format!("no function {} is served", limes_bundle::untrusted(&name)));
     };
-    let limit = (f.loaded.spec.limits.max_input_bytes as usize).min(app.opts.max_body);
+    let limit = (f.spec.limits.max_input_bytes as usize).min(app.opts.max_body);
     let (parts, body) = request.into_parts();
     let headers: HeaderMap = parts.headers;
     let declared = match headers.get(axum::http::header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
@@ -217,32 +241,78 @@ async fn invoke(
         req.metadata.push((k.to_ascii_lowercase(), v));
     }
     drop(budget);
-    let app2 = app.clone();
-    let f2 = f.clone();
+    if req.body.len() > limit {
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body exceeds {limit} bytes"));
+    }
     let started = Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let opts = InvokeOptions { dirs: app2.opts.dirs.clone(), timeout: app2.opts.timeout, ..Default::default() };
-        app2.runtime.invoke(&f2.loaded, req, &opts)
-    })
-    .await;
+    let invoke = InvokeOptions { dirs: app.opts.dirs.clone(), timeout: app.opts.timeout, ..Default::default() };
+    let deadline = app.opts.timeout.unwrap_or(Duration::from_millis(f.spec.limits.timeout_ms));
+    let outcome: Result<Result<limes_sdk::Response, limes_sdk::Error>, (StatusCode, &str, String)> = match &f.exec {
+        Executor::Workers(pool) => {
+            let payload = limes_sdk::frame::encode_request(&req);
+            match pool.call(&payload, deadline, app.opts.queue_timeout).await {
+                Err(CallError::Busy) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "all workers are busy; retry later".into())),
+                Err(CallError::Timeout) => Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    RunError::Timeout { function: name.clone(), ms: deadline.as_millis() as u64 }.to_string(),
+                )),
+                Err(CallError::Crashed(why)) => Err((StatusCode::INTERNAL_SERVER_ERROR, "worker-crashed", format!("{name}: the worker crashed ({why}); it was replaced"))),
+                Ok(reply) => {
+                    log_guest_output(&name, &reply.stdout, &reply.stderr);
+                    match reply.meta.error {
+                        Some(e) => {
+                            let status = match e.kind.as_str() {
+                                "memory-limit" => StatusCode::INSUFFICIENT_STORAGE,
+                                "too-large" => StatusCode::PAYLOAD_TOO_LARGE,
+                                _ => StatusCode::INTERNAL_SERVER_ERROR,
+                            };
+                            let kind = if e.kind == "memory-limit" || e.kind == "trap" || e.kind == "too-large" { e.kind.clone() } else { "internal".into() };
+                            Err((status, leak_kind(&kind), e.message))
+                        }
+                        None => limes_sdk::frame::decode_response(&reply.response)
+                            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad answer from the worker: {e}"))),
+                    }
+                }
+            }
+        }
+        Executor::InProcess(_) => {
+            let app2 = app.clone();
+            let f2 = f.clone();
+            let joined = tokio::task::spawn_blocking(move || {
+                let (Executor::InProcess(loaded), Some(rt)) = (&f2.exec, &app2.runtime) else { unreachable!("in-process mode") };
+                rt.invoke(loaded, req, &invoke)
+            })
+            .await;
+            match joined {
+                Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("invocation task failed: {join}"))),
+                Ok(Err(e)) => {
+                    let (status, kind) = match &e {
+                        RunError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                        RunError::MemoryLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "memory-limit"),
+                        RunError::Trap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
+                        RunError::InputTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+                        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                    };
+                    Err((status, kind, e.to_string()))
+                }
+                Ok(Ok(inv)) => {
+                    log_guest_output(&name, &inv.stdout, &inv.stderr);
+                    Ok(inv.result)
+                }
+            }
+        }
+    };
     drop(permit);
     let elapsed = started.elapsed().as_secs_f64();
     let nth = f.served.fetch_add(1, Ordering::Relaxed);
     if nth == 0 { &f.cold } else { &f.warm }.lock().unwrap().push(elapsed);
     let resp = match outcome {
-        Err(join) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("invocation task failed: {join}")),
-        Ok(Err(e)) => {
-            let (status, kind) = match &e {
-                RunError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-                RunError::MemoryLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "memory-limit"),
-                RunError::Trap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
-                RunError::InputTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            };
-            tracing::warn!(function = %name, error = %e, "invocation failed");
-            error_response(status, kind, &e.to_string())
+        Err((status, kind, message)) => {
+            tracing::warn!(function = %name, kind, error = %message, "invocation failed");
+            error_response(status, kind, &message)
         }
-        Ok(Ok(inv)) => match inv.result {
+        Ok(result) => match result {
             Ok(r) => {
                 let ct = r.content_type.unwrap_or_else(|| "application/octet-stream".into());
                 (StatusCode::OK, [("content-type", ct)], r.body).into_response()
@@ -259,6 +329,27 @@ async fn invoke(
     };
     *f.status.lock().unwrap().entry(resp.status().as_u16()).or_default() += 1;
     resp
+}
+
+/// The static kind names a worker may report.
+fn leak_kind(kind: &str) -> &'static str {
+    match kind {
+        "memory-limit" => "memory-limit",
+        "trap" => "trap",
+        "too-large" => "too-large",
+        _ => "internal",
+    }
+}
+
+/// Guest stdout/stderr go to the server's log, bounded, tagged with the
+/// function.
+fn log_guest_output(function: &str, stdout: &[u8], stderr: &[u8]) {
+    for (stream, bytes) in [("stdout", stdout), ("stderr", stderr)] {
+        if !bytes.is_empty() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+            tracing::info!(function, stream, truncated = bytes.len() > 4096, "guest output: {}", text.trim_end());
+        }
+    }
 }
 
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
@@ -292,6 +383,15 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             out += &format!("limes_request_duration_seconds_count{{function=\"{n}\",phase=\"{phase}\"}} {}\n", lat.samples.len());
         }
     }
+    out += "# HELP limes_worker_replacements_total Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).\n# TYPE limes_worker_replacements_total counter\n";
+    for n in &names {
+        if let Executor::Workers(pool) = &app.functions[*n].exec {
+            for reason in ["timeout", "crash"] {
+                let count = pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0);
+                out += &format!("limes_worker_replacements_total{{function=\"{n}\",reason=\"{reason}\"}} {count}\n");
+            }
+        }
+    }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -303,7 +403,15 @@ pub async fn serve(
     on_ready: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let runtime = Runtime::new(&RuntimeOptions { max_instances: opts.concurrency as u32 + 1, ..Default::default() })?;
+    let runtime = if opts.in_process {
+        Some(Runtime::new(&RuntimeOptions { max_instances: opts.concurrency as u32 + 1, ..Default::default() })?)
+    } else {
+        None
+    };
+    let worker_exe = match &opts.worker_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
     let names: Vec<String> = if opts.functions.is_empty() {
         store.list()?.into_iter().map(|r| r.name).collect()
     } else {
@@ -317,12 +425,37 @@ pub async fn serve(
         let f = store.get(&n)?;
         // Serve re-hashes each artifact once per load: a long-lived process
         // must not depend on the store staying untouched since install.
-        let loaded = launch::load(&runtime, &f, LoadMode::Auto, crate::store::Integrity::Rehash)?;
-        tracing::info!(function = %n, tier = ?loaded.tier, "loaded");
+        // (Workers re-hash what they map too; checking here first makes a
+        // tampered store a verification failure of the server itself.)
+        let spec = FunctionSpec::from_manifest(&f.manifest);
+        let exec = match &runtime {
+            Some(rt) => {
+                let loaded = launch::load(rt, &f, LoadMode::Auto, crate::store::Integrity::Rehash)?;
+                tracing::info!(function = %n, tier = loaded.tier.as_deref().unwrap_or("jit"), "loaded in process");
+                Executor::InProcess(loaded)
+            }
+            None => {
+                let (best, _) = crate::select::best_tier_of(&f.manifest, |p| f.has(p));
+                let mut check = vec![f.manifest.component.as_str()];
+                check.extend(best.map(|a| a.path.as_str()));
+                f.check_files(&check, crate::store::Integrity::Rehash)?;
+                let spec = WorkerSpec {
+                    exe: worker_exe.clone(),
+                    store: store.root().to_path_buf(),
+                    function: n.clone(),
+                    dirs: opts.dirs.clone(),
+                    start_timeout: Duration::from_secs(30),
+                };
+                let pool = Pool::start(spec, opts.workers).await?;
+                tracing::info!(function = %n, tier = pool.ready.tier.as_deref().unwrap_or("jit"), workers = opts.workers, "workers ready");
+                Executor::Workers(pool)
+            }
+        };
         functions.insert(
             n,
             Arc::new(Served {
-                loaded,
+                spec,
+                exec,
                 served: AtomicU64::new(0),
                 cold: Mutex::default(),
                 warm: Mutex::default(),

@@ -557,6 +557,11 @@ impl Store {
         let _ = remove_tree(&staging.keep());
     }
 
+    /// [`Store::discard`] by path (for a process about to exit).
+    pub fn discard_path(&self, staging: &Path) {
+        let _ = remove_tree(staging);
+    }
+
     /// A staged bundle as a function that can be run without installing it
     /// (its stamps are taken now, right after verification).
     pub fn staged_function(&self, staging: &tempfile::TempDir, v: &VerifiedBundle) -> Result<InstalledFunction, StoreError> {

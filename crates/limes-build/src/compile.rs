@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub const WASM_TARGET: &str = "wasm32-wasip2";
+/// Code generation settings of every guest component build.
+pub const GUEST_RUSTFLAGS: &str = "target.wasm32-wasip2.rustflags=[\"-Ctarget-feature=+simd128\"]";
 
 /// Cargo flags forwarded from the command line.
 #[derive(Debug, Clone, Default)]
@@ -137,6 +139,11 @@ pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf
         .arg("--manifest-path")
         .arg(&project.manifest_path)
         .args(["--message-format", "json-render-diagnostics"])
+        // Wasm SIMD for the function and every dependency: Cranelift lowers
+        // it on every tier (SSE2 upwards), and codecs and pixel loops
+        // vectorize. Merged with the user's config; `RUSTFLAGS`, when set,
+        // replaces it (cargo's precedence).
+        .args(["--config", GUEST_RUSTFLAGS])
         .args(profile_args(opts))
         .args(opts.global_flags());
     if opts.quiet {

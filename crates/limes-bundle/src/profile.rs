@@ -16,7 +16,10 @@ pub struct EngineProfile {
     pub memory_reservation: u64,
     pub memory_guard_size: u64,
     pub memory_reservation_for_growth: u64,
-    /// Wall-time limits are enforced with epoch interruption.
+    /// Off: an epoch check at every loop header costs up to 2x in hot loops
+    /// (its slow path is a call, so loop values spill to the stack). Wall-time
+    /// limits are enforced by ending the executor instead: a watchdog ends
+    /// `limes run`, and `limes serve` kills the worker process.
     pub epoch_interruption: bool,
     pub consume_fuel: bool,
     pub wasm_simd: bool,
@@ -31,11 +34,11 @@ pub struct EngineProfile {
 impl Default for EngineProfile {
     fn default() -> Self {
         EngineProfile {
-            name: "limes-engine-v1".into(),
+            name: "limes-engine-v2".into(),
             memory_reservation: 4 << 30,
             memory_guard_size: 32 << 20,
             memory_reservation_for_growth: 0,
-            epoch_interruption: true,
+            epoch_interruption: false,
             consume_fuel: false,
             wasm_simd: true,
             wasm_relaxed_simd: false,
@@ -184,7 +187,7 @@ mod tests {
         let p = EngineProfile::default();
         assert_eq!(p.digest(), EngineProfile::default().digest());
         let mut q = p.clone();
-        q.epoch_interruption = false;
+        q.epoch_interruption = true;
         assert_ne!(p.digest(), q.digest());
     }
 }

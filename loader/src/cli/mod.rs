@@ -6,6 +6,7 @@ mod pull;
 mod remove;
 mod run;
 mod serve;
+mod worker;
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub enum Command {
     Remove(remove::RemoveCommand),
     Run(run::RunCommand),
     Serve(serve::ServeCommand),
+    #[command(hide = true)]
+    Worker(worker::WorkerCommand),
 }
 
 impl Command {
@@ -35,6 +38,7 @@ impl Command {
             Command::Remove(c) => c.execute(ctx),
             Command::Run(c) => c.execute(ctx),
             Command::Serve(c) => c.execute(ctx),
+            Command::Worker(c) => c.execute(ctx),
         }
     }
 }

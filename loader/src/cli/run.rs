@@ -135,6 +135,44 @@ impl RunCommand {
     }
 }
 
+/// Ends the process at the function's deadline (compiled code has no
+/// epoch checks, so nothing inside the call can stop it): the same message,
+/// JSON and exit code as any other fault. Dropping it disarms it.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
+impl RunCommand {
+    fn watchdog(&self, ctx: &Ctx, store: &Store, f: &limes::LoadedFunction, opts: &InvokeOptions, staging: Option<PathBuf>) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let limit = f.deadline(opts);
+        let err = f.timeout_error(opts);
+        let json = ctx.json;
+        let root = store.root().to_path_buf();
+        std::thread::Builder::new()
+            .name("limes-watchdog".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                    if let (Some(s), Ok(st)) = (staging, Store::open(&root)) {
+                        st.discard_path(&s);
+                    }
+                    if json {
+                        println!("{}", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"}));
+                    }
+                    eprintln!("error: {err}");
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(super::EXIT_FAULT.into());
+                }
+            })
+            .expect("spawn watchdog thread");
+        Watchdog(Some(tx))
+    }
+}
+
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -203,7 +241,10 @@ impl RunCommand {
         // is unchanged (the store's ownership was checked when it opened), and
         // re-hashes otherwise; `serve` always re-hashes once per load.
         let loaded = launch::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto }, Integrity::Stamp);
-        let inv = loaded.map_err(anyhow::Error::from).and_then(|l| Ok((rt.invoke(&l, req, &opts)?, l)));
+        let inv = loaded.map_err(anyhow::Error::from).and_then(|l| {
+            let _watchdog = self.watchdog(ctx, &store, &l, &opts, staging.as_ref().map(|s| s.path().to_path_buf()));
+            Ok((rt.invoke(&l, req, &opts)?, l))
+        });
         // The mapped artifact stays valid after its file is unlinked.
         if let Some(s) = staging {
             store.discard(s);

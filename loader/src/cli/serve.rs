@@ -50,6 +50,14 @@ pub struct ServeCommand {
     /// MiB of request bodies being received at once, over all requests.
     #[arg(long, default_value_t = 256)]
     body_budget_mib: usize,
+    /// Pre-warmed worker processes per function (each runs one request at a
+    /// time; a worker past its deadline is killed and replaced).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Benchmarking only: run functions inside the server process (the
+    /// previous design). Deadlines are NOT enforced in this mode.
+    #[arg(long)]
+    in_process: bool,
 }
 
 impl ServeCommand {
@@ -67,6 +75,9 @@ impl ServeCommand {
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             body_budget: self.body_budget_mib << 20,
+            workers: self.workers,
+            worker_exe: None,
+            in_process: self.in_process,
         };
         let store = Store::open(&ctx.store)?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

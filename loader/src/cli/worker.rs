@@ -1,0 +1,33 @@
+use super::Ctx;
+use clap::Args;
+use limes::worker::{run_worker, WorkerOptions};
+use limes::Store;
+use std::process::ExitCode;
+
+/// Internal: serve one function over stdin/stdout for `limes serve`.
+///
+/// Loads NAME (re-hashing its artifact), writes a ready frame, then answers
+/// request frames until stdin closes. Not for direct use.
+#[derive(Args)]
+pub struct WorkerCommand {
+    /// Installed function name.
+    name: String,
+    /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
+    #[arg(long, value_name = "NAME=PATH")]
+    dir: Vec<String>,
+}
+
+impl WorkerCommand {
+    pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        let store = Store::open(&ctx.store)?;
+        let opts = WorkerOptions { function: self.name, dirs: super::parse_dirs(&self.dir)? };
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        match run_worker(&store, &opts, &mut stdin.lock(), &mut std::io::BufWriter::new(stdout.lock())) {
+            // The server went away mid-answer: nothing left to do.
+            Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => Ok(ExitCode::SUCCESS),
+            Err(e) => Err(e),
+            Ok(()) => Ok(ExitCode::SUCCESS),
+        }
+    }
+}

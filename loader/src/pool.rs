@@ -1,0 +1,212 @@
+//! Pools of pre-warmed worker processes (see [`crate::worker`]) for
+//! `limes serve`: a request takes an idle worker, its frame crosses a pipe,
+//! and the answer comes back; a worker past the deadline is killed and a
+//! replacement is started in the background, so a runaway call costs one
+//! request and one process start, never the server.
+
+use crate::worker::{decode_reply, Ready, Reply, WORKER_MAGIC};
+use limes_sdk::frame;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::mpsc;
+
+/// How to start a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// The `limes` executable.
+    pub exe: PathBuf,
+    pub store: PathBuf,
+    pub function: String,
+    pub dirs: Vec<(String, PathBuf)>,
+    /// How long a worker may take to load and say ready.
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot start a worker for {function}: {message}")]
+    Start { function: String, message: String },
+    #[error("the worker for {function} could not load it: {message}")]
+    Load { function: String, message: String },
+}
+
+/// Why a call did not produce a reply.
+#[derive(Debug)]
+pub enum CallError {
+    /// No worker became free within the queue timeout.
+    Busy,
+    /// The deadline passed; the worker was killed.
+    Timeout,
+    /// The worker died or broke the protocol; it was replaced.
+    Crashed(String),
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+pub struct Pool {
+    spec: WorkerSpec,
+    idle_tx: mpsc::UnboundedSender<Worker>,
+    idle_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Worker>>,
+    /// Workers replaced, by reason (`timeout`, `crash`).
+    pub replaced: Mutex<BTreeMap<&'static str, u64>>,
+    /// What the first worker reported.
+    pub ready: Ready,
+}
+
+async fn read_frame(r: &mut ChildStdout, magic: &[u8; 4]) -> std::io::Result<Vec<u8>> {
+    let mut head = [0u8; 8];
+    r.read_exact(&mut head).await?;
+    if &head[..4] != magic {
+        return Err(std::io::Error::other("bad frame magic from worker"));
+    }
+    let len = u32::from_le_bytes(head[4..].try_into().unwrap());
+    if len > frame::MAX_PAYLOAD {
+        return Err(std::io::Error::other("oversized frame from worker"));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).await?;
+    Ok(payload)
+}
+
+async fn write_frame(w: &mut ChildStdin, magic: &[u8; 4], payload: &[u8]) -> std::io::Result<()> {
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(magic);
+    head[4..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    w.write_all(&head).await?;
+    w.write_all(payload).await?;
+    w.flush().await
+}
+
+/// Start one worker and wait for its ready frame.
+async fn spawn(spec: &WorkerSpec) -> Result<(Worker, Ready), PoolError> {
+    let start_err = |m: String| PoolError::Start { function: spec.function.clone(), message: m };
+    let mut cmd = Command::new(&spec.exe);
+    cmd.arg("--store").arg(&spec.store).arg("worker").arg(&spec.function);
+    for (n, p) in &spec.dirs {
+        cmd.arg("--dir").arg(format!("{n}={}", p.display()));
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| start_err(format!("{}: {e}", spec.exe.display())))?;
+    let stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let first = tokio::time::timeout(spec.start_timeout, read_frame(&mut stdout, WORKER_MAGIC)).await;
+    let payload = match first {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Err(start_err(format!("no ready frame ({e})"))),
+        Err(_) => return Err(start_err(format!("not ready within {:?}", spec.start_timeout))),
+    };
+    let reply = decode_reply(&payload).map_err(start_err)?;
+    if let Some(e) = reply.meta.error {
+        return Err(PoolError::Load { function: spec.function.clone(), message: e.message });
+    }
+    let ready = reply.meta.ready.ok_or_else(|| start_err("first frame is not a ready frame".into()))?;
+    Ok((Worker { child, stdin, stdout }, ready))
+}
+
+impl Pool {
+    /// Start `size` workers (in parallel) and wait until all are ready.
+    pub async fn start(spec: WorkerSpec, size: usize) -> Result<Arc<Pool>, PoolError> {
+        let started = futures_join(&spec, size.max(1)).await;
+        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
+        let mut ready = None;
+        for r in started {
+            let (w, rd) = r?;
+            ready.get_or_insert(rd);
+            let _ = idle_tx.send(w);
+        }
+        Ok(Arc::new(Pool {
+            spec,
+            idle_tx,
+            idle_rx: tokio::sync::Mutex::new(idle_rx),
+            replaced: Mutex::default(),
+            ready: ready.expect("at least one worker"),
+        }))
+    }
+
+    /// Run one request on a free worker within `deadline`.
+    pub async fn call(self: &Arc<Self>, request: &[u8], deadline: Duration, queue_timeout: Duration) -> Result<Reply, CallError> {
+        let taken = tokio::time::timeout(queue_timeout, async { self.idle_rx.lock().await.recv().await }).await;
+        let mut w = match taken {
+            Ok(Some(w)) => w,
+            Ok(None) => return Err(CallError::Crashed("the pool is closed".into())),
+            Err(_) => return Err(CallError::Busy),
+        };
+        if let Err(e) = write_frame(&mut w.stdin, frame::REQUEST_MAGIC, request).await {
+            self.replace(w, "crash");
+            return Err(CallError::Crashed(format!("writing to the worker: {e}")));
+        }
+        match tokio::time::timeout(deadline, read_frame(&mut w.stdout, WORKER_MAGIC)).await {
+            Err(_) => {
+                self.replace(w, "timeout");
+                Err(CallError::Timeout)
+            }
+            Ok(Err(e)) => {
+                let status = w.child.try_wait().ok().flatten();
+                self.replace(w, "crash");
+                Err(CallError::Crashed(match status {
+                    Some(s) => format!("the worker exited ({s})"),
+                    None => format!("reading from the worker: {e}"),
+                }))
+            }
+            Ok(Ok(payload)) => match decode_reply(&payload) {
+                Ok(reply) => {
+                    let _ = self.idle_tx.send(w);
+                    Ok(reply)
+                }
+                Err(e) => {
+                    self.replace(w, "crash");
+                    Err(CallError::Crashed(e))
+                }
+            },
+        }
+    }
+
+    /// Kill `w` and start a replacement in the background.
+    fn replace(self: &Arc<Self>, mut w: Worker, reason: &'static str) {
+        let _ = w.child.start_kill();
+        *self.replaced.lock().unwrap().entry(reason).or_default() += 1;
+        tracing::warn!(function = %self.spec.function, reason, "replacing a worker");
+        let pool = Arc::downgrade(self);
+        let spec = self.spec.clone();
+        tokio::spawn(async move {
+            let _ = w.child.wait().await;
+            for attempt in 0..5u32 {
+                match spawn(&spec).await {
+                    Ok((fresh, _)) => {
+                        if let Some(p) = pool.upgrade() {
+                            let _ = p.idle_tx.send(fresh);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %spec.function, attempt, error = %e, "a replacement worker did not start");
+                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Start `n` workers concurrently.
+async fn futures_join(spec: &WorkerSpec, n: usize) -> Vec<Result<(Worker, Ready), PoolError>> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let spec = spec.clone();
+        set.spawn(async move { spawn(&spec).await });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap_or_else(|e| Err(PoolError::Start { function: spec.function.clone(), message: e.to_string() })));
+    }
+    out
+}

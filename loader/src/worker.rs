@@ -1,0 +1,167 @@
+//! Worker processes: one function, pre-warmed, serving requests from a pipe.
+//!
+//! Compiled code carries no epoch checks (see the engine profile), so a call
+//! cannot be interrupted from inside its process. `limes serve` therefore
+//! runs each function in worker processes (`limes worker NAME`): the code is
+//! mapped and an `InstancePre` is ready before the first request; each
+//! request gets a fresh instance; a worker past its deadline is killed and
+//! replaced, which ends exactly one request and nothing else.
+//!
+//! Protocol over the worker's stdin/stdout (integers little-endian):
+//! the parent sends request frames (`LMQ1`, [`frame::encode_request`]); the
+//! worker answers each with one `LMW1` frame whose payload is
+//! `u32:meta_len meta_json response stdout stderr`, where `meta_json` gives
+//! the lengths of the three byte strings after it and, when the call failed
+//! in the runtime, the error's kind and message. Before the first request the
+//! worker sends one `LMW1` frame with `{"ready": ...}` (or the load error).
+
+use crate::launch::{self, LoadMode};
+use crate::runtime::{InvokeOptions, RunError, Runtime, RuntimeOptions};
+use crate::store::{Integrity, Store};
+use limes_sdk::frame::{self, Frame};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+/// Magic of worker-to-parent frames.
+pub const WORKER_MAGIC: &[u8; 4] = b"LMW1";
+
+/// What a worker says about one call, before the bytes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplyMeta {
+    /// Set on the first frame: the worker loaded its function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<Ready>,
+    /// The runtime failed the call (or the load): kind and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WorkerError>,
+    #[serde(default)]
+    pub response_len: u32,
+    #[serde(default)]
+    pub stdout_len: u32,
+    #[serde(default)]
+    pub stderr_len: u32,
+    #[serde(default)]
+    pub instantiate_us: u64,
+    #[serde(default)]
+    pub call_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ready {
+    pub tier: Option<String>,
+    pub load_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerError {
+    /// `memory-limit`, `trap`, `too-large`, `load`, `verification`, `internal`.
+    pub kind: String,
+    pub message: String,
+}
+
+impl WorkerError {
+    fn of(e: &RunError) -> WorkerError {
+        let kind = match e {
+            RunError::MemoryLimit { .. } => "memory-limit",
+            RunError::Trap { .. } | RunError::Instantiate { .. } => "trap",
+            RunError::InputTooLarge { .. } => "too-large",
+            RunError::Timeout { .. } => "timeout",
+            RunError::Engine(_)
+            | RunError::Load { .. }
+            | RunError::NoUsableTier { .. }
+            | RunError::UndeclaredDir { .. }
+            | RunError::Dir { .. } => "internal",
+        };
+        WorkerError { kind: kind.into(), message: e.to_string() }
+    }
+}
+
+/// One decoded reply.
+#[derive(Debug)]
+pub struct Reply {
+    pub meta: ReplyMeta,
+    /// [`frame::encode_response`] of the function's answer (empty on error).
+    pub response: Vec<u8>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Encode a reply payload.
+pub fn encode_reply(meta: &ReplyMeta, response: &[u8], stdout: &[u8], stderr: &[u8]) -> Vec<u8> {
+    let mut meta = meta.clone();
+    meta.response_len = response.len() as u32;
+    meta.stdout_len = stdout.len() as u32;
+    meta.stderr_len = stderr.len() as u32;
+    let json = serde_json::to_vec(&meta).expect("meta serializes");
+    let mut out = Vec::with_capacity(4 + json.len() + response.len() + stdout.len() + stderr.len());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(response);
+    out.extend_from_slice(stdout);
+    out.extend_from_slice(stderr);
+    out
+}
+
+/// Decode a reply payload.
+pub fn decode_reply(p: &[u8]) -> Result<Reply, String> {
+    let bad = |w: &str| format!("malformed worker reply: {w}");
+    let n = u32::from_le_bytes(p.get(..4).ok_or_else(|| bad("short"))?.try_into().unwrap()) as usize;
+    let json = p.get(4..4 + n).ok_or_else(|| bad("short meta"))?;
+    let meta: ReplyMeta = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
+    let rest = &p[4 + n..];
+    let (r, s, e) = (meta.response_len as usize, meta.stdout_len as usize, meta.stderr_len as usize);
+    if rest.len() != r + s + e {
+        return Err(bad("lengths do not add up"));
+    }
+    Ok(Reply { response: rest[..r].to_vec(), stdout: rest[r..r + s].to_vec(), stderr: rest[r + s..].to_vec(), meta })
+}
+
+/// What a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub function: String,
+    pub dirs: Vec<(String, PathBuf)>,
+}
+
+/// The worker's main loop: load the function (re-hashing its artifact), say
+/// ready, then answer request frames from `input` on `output` until the
+/// parent closes the pipe or sends the shutdown frame.
+pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, output: &mut impl Write) -> anyhow::Result<()> {
+    let loaded = (|| -> anyhow::Result<_> {
+        let t = std::time::Instant::now();
+        let rt = Runtime::new(&RuntimeOptions { pooling: true, max_instances: 1 })?;
+        let f = store.get(&opts.function)?;
+        let loaded = launch::load(&rt, &f, LoadMode::Auto, Integrity::Rehash)?;
+        Ok((rt, loaded, t.elapsed()))
+    })();
+    let (rt, loaded, load_time) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            let meta = ReplyMeta { error: Some(WorkerError { kind: "load".into(), message: format!("{e:#}") }), ..Default::default() };
+            frame::write_frame(output, WORKER_MAGIC, &encode_reply(&meta, &[], &[], &[]))?;
+            return Err(e);
+        }
+    };
+    let ready = ReplyMeta { ready: Some(Ready { tier: loaded.tier.clone(), load_us: load_time.as_micros() as u64 }), ..Default::default() };
+    frame::write_frame(output, WORKER_MAGIC, &encode_reply(&ready, &[], &[], &[]))?;
+    let invoke = InvokeOptions { dirs: opts.dirs.clone(), ..Default::default() };
+    loop {
+        let req = match frame::read_frame(input, frame::REQUEST_MAGIC)? {
+            Frame::Payload(p) => frame::decode_request(&p).map_err(|e| anyhow::anyhow!("{e}"))?,
+            Frame::Shutdown | Frame::Eof => return Ok(()),
+        };
+        let payload = match rt.invoke(&loaded, req, &invoke) {
+            Ok(inv) => {
+                let meta = ReplyMeta {
+                    instantiate_us: inv.instantiate_time.as_micros() as u64,
+                    call_us: inv.call_time.as_micros() as u64,
+                    ..Default::default()
+                };
+                encode_reply(&meta, &frame::encode_response(&inv.result), &inv.stdout, &inv.stderr)
+            }
+            Err(e) => encode_reply(&ReplyMeta { error: Some(WorkerError::of(&e)), ..Default::default() }, &[], &[], &[]),
+        };
+        frame::write_frame(output, WORKER_MAGIC, &payload)?;
+    }
+}
