@@ -135,17 +135,47 @@ fn serves_functions_and_survives_faults_under_load() {
     assert!(status.success(), "server exited with {status}");
 }
 
+/// Serve starts on an empty store, serves what `limes install` adds within
+/// a second of the install returning, stops serving what `limes remove`
+/// removes, and reloads (instead of dying) on SIGHUP.
 #[test]
-fn serve_without_functions_fails_clearly() {
+fn serve_follows_the_store() {
+    let key = test_key();
     let d = tempdir();
-    let out = Command::new(env!("CARGO_BIN_EXE_limes"))
-        .arg("--store")
-        .arg(d.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no functions to serve"));
+    let store = d.path().join("store");
+    let b = build_signed(&pack("noop"), &key, &d.path().join("out"));
+    let server = start(&store, &["--workers", "1"]);
+    let a = server.addr;
+    let (s, body) = http(a, "GET", "/healthz", b"");
+    assert_eq!(s, 200);
+    assert!(String::from_utf8_lossy(&body).contains("\"functions\":[]"), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(http(a, "POST", "/functions/noop", b"x").0, 404);
+    let limes = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_limes"));
+        c.arg("--store").arg(&store);
+        c
+    };
+    ok(limes().arg("install").arg(&b.bundle).arg("--trust").arg(&key.public));
+    let installed = std::time::Instant::now();
+    let waited = loop {
+        if http(a, "POST", "/functions/noop", b"live").0 == 200 {
+            break installed.elapsed();
+        }
+        assert!(installed.elapsed() < Duration::from_secs(5), "the install was not picked up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("served {waited:?} after `limes install` returned");
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+    // SIGHUP reloads; the server lives on.
+    assert!(Command::new("kill").args(["-HUP", &server.child.id().to_string()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(http(a, "POST", "/functions/noop", b"still").0, 200);
+    ok(limes().args(["remove", "noop"]));
+    let removed = std::time::Instant::now();
+    while http(a, "POST", "/functions/noop", b"gone?").0 != 404 {
+        assert!(removed.elapsed() < Duration::from_secs(5), "the removal was not picked up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -122,6 +122,8 @@ enum Executor {
 struct Served {
     spec: FunctionSpec,
     exec: Executor,
+    /// The store object it was loaded from (a change means a new install).
+    object: String,
     served: AtomicU64,
     /// First invocation after load (pages of code and data faulted in) vs
     /// every later one.
@@ -133,7 +135,9 @@ struct Served {
 struct AppState {
     /// Only in the in-process mode.
     runtime: Option<Runtime>,
-    functions: HashMap<String, Arc<Served>>,
+    worker_exe: PathBuf,
+    store_root: PathBuf,
+    functions: std::sync::RwLock<HashMap<String, Arc<Served>>>,
     permits: Semaphore,
     /// In KiB, so that any body size fits a permit count.
     body_budget: Semaphore,
@@ -151,8 +155,6 @@ pub enum ServeError {
     Load(#[from] launch::LoadError),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
-    #[error("no functions to serve (install some with `limes install`)")]
-    Nothing,
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server error: {0}")]
@@ -201,7 +203,8 @@ async fn invoke(
 ) -> Response {
     // Nothing of the body is read before the function and the declared size
     // have been checked.
-    let Some(f) = app.functions.get(&name).cloned() else {
+    let found = app.functions.read().unwrap().get(&name).cloned();
+    let Some(f) = found else {
         return error_response(StatusCode::NOT_FOUND, "unknown-function", &format!("no function {} is served", limes_bundle::untrusted(&name)));
     };
     let limit = (f.spec.limits.max_input_bytes as usize).min(app.opts.max_body);
@@ -353,7 +356,8 @@ fn log_guest_output(function: &str, stdout: &[u8], stderr: &[u8]) {
 }
 
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
-    let mut names: Vec<&String> = app.functions.keys().collect();
+    let functions = app.functions.read().unwrap().clone();
+    let mut names: Vec<&String> = functions.keys().collect();
     names.sort();
     let list = names.iter().map(|n| json_str(n)).collect::<Vec<_>>().join(",");
     let body = format!("{{\"status\":\"ok\",\"uptime_s\":{:.3},\"functions\":[{list}]}}\n", app.started.elapsed().as_secs_f64());
@@ -363,16 +367,17 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let mut out = String::new();
     out += "# HELP limes_requests_total Invocations by function and HTTP status.\n# TYPE limes_requests_total counter\n";
-    let mut names: Vec<&String> = app.functions.keys().collect();
+    let functions = app.functions.read().unwrap().clone();
+    let mut names: Vec<&String> = functions.keys().collect();
     names.sort();
     for n in &names {
-        for (status, count) in app.functions[*n].status.lock().unwrap().iter() {
+        for (status, count) in functions[*n].status.lock().unwrap().iter() {
             out += &format!("limes_requests_total{{function=\"{n}\",status=\"{status}\"}} {count}\n");
         }
     }
     out += "# HELP limes_request_duration_seconds Invocation latency (instantiate + call); cold is the first invocation after load.\n# TYPE limes_request_duration_seconds summary\n";
     for n in &names {
-        let f = &app.functions[*n];
+        let f = &functions[*n];
         for (phase, lat) in [("cold", &f.cold), ("warm", &f.warm)] {
             let lat = lat.lock().unwrap();
             for q in [0.5, 0.99] {
@@ -385,7 +390,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     }
     out += "# HELP limes_worker_replacements_total Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).\n# TYPE limes_worker_replacements_total counter\n";
     for n in &names {
-        if let Executor::Workers(pool) = &app.functions[*n].exec {
+        if let Executor::Workers(pool) = &functions[*n].exec {
             for reason in ["timeout", "crash"] {
                 let count = pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0);
                 out += &format!("limes_worker_replacements_total{{function=\"{n}\",reason=\"{reason}\"}} {count}\n");
@@ -412,65 +417,47 @@ pub async fn serve(
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
     };
-    let names: Vec<String> = if opts.functions.is_empty() {
-        store.list()?.into_iter().map(|r| r.name).collect()
-    } else {
-        opts.functions.clone()
-    };
-    if names.is_empty() {
-        return Err(ServeError::Nothing);
-    }
-    let mut functions = HashMap::new();
-    for n in names {
-        let f = store.get(&n)?;
-        // Serve re-hashes each artifact once per load: a long-lived process
-        // must not depend on the store staying untouched since install.
-        // (Workers re-hash what they map too; checking here first makes a
-        // tampered store a verification failure of the server itself.)
-        let spec = FunctionSpec::from_manifest(&f.manifest);
-        let exec = match &runtime {
-            Some(rt) => {
-                let loaded = launch::load(rt, &f, LoadMode::Auto, crate::store::Integrity::Rehash)?;
-                tracing::info!(function = %n, tier = loaded.tier.as_deref().unwrap_or("jit"), "loaded in process");
-                Executor::InProcess(loaded)
-            }
-            None => {
-                let (best, _) = crate::select::best_tier_of(&f.manifest, |p| f.has(p));
-                let mut check = vec![f.manifest.component.as_str()];
-                check.extend(best.map(|a| a.path.as_str()));
-                f.check_files(&check, crate::store::Integrity::Rehash)?;
-                let spec = WorkerSpec {
-                    exe: worker_exe.clone(),
-                    store: store.root().to_path_buf(),
-                    function: n.clone(),
-                    dirs: opts.dirs.clone(),
-                    start_timeout: Duration::from_secs(30),
-                };
-                let pool = Pool::start(spec, opts.workers).await?;
-                tracing::info!(function = %n, tier = pool.ready.tier.as_deref().unwrap_or("jit"), workers = opts.workers, "workers ready");
-                Executor::Workers(pool)
-            }
-        };
-        functions.insert(
-            n,
-            Arc::new(Served {
-                spec,
-                exec,
-                served: AtomicU64::new(0),
-                cold: Mutex::default(),
-                warm: Mutex::default(),
-                status: Mutex::default(),
-            }),
-        );
-    }
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| ServeError::Bind { addr: opts.listen, source })?;
-    let addr = listener.local_addr()?;
-    let max_connections = opts.max_connections.min(connection_ceiling()).max(1);
-    let header_timeout = opts.header_timeout;
     let body_budget = Semaphore::new((opts.body_budget / 1024).max(1));
-    let app = Arc::new(AppState { runtime, functions, permits: Semaphore::new(opts.concurrency.max(1)), body_budget, opts, started: Instant::now() });
+    let app = Arc::new(AppState {
+        runtime,
+        worker_exe,
+        store_root: store.root().to_path_buf(),
+        functions: std::sync::RwLock::new(HashMap::new()),
+        permits: Semaphore::new(opts.concurrency.max(1)),
+        body_budget,
+        opts,
+        started: Instant::now(),
+    });
+    // What is installed now must load: a store that fails verification stops
+    // the server here (later changes are followed, and a bad one is logged
+    // and not served).
+    reconcile(&app, true).await?;
+    let listener = tokio::net::TcpListener::bind(app.opts.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: app.opts.listen, source })?;
+    let addr = listener.local_addr()?;
+    let max_connections = app.opts.max_connections.min(connection_ceiling()).max(1);
+    let header_timeout = app.opts.header_timeout;
+    // The live store: installs and removals are picked up by polling the
+    // records (cheap: a directory listing and a few small files), and at
+    // once on SIGHUP.
+    let follower = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(STORE_POLL) => {}
+                    Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        tracing::info!("SIGHUP: reloading the store");
+                    }
+                }
+                if let Err(e) = reconcile(&app, false).await {
+                    tracing::error!(error = %e, "following the store failed");
+                }
+            }
+        })
+    };
     let router = Router::new()
         .route("/functions/{name}", post(invoke))
         .route("/healthz", get(healthz))
@@ -478,7 +465,86 @@ pub async fn serve(
         .with_state(app);
     on_ready(addr);
     accept_loop(listener, router, max_connections, header_timeout, shutdown).await;
+    follower.abort();
     Ok(())
+}
+
+/// How often serve looks for installs and removals.
+const STORE_POLL: Duration = Duration::from_millis(250);
+
+/// Make the served set match the store: start what was installed or
+/// replaced, drop what was removed (requests in flight keep their `Served`
+/// until they finish). With `strict`, any load error is returned; otherwise
+/// it is logged and that function is not served.
+async fn reconcile(app: &Arc<AppState>, strict: bool) -> Result<(), ServeError> {
+    let store = Store::open(&app.store_root)?;
+    let records: Vec<crate::store::Installed> =
+        store.list()?.into_iter().filter(|r| app.opts.functions.is_empty() || app.opts.functions.contains(&r.name)).collect();
+    let current: HashMap<String, String> = app.functions.read().unwrap().iter().map(|(n, f)| (n.clone(), f.object.clone())).collect();
+    for r in &records {
+        if current.get(&r.name) == Some(&r.object) {
+            continue;
+        }
+        match load_function(app, &store, &r.name).await {
+            Ok(served) => {
+                tracing::info!(function = %r.name, version = %r.version, "serving");
+                app.functions.write().unwrap().insert(r.name.clone(), served);
+            }
+            Err(e) if strict => return Err(e),
+            Err(e) => {
+                tracing::error!(function = %r.name, error = %e, "cannot serve this function");
+                app.functions.write().unwrap().remove(&r.name);
+            }
+        }
+    }
+    let gone: Vec<String> = current.keys().filter(|n| !records.iter().any(|r| &r.name == *n)).cloned().collect();
+    for n in gone {
+        tracing::info!(function = %n, "removed from the store; no longer served");
+        app.functions.write().unwrap().remove(&n);
+    }
+    Ok(())
+}
+
+/// Load one installed function: in this process, or as a pool of workers.
+async fn load_function(app: &Arc<AppState>, store: &Store, name: &str) -> Result<Arc<Served>, ServeError> {
+    let f = store.get(name)?;
+    // Serve re-hashes each artifact once per load: a long-lived process
+    // must not depend on the store staying untouched since install.
+    // (Workers re-hash what they map too; checking here first makes a
+    // tampered store a verification failure of the server itself.)
+    let spec = FunctionSpec::from_manifest(&f.manifest);
+    let exec = match &app.runtime {
+        Some(rt) => {
+            let loaded = launch::load(rt, &f, LoadMode::Auto, crate::store::Integrity::Rehash)?;
+            tracing::info!(function = %name, tier = loaded.tier.as_deref().unwrap_or("jit"), "loaded in process");
+            Executor::InProcess(loaded)
+        }
+        None => {
+            let (best, _) = crate::select::best_tier_of(&f.manifest, |p| f.has(p));
+            let mut check = vec![f.manifest.component.as_str()];
+            check.extend(best.map(|a| a.path.as_str()));
+            f.check_files(&check, crate::store::Integrity::Rehash)?;
+            let ws = WorkerSpec {
+                exe: app.worker_exe.clone(),
+                store: app.store_root.clone(),
+                function: name.to_string(),
+                dirs: app.opts.dirs.clone(),
+                start_timeout: Duration::from_secs(30),
+            };
+            let pool = Pool::start(ws, app.opts.workers).await?;
+            tracing::info!(function = %name, tier = pool.ready.tier.as_deref().unwrap_or("jit"), workers = app.opts.workers, "workers ready");
+            Executor::Workers(pool)
+        }
+    };
+    Ok(Arc::new(Served {
+        spec,
+        exec,
+        object: f.record.object.clone(),
+        served: AtomicU64::new(0),
+        cold: Mutex::default(),
+        warm: Mutex::default(),
+        status: Mutex::default(),
+    }))
 }
 
 /// Raise the soft open-file limit to the hard one and return how many

@@ -7,7 +7,12 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Serve installed functions over HTTP.
+/// Serve installed functions over HTTP, following the store.
+///
+/// Functions installed or removed while serve runs are picked up within a
+/// second (SIGHUP reloads at once); serve starts on an empty store. Each
+/// function runs in pre-warmed worker processes; a request past its
+/// deadline is answered 504 and its worker replaced.
 ///
 /// `POST /functions/NAME` runs NAME on a fresh instance with the body as
 /// input (headers and query parameters become metadata); `GET /healthz`;
@@ -19,7 +24,7 @@ pub struct ServeCommand {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
-    /// Serve only these functions (repeatable) [default: all installed].
+    /// Serve only these functions (repeatable), once installed [default: all installed].
     #[arg(long = "function", value_name = "NAME")]
     functions: Vec<String>,
     /// Invocations running at once.
