@@ -62,6 +62,16 @@ fn limes_run_boots_the_image() {
     assert_eq!(o.stdout, b"from the VM");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("boot") && err.contains("execution"), "{err}");
+    // The first microVM run of a store probes KVM (bounded) and says so; the
+    // answer is remembered, so the next run does not probe again.
+    assert!(err.contains("KVM probe"), "{err}");
+    let o = ok(Command::new(env!("CARGO_BIN_EXE_limes"))
+        .arg("--store")
+        .arg(&store)
+        .args(["run", "noop", "--backend", "microvm", "--timings", "--data", "again", "--kernel"])
+        .arg(test_kernel()));
+    assert_eq!(o.stdout, b"again");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("KVM probe"), "{}", String::from_utf8_lossy(&o.stderr));
     // No kernel anywhere: a clear error naming the fix.
     let e = fails(
         Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).args(["run", "noop", "--backend", "microvm"]).env_remove("LIMES_KERNEL"),
@@ -137,4 +147,28 @@ fn firecracker_config_follows_the_documented_schema() {
             assert_eq!(o.result.unwrap().body, b"embedded");
         }
     }
+}
+
+/// The function's time limit starts when the request reaches the booted
+/// function (boot has its own limit), and a timeout is the same fault with
+/// the same message and exit code as on Wasm.
+#[test]
+fn microvm_timeouts_match_wasm() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed_with(&fixture("faulty"), &key, d.path(), true);
+    let store = d.path().join("store");
+    let limes = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_limes"));
+        c.arg("--store").arg(&store);
+        c
+    };
+    ok(limes().arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    // Under TCG the boot alone takes longer than this limit.
+    for backend in ["wasm", "microvm"] {
+        let e = fails(limes().args(["run", "faulty", "--data", "loop", "--timeout-ms", "1500", "--accel", "tcg", "--backend", backend, "--kernel"]).arg(test_kernel()), 5);
+        assert!(e.contains("faulty timed out after 1500 ms"), "{backend}: {e}");
+    }
+    let o = ok(limes().args(["run", "faulty", "--data", "echo", "--timeout-ms", "1500", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
+    assert_eq!(o.stdout, b"echo");
 }

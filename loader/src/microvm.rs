@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
     /// KVM when it runs guests here (probed once, remembered), else TCG.
     Auto,
@@ -25,6 +25,10 @@ pub enum Accel {
 pub struct VmOptions {
     /// Kernel to boot; else the bundle's embedded one, else `$LIMES_KERNEL`.
     pub kernel: Option<PathBuf>,
+    /// Launch to the function's ready frame (boot has its own limit).
+    pub boot_timeout: Duration,
+    /// Request sent to answer: the function's wall-time limit, measured from
+    /// the moment the request reaches the booted function, as on Wasm.
     pub timeout: Duration,
     pub accel: Accel,
     /// Where the KVM probe result is remembered (`None`: probe every time).
@@ -33,7 +37,7 @@ pub struct VmOptions {
 
 impl Default for VmOptions {
     fn default() -> Self {
-        VmOptions { kernel: None, timeout: Duration::from_secs(120), accel: Accel::Auto, probe_cache: None }
+        VmOptions { kernel: None, boot_timeout: Duration::from_secs(60), timeout: Duration::from_secs(10), accel: Accel::Auto, probe_cache: None }
     }
 }
 
@@ -48,6 +52,8 @@ pub struct VmOutcome {
     pub total: Duration,
     /// `qemu-tcg`, `qemu-kvm` or `firecracker`.
     pub hypervisor: String,
+    /// The KVM probe, when one ran (not remembered from an earlier run).
+    pub kvm_probe: Option<crate::kvm::Probe>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +70,12 @@ pub enum VmError {
     NoHypervisor,
     #[error("could not start {cmd}: {source}")]
     Spawn { cmd: String, source: std::io::Error },
-    #[error("the VM did not {stage} within {secs} s{detail}")]
-    Timeout { stage: &'static str, secs: u64, detail: String },
+    #[error("the VM did not boot within {secs} s{detail}")]
+    BootTimeout { secs: u64, detail: String },
+    /// The function did not answer within its limit (the same fault as a
+    /// Wasm timeout: exit 5, 504).
+    #[error(transparent)]
+    Run(#[from] crate::runtime::RunError),
     #[error("the VM ended before answering{detail}")]
     Ended { detail: String },
     #[error("bad frame from the VM: {0}")]
@@ -172,7 +182,7 @@ fn firecracker_command(l: &Launch<'_>, dir: &Path) -> Option<Result<Command, std
 }
 
 /// Boot, answer one request, tear down.
-fn launch(mut cmd: Command, name: &str, req: &Request, timeout: Duration) -> Result<(VmOutcome, Vec<u8>), VmError> {
+fn launch(mut cmd: Command, name: &str, req: &Request, boot_timeout: Duration, timeout: Duration) -> Result<(VmOutcome, Vec<u8>), VmError> {
     let shown = format!("{:?}", cmd.get_program());
     let start = Instant::now();
     let child = cmd
@@ -190,20 +200,16 @@ fn launch(mut cmd: Command, name: &str, req: &Request, timeout: Duration) -> Res
     });
     let (tx, rx) = mpsc::channel();
     reader(vm.0.stdout.take().expect("piped"), tx);
-    let deadline = start + timeout;
-    let wait = |stage: &'static str| -> Result<Event, VmError> {
-        rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|_| VmError::Timeout {
-            stage,
-            secs: timeout.as_secs(),
-            detail: String::new(),
-        })
-    };
+    let boot_deadline = start + boot_timeout;
     let ended = |noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>| {
         drop(vm);
         let err = err_thread.join().unwrap_or_default();
         VmError::Ended { detail: format!("{}{}", tail(&noise), tail(&err).replace("console", "hypervisor")) }
     };
-    let ready_at = match wait("boot")? {
+    let booted = rx
+        .recv_timeout(boot_deadline.saturating_duration_since(Instant::now()))
+        .map_err(|_| VmError::BootTimeout { secs: boot_timeout.as_secs(), detail: String::new() })?;
+    let ready_at = match booted {
         Event::Ready(t) => t,
         Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
         Event::Error(e) => return Err(VmError::Frame(e)),
@@ -213,7 +219,8 @@ fn launch(mut cmd: Command, name: &str, req: &Request, timeout: Duration) -> Res
     frame::write_frame(&mut stdin, frame::REQUEST_MAGIC, &frame::encode_request(req))?;
     stdin.flush()?;
     let sent = Instant::now();
-    let (answered, payload) = match wait("answer")? {
+    let answer = rx.recv_timeout(timeout).map_err(|_| crate::runtime::RunError::Timeout { function: name.to_string(), ms: timeout.as_millis() as u64 })?;
+    let (answered, payload) = match answer {
         Event::Answer(t, p) => (t, p),
         Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
         Event::Error(e) => return Err(VmError::Frame(e)),
@@ -234,10 +241,16 @@ fn launch(mut cmd: Command, name: &str, req: &Request, timeout: Duration) -> Res
     let result = frame::decode_response(&payload).map_err(|e| VmError::Frame(e.to_string()))?;
     tracing::debug!(function = name, "microVM answered");
     Ok((
-        VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor: String::new() },
+        VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor: String::new(), kvm_probe: None },
         payload,
     ))
 }
+
+/// Bound of the ioctl probe.
+const KVM_PROBE_BOUND: Duration = Duration::from_secs(1);
+/// Boot deadline of the first, unconfirmed KVM boot (a kernel under working
+/// KVM reaches the function well within it).
+const KVM_BOOT_CHECK: Duration = Duration::from_millis(1500);
 
 /// Run `f`'s microVM image once with `req`.
 pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmOutcome, VmError> {
@@ -262,53 +275,82 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
     let initrd = f.path_of(&vm.initrd);
     let l = Launch { kernel: &kernel, initrd: &initrd, boot_args: &vm.boot_args, vcpus: vm.vcpus, memory_mib: vm.memory_mib };
 
-    let kvm_ok = kvm_device();
-    if kvm_ok && opts.accel != Accel::Tcg {
-        let tmp = tempfile::tempdir()?;
-        if let Some(cmd) = firecracker_command(&l, tmp.path()) {
-            if let Ok((mut o, _)) = launch(cmd?, name, req, opts.timeout) {
-                o.hypervisor = "firecracker".into();
-                return Ok(o);
-            }
-            tracing::info!("firecracker did not run the guest; trying QEMU");
-        }
-    }
-    // The probe cache lives in the store: read and written without
-    // following symlinks.
+    // KVM runs guests here? Asked once and remembered in the store; `--accel`
+    // overrides. First a one-millisecond ioctl probe (a long-mode guest);
+    // then, since some nested setups run that but hang a real kernel, the
+    // first KVM boot gets a short deadline and falls back to TCG. Only a
+    // boot that reached the function confirms KVM.
     let remembered = opts
         .probe_cache
         .as_ref()
         .and_then(|p| crate::store::read_nofollow(p, 16).ok().flatten())
-        .map(|b| String::from_utf8_lossy(&b).to_string());
-    let try_kvm = match opts.accel {
-        Accel::Kvm => true,
-        Accel::Tcg => false,
-        Accel::Auto => kvm_ok && remembered.as_deref().map(str::trim) != Some("tcg"),
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let remember = |answer: &[u8]| {
+        if let Some(c) = &opts.probe_cache {
+            let _ = crate::store::write_atomic(c, answer);
+        }
     };
-    if try_kvm {
+    let mut kvm_probe = None;
+    let (use_kvm, confirmed) = match opts.accel {
+        Accel::Tcg => (false, true),
+        Accel::Kvm => (true, true),
+        Accel::Auto => match remembered.as_deref() {
+            Some("kvm") => (true, true),
+            Some("tcg") => (false, true),
+            _ => {
+                let p = if kvm_device() { crate::kvm::probe(KVM_PROBE_BOUND) } else { crate::kvm::Probe { runs_guests: false, took: Duration::ZERO } };
+                tracing::info!(runs_guests = p.runs_guests, took_us = p.took.as_micros() as u64, "KVM ioctl probe");
+                if !p.runs_guests {
+                    remember(b"tcg\n");
+                }
+                kvm_probe = Some(p);
+                (p.runs_guests, false)
+            }
+        },
+    };
+    if use_kvm {
+        let boot_timeout = if confirmed { opts.boot_timeout } else { opts.boot_timeout.min(KVM_BOOT_CHECK) };
+        let tmp = tempfile::tempdir()?;
+        if let Some(cmd) = firecracker_command(&l, tmp.path()) {
+            match launch(cmd?, name, req, boot_timeout, opts.timeout) {
+                Ok((mut o, _)) => {
+                    if !confirmed {
+                        remember(b"kvm\n");
+                    }
+                    o.hypervisor = "firecracker".into();
+                    o.kvm_probe = kvm_probe;
+                    return Ok(o);
+                }
+                Err(e @ VmError::Run(_)) => return Err(e),
+                Err(e) => tracing::info!(error = %e, "firecracker did not run the guest; trying QEMU"),
+            }
+        }
         let cmd = qemu_command(&l, true).ok_or(VmError::NoHypervisor)?;
-        // KVM may exist without running normal guests (nested setups): give
-        // it a short boot deadline, then fall back to TCG and remember.
-        let probe = if opts.accel == Accel::Kvm { opts.timeout } else { Duration::from_secs(20) };
-        match launch(cmd, name, req, probe) {
+        let t = Instant::now();
+        match launch(cmd, name, req, boot_timeout, opts.timeout) {
             Ok((mut o, _)) => {
-                if let Some(p) = &opts.probe_cache {
-                    let _ = crate::store::write_atomic(p, b"kvm\n");
+                if !confirmed {
+                    remember(b"kvm\n");
                 }
                 o.hypervisor = "qemu-kvm".into();
+                o.kvm_probe = kvm_probe;
                 return Ok(o);
             }
-            Err(e) if opts.accel == Accel::Kvm => return Err(e),
+            Err(e @ VmError::Run(_)) => return Err(e),
+            Err(e) if confirmed => return Err(e),
             Err(e) => {
-                tracing::info!(error = %e, "KVM did not run the guest; using TCG");
-                if let Some(p) = &opts.probe_cache {
-                    let _ = crate::store::write_atomic(p, b"tcg\n");
+                tracing::info!(error = %e, "KVM did not boot the kernel; using TCG from now on");
+                remember(b"tcg\n");
+                if let Some(p) = kvm_probe.as_mut() {
+                    p.runs_guests = false;
+                    p.took += t.elapsed();
                 }
             }
         }
     }
     let cmd = qemu_command(&l, false).ok_or(VmError::NoHypervisor)?;
-    let (mut o, _) = launch(cmd, name, req, opts.timeout)?;
+    let (mut o, _) = launch(cmd, name, req, opts.boot_timeout, opts.timeout)?;
     o.hypervisor = "qemu-tcg".into();
+    o.kvm_probe = kvm_probe;
     Ok(o)
 }

@@ -85,6 +85,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             Some(run(r)).filter(|&c| c != 1)
         } else if let Some(limes::microvm::VmError::Store(s)) = c.downcast_ref() {
             s.is_verification().then_some(EXIT_VERIFY)
+        } else if let Some(limes::microvm::VmError::Run(r)) = c.downcast_ref() {
+            Some(run(r)).filter(|&c| c != 1)
         } else if let Some(limes::serve::ServeError::Load(LoadError::Store(s))) = c.downcast_ref() {
             s.is_verification().then_some(EXIT_VERIFY)
         } else {

@@ -61,9 +61,15 @@ pub struct RunCommand {
     /// Kernel for the microVM backend [default: embedded in the bundle, else $LIMES_KERNEL].
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Hardware acceleration for QEMU: auto probes KVM once and remembers.
+    /// Hardware acceleration for the microVM: `auto` asks KVM once whether it
+    /// runs guests (a one-instruction guest, at most a second) and remembers
+    /// the answer in the store; `kvm` or `tcg` (software emulation) force it.
     #[arg(long, value_enum, default_value = "auto")]
-    accel: AccelArg,
+    accel: limes::microvm::Accel,
+    /// microVM boot limit in ms (the function's own limit starts when the
+    /// request reaches the booted function).
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    boot_timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
@@ -72,12 +78,6 @@ enum Backend {
     Microvm,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum AccelArg {
-    Auto,
-    Kvm,
-    Tcg,
-}
 
 fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>, timings: serde_json::Value) -> anyhow::Result<ExitCode> {
     match result {
@@ -109,27 +109,29 @@ impl RunCommand {
     fn run_microvm(&self, ctx: &Ctx, store: &Store, f: &InstalledFunction, req: Request, verify: Option<Duration>) -> anyhow::Result<ExitCode> {
         let opts = limes::microvm::VmOptions {
             kernel: self.kernel.clone(),
-            timeout: Duration::from_millis(self.timeout_ms.unwrap_or(120_000).max(1000)),
-            accel: match self.accel {
-                AccelArg::Auto => limes::microvm::Accel::Auto,
-                AccelArg::Kvm => limes::microvm::Accel::Kvm,
-                AccelArg::Tcg => limes::microvm::Accel::Tcg,
-            },
+            boot_timeout: Duration::from_millis(self.boot_timeout_ms),
+            timeout: Duration::from_millis(self.timeout_ms.unwrap_or(f.manifest.limits.timeout_ms)),
+            accel: self.accel,
             probe_cache: Some(store.root().join("microvm-accel")),
         };
-        let o = limes::microvm::run(f, &req, &opts).with_context(|| format!("booting the microVM image of {}", f.manifest.function.name))?;
+        let o = match limes::microvm::run(f, &req, &opts) {
+            // A fault of the function, not of booting: same message as Wasm.
+            Err(limes::microvm::VmError::Run(e)) => return Err(e.into()),
+            r => r.with_context(|| format!("booting the microVM image of {}", f.manifest.function.name))?,
+        };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         if self.timings {
             eprintln!(
-                "timings ({}): {}boot {:.1} ms, execution {:.1} ms, total {:.1} ms",
+                "timings ({}): {}{}boot {:.1} ms, execution {:.1} ms, total {:.1} ms",
                 o.hypervisor,
+                o.kvm_probe.map(|p| format!("KVM probe {:.1} ms ({}), ", ms(p.took), if p.runs_guests { "runs guests" } else { "runs no guests: TCG" })).unwrap_or_default(),
                 verify.map(|v| format!("verify {:.1} ms, ", ms(v))).unwrap_or_default(),
                 ms(o.boot_time),
                 ms(o.exec_time),
                 ms(o.total)
             );
         }
-        let timings = serde_json::json!({"backend": "microvm", "hypervisor": o.hypervisor, "boot_ms": ms(o.boot_time),
+        let timings = serde_json::json!({"backend": "microvm", "hypervisor": o.hypervisor, "kvm_probe_ms": o.kvm_probe.map(|p| ms(p.took)), "boot_ms": ms(o.boot_time),
             "exec_ms": ms(o.exec_time), "total_ms": ms(o.total), "verify_ms": verify.map(ms)});
         print_result(ctx, o.result, timings)
     }
