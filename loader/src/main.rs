@@ -26,21 +26,25 @@ struct Cli {
     /// More log output on stderr (-v, -vv).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Only errors on stderr, and no confirmation lines on stdout.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: cli::Command,
 }
 
 fn main() -> ExitCode {
     let c = Cli::parse();
-    let level = ["warn", "info", "debug", "trace"][c.verbose.min(3) as usize];
+    let level = if c.quiet { "error" } else { ["warn", "info", "debug", "trace"][c.verbose.min(3) as usize] };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    let ctx = cli::Ctx { store: c.store.unwrap_or_else(limes::store::default_root), json: c.json };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let ctx = cli::Ctx { store: c.store.unwrap_or_else(limes::store::default_root), json: c.json, quiet: c.quiet };
     match c.command.execute(&ctx) {
         Ok(code) => code,
         Err(e) => {
             if ctx.json {
-                println!("{}", serde_json::json!({"ok": false, "error": format!("{e:#}")}));
+                println!("{}", serde_json::json!({"ok": false, "kind": cli::error_kind(&e), "error": format!("{e:#}")}));
             }
             eprintln!("error: {e:#}");
             ExitCode::from(cli::exit_code(&e))

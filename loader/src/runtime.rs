@@ -30,15 +30,15 @@ pub enum RunError {
     Load { function: String, reason: String },
     #[error("no precompiled tier of {function} fits this host ({reasons}) and this loader has no JIT (build with --features jit)")]
     NoUsableTier { function: String, reasons: String },
-    #[error("{function} timed out after {ms} ms")]
+    #[error("{function} timed out after {ms} ms (the limit is the manifest's timeout-ms unless overridden with --timeout-ms)")]
     Timeout { function: String, ms: u64 },
-    #[error("{function} exceeded its memory limit of {limit} bytes")]
+    #[error("{function} exceeded its memory limit of {limit} bytes (the limit is the manifest's memory-limit-mib unless overridden with --memory-limit-mib)")]
     MemoryLimit { function: String, limit: u64 },
     #[error("{function} trapped: {message}")]
     Trap { function: String, message: String },
     #[error("{function}: instantiation failed: {message}")]
     Instantiate { function: String, message: String },
-    #[error("{function} has no preopen named {name:?} (declared: {declared})")]
+    #[error("{function} has no preopen named {name:?} ({})", if declared.is_empty() { "it declares no preopens".to_string() } else { format!("it declares: {declared}") })]
     UndeclaredDir { function: String, name: String, declared: String },
     #[error("{function}: cannot preopen {path}: {message}")]
     Dir { function: String, path: PathBuf, message: String },
@@ -347,7 +347,15 @@ impl Runtime {
                 None => full.lines().next().unwrap_or_default().to_string(),
             };
             let said = stderr.contents();
-            let tail = String::from_utf8_lossy(&said[said.len().saturating_sub(2048)..]).trim().to_string();
+            // The guest's panic hook suggests RUST_BACKTRACE, which does
+            // nothing on the host: drop that line.
+            let tail: String = String::from_utf8_lossy(&said[said.len().saturating_sub(2048)..])
+                .lines()
+                .filter(|l| !l.contains("RUST_BACKTRACE"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .to_string();
             if !tail.is_empty() {
                 message = format!("{message}; guest stderr: {tail}");
             }

@@ -29,8 +29,8 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    #[error("no function named {0:?} is installed (see `limes list`)")]
-    NotInstalled(String),
+    #[error("no function named {name:?} is installed{}; see `limes list`", suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default())]
+    NotInstalled { name: String, suggestion: Option<String> },
     #[error("{0} is not a function name (letters, digits, `.`, `_`, `-`; 1-64 characters, not starting with `.`)")]
     InvalidName(String),
     #[error(
@@ -64,7 +64,7 @@ impl StoreError {
             StoreError::Bundle(b) => b.is_verification(),
             StoreError::Tampered { .. } | StoreError::Unsafe { .. } | StoreError::SignerChanged { .. } => true,
             StoreError::Io { .. }
-            | StoreError::NotInstalled(_)
+            | StoreError::NotInstalled { .. }
             | StoreError::InvalidName(_)
             | StoreError::Downgrade { .. }
             | StoreError::SameVersionDiffers { .. }
@@ -448,6 +448,22 @@ fn verify_object(dir: &Path, manifest_bytes: &[u8], manifest: &Manifest, files: 
     Ok(())
 }
 
+/// Levenshtein distance (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 /// What an install may override.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InstallPolicy {
@@ -742,7 +758,7 @@ impl Store {
     /// Callers check artifact bytes with [`InstalledFunction::check_files`]
     /// before mapping or booting them.
     pub fn get(&self, name: &str) -> Result<InstalledFunction, StoreError> {
-        let record = self.record(name)?.ok_or_else(|| StoreError::NotInstalled(name.into()))?;
+        let record = self.record(name)?.ok_or_else(|| self.not_installed(name))?;
         let corrupted = |detail: String| StoreError::Corrupted { name: name.into(), detail };
         if record.object.contains('/') || record.object.starts_with('.') {
             return Err(corrupted(format!("object name {:?} is not a digest", record.object)));
@@ -772,6 +788,21 @@ impl Store {
         Ok(f)
     }
 
+    /// The error for a name that is not installed, with the closest
+    /// installed name when one is near (a typo).
+    fn not_installed(&self, name: &str) -> StoreError {
+        let suggestion = self
+            .list()
+            .ok()
+            .into_iter()
+            .flatten()
+            .map(|r| (edit_distance(name, &r.name), r.name))
+            .filter(|(d, n)| *d <= 2 && *d < n.len())
+            .min()
+            .map(|(_, n)| n);
+        StoreError::NotInstalled { name: name.into(), suggestion }
+    }
+
     pub fn list(&self) -> Result<Vec<Installed>, StoreError> {
         let d = self.root.join("functions");
         let mut out = Vec::new();
@@ -795,7 +826,7 @@ impl Store {
             return Err(StoreError::InvalidName(limes_bundle::untrusted(name)));
         }
         let _guard = self.lock()?;
-        let rec = self.record(name)?.ok_or_else(|| StoreError::NotInstalled(name.into()))?;
+        let rec = self.record(name)?.ok_or_else(|| self.not_installed(name))?;
         let p = self.root.join("functions").join(format!("{name}.json"));
         std::fs::remove_file(&p).map_err(io_err(&p))?;
         self.gc_locked()?;

@@ -66,7 +66,7 @@ impl InstallCommand {
                 serde_json::json!({"ok": true, "name": f.record.name, "version": f.record.version,
                     "object": f.record.object, "signer": f.record.signer})
             );
-        } else {
+        } else if !ctx.quiet {
             println!("installed {} {} (signed by {})", f.record.name, f.record.version, f.record.signer);
         }
         Ok(ExitCode::SUCCESS)

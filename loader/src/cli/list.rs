@@ -12,7 +12,13 @@ impl ListCommand {
         let store = Store::open(&ctx.store)?;
         let all = store.list()?;
         if ctx.json {
-            println!("{}", serde_json::to_string_pretty(&all)?);
+            let rows: Vec<_> = all
+                .iter()
+                .map(|r| serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files}))
+                .collect();
+            println!("{}", serde_json::json!({"ok": true, "functions": rows}));
+        } else if all.is_empty() {
+            eprintln!("no functions installed in {} (install one with `limes install BUNDLE --trust KEY`)", ctx.store.display());
         } else {
             for r in all {
                 println!("{:<24} {:<12} signer {}  object {}", r.name, r.version, r.signer, &r.object[..16]);

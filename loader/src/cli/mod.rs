@@ -15,6 +15,8 @@ use std::process::ExitCode;
 pub struct Ctx {
     pub store: PathBuf,
     pub json: bool,
+    /// No confirmation lines on stdout.
+    pub quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +59,37 @@ pub fn parse_dirs(flags: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
 pub const EXIT_VERIFY: u8 = 3;
 pub const EXIT_FUNCTION_ERROR: u8 = 4;
 pub const EXIT_FAULT: u8 = 5;
+
+/// The `kind` of an error in JSON output: what failed, by type.
+pub fn error_kind(e: &anyhow::Error) -> &'static str {
+    use limes::RunError;
+    for c in e.chain() {
+        if let Some(r) = c.downcast_ref::<RunError>().or_else(|| match c.downcast_ref() {
+            Some(limes::microvm::VmError::Run(r)) => Some(r),
+            _ => match c.downcast_ref() {
+                Some(limes::launch::LoadError::Run(r)) => Some(r),
+                _ => None,
+            },
+        }) {
+            return match r {
+                RunError::Timeout { .. } => "timeout",
+                RunError::MemoryLimit { .. } => "memory-limit",
+                RunError::Trap { .. } | RunError::Instantiate { .. } => "trap",
+                RunError::InputTooLarge { .. } => "too-large",
+                RunError::UndeclaredDir { .. } | RunError::Dir { .. } => "usage",
+                RunError::NoUsableTier { .. } | RunError::Load { .. } | RunError::Engine(_) => "load",
+            };
+        }
+        if let Some(limes::store::StoreError::NotInstalled { .. }) = c.downcast_ref() {
+            return "not-installed";
+        }
+    }
+    match exit_code(e) {
+        EXIT_VERIFY => "verification",
+        EXIT_FAULT => "fault",
+        _ => "error",
+    }
+}
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     use limes::launch::LoadError;

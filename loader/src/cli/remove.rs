@@ -16,7 +16,7 @@ impl RemoveCommand {
         let r = store.remove(&self.name)?;
         if ctx.json {
             println!("{}", serde_json::json!({"ok": true, "removed": r.name, "version": r.version}));
-        } else {
+        } else if !ctx.quiet {
             println!("removed {} {}", r.name, r.version);
         }
         Ok(ExitCode::SUCCESS)

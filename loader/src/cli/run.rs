@@ -79,14 +79,18 @@ enum Backend {
 }
 
 
+/// The JSON answer of `limes run --json` (documented in the README, "JSON
+/// output"): the body always as base64, also as text when it is UTF-8.
 fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>, timings: serde_json::Value) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
     match result {
         Ok(resp) => {
             if ctx.json {
                 println!(
                     "{}",
                     serde_json::json!({"ok": true, "content_type": resp.content_type,
-                        "body_len": resp.body.len(), "body_utf8": String::from_utf8(resp.body.clone()).ok(),
+                        "body_len": resp.body.len(), "body_base64": base64::engine::general_purpose::STANDARD.encode(&resp.body),
+                        "body_utf8": String::from_utf8(resp.body.clone()).ok(),
                         "timings": timings})
                 );
             } else {
@@ -97,7 +101,8 @@ fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>
         }
         Err(e) => {
             if ctx.json {
-                println!("{}", serde_json::json!({"ok": false, "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings}));
+                println!("{}", serde_json::json!({"ok": false, "kind": "function-error", "error": e.to_string(),
+                    "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings}));
             }
             eprintln!("function error: {e}");
             Ok(ExitCode::from(EXIT_FUNCTION_ERROR))
@@ -120,6 +125,7 @@ impl RunCommand {
             r => r.with_context(|| format!("booting the microVM image of {}", f.manifest.function.name))?,
         };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let us = |d: Duration| d.as_micros() as u64;
         if self.timings {
             eprintln!(
                 "timings ({}): {}{}boot {:.1} ms, execution {:.1} ms, total {:.1} ms",
@@ -131,8 +137,8 @@ impl RunCommand {
                 ms(o.total)
             );
         }
-        let timings = serde_json::json!({"backend": "microvm", "hypervisor": o.hypervisor, "kvm_probe_ms": o.kvm_probe.map(|p| ms(p.took)), "boot_ms": ms(o.boot_time),
-            "exec_ms": ms(o.exec_time), "total_ms": ms(o.total), "verify_ms": verify.map(ms)});
+        let timings = serde_json::json!({"backend": "microvm", "hypervisor": o.hypervisor, "kvm_probe_us": o.kvm_probe.map(|p| us(p.took)),
+            "verify_us": verify.map(us), "boot_us": us(o.boot_time), "execution_us": us(o.exec_time), "total_us": us(o.total)});
         print_result(ctx, o.result, timings)
     }
 }
@@ -177,6 +183,11 @@ impl RunCommand {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// Whole microseconds, for JSON.
+fn ius(d: Duration) -> u64 {
+    d.as_micros() as u64
 }
 
 impl RunCommand {
@@ -257,14 +268,15 @@ impl RunCommand {
         let _ = std::io::stderr().write_all(&inv.stdout);
         let _ = std::io::stderr().write_all(&inv.stderr);
         let timings = serde_json::json!({
-            "verify_us": is_file.then(|| us(verify_time)),
-            "engine_us": us(engine_time),
-            "map_us": us(loaded.load_time),
-            "link_us": us(loaded.link_time),
-            "instantiate_us": us(inv.instantiate_time),
-            "call_us": us(inv.call_time),
-            "cold_start_us": us(loaded.load_time + loaded.link_time + inv.instantiate_time),
-            "total_us": us(total),
+            "backend": "wasm",
+            "verify_us": is_file.then(|| ius(verify_time)),
+            "engine_us": ius(engine_time),
+            "map_us": ius(loaded.load_time),
+            "link_us": ius(loaded.link_time),
+            "instantiate_us": ius(inv.instantiate_time),
+            "call_us": ius(inv.call_time),
+            "cold_start_us": ius(loaded.load_time + loaded.link_time + inv.instantiate_time),
+            "total_us": ius(total),
             "tier": loaded.tier,
             "jit": loaded.jit,
         });
