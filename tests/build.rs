@@ -152,8 +152,9 @@ fn clear_errors_for_bad_crates() {
     let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg("/nonexistent/crate"), 1);
     assert!(e.contains("no Cargo.toml at /nonexistent/crate"), "{e}");
 
-    let e = fails(limes_pack().args(["build", "--tier", "x86-64-v9", "--out-dir"]).arg(out.path()).arg(pack("noop")), 1);
-    assert!(e.contains("unknown tier \"x86-64-v9\""), "{e}");
+    // An unknown tier is a usage error (exit 2) naming the tiers there are.
+    let e = fails(limes_pack().args(["build", "--tier", "x86-64-v9", "--out-dir"]).arg(out.path()).arg(pack("noop")), 2);
+    assert!(e.contains("x86-64-v9") && e.contains("possible values") && e.contains("x86-64-v3"), "{e}");
 
     let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(common::repo()), 1);
     assert!(e.contains("workspace root without a package"), "{e}");

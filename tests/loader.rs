@@ -54,10 +54,23 @@ fn install_run_list_remove() {
     assert!(j["timings"]["tier"].is_string() && j["timings"]["jit"] == false, "{j}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("map") && err.contains("instantiate") && err.contains("call"), "{err}");
+    // A typo gets a suggestion; JSON errors carry a kind.
+    let e = fails(limes(&store).args(["run", "nop"]), 1);
+    assert!(e.contains("did you mean \"noop\""), "{e}");
+    let o = limes(&store).args(["--json", "run", "nop"]).output().unwrap();
+    assert_eq!(json(&o)["kind"], "not-installed");
+    // Binary bodies survive JSON (base64), timings are whole microseconds.
+    let o = ok(limes(&store).args(["--json", "run", "noop", "--input", "-"]).stdin(std::process::Stdio::null()));
+    let j = json(&o);
+    assert_eq!(j["body_base64"], "");
+    assert!(j["timings"]["total_us"].is_u64() && j["timings"]["call_us"].is_u64(), "{j}");
     let input = d.path().join("in.bin");
     std::fs::write(&input, [0u8, 1, 2, 255]).unwrap();
     let o = ok(limes(&store).args(["run", "noop", "--input"]).arg(&input));
     assert_eq!(o.stdout, [0u8, 1, 2, 255]);
+    let o = ok(limes(&store).args(["--json", "run", "noop", "--input"]).arg(&input));
+    assert_eq!(json(&o)["body_base64"], "AAEC/w==");
+    assert!(json(&o)["body_utf8"].is_null());
 
     // Straight from the bundle file: verified, staged, run, cleaned up.
     let o = ok(limes(&store).arg("run").arg(&built.bundle).arg("--trust").arg(&key.public).args(["--data", "direct", "--timings"]));
@@ -65,15 +78,18 @@ fn install_run_list_remove() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("verify"));
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "staging left behind");
 
-    let list = json(&ok(limes(&store).args(["--json", "list"])));
+    let list = json(&ok(limes(&store).args(["--json", "list"])))["functions"].clone();
     assert_eq!(list[0]["name"], "noop");
     // Store files are read-only.
     let obj = store.join("objects").join(list[0]["object"].as_str().unwrap());
     let meta = std::fs::metadata(obj.join("component.wasm")).unwrap();
     assert!(meta.permissions().readonly());
 
-    ok(limes(&store).args(["remove", "noop"]));
+    let o = ok(limes(&store).args(["-q", "remove", "noop"]));
+    assert!(o.stdout.is_empty(), "-q prints nothing: {}", String::from_utf8_lossy(&o.stdout));
     assert!(!obj.exists(), "unreferenced object is collected");
+    let o = ok(limes(&store).arg("list"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no functions installed"), "{}", String::from_utf8_lossy(&o.stderr));
     let e = fails(limes(&store).args(["run", "noop"]), 1);
     assert!(e.contains("no function named \"noop\" is installed"), "{e}");
     let e = fails(limes(&store).args(["remove", "noop"]), 1);
@@ -127,7 +143,7 @@ fn older_versions_are_refused_unless_allowed() {
     let e = fails(limes(&store).arg("install").arg(&old).arg("--trust").arg(&key.public), 1);
     assert!(e.contains("rollback protection") && e.contains("--allow-downgrade"), "{e}");
     ok(limes(&store).arg("install").arg(&old).arg("--trust").arg(&key.public).arg("--allow-downgrade"));
-    let list = json(&ok(limes(&store).args(["--json", "list"])));
+    let list = json(&ok(limes(&store).args(["--json", "list"])))["functions"].clone();
     assert_eq!(list[0]["version"], "0.0.9");
     assert!(limes::store::version_cmp("0.10.0", "0.9.9").is_gt());
     assert!(limes::store::version_cmp("1.0.0", "1.0.0-rc1").is_gt());

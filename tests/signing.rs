@@ -244,3 +244,33 @@ fn inspect_escapes_manifest_text_and_survives_short_digests() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\\u{1b}[2K") && text.contains("unsigned"), "{text}");
 }
+
+/// Wrong inputs get messages that say what is wrong, once, with the exit
+/// code CI relies on.
+#[test]
+fn wrong_files_are_named_for_what_they_are() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed(&pack("noop"), &key, d.path());
+    let verify = |bundle: &Path, key: &Path| {
+        let mut c = limes_pack();
+        c.arg("verify").arg(bundle).arg("--key").arg(key);
+        c
+    };
+    // A missing file: the OS error once, no talk of verification.
+    let e = fails(&mut verify(&d.path().join("nosuch.limes"), &key.public), 1);
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    assert!(e.contains("nosuch.limes") && !e.contains("failed verification"), "{e}");
+    // Things that are not bundles say what they are.
+    let component = d.path().join("component.wasm");
+    let mut mem = limes_bundle::archive::InMemory::default();
+    limes_bundle::archive::read_bundle(&built.bundle, &Default::default(), limes_bundle::archive::SignaturePolicy::Unverified, &mut mem).unwrap();
+    std::fs::write(&component, &mem.0.iter().find(|(p, _)| p == "component.wasm").unwrap().1).unwrap();
+    let e = fails(&mut verify(&component, &key.public), 3);
+    assert!(e.contains("not a limes bundle: the file is a WebAssembly component"), "{e}");
+    let e = fails(&mut verify(&key.public, &key.public), 3);
+    assert!(e.contains("not a limes bundle: the file is a minisign public key"), "{e}");
+    // The secret key where the public key belongs.
+    let e = fails(&mut verify(&built.bundle, &key.secret), 1);
+    assert!(e.contains("is a secret key") && e.contains(".pub"), "{e}");
+}

@@ -40,7 +40,8 @@ impl Ui {
         };
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        let ansi = std::io::stderr().is_terminal();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
         let interactive = std::io::stderr().is_terminal() && !args.json && !args.quiet;
         let spinner = interactive.then(|| {
             let pb = ProgressBar::new_spinner();
@@ -69,12 +70,11 @@ impl Ui {
 
     pub fn fail(&self, e: &anyhow::Error) -> ExitCode {
         self.finish_spinner();
+        // Classified by type: each error type says whether it is a
+        // verification failure.
         let verify = e.chain().any(|c| {
-            let bundle = c.downcast_ref::<limes_bundle::BundleError>().or_else(|| match c.downcast_ref() {
-                Some(limes_build::pipeline::BuildError::Bundle(b)) => Some(b),
-                _ => None,
-            });
-            bundle.is_some_and(is_verification)
+            c.downcast_ref::<limes_bundle::BundleError>().is_some_and(|b| b.is_verification())
+                || c.downcast_ref::<limes_build::pipeline::BuildError>().is_some_and(|b| b.is_verification())
         });
         if self.json {
             let v = serde_json::json!({
@@ -89,9 +89,6 @@ impl Ui {
     }
 }
 
-fn is_verification(e: &limes_bundle::BundleError) -> bool {
-    !matches!(e, limes_bundle::BundleError::Io { .. } | limes_bundle::BundleError::Key(_))
-}
 
 impl limes_build::Progress for Ui {
     fn step(&self, msg: &str) {

@@ -1,14 +1,8 @@
-//! The thin limes loader: the device side of limes.
-//!
-//! Owns: the runtime engine built from the shared engine profile with the
-//! pooling allocator ([`runtime`]), choosing the CPU tier a host can run
-//! ([`select`]), the local content-addressed store of verified bundles
-//! ([`store`]), and invoking functions with WASI, memory and time limits.
-//!
-//! Must not touch: Cranelift in the default build (the `jit` feature adds it
-//! for load-time compilation as a fallback), building or signing bundles, or
-//! any byte of native code that has not been verified against a trusted
-//! signature first.
+//! The device side of limes: verify and store bundles ([`store`], [`pull`]),
+//! pick a CPU tier ([`select`]) and map it ([`launch`], [`runtime`]), end
+//! runaway calls by ending their executor ([`worker`], [`pool`], the `run`
+//! watchdog), serve over HTTP ([`serve`]) and boot microVM images ([`microvm`], [`kvm`]).
+//! Must not touch: Cranelift (only the `jit` feature), building or signing, unverified native code.
 
 pub mod runtime;
 pub mod select;

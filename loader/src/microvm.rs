@@ -68,7 +68,7 @@ pub enum VmError {
     NoKernel,
     #[error("no hypervisor: install QEMU (`apt-get install qemu-system-x86`) or Firecracker")]
     NoHypervisor,
-    #[error("could not start {cmd}: {source}")]
+    #[error("could not start {cmd}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("the VM did not boot within {secs} s{detail}")]
     BootTimeout { secs: u64, detail: String },
@@ -182,7 +182,7 @@ fn firecracker_command(l: &Launch<'_>, dir: &Path) -> Option<Result<Command, std
 }
 
 /// Boot, answer one request, tear down.
-fn launch(mut cmd: Command, name: &str, req: &Request, boot_timeout: Duration, timeout: Duration) -> Result<(VmOutcome, Vec<u8>), VmError> {
+fn launch(mut cmd: Command, name: &str, req: &Request, boot_timeout: Duration, timeout: Duration) -> Result<VmOutcome, VmError> {
     let shown = format!("{:?}", cmd.get_program());
     let start = Instant::now();
     let child = cmd
@@ -240,10 +240,7 @@ fn launch(mut cmd: Command, name: &str, req: &Request, boot_timeout: Duration, t
     let _ = err_thread.join();
     let result = frame::decode_response(&payload).map_err(|e| VmError::Frame(e.to_string()))?;
     tracing::debug!(function = name, "microVM answered");
-    Ok((
-        VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor: String::new(), kvm_probe: None },
-        payload,
-    ))
+    Ok(VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor: String::new(), kvm_probe: None })
 }
 
 /// Bound of the ioctl probe.
@@ -313,7 +310,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
         let tmp = tempfile::tempdir()?;
         if let Some(cmd) = firecracker_command(&l, tmp.path()) {
             match launch(cmd?, name, req, boot_timeout, opts.timeout) {
-                Ok((mut o, _)) => {
+                Ok(mut o) => {
                     if !confirmed {
                         remember(b"kvm\n");
                     }
@@ -328,7 +325,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
         let cmd = qemu_command(&l, true).ok_or(VmError::NoHypervisor)?;
         let t = Instant::now();
         match launch(cmd, name, req, boot_timeout, opts.timeout) {
-            Ok((mut o, _)) => {
+            Ok(mut o) => {
                 if !confirmed {
                     remember(b"kvm\n");
                 }
@@ -349,7 +346,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
         }
     }
     let cmd = qemu_command(&l, false).ok_or(VmError::NoHypervisor)?;
-    let (mut o, _) = launch(cmd, name, req, opts.boot_timeout, opts.timeout)?;
+    let mut o = launch(cmd, name, req, opts.boot_timeout, opts.timeout)?;
     o.hypervisor = "qemu-tcg".into();
     o.kvm_probe = kvm_probe;
     Ok(o)

@@ -7,7 +7,7 @@ use limes_bundle::manifest::{Limits, Manifest, Preopen, WorldKind};
 use limes_bundle::profile::EngineProfile;
 use limes_sdk::{Request, Response};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -221,10 +221,6 @@ impl Runtime {
         Ok(Runtime { engine, linker })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Map a precompiled artifact.
     ///
     /// # Safety
@@ -413,8 +409,6 @@ fn from_wit(r: Result<wit::Response, wit::Error>) -> Result<Response, limes_sdk:
     }
 }
 
-/// Shared handle for servers.
-pub type SharedRuntime = Arc<Runtime>;
 
 #[cfg(test)]
 mod tests {

@@ -155,10 +155,26 @@ pub enum ServeError {
     Load(#[from] launch::LoadError),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ServeError {
+    /// Whether the server stopped because installed bytes failed
+    /// verification (exit 3).
+    pub fn is_verification(&self) -> bool {
+        match self {
+            ServeError::Store(s) => s.is_verification(),
+            ServeError::Load(launch::LoadError::Store(s)) => s.is_verification(),
+            ServeError::Load(launch::LoadError::Run(_))
+            | ServeError::Run(_)
+            | ServeError::Pool(_)
+            | ServeError::Bind { .. }
+            | ServeError::Io(_) => false,
+        }
+    }
 }
 
 fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store I/O on {path}: {source}")]
+    #[error("store I/O on {path}")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Bundle(#[from] BundleError),

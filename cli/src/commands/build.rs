@@ -14,6 +14,7 @@ use std::path::PathBuf;
 /// Builds are reproducible (SOURCE_DATE_EPOCH is honoured, default 0) and
 /// cached: a build with no change rewrites nothing.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack build hello --sign limes.key\n  limes-pack build --manifest-path fns/Cargo.toml -p hello --tier x86-64-v3\n  LIMES_SIGN=env:LIMES_KEY limes-pack build --locked --json")]
 pub struct BuildCommand {
     #[command(flatten)]
     krate: CrateArgs,
@@ -21,7 +22,7 @@ pub struct BuildCommand {
     cargo: CargoFlags,
     /// CPU tiers to precompile (repeat or comma-separate): x86-64,
     /// x86-64-v2, x86-64-v3 [default: metadata `tiers`, else all].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(limes_bundle::profile::Tier::names()))]
     tier: Vec<String>,
     /// Directory for the component and the bundle.
     #[arg(long, value_name = "DIR")]

@@ -1,5 +1,4 @@
 use crate::ui::Ui;
-use anyhow::Context;
 use clap::Args;
 use limes_bundle::archive::{read_bundle, BundleLimits, Discard, SignaturePolicy};
 use std::path::PathBuf;
@@ -9,6 +8,7 @@ use std::path::PathBuf;
 /// The bundle's digests and sizes are checked; the signature is reported
 /// but not trusted (use `verify --key` for that).
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack inspect hello-0.1.0.limes\n  limes-pack inspect hello-0.1.0.limes --json")]
 pub struct InspectCommand {
     /// The bundle to inspect.
     bundle: PathBuf,
@@ -17,7 +17,7 @@ pub struct InspectCommand {
 impl InspectCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
         let v = read_bundle(&self.bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard)
-            .with_context(|| format!("{} is damaged", self.bundle.display()))?;
+            .map_err(|e| super::bundle_context(e, &self.bundle, "is damaged"))?;
         let m = &v.manifest;
         let json = serde_json::json!({
             "ok": true,

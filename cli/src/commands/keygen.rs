@@ -11,6 +11,7 @@ use std::path::PathBuf;
 /// secret) and `NAME.pub` (give this to devices: `limes install --trust`).
 /// Both files work with the `minisign` tool.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack keygen\n  limes-pack keygen --dir keys/ --name ci")]
 pub struct KeygenCommand {
     /// Directory to write the key files to.
     #[arg(long, default_value = ".")]

@@ -39,6 +39,17 @@ impl Command {
     }
 }
 
+/// Say what a bundle error means for `bundle`: a verification failure gets
+/// `what` ("failed verification"); a file that cannot be read is reported
+/// as that alone (the error names the path).
+pub fn bundle_context(e: limes_bundle::BundleError, bundle: &std::path::Path, what: &str) -> anyhow::Error {
+    if e.is_verification() {
+        anyhow::Error::from(e).context(format!("{} {what}", bundle.display()))
+    } else {
+        e.into()
+    }
+}
+
 /// Read a signing key from `SPEC`: a file path, or `env:VAR` for a variable
 /// holding the key file's text (CI secrets).
 pub fn load_secret_key(spec: &str) -> anyhow::Result<limes_bundle::keys::SecretKey> {

@@ -8,6 +8,7 @@ use clap::Args;
 /// response frames on stdout (see wit/README.md); it is what the microVM
 /// image runs. Prints the executable's path.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack native hello")]
 pub struct NativeCommand {
     #[command(flatten)]
     krate: CrateArgs,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 /// The crate is its own workspace and builds out of the box:
 /// `limes-pack new hello && limes-pack build hello`.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack new hello\n  limes-pack new render --template mandelbrot")]
 pub struct NewCommand {
     /// Name of the crate (and of its directory).
     name: String,

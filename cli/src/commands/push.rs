@@ -12,6 +12,7 @@ use std::path::PathBuf;
 /// --username with LIMES_REGISTRY_PASSWORD, LIMES_REGISTRY_USERNAME/PASSWORD,
 /// or Docker's config.json; else anonymous.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack push hello-0.1.0.limes registry.example.com/fns/hello:0.1.0")]
 pub struct PushCommand {
     /// The signed bundle.
     bundle: PathBuf,

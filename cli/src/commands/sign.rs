@@ -10,6 +10,7 @@ use std::path::PathBuf;
 /// covers the manifest, which lists every file's SHA-256. The bundle is
 /// rewritten atomically.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack sign hello-0.1.0.limes --key limes.key\n  limes-pack sign hello-0.1.0.limes --key env:LIMES_KEY")]
 pub struct SignCommand {
     /// The bundle to sign.
     bundle: PathBuf,

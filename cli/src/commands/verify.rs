@@ -1,5 +1,4 @@
 use crate::ui::Ui;
-use anyhow::Context;
 use clap::Args;
 use limes_bundle::archive::{read_bundle, BundleLimits, Discard, SignaturePolicy};
 use limes_bundle::TrustedKeys;
@@ -10,6 +9,7 @@ use std::path::PathBuf;
 /// Exits 0 when the bundle is intact and signed by a trusted key, 3 when it
 /// is not (the message names what broke), 1 on other errors.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack verify hello-0.1.0.limes --key limes.pub")]
 pub struct VerifyCommand {
     /// The bundle to verify.
     bundle: PathBuf,
@@ -22,7 +22,7 @@ impl VerifyCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
         let keys = TrustedKeys::load(&self.key)?;
         let v = read_bundle(&self.bundle, &BundleLimits::default(), SignaturePolicy::Require(&keys), &mut Discard)
-            .with_context(|| format!("{} failed verification", self.bundle.display()))?;
+            .map_err(|e| super::bundle_context(e, &self.bundle, "failed verification"))?;
         let m = &v.manifest;
         ui.result(
             serde_json::json!({

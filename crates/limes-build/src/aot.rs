@@ -16,7 +16,7 @@ pub enum AotError {
     Config { tier: String, msg: String },
     #[error("precompiling for tier {tier} failed: {msg}")]
     Compile { tier: String, msg: String },
-    #[error("AOT cache at {path}: {source}")]
+    #[error("AOT cache at {path}")]
     Cache { path: PathBuf, source: std::io::Error },
 }
 

@@ -49,7 +49,7 @@ pub enum CompileError {
         "the Rust target `{target}` is not installed for the toolchain at {sysroot}; install it with:\n\n    rustup target add {target}\n"
     )]
     MissingTarget { target: String, sysroot: String },
-    #[error("could not run `{cmd}`: {source}")]
+    #[error("could not run `{cmd}`")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("`cargo build` of `{package}` for {target} failed (cargo's errors are above)")]
     CargoFailed { package: String, target: String },

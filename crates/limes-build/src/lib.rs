@@ -1,15 +1,8 @@
-//! Build-side library of `limes-pack`.
-//!
-//! Owns: locating a function crate and its `[package.metadata.limes]`
-//! ([`project`]), running cargo for the component and the native build
-//! ([`compile`]), validating a component against the limes world
-//! ([`validate`]), AOT precompilation per CPU tier ([`aot`]), assembling and
-//! signing bundles ([`pipeline`]), and `limes-pack new` templates
-//! ([`templates`]).
-//!
-//! Must not touch: device-side concerns (installing, running, serving), which
-//! live in the `limes` loader; the bundle format itself, which lives in
-//! `limes-bundle` and is shared with the loader.
+//! Build side of `limes-pack`: find the crate ([`project`]), run cargo ([`compile`]), check the
+//! component ([`validate`]), precompile tiers ([`aot`]), build the microVM image ([`microvm`]),
+//! assemble and sign the bundle ([`pipeline`]), and write `new` templates ([`templates`]).
+//! Must not touch: device-side concerns (install, run, serve: the `limes` loader) or the bundle
+//! format itself (`limes-bundle`, shared with the loader).
 
 pub mod aot;
 pub mod compile;

@@ -4,8 +4,7 @@
 
 use crate::compile::{self, CargoOptions, CompileError};
 use crate::project::Project;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Static target of the native build (static-pie by default on musl).
 pub const MICROVM_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -20,7 +19,7 @@ pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet logle
 pub enum MicroVmError {
     #[error(transparent)]
     Compile(#[from] CompileError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
 }
 
@@ -139,13 +138,6 @@ pub fn build_image(project: &Project, cargo: &CargoOptions, mtime: u64, kernel_e
         vcpus,
         memory_mib,
     })
-}
-
-/// Write `data` to `path` (helper for callers that keep the image on disk).
-pub fn write(path: &Path, data: &[u8]) -> Result<(), MicroVmError> {
-    let io = |source| MicroVmError::Io { path: path.to_path_buf(), source };
-    let mut f = std::fs::File::create(path).map_err(io)?;
-    f.write_all(data).map_err(io)
 }
 
 #[cfg(test)]

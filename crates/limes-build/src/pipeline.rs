@@ -5,7 +5,7 @@
 use crate::aot::{self, AotError, AotOutput};
 use crate::compile::{self, CargoOptions, CompileError};
 use crate::project::{Project, ProjectError};
-use crate::validate::{self, ComponentInfo, ValidateError};
+use crate::validate::{self, ValidateError};
 use limes_bundle::archive::{self, BundleLimits, Discard, SignaturePolicy, Source};
 use limes_bundle::keys::{KeyId, SecretKey};
 use limes_bundle::manifest::{
@@ -65,7 +65,6 @@ pub struct BuildOutput {
     pub bundle: PathBuf,
     pub component: PathBuf,
     pub manifest: Manifest,
-    pub info: ComponentInfo,
     pub aot: Vec<AotOutput>,
     pub signed_by: Option<KeyId>,
     /// The bundle on disk already had exactly these contents.
@@ -86,12 +85,29 @@ pub enum BuildError {
     Aot(#[from] AotError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    #[error("{path}: {source}")]
+    #[error("I/O on {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     MicroVm(#[from] crate::microvm::MicroVmError),
     #[error("SOURCE_DATE_EPOCH={0:?} is not a non-negative integer")]
     BadEpoch(String),
+}
+
+impl BuildError {
+    /// Whether a bundle failed verification (exit 3), as opposed to the
+    /// build failing.
+    pub fn is_verification(&self) -> bool {
+        match self {
+            BuildError::Bundle(b) => b.is_verification(),
+            BuildError::Project(_)
+            | BuildError::Compile(_)
+            | BuildError::Validate(_)
+            | BuildError::Aot(_)
+            | BuildError::Io { .. }
+            | BuildError::MicroVm(_)
+            | BuildError::BadEpoch(_) => false,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -284,7 +300,6 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
         bundle,
         component: component_out,
         manifest,
-        info,
         aot: aot_out,
         signed_by: opts.signing_key.as_ref().map(|k| k.id()),
         bundle_unchanged: unchanged,

@@ -53,8 +53,6 @@ pub struct Project {
     pub package_dir: PathBuf,
     pub workspace_root: PathBuf,
     pub target_dir: PathBuf,
-    /// The lib target's name (file stem of the built `.wasm`).
-    pub lib_name: String,
     pub meta: LimesMetadata,
     /// `name version` of every package in the resolved graph except this one.
     pub dependencies: Vec<String>,
@@ -118,7 +116,14 @@ fn dependency_closure(md: &Metadata, root: &cargo_metadata::PackageId) -> Vec<St
 impl Project {
     /// Locate the crate. `path` is a directory or a `Cargo.toml`.
     pub fn discover(path: &Path, package: Option<&str>, cargo_args: &[String]) -> Result<Project, ProjectError> {
-        let manifest = if path.is_dir() { path.join("Cargo.toml") } else { path.to_path_buf() };
+        // Like cargo: from a directory, the nearest Cargo.toml at or above it
+        // (so `limes-pack build` works from `hello/src`).
+        let manifest = if path.is_dir() {
+            let abs = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+            abs.ancestors().map(|d| d.join("Cargo.toml")).find(|m| m.is_file()).unwrap_or_else(|| path.join("Cargo.toml"))
+        } else {
+            path.to_path_buf()
+        };
         if !manifest.is_file() {
             return Err(ProjectError::NoManifest(manifest));
         }
@@ -163,7 +168,8 @@ impl Project {
             Some(v) => serde_json::from_value(v.clone()).map_err(|e| ProjectError::BadMetadata(name.clone(), e.to_string()))?,
             None => LimesMetadata::default(),
         };
-        let lib = pkg
+        // A function crate must build a cdylib (the component).
+        pkg
             .targets
             .iter()
             .find(|t| t.crate_types.iter().any(|c| *c == cargo_metadata::CrateType::CDyLib))
@@ -178,7 +184,6 @@ impl Project {
             package_dir: pkg.manifest_path.parent().expect("manifest has a parent").to_path_buf().into_std_path_buf(),
             workspace_root: md.workspace_root.clone().into_std_path_buf(),
             target_dir: md.target_directory.clone().into_std_path_buf(),
-            lib_name: lib.name.replace('-', "_"),
             meta,
             dependencies,
             uses_sdk,

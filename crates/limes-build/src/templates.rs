@@ -51,7 +51,7 @@ pub enum TemplateError {
     BadName(String),
     #[error("{0} already exists; choose another name or remove it")]
     Exists(PathBuf),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
 }
 

@@ -343,6 +343,28 @@ fn read_small(entry: &mut dyn Read, size: u64, max: u64, what: &str) -> Result<V
     Ok(v)
 }
 
+/// What a file that is not a bundle looks like, for the error message.
+fn describe_file(head: &[u8]) -> &'static str {
+    let text = std::str::from_utf8(&head[..head.len().min(256)]).unwrap_or("");
+    if head.starts_with(b"\0asm") {
+        if head.get(4..8) == Some(&[1, 0, 0, 0]) { "a WebAssembly module" } else { "a WebAssembly component" }
+    } else if text.starts_with("untrusted comment:") && text.contains("secret key") {
+        "a minisign secret key"
+    } else if text.starts_with("untrusted comment:") && text.contains("public key") {
+        "a minisign public key"
+    } else if text.starts_with("untrusted comment:") {
+        "a minisign file"
+    } else if head.starts_with(b"\x7fELF") {
+        "an ELF file (a precompiled .cwasm or an executable)"
+    } else if head.is_empty() {
+        "empty"
+    } else if head.get(257..262) == Some(b"ustar") {
+        "an uncompressed tar archive"
+    } else {
+        "not a zstd stream"
+    }
+}
+
 const BLOCK: usize = 512;
 
 /// One entry as its 512-byte header states it.
@@ -457,6 +479,9 @@ pub fn read_stream(
     // field that changes nothing when decoding (the window size, say) would
     // otherwise let a modified bundle verify.
     let head = raw.fill_buf().map_err(|e| classify(e, "zstd frame header"))?;
+    if !head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err(BundleError::NotABundle(describe_file(head).into()));
+    }
     let want = canonical_frame_header();
     if head.len() < want.len() || head[..want.len()] != want[..] {
         return Err(BundleError::Compression(format!(

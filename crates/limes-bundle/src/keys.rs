@@ -59,6 +59,11 @@ impl PublicKey {
         let bytes = B64
             .decode(line)
             .map_err(|_| key_err(format!("{source}: public key is not valid base64")))?;
+        if bytes.len() > 42 && &bytes[..2] == b"Ed" && text.contains("secret key") {
+            return Err(key_err(format!(
+                "{source} is a secret key; pass the public key (the .pub file `limes-pack keygen` wrote beside it) and keep this one private"
+            )));
+        }
         if bytes.len() != 42 || &bytes[..2] != b"Ed" {
             return Err(key_err(format!(
                 "{source}: not a minisign Ed25519 public key (expected 42 bytes starting with \"Ed\")"

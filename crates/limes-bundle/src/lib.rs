@@ -51,8 +51,10 @@ pub fn untrusted_bytes(b: &[u8]) -> String {
 /// Every variant names what broke, so a CI log says where to look.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("I/O error on {path}: {source}")]
+    #[error("cannot read or write {path}")]
     Io { path: String, source: std::io::Error },
+    #[error("not a limes bundle: the file is {0} (a bundle is NAME-VERSION.limes, written by `limes-pack build`)")]
+    NotABundle(String),
     #[error("bundle is not a valid zstd stream: {0}")]
     Compression(String),
     #[error("bundle archive is malformed: {0}")]
@@ -87,7 +89,8 @@ impl BundleError {
     pub fn is_verification(&self) -> bool {
         match self {
             BundleError::Io { .. } | BundleError::Key(_) => false,
-            BundleError::Compression(_)
+            BundleError::NotABundle(_)
+            | BundleError::Compression(_)
             | BundleError::Archive(_)
             | BundleError::TooLarge(_)
             | BundleError::UnsafeEntry(_)

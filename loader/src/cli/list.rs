@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 /// List installed functions.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes list\n  limes --json list")]
 pub struct ListCommand {}
 
 impl ListCommand {

@@ -120,7 +120,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             s.is_verification().then_some(EXIT_VERIFY)
         } else if let Some(limes::microvm::VmError::Run(r)) = c.downcast_ref() {
             Some(run(r)).filter(|&c| c != 1)
-        } else if let Some(limes::serve::ServeError::Load(LoadError::Store(s))) = c.downcast_ref() {
+        } else if let Some(s) = c.downcast_ref::<limes::serve::ServeError>() {
             s.is_verification().then_some(EXIT_VERIFY)
         } else {
             None

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 /// Credentials: --username with LIMES_REGISTRY_PASSWORD, or
 /// LIMES_REGISTRY_USERNAME/PASSWORD, or Docker's config.json; else anonymous.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes pull registry.example.com/fns/hello:0.1.0 --trust limes.pub\n  limes pull 127.0.0.1:5000/fns/hello:0.1.0 --insecure --trust limes.pub --with-microvm")]
 pub struct PullCommand {
     /// OCI reference.
     reference: String,

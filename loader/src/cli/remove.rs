@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 /// Remove an installed function (and its files, once unreferenced).
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes remove hello")]
 pub struct RemoveCommand {
     /// Function name.
     name: String,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 /// stderr. An error answer from the function exits 4; a trap, timeout or
 /// memory-limit hit exits 5.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes run hello --data world --timings\n  limes run mandelbrot --data output=checksum --json\n  limes run image --input photo.jpg > out.jpg\n  limes run image --meta file=in.jpg --dir images=/srv/images\n  limes run hello-0.1.0.limes --trust limes.pub --data x\n  limes run hello --backend microvm --kernel /boot/vmlinuz --accel tcg")]
 pub struct RunCommand {
     /// Installed function name, or path to a `.limes` bundle.
     target: String,
@@ -248,7 +249,9 @@ impl RunCommand {
             return r;
         }
         let t = Instant::now();
-        let rt = Runtime::new(&RuntimeOptions { max_instances: 1, ..Default::default() })?;
+        // One instance, once: the on-demand allocator (a pool sized for a
+        // server costs more to set up than it saves here; see the benchmark).
+        let rt = Runtime::new(&RuntimeOptions { pooling: std::env::var_os("LIMES_RUN_POOLING").is_some(), max_instances: 1 })?;
         let engine_time = t.elapsed();
         // A one-shot run trusts the install-time hash when the artifact's stamp
         // is unchanged (the store's ownership was checked when it opened), and

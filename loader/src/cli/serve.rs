@@ -20,6 +20,7 @@ use std::time::Duration;
 /// Prints `listening on ADDR` once ready; SIGINT/SIGTERM stop accepting and
 /// finish the requests in flight.
 #[derive(Args)]
+#[command(after_help = "Examples:\n  limes serve --listen 127.0.0.1:8080\n  limes serve --function hello --workers 8 --timeout-ms 2000\n  curl -X POST --data-binary @photo.jpg http://127.0.0.1:8080/functions/image > out.jpg")]
 pub struct ServeCommand {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
