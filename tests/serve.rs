@@ -50,17 +50,24 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8
     (status, raw[split + 4..].to_vec())
 }
 
-#[test]
-fn serves_functions_and_survives_faults_under_load() {
+/// A store (under the returned directory, `store/`) with the no-op pack and
+/// the faulty fixture installed.
+fn store_with_noop_and_faulty() -> (TestKey, tempfile::TempDir) {
     let key = test_key();
     let d = tempdir();
-    let store = d.path().join("store");
     let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
-    let st = limes::Store::open(&store).unwrap();
+    let st = limes::Store::open(d.path().join("store")).unwrap();
     for krate in [pack("noop"), fixture("faulty")] {
         let b = build_signed(&krate, &key, d.path());
         st.install(&b.bundle, &keys, Default::default()).unwrap();
     }
+    (key, d)
+}
+
+#[test]
+fn serves_functions_and_survives_faults_under_load() {
+    let (_key, d) = store_with_noop_and_faulty();
+    let store = d.path().join("store");
     let server = start(&store, &["--concurrency", "4", "--max-body", "1048576"]);
     let a = server.addr;
 
@@ -308,15 +315,8 @@ fn children(pid: u32) -> Vec<u32> {
 /// counted.
 #[test]
 fn runaway_requests_end_their_worker_only() {
-    let key = test_key();
-    let d = tempdir();
+    let (_key, d) = store_with_noop_and_faulty();
     let store = d.path().join("store");
-    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
-    let st = limes::Store::open(&store).unwrap();
-    for krate in [pack("noop"), fixture("faulty")] {
-        let b = build_signed(&krate, &key, d.path());
-        st.install(&b.bundle, &keys, Default::default()).unwrap();
-    }
     let server = start(&store, &["--workers", "2", "--timeout-ms", "400"]);
     let a = server.addr;
     let runaway = std::thread::spawn(move || {

@@ -307,17 +307,19 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
     };
     if use_kvm {
         let boot_timeout = if confirmed { opts.boot_timeout } else { opts.boot_timeout.min(KVM_BOOT_CHECK) };
+        // A KVM boot that reached the function confirms KVM.
+        let booted = |mut o: VmOutcome, hypervisor: &str, probe: Option<crate::kvm::Probe>| {
+            if !confirmed {
+                remember(b"kvm\n");
+            }
+            o.hypervisor = hypervisor.into();
+            o.kvm_probe = probe;
+            o
+        };
         let tmp = tempfile::tempdir()?;
         if let Some(cmd) = firecracker_command(&l, tmp.path()) {
             match launch(cmd?, name, req, boot_timeout, opts.timeout) {
-                Ok(mut o) => {
-                    if !confirmed {
-                        remember(b"kvm\n");
-                    }
-                    o.hypervisor = "firecracker".into();
-                    o.kvm_probe = kvm_probe;
-                    return Ok(o);
-                }
+                Ok(o) => return Ok(booted(o, "firecracker", kvm_probe)),
                 Err(e @ VmError::Run(_)) => return Err(e),
                 Err(e) => tracing::info!(error = %e, "firecracker did not run the guest; trying QEMU"),
             }
@@ -325,14 +327,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
         let cmd = qemu_command(&l, true).ok_or(VmError::NoHypervisor)?;
         let t = Instant::now();
         match launch(cmd, name, req, boot_timeout, opts.timeout) {
-            Ok(mut o) => {
-                if !confirmed {
-                    remember(b"kvm\n");
-                }
-                o.hypervisor = "qemu-kvm".into();
-                o.kvm_probe = kvm_probe;
-                return Ok(o);
-            }
+            Ok(o) => return Ok(booted(o, "qemu-kvm", kvm_probe)),
             Err(e @ VmError::Run(_)) => return Err(e),
             Err(e) if confirmed => return Err(e),
             Err(e) => {

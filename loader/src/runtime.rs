@@ -228,9 +228,14 @@ impl Runtime {
     /// signature (the store guarantees this for its entries): deserializing
     /// native code is arbitrary code execution otherwise.
     pub unsafe fn load_precompiled(&self, spec: FunctionSpec, cwasm: &Path, tier: &str) -> Result<LoadedFunction, RunError> {
-        let t = Instant::now();
         // SAFETY: forwarded to the caller (see above).
-        let component = unsafe { Component::deserialize_file(&self.engine, cwasm) }.map_err(|e| RunError::Load {
+        self.map_and_link(spec, tier, || unsafe { Component::deserialize_file(&self.engine, cwasm) })
+    }
+
+    /// Time `deserialize`, then link what it mapped.
+    fn map_and_link(&self, spec: FunctionSpec, tier: &str, deserialize: impl FnOnce() -> wasmtime::Result<Component>) -> Result<LoadedFunction, RunError> {
+        let t = Instant::now();
+        let component = deserialize().map_err(|e| RunError::Load {
             function: spec.name.clone(),
             reason: format!("Wasmtime refused the {tier} artifact: {e:#}"),
         })?;
@@ -245,14 +250,8 @@ impl Runtime {
     /// As [`Runtime::load_precompiled`]: `bytes` must have been verified
     /// against a trusted signature.
     pub unsafe fn load_precompiled_bytes(&self, spec: FunctionSpec, bytes: &[u8], tier: &str) -> Result<LoadedFunction, RunError> {
-        let t = Instant::now();
         // SAFETY: forwarded to the caller (see above).
-        let component = unsafe { Component::deserialize(&self.engine, bytes) }.map_err(|e| RunError::Load {
-            function: spec.name.clone(),
-            reason: format!("Wasmtime refused the {tier} artifact: {e:#}"),
-        })?;
-        let load_time = t.elapsed();
-        self.link(spec, component, Some(tier.to_string()), false, load_time)
+        self.map_and_link(spec, tier, || unsafe { Component::deserialize(&self.engine, bytes) })
     }
 
     /// Compile a component at load time (the study's method, and the JIT
