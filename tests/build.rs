@@ -101,9 +101,14 @@ fn new_templates_build_and_run() {
     let work = tempdir();
     for template in ["blank", "noop", "mandelbrot", "image"] {
         let name = format!("demo-{template}");
-        ok(limes_pack().args(["new", &name, "--template", template, "--dir"]).arg(work.path()));
+        ok(limes_pack().args(["new", &name, "--template", template, "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
         let dir = work.path().join(&name);
         assert!(dir.join("Cargo.toml").is_file() && dir.join("src/lib.rs").is_file());
+        // The SDK comes from the copy limes-pack carries, not from this
+        // checkout: the crate builds wherever limes-pack is installed.
+        let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(!toml.contains(&common::repo().display().to_string()), "{toml}");
+        assert!(toml.contains(&work.path().join("home/sdk").display().to_string()), "{toml}");
         let out = ok(limes_pack()
             .args(["build", "--json", "--sign"])
             .arg(&key.secret)
@@ -220,7 +225,7 @@ fn build_scripts_never_see_the_key_and_a_tampered_cache_is_not_signed() {
     use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
     let key = test_key();
     let work = tempdir();
-    ok(limes_pack().args(["new", "envprobe", "--template", "noop", "--dir"]).arg(work.path()));
+    ok(limes_pack().args(["new", "envprobe", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
     let dir = work.path().join("envprobe");
     let probe = work.path().join("probe.txt");
     std::fs::write(

@@ -35,3 +35,13 @@ fn main() -> ExitCode {
         Err(e) => ui.fail(&e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks over every subcommand and flag.
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -19,14 +19,19 @@ pub struct NewCommand {
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// `limes-sdk` dependency as a TOML value (e.g. `"0.1"` or
-    /// `{ path = "../limes/crates/limes-sdk" }`); default: this checkout's SDK.
+    /// `{ path = "../limes/crates/limes-sdk" }`); default: the SDK this
+    /// limes-pack carries, written once to $LIMES_PACK_HOME (else
+    /// ~/.local/share/limes-pack)/sdk/.
     #[arg(long, env = "LIMES_SDK", value_name = "TOML")]
     sdk: Option<String>,
 }
 
 impl NewCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
-        let sdk = self.sdk.clone().unwrap_or_else(limes_build::templates::default_sdk_dependency);
+        let sdk = match self.sdk.clone() {
+            Some(s) => s,
+            None => limes_build::templates::default_sdk_dependency()?,
+        };
         let dir = limes_build::templates::generate(&self.dir, &self.name, &self.template, &sdk)
             .with_context(|| format!("creating crate {}", self.name))?;
         ui.result(

@@ -55,15 +55,90 @@ pub enum TemplateError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// How the generated crate depends on the SDK.
-pub fn default_sdk_dependency() -> String {
-    // Built from a checkout: point at the SDK in that checkout. A packaged
-    // limes-pack would use the published crate instead.
-    let in_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../limes-sdk");
-    match in_tree.canonicalize() {
-        Ok(p) => format!("{{ path = {:?} }}", p.display().to_string()),
-        Err(_) => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+/// The SDK's sources and the WIT world, embedded in this binary, laid out
+/// as in the repository (the SDK finds the WIT at `../../wit`).
+const SDK_FILES: &[(&str, &str)] = &[
+    ("crates/limes-sdk/src/lib.rs", include_str!("../../limes-sdk/src/lib.rs")),
+    ("crates/limes-sdk/src/frame.rs", include_str!("../../limes-sdk/src/frame.rs")),
+    ("crates/limes-sdk/src/native.rs", include_str!("../../limes-sdk/src/native.rs")),
+    ("wit/function.wit", include_str!("../../../wit/function.wit")),
+];
+
+/// The SDK's manifest outside this workspace: every workspace-inherited
+/// field made concrete, dependencies pinned to what the SDK is tested with.
+fn sdk_manifest() -> String {
+    format!(
+        "# Materialised by limes-pack {v}: the limes SDK, so that a function crate\n\
+         # builds with no checkout of limes-pack and no network beyond crates.io.\n\
+         [package]\nname = \"limes-sdk\"\nversion = \"{v}\"\nedition = \"2021\"\nlicense = \"Apache-2.0\"\npublish = false\n\n\
+         [dependencies]\n\n\
+         [target.'cfg(target_os = \"linux\")'.dependencies]\nlibc = \"0.2\"\n\n\
+         [target.'cfg(target_family = \"wasm\")'.dependencies]\n\
+         wit-bindgen = {{ version = \"=0.61.1\", default-features = false, features = [\"macros\", \"realloc\", \"std\"] }}\n",
+        v = env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Where SDK copies live: `$LIMES_PACK_HOME`, else `$XDG_DATA_HOME/limes-pack`,
+/// else `~/.local/share/limes-pack`.
+pub fn sdk_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("LIMES_PACK_HOME") {
+        return h.into();
     }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return Path::new(&x).join("limes-pack");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    Path::new(&home).join(".local/share/limes-pack")
+}
+
+/// Write the embedded SDK into `home/sdk/VERSION-DIGEST/` (once: the
+/// directory is named by its content and published by a rename) and
+/// return the SDK crate's directory.
+pub fn materialize_sdk(home: &Path) -> Result<PathBuf, TemplateError> {
+    use sha2::Digest;
+    let manifest = sdk_manifest();
+    let mut h = sha2::Sha256::new();
+    for (p, text) in SDK_FILES.iter().copied().chain([("crates/limes-sdk/Cargo.toml", manifest.as_str())]) {
+        h.update(p.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    let digest = hex::encode(h.finalize());
+    let root = home.join("sdk").join(format!("{}-{}", env!("CARGO_PKG_VERSION"), &digest[..16]));
+    let krate = root.join("crates/limes-sdk");
+    if krate.join("Cargo.toml").is_file() {
+        return Ok(krate);
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TemplateError::Io { path, source }
+    };
+    let parent = root.parent().expect("root has a parent");
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let tmp = tempfile::Builder::new().prefix(".sdk-").tempdir_in(parent).map_err(io(parent))?;
+    for (p, text) in SDK_FILES.iter().copied().chain([("crates/limes-sdk/Cargo.toml", manifest.as_str())]) {
+        let f = tmp.path().join(p);
+        std::fs::create_dir_all(f.parent().expect("file has a parent")).map_err(io(&f))?;
+        std::fs::write(&f, text).map_err(io(&f))?;
+    }
+    match std::fs::rename(tmp.path(), &root) {
+        Ok(()) => {
+            let _ = tmp.keep();
+        }
+        // Another limes-pack published the same content first.
+        Err(_) if krate.join("Cargo.toml").is_file() => {}
+        Err(e) => return Err(TemplateError::Io { path: root, source: e }),
+    }
+    Ok(krate)
+}
+
+/// How the generated crate depends on the SDK: a copy of the SDK this
+/// limes-pack carries, materialised under [`sdk_home`].
+pub fn default_sdk_dependency() -> Result<String, TemplateError> {
+    let krate = materialize_sdk(&sdk_home())?;
+    Ok(format!("{{ path = {:?} }}", krate.display().to_string()))
 }
 
 /// Create crate `name` in `parent/name` from template `template`.
