@@ -284,3 +284,62 @@ fn native_builds_leave_the_workspace_build_intact() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     ok(Command::new(cargo).args(["build", "--locked", "--quiet", "-p", "limes-bench"]).current_dir(repo()));
 }
+
+/// `limes-pack run`: build and run in one step from an unsigned dev bundle
+/// that never replaces the release bundle; function errors and faults have
+/// the loader's exit codes; `--watch` reruns on every edit.
+#[test]
+fn run_builds_runs_and_watches() {
+    use std::io::Read;
+    let work = tempdir();
+    ok(limes_pack().args(["new", "dev", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
+    let dir = work.path().join("dev");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| work.path().join("target"));
+    let run = |args: &[&str]| {
+        let mut c = limes_pack();
+        c.arg("run").args(args).current_dir(&dir).env("CARGO_TARGET_DIR", &target);
+        c
+    };
+    let t = std::time::Instant::now();
+    let o = ok(&mut run(&["--data", "hi"]));
+    assert_eq!(o.stdout, b"hi");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unsigned dev build"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(target.join("limes/dev/dev-0.1.0.limes").is_file());
+    assert!(!target.join("limes/dev-0.1.0.limes").exists(), "the dev build replaced the release bundle path");
+    println!("first limes-pack run: {:?}", t.elapsed());
+    let faulty = |data: &str, code: i32| fails(limes_pack().args(["run", "--timeout-ms", "300", "--data", data]).arg(fixture("faulty")).env("CARGO_TARGET_DIR", &target), code);
+    assert!(faulty("loop", 5).contains("timed out after 300 ms"));
+    assert!(faulty("bad", 4).contains("bad-request: bad on purpose"));
+
+    // --watch: one run at start, another after an edit.
+    let mut child = run(&["--data", "w", "--watch"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let wait_for = |want: &str| {
+        let t = std::time::Instant::now();
+        while !String::from_utf8_lossy(&out.lock().unwrap()).contains(want) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(180), "no {want:?} from --watch");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        t.elapsed()
+    };
+    wait_for("w");
+    let lib = dir.join("src/lib.rs");
+    let src = std::fs::read_to_string(&lib).unwrap().replace("Response::new(req.body)", "Response::new([b\"edited:\".to_vec(), req.body].concat())");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(&lib, src).unwrap();
+    let took = wait_for("edited:w");
+    println!("edit to answer under --watch: {took:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let ui = ui::Ui::new(&cli.global);
     match cli.command.execute(&ui) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => ui.fail(&e),
     }
 }

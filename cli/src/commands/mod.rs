@@ -6,6 +6,7 @@ mod keygen;
 mod native;
 mod new;
 mod push;
+mod run;
 mod sign;
 mod verify;
 
@@ -16,6 +17,7 @@ use clap::Subcommand;
 pub enum Command {
     New(new::NewCommand),
     Build(build::BuildCommand),
+    Run(run::RunCommand),
     Native(native::NativeCommand),
     Keygen(keygen::KeygenCommand),
     Sign(sign::SignCommand),
@@ -25,16 +27,18 @@ pub enum Command {
 }
 
 impl Command {
-    pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
+    pub fn execute(self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
+        let done = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
         match self {
-            Command::New(c) => c.execute(ui),
-            Command::Build(c) => c.execute(ui),
-            Command::Native(c) => c.execute(ui),
-            Command::Keygen(c) => c.execute(ui),
-            Command::Sign(c) => c.execute(ui),
-            Command::Verify(c) => c.execute(ui),
-            Command::Inspect(c) => c.execute(ui),
-            Command::Push(c) => c.execute(ui),
+            Command::Run(c) => c.execute(ui),
+            Command::New(c) => done(c.execute(ui)),
+            Command::Build(c) => done(c.execute(ui)),
+            Command::Native(c) => done(c.execute(ui)),
+            Command::Keygen(c) => done(c.execute(ui)),
+            Command::Sign(c) => done(c.execute(ui)),
+            Command::Verify(c) => done(c.execute(ui)),
+            Command::Inspect(c) => done(c.execute(ui)),
+            Command::Push(c) => done(c.execute(ui)),
         }
     }
 }

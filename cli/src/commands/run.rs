@@ -1,0 +1,206 @@
+use super::{CargoFlags, CrateArgs};
+use crate::ui::Ui;
+use anyhow::{bail, Context};
+use clap::Args;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Build the function and run it once, locally: the edit-run loop.
+///
+/// Builds a development bundle with only this host's best CPU tier and no
+/// microVM image, into `target/limes/dev/` (so it never replaces what
+/// `limes-pack build` writes); it is unsigned unless --sign is given, and
+/// never installed: the code it runs was compiled by this process a moment
+/// ago. The response goes to stdout, the function's own output to stderr.
+/// Exits 4 when the function answers with an error, 5 when it traps, times
+/// out or runs out of memory. With --watch, every change under the crate
+/// (outside target/) rebuilds and reruns it.
+#[derive(Args)]
+#[command(after_help = "Examples:\n  limes-pack run hello --data world\n  limes-pack run render --data output=checksum --watch\n  limes-pack run image --input photo.jpg > out.jpg")]
+pub struct RunCommand {
+    #[command(flatten)]
+    krate: CrateArgs,
+    #[command(flatten)]
+    cargo: CargoFlags,
+    /// Request body given inline.
+    #[arg(long, conflicts_with = "input", value_name = "TEXT")]
+    data: Option<String>,
+    /// Request body from FILE, or `-` for stdin [default: empty body].
+    #[arg(long, short, value_name = "FILE|-")]
+    input: Option<String>,
+    /// Request metadata `key=value` (repeatable).
+    #[arg(long, short, value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// Request content type.
+    #[arg(long, value_name = "MIME")]
+    content_type: Option<String>,
+    /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
+    #[arg(long, value_name = "NAME=PATH")]
+    dir: Vec<String>,
+    /// Wall-time limit in ms [default: the crate's `timeout-ms`].
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Memory limit in MiB [default: the crate's `memory-limit-mib`].
+    #[arg(long, value_name = "MIB")]
+    memory_limit_mib: Option<u64>,
+    /// Rebuild and rerun on every change to the crate's files, until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Exit codes shared with `limes run`.
+const EXIT_FUNCTION_ERROR: u8 = 4;
+const EXIT_FAULT: u8 = 5;
+
+impl RunCommand {
+    pub fn execute(self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
+        if self.watch {
+            return self.watch_loop();
+        }
+        self.run_once(ui)
+    }
+
+    fn run_once(&self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
+        let location = self.krate.location();
+        let project = limes_build::Project::discover(&location, self.krate.package.as_deref(), &self.cargo.options(true).global_flags())?;
+        let tier = limes_bundle::profile::TIERS
+            .iter()
+            .filter(|t| t.missing_on_host().is_empty())
+            .max_by_key(|t| t.rank)
+            .context("no CPU tier fits this host")?;
+        let t = Instant::now();
+        let opts = limes_build::BuildOptions {
+            path: location,
+            package: self.krate.package.clone(),
+            cargo: self.cargo.options(true),
+            tiers: vec![tier.name.to_string()],
+            out_dir: Some(project.target_dir.join("limes").join("dev")),
+            signing_key: None,
+            source_date_epoch: None,
+            no_cache: false,
+            microvm: false,
+            kernel: None,
+        };
+        let out = limes_build::build(&opts, ui)?;
+        let build_time = t.elapsed();
+        let artifact = out.aot.first().context("the build produced no precompiled tier")?;
+
+        let mut req = limes_sdk::Request::new(match (&self.input, &self.data) {
+            (_, Some(d)) => d.clone().into_bytes(),
+            (Some(f), _) if f == "-" => {
+                let mut v = Vec::new();
+                std::io::stdin().read_to_end(&mut v).context("reading stdin")?;
+                v
+            }
+            (Some(f), _) => std::fs::read(f).with_context(|| format!("reading input {f}"))?,
+            (None, None) => Vec::new(),
+        });
+        req.content_type = self.content_type.clone();
+        for m in &self.meta {
+            let Some((k, v)) = m.split_once('=') else { bail!("--meta takes KEY=VALUE, got {m:?}") };
+            req.metadata.push((k.to_ascii_lowercase(), v.to_string()));
+        }
+        let mut dirs = Vec::new();
+        for d in &self.dir {
+            let Some((n, p)) = d.split_once('=') else { bail!("--dir takes NAME=PATH, got {d:?}") };
+            dirs.push((n.to_string(), PathBuf::from(p)));
+        }
+        let invoke = limes::runtime::InvokeOptions {
+            dirs,
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            memory_limit: self.memory_limit_mib.map(|m| m << 20),
+            ..Default::default()
+        };
+        let rt = limes::Runtime::new(&limes::RuntimeOptions { pooling: false, max_instances: 1 })?;
+        let spec = limes::runtime::FunctionSpec::from_manifest(&out.manifest);
+        // SAFETY: these bytes were compiled by this process, moments ago,
+        // from the component it built; they never left its memory.
+        let loaded = unsafe { rt.load_precompiled_bytes(spec, &artifact.bytes, tier.name) }?;
+        // Compiled code has no epoch checks: the deadline ends the process.
+        let limit = loaded.deadline(&invoke);
+        let timeout = loaded.timeout_error(&invoke);
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            eprintln!("error: {timeout}");
+            std::process::exit(EXIT_FAULT.into());
+        });
+        let t = Instant::now();
+        let inv = match rt.invoke(&loaded, req, &invoke) {
+            Ok(inv) => inv,
+            Err(e) => {
+                let fault = matches!(e, limes::RunError::Trap { .. } | limes::RunError::MemoryLimit { .. } | limes::RunError::Timeout { .. });
+                eprintln!("error: {e}");
+                return Ok(std::process::ExitCode::from(if fault { EXIT_FAULT } else { 1 }));
+            }
+        };
+        let call_time = t.elapsed();
+        let _ = std::io::stderr().write_all(&inv.stdout);
+        let _ = std::io::stderr().write_all(&inv.stderr);
+        if !ui.quiet {
+            eprintln!(
+                "limes-pack run: {} {} ({}{}): build {} ms, call {} ms",
+                out.manifest.function.name,
+                out.manifest.function.version,
+                tier.name,
+                if out.signed_by.is_some() { ", signed" } else { ", unsigned dev build" },
+                build_time.as_millis(),
+                call_time.as_millis()
+            );
+        }
+        match inv.result {
+            Ok(r) => {
+                std::io::stdout().write_all(&r.body)?;
+                std::io::stdout().flush()?;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("function error: {e}");
+                Ok(std::process::ExitCode::from(EXIT_FUNCTION_ERROR))
+            }
+        }
+    }
+
+    /// Rerun `limes-pack run` (without --watch) in a child process whenever
+    /// the crate's files change: a runaway call ends its child, not the loop.
+    fn watch_loop(&self) -> anyhow::Result<std::process::ExitCode> {
+        let project = limes_build::Project::discover(&self.krate.location(), self.krate.package.as_deref(), &[])?;
+        let root = project.package_dir.clone();
+        let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--watch").collect();
+        let exe = std::env::current_exe()?;
+        let mut seen = None;
+        loop {
+            let now = newest_change(&root, &project.target_dir);
+            if seen != Some(now) {
+                seen = Some(now);
+                let status = std::process::Command::new(&exe).args(&args).status().context("starting the run")?;
+                eprintln!("limes-pack run --watch: exited {}; watching {} for changes (Ctrl-C stops)", status.code().unwrap_or(-1), root.display());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// The newest modification time under `root`, skipping `target` and
+/// hidden directories.
+fn newest_change(root: &Path, target: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            if p == target || name == "target" || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = m.modified() {
+                newest = newest.max(t);
+            }
+        }
+    }
+    newest
+}
