@@ -148,7 +148,7 @@ fn clear_errors_for_bad_crates() {
     assert!(e.contains("is not a limes function crate") && e.contains("limes_sdk::export!"), "{e}");
 
     let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("wrong-world")), 1);
-    assert!(e.contains("does not export the limes world"), "{e}");
+    assert!(e.contains("is not a limes function") && e.contains("limes_sdk::export!(handle)"), "{e}");
 
     let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("broken")), 1);
     assert!(e.contains("error[E0308]"), "cargo's own error must pass through: {e}");

@@ -251,7 +251,7 @@ fn preopened_directories_follow_the_manifest() {
     assert_eq!(&from_body.stdout[..2], b"\xff\xd8");
     // Without the binding the file is simply not there.
     let e = fails(limes(&store).args(["run", "image", "--meta", "file=in.jpg"]), 4);
-    assert!(e.contains("not-found"), "{e}");
+    assert!(e.contains("not-found") && e.contains("hint: image declares preopen(s) images") && e.contains("--dir"), "{e}");
     let e = fails(limes(&store).args(["run", "image", "--dir", "secrets=/etc"]), 1);
     assert!(e.contains("no preopen named \"secrets\""), "{e}");
     // Read-only: the declared preopen is not writable.

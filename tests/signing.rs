@@ -211,6 +211,11 @@ fn sign_command_signs_an_unsigned_bundle() {
     assert!(e.contains("not signed"), "{e}");
     ok(limes_pack().arg("sign").arg(&bundle).arg("--key").arg(&sk));
     ok(limes_pack().arg("verify").arg(&bundle).arg("--key").arg(&pk));
+    // An unsigned build never silently replaces the signed bundle.
+    let signed = std::fs::read(&bundle).unwrap();
+    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(d.path()).arg(pack("noop")), 1);
+    assert!(e.contains("holds a signed bundle") && e.contains("--sign"), "{e}");
+    assert_eq!(std::fs::read(&bundle).unwrap(), signed);
     let insp = json(&ok(limes_pack().args(["inspect", "--json"]).arg(&bundle)));
     assert!(insp["signer_key_id"].is_string());
     // Signing a damaged bundle is refused and the file is left as it was.

@@ -44,4 +44,28 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
     }
+
+    /// Every `limes-pack` command of the documented CI recipe parses with
+    /// this binary's command-line definition (so the recipe cannot rot).
+    #[test]
+    fn ci_recipe_commands_parse() {
+        use clap::Parser;
+        let recipe = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ci/github-actions.yml")).unwrap();
+        let mut checked = 0;
+        for line in recipe.lines() {
+            let line = line.trim().trim_start_matches("run:").trim();
+            if !line.starts_with("limes-pack ") {
+                continue;
+            }
+            // Shell variables become plain words; redirections are the shell's.
+            let cmd = line.split('>').next().unwrap();
+            let words: Vec<String> = cmd
+                .split_whitespace()
+                .map(|w| if w.contains('$') { w.replace(|c: char| !c.is_ascii_alphanumeric() && c != '/' && c != '-' && c != '.' && c != ':', "x") } else { w.to_string() })
+                .collect();
+            super::Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{line}: {e}"));
+            checked += 1;
+        }
+        assert!(checked >= 4, "only {checked} commands found in the recipe");
+    }
 }

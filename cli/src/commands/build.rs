@@ -73,16 +73,16 @@ impl BuildCommand {
             "microvm": m.microvm,
             "tiers": out.aot.iter().map(|a| serde_json::json!({
                 "tier": a.tier.name, "size": a.size, "cached": a.cached,
-                "compile_ms": a.compile_time.as_secs_f64() * 1e3,
+                "compile_us": a.compile_time.as_micros() as u64,
             })).collect::<Vec<_>>(),
             "signed_by": out.signed_by.map(|k| k.to_string()),
-            "timings_ms": {
-                "cargo": out.timings.cargo.as_secs_f64() * 1e3,
-                "validate": out.timings.validate.as_secs_f64() * 1e3,
-                "microvm": out.timings.microvm.as_secs_f64() * 1e3,
-                "aot": out.timings.aot.as_secs_f64() * 1e3,
-                "bundle": out.timings.bundle.as_secs_f64() * 1e3,
-                "total": out.timings.total.as_secs_f64() * 1e3,
+            "timings": {
+                "cargo_us": out.timings.cargo.as_micros() as u64,
+                "validate_us": out.timings.validate.as_micros() as u64,
+                "microvm_us": out.timings.microvm.as_micros() as u64,
+                "aot_us": out.timings.aot.as_micros() as u64,
+                "bundle_us": out.timings.bundle.as_micros() as u64,
+                "total_us": out.timings.total.as_micros() as u64,
             },
         });
         ui.result(json, || {

@@ -105,11 +105,29 @@ fn run_cargo_json(
 ) -> Result<Option<PathBuf>, CompileError> {
     let shown = format!("{cmd:?}");
     tracing::debug!(command = %shown, "running cargo");
+    // Cargo's diagnostics pass through, except its warning that a native
+    // build drops the `cdylib` crate type: the function crate must declare
+    // cdylib for its component, so the user cannot act on it.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        cmd.args(["--color", "always"]);
+    }
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| CompileError::Spawn { cmd: shown.clone(), source })?;
+    let stderr = child.stderr.take().expect("piped");
+    let relay = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut out = std::io::stderr();
+        for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+            if String::from_utf8_lossy(&line).contains("dropping unsupported crate type `cdylib`") {
+                continue;
+            }
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+        }
+    });
     let stdout = child.stdout.take().expect("piped");
     let mut found = None;
     for msg in Message::parse_stream(BufReader::new(stdout)).flatten() {
@@ -122,6 +140,7 @@ fn run_cargo_json(
         }
     }
     let status = child.wait().map_err(|source| CompileError::Spawn { cmd: shown, source })?;
+    let _ = relay.join();
     if !status.success() {
         return Err(CompileError::CargoFailed { package: package.into(), target: target.into() });
     }

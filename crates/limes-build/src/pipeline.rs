@@ -91,6 +91,8 @@ pub enum BuildError {
     MicroVm(#[from] crate::microvm::MicroVmError),
     #[error("SOURCE_DATE_EPOCH={0:?} is not a non-negative integer")]
     BadEpoch(String),
+    #[error("{} holds a signed bundle; an unsigned build would replace it. Sign this build (--sign KEY), write it elsewhere (--out-dir), or use `limes-pack run` for local runs", .0.display())]
+    WouldUnsign(PathBuf),
 }
 
 impl BuildError {
@@ -105,7 +107,8 @@ impl BuildError {
             | BuildError::Aot(_)
             | BuildError::Io { .. }
             | BuildError::MicroVm(_)
-            | BuildError::BadEpoch(_) => false,
+            | BuildError::BadEpoch(_)
+            | BuildError::WouldUnsign(_) => false,
         }
     }
 }
@@ -288,6 +291,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
     let signature = opts.signing_key.as_ref().map(|k| k.sign(&manifest_json, &trusted_comment(&manifest)));
 
     let bundle = out_dir.join(manifest.bundle_file_name());
+    if signature.is_none() && is_signed_bundle(&bundle) {
+        return Err(BuildError::WouldUnsign(bundle));
+    }
     let unchanged = is_same_bundle(&bundle, &manifest_json, signature.as_deref());
     if !unchanged {
         archive::write_bundle(&bundle, &manifest_json, signature.as_deref(), &files, epoch)?;
@@ -315,6 +321,12 @@ pub fn trusted_comment(m: &Manifest) -> String {
 
 /// Whether `path` already holds an intact bundle with exactly this manifest
 /// and signature (so rewriting it would produce the same bytes).
+/// Whether `path` holds a signed bundle (an unsigned build must not
+/// silently replace it).
+fn is_signed_bundle(path: &Path) -> bool {
+    archive::read_bundle(path, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard).is_ok_and(|v| v.signature.is_some())
+}
+
 fn is_same_bundle(path: &Path, manifest_json: &[u8], signature: Option<&str>) -> bool {
     match archive::read_bundle(path, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard) {
         Ok(v) => v.manifest_bytes == manifest_json && v.signature.as_deref() == signature,

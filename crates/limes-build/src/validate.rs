@@ -26,9 +26,9 @@ pub enum ValidateError {
     #[error("{0} is not a WebAssembly component ({1}); build it for wasm32-wasip2 as a cdylib")]
     NotAComponent(String, String),
     #[error(
-        "{what} does not export the limes world: expected `{HANDLER_INTERFACE}@0.1.x` \
-         (or the Limes study's `{STUDY_INTERFACE}`), found exports [{found}]. \
-         Add `limes_sdk::export!(your_handler);` to the crate's lib.rs"
+        "{what} is not a limes function: it exports no `{HANDLER_INTERFACE}` (found exports [{found}]). \
+         Write `pub fn handle(req: limes_sdk::Request) -> Result<limes_sdk::Response, limes_sdk::Error>` \
+         and add `limes_sdk::export!(handle);` to the crate's lib.rs (see `limes-pack new`)"
     )]
     WrongWorld { what: String, found: String },
     #[error("{what}: exported `{export}` is incompatible with limes:function@{WORLD_VERSION}: {detail}")]

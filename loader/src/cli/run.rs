@@ -82,7 +82,7 @@ enum Backend {
 
 /// The JSON answer of `limes run --json` (documented in the README, "JSON
 /// output"): the body always as base64, also as text when it is UTF-8.
-fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>, timings: serde_json::Value) -> anyhow::Result<ExitCode> {
+fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>, timings: serde_json::Value, hint: Option<String>) -> anyhow::Result<ExitCode> {
     use base64::Engine as _;
     match result {
         Ok(resp) => {
@@ -106,6 +106,9 @@ fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>
                     "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings}));
             }
             eprintln!("function error: {e}");
+            if let (limes_sdk::Error::NotFound(_), Some(h)) = (&e, hint) {
+                eprintln!("hint: {h}");
+            }
             Ok(ExitCode::from(EXIT_FUNCTION_ERROR))
         }
     }
@@ -140,7 +143,7 @@ impl RunCommand {
         }
         let timings = serde_json::json!({"backend": "microvm", "hypervisor": o.hypervisor, "kvm_probe_us": o.kvm_probe.map(|p| us(p.took)),
             "verify_us": verify.map(us), "boot_us": us(o.boot_time), "execution_us": us(o.exec_time), "total_us": us(o.total)});
-        print_result(ctx, o.result, timings)
+        print_result(ctx, o.result, timings, None)
     }
 }
 
@@ -296,6 +299,12 @@ impl RunCommand {
                 us(total)
             );
         }
-        print_result(ctx, inv.result, timings)
+        // A function that reads a declared preopen and answers not-found
+        // may simply not have been given the directory.
+        let unbound: Vec<&str> = f.manifest.preopens.iter().map(|p| p.name.as_str()).filter(|n| !opts.dirs.iter().any(|(d, _)| d == n)).collect();
+        let hint = (!unbound.is_empty()).then(|| {
+            format!("{} declares preopen(s) {} that this run did not bind; pass --dir NAME=PATH", f.manifest.function.name, unbound.join(", "))
+        });
+        print_result(ctx, inv.result, timings, hint)
     }
 }
