@@ -17,6 +17,7 @@ pub use launch::{load, LoadMode};
 
 /// Whether this build can compile components at load time.
 pub const JIT_ENABLED: bool = cfg!(feature = "jit");
+pub mod args;
 pub mod kvm;
 pub mod pool;
 pub mod serve;

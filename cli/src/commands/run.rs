@@ -1,6 +1,6 @@
 use super::{CargoFlags, CrateArgs};
 use crate::ui::Ui;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -30,14 +30,14 @@ pub struct RunCommand {
     #[arg(long, short, value_name = "FILE|-")]
     input: Option<String>,
     /// Request metadata `key=value` (repeatable).
-    #[arg(long, short, value_name = "KEY=VALUE")]
-    meta: Vec<String>,
+    #[arg(long, short, value_name = "KEY=VALUE", value_parser = limes::args::parse_meta)]
+    meta: Vec<(String, String)>,
     /// Request content type.
     #[arg(long, value_name = "MIME")]
     content_type: Option<String>,
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
-    #[arg(long, value_name = "NAME=PATH")]
-    dir: Vec<String>,
+    #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
+    dir: Vec<(String, PathBuf)>,
     /// Wall-time limit in ms [default: the crate's `timeout-ms`].
     #[arg(long, value_name = "MS")]
     timeout_ms: Option<u64>,
@@ -97,17 +97,9 @@ impl RunCommand {
             (None, None) => Vec::new(),
         });
         req.content_type = self.content_type.clone();
-        for m in &self.meta {
-            let Some((k, v)) = m.split_once('=') else { bail!("--meta takes KEY=VALUE, got {m:?}") };
-            req.metadata.push((k.to_ascii_lowercase(), v.to_string()));
-        }
-        let mut dirs = Vec::new();
-        for d in &self.dir {
-            let Some((n, p)) = d.split_once('=') else { bail!("--dir takes NAME=PATH, got {d:?}") };
-            dirs.push((n.to_string(), PathBuf::from(p)));
-        }
+        req.metadata.extend(self.meta.iter().cloned());
         let invoke = limes::runtime::InvokeOptions {
-            dirs,
+            dirs: self.dir.clone(),
             timeout: self.timeout_ms.map(Duration::from_millis),
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
             ..Default::default()

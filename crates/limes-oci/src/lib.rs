@@ -81,6 +81,19 @@ impl OciError {
     }
 }
 
+/// Whether `text` (given where a bundle file is also accepted, as in
+/// `limes install`) names a registry artifact rather than a file: it is no
+/// existing path, has a registry host part (`host[:port]/...`) and a tag or
+/// digest, and does not start like a relative or absolute path.
+pub fn looks_like_reference(text: &str) -> bool {
+    !Path::new(text).exists()
+        && !text.starts_with('/')
+        && !text.starts_with('.')
+        && text.contains('/')
+        && (text.rsplit('/').next().is_some_and(|last| last.contains(':')) || text.contains('@'))
+        && text.parse::<Reference>().is_ok()
+}
+
 /// Credentials for one registry.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
@@ -287,6 +300,16 @@ mod tests {
         assert!(!is_loopback("registry.example.com:5000"));
         assert!(!is_loopback("10.0.0.1:5000"));
         assert!(matches!(Registry::new("example.com/x:1", true, &Credentials::default()), Err(OciError::InsecureRemote(_))));
+    }
+
+    #[test]
+    fn references_and_files_are_told_apart() {
+        assert!(looks_like_reference("registry.example.com/fns/hello:0.1.0"));
+        assert!(looks_like_reference("127.0.0.1:5000/fns/hello@sha256:0123456789012345678901234567890123456789012345678901234567890123"));
+        assert!(!looks_like_reference("hello-0.1.0.limes"));
+        assert!(!looks_like_reference("./dist/hello-0.1.0.limes"));
+        assert!(!looks_like_reference("/srv/b/hello:1.limes"));
+        assert!(!looks_like_reference("dist/hello-0.1.0.limes"));
     }
 
     #[test]

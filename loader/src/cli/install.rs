@@ -53,7 +53,7 @@ impl PolicyArgs {
 impl InstallCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let text = self.bundle.to_string_lossy();
-        if !self.bundle.exists() && text.contains('/') && (text.contains(':') || text.contains('@')) && !text.starts_with('/') && !text.starts_with('.') {
+        if limes_oci::looks_like_reference(&text) {
             return super::pull::PullCommand::from_install(text.to_string(), self.trust, self.registry, self.policy).execute(ctx);
         }
         let keys = TrustedKeys::load(&self.trust)?;

@@ -45,17 +45,6 @@ impl Command {
     }
 }
 
-/// Parse repeated `--dir NAME=PATH` flags.
-pub fn parse_dirs(flags: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    flags
-        .iter()
-        .map(|d| match d.split_once('=') {
-            Some((n, p)) => Ok((n.to_string(), PathBuf::from(p))),
-            None => anyhow::bail!("--dir takes NAME=PATH, got {d:?}"),
-        })
-        .collect()
-}
-
 pub const EXIT_VERIFY: u8 = 3;
 pub const EXIT_FUNCTION_ERROR: u8 = 4;
 pub const EXIT_FAULT: u8 = 5;

@@ -30,14 +30,14 @@ pub struct RunCommand {
     #[arg(long, conflicts_with = "input", value_name = "TEXT")]
     data: Option<String>,
     /// Request metadata `key=value` (repeatable).
-    #[arg(long, short, value_name = "KEY=VALUE")]
-    meta: Vec<String>,
+    #[arg(long, short, value_name = "KEY=VALUE", value_parser = limes::args::parse_meta)]
+    meta: Vec<(String, String)>,
     /// Request content type.
     #[arg(long, value_name = "MIME")]
     content_type: Option<String>,
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
-    #[arg(long, value_name = "NAME=PATH")]
-    dir: Vec<String>,
+    #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
+    dir: Vec<(String, PathBuf)>,
     /// Trusted keys, required when running a bundle file directly.
     #[arg(long, value_name = "KEY|DIR")]
     trust: Vec<PathBuf>,
@@ -208,14 +208,11 @@ impl RunCommand {
             (None, None) => Vec::new(),
         });
         req.content_type = self.content_type.clone();
-        for m in &self.meta {
-            let Some((k, v)) = m.split_once('=') else { bail!("--meta takes KEY=VALUE, got {m:?}") };
-            req.metadata.push((k.to_ascii_lowercase(), v.to_string()));
-        }
+        req.metadata.extend(self.meta.iter().cloned());
         let opts = InvokeOptions {
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
             timeout: self.timeout_ms.map(Duration::from_millis),
-            dirs: super::parse_dirs(&self.dir)?,
+            dirs: self.dir.clone(),
             ..Default::default()
         };
 

@@ -1,6 +1,7 @@
 use super::Ctx;
 use anyhow::Context;
 use clap::Args;
+use std::path::PathBuf;
 use limes::serve::{serve, ServeOptions};
 use limes::Store;
 use std::io::Write;
@@ -41,8 +42,8 @@ pub struct ServeCommand {
     #[arg(long)]
     timeout_ms: Option<u64>,
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
-    #[arg(long, value_name = "NAME=PATH")]
-    dir: Vec<String>,
+    #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
+    dir: Vec<(String, PathBuf)>,
     /// Open connections at once; over it a client gets 503 at once (also
     /// kept below the open-file limit).
     #[arg(long, default_value_t = 1024)]
@@ -68,7 +69,7 @@ pub struct ServeCommand {
 
 impl ServeCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let dirs = super::parse_dirs(&self.dir)?;
+        let dirs = self.dir.clone();
         let opts = ServeOptions {
             listen: self.listen,
             functions: self.functions.clone(),

@@ -1,5 +1,6 @@
 use super::Ctx;
 use clap::Args;
+use std::path::PathBuf;
 use limes::worker::{run_worker, WorkerOptions};
 use limes::Store;
 use std::process::ExitCode;
@@ -13,14 +14,14 @@ pub struct WorkerCommand {
     /// Installed function name.
     name: String,
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
-    #[arg(long, value_name = "NAME=PATH")]
-    dir: Vec<String>,
+    #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
+    dir: Vec<(String, PathBuf)>,
 }
 
 impl WorkerCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let store = Store::open(&ctx.store)?;
-        let opts = WorkerOptions { function: self.name, dirs: super::parse_dirs(&self.dir)? };
+        let opts = WorkerOptions { function: self.name, dirs: self.dir.clone() };
         let stdin = std::io::stdin();
         let stdout = std::io::stdout();
         match run_worker(&store, &opts, &mut stdin.lock(), &mut std::io::BufWriter::new(stdout.lock())) {

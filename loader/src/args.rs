@@ -1,0 +1,22 @@
+//! Command-line values shared by `limes` and `limes-pack`, parsed into typed
+//! values by clap (`value_parser = ...`), so a malformed one is a usage
+//! error (exit 2) before anything runs.
+
+use std::path::PathBuf;
+
+/// `--dir NAME=PATH`: bind the declared preopen NAME to a host directory.
+pub fn parse_dir(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), PathBuf::from(p))),
+        _ => Err(format!("expected NAME=PATH, got {s:?}")),
+    }
+}
+
+/// `--meta KEY=VALUE`: request metadata; keys are lower-cased (as HTTP
+/// header names are when `limes serve` passes them on).
+pub fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_ascii_lowercase(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
