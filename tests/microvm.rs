@@ -172,3 +172,43 @@ fn microvm_timeouts_match_wasm() {
     let o = ok(limes().args(["run", "faulty", "--data", "echo", "--timeout-ms", "1500", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
     assert_eq!(o.stdout, b"echo");
 }
+
+/// `limes serve --microvm NAME`: requests are answered by VMs already
+/// waiting at the function's ready frame, so a request pays execution, not
+/// boot; a taken VM is replaced in the background.
+#[test]
+fn serve_answers_from_pre_booted_microvms() {
+    use std::io::BufRead;
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed_with(&pack("noop"), &key, d.path(), true);
+    let store = d.path().join("store");
+    ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_limes"))
+        .arg("--store")
+        .arg(&store)
+        .args(["serve", "--listen", "127.0.0.1:0", "--microvm", "noop", "--vm-pool", "1", "--accel", "tcg", "--kernel"])
+        .arg(test_kernel())
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    // The pool booted before serve started listening.
+    let t = std::time::Instant::now();
+    assert_eq!(http(addr, "POST", "/functions/noop", b"warm"), (200, b"warm".to_vec()));
+    let warm = t.elapsed();
+    // The next request waits for the replacement to finish booting.
+    let t = std::time::Instant::now();
+    assert_eq!(http(addr, "POST", "/functions/noop", b"again"), (200, b"again".to_vec()));
+    let refill = t.elapsed();
+    println!("pre-booted microVM answered in {warm:?}; the next one, waiting for its boot, in {refill:?}");
+    assert!(warm < std::time::Duration::from_millis(1500), "{warm:?}: the request paid for a boot");
+    let (_, m) = http(addr, "GET", "/metrics", b"");
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("limes_microvm_boots_total{function=\"noop\",outcome=\"ok\"}"), "{m}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -182,7 +182,71 @@ fn firecracker_command(l: &Launch<'_>, dir: &Path) -> Option<Result<Command, std
 }
 
 /// Boot, answer one request, tear down.
-fn launch(mut cmd: Command, name: &str, req: &Request, boot_timeout: Duration, timeout: Duration) -> Result<VmOutcome, VmError> {
+/// A VM booted up to its function's ready frame, waiting for its one
+/// request. Dropping it kills and reaps the VM.
+pub struct BootedVm {
+    vm: Vm,
+    stdin: std::process::ChildStdin,
+    rx: mpsc::Receiver<Event>,
+    err_thread: std::thread::JoinHandle<Vec<u8>>,
+    start: Instant,
+    ready_at: Instant,
+    name: String,
+    /// `qemu-tcg`, `qemu-kvm` or `firecracker`.
+    pub hypervisor: String,
+    /// The KVM probe, when this boot ran one.
+    pub kvm_probe: Option<crate::kvm::Probe>,
+}
+
+impl BootedVm {
+    /// Launch to ready frame.
+    pub fn boot_time(&self) -> Duration {
+        self.ready_at - self.start
+    }
+
+    /// Send the one request and wait at most `timeout` for the answer
+    /// (measured from the request reaching the booted function). The VM
+    /// ends afterwards: the returned handle finishes when it has been torn
+    /// down (a server may leave it running; a one-shot process joins it).
+    pub fn call(self, req: &Request, timeout: Duration) -> Result<(VmOutcome, std::thread::JoinHandle<()>), VmError> {
+        let BootedVm { mut vm, mut stdin, rx, err_thread, start, ready_at, name, hypervisor, kvm_probe } = self;
+        frame::write_frame(&mut stdin, frame::REQUEST_MAGIC, &frame::encode_request(req))?;
+        stdin.flush()?;
+        let sent = Instant::now();
+        let answer = rx.recv_timeout(timeout).map_err(|_| crate::runtime::RunError::Timeout { function: name.clone(), ms: timeout.as_millis() as u64 })?;
+        let (answered, payload) = match answer {
+            Event::Answer(t, p) => (t, p),
+            Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
+            Event::Error(e) => return Err(VmError::Frame(e)),
+            Event::Ready(_) => return Err(VmError::Frame("second ready frame".into())),
+        };
+        let total = start.elapsed();
+        // The guest reboots after answering, which ends the VM: the answer
+        // does not wait for that. Teardown (a moment to exit, then kill and
+        // reap) happens beside the caller.
+        let teardown = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until && vm.0.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(stdin);
+            drop(vm);
+            let _ = err_thread.join();
+        });
+        let result = frame::decode_response(&payload).map_err(|e| VmError::Frame(e.to_string()))?;
+        tracing::debug!(function = %name, "microVM answered");
+        Ok((VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor, kvm_probe }, teardown))
+    }
+}
+
+fn ended(noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>) -> VmError {
+    drop(vm);
+    let err = err_thread.join().unwrap_or_default();
+    VmError::Ended { detail: format!("{}{}", tail(&noise), tail(&err).replace("console", "hypervisor")) }
+}
+
+/// Boot up to the ready frame.
+fn boot(mut cmd: Command, name: &str, boot_timeout: Duration) -> Result<BootedVm, VmError> {
     let shown = format!("{:?}", cmd.get_program());
     let start = Instant::now();
     let child = cmd
@@ -200,14 +264,8 @@ fn launch(mut cmd: Command, name: &str, req: &Request, boot_timeout: Duration, t
     });
     let (tx, rx) = mpsc::channel();
     reader(vm.0.stdout.take().expect("piped"), tx);
-    let boot_deadline = start + boot_timeout;
-    let ended = |noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>| {
-        drop(vm);
-        let err = err_thread.join().unwrap_or_default();
-        VmError::Ended { detail: format!("{}{}", tail(&noise), tail(&err).replace("console", "hypervisor")) }
-    };
     let booted = rx
-        .recv_timeout(boot_deadline.saturating_duration_since(Instant::now()))
+        .recv_timeout(boot_timeout)
         .map_err(|_| VmError::BootTimeout { secs: boot_timeout.as_secs(), detail: String::new() })?;
     let ready_at = match booted {
         Event::Ready(t) => t,
@@ -215,32 +273,8 @@ fn launch(mut cmd: Command, name: &str, req: &Request, boot_timeout: Duration, t
         Event::Error(e) => return Err(VmError::Frame(e)),
         Event::Answer(..) => return Err(VmError::Frame("answer before ready".into())),
     };
-    let mut stdin = vm.0.stdin.take().expect("piped");
-    frame::write_frame(&mut stdin, frame::REQUEST_MAGIC, &frame::encode_request(req))?;
-    stdin.flush()?;
-    let sent = Instant::now();
-    let answer = rx.recv_timeout(timeout).map_err(|_| crate::runtime::RunError::Timeout { function: name.to_string(), ms: timeout.as_millis() as u64 })?;
-    let (answered, payload) = match answer {
-        Event::Answer(t, p) => (t, p),
-        Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
-        Event::Error(e) => return Err(VmError::Frame(e)),
-        Event::Ready(_) => return Err(VmError::Frame("second ready frame".into())),
-    };
-    let total = start.elapsed();
-    // The guest reboots after answering, which ends the VM; give it a moment.
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until {
-        if vm.0.try_wait()?.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    drop(stdin);
-    drop(vm);
-    let _ = err_thread.join();
-    let result = frame::decode_response(&payload).map_err(|e| VmError::Frame(e.to_string()))?;
-    tracing::debug!(function = name, "microVM answered");
-    Ok(VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor: String::new(), kvm_probe: None })
+    let stdin = vm.0.stdin.take().expect("piped");
+    Ok(BootedVm { vm, stdin, rx, err_thread, start, ready_at, name: name.to_string(), hypervisor: String::new(), kvm_probe: None })
 }
 
 /// Bound of the ioctl probe.
@@ -249,8 +283,17 @@ const KVM_PROBE_BOUND: Duration = Duration::from_secs(1);
 /// KVM reaches the function well within it).
 const KVM_BOOT_CHECK: Duration = Duration::from_millis(1500);
 
-/// Run `f`'s microVM image once with `req`.
+/// Run `f`'s microVM image once with `req`: boot, then one call.
 pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmOutcome, VmError> {
+    let (outcome, teardown) = boot_function(f, opts)?.call(req, opts.timeout)?;
+    // Nothing of the VM outlives a one-shot run.
+    let _ = teardown.join();
+    Ok(outcome)
+}
+
+/// Boot `f`'s microVM image up to its ready frame (choosing the hypervisor
+/// and, once per store, probing KVM), ready for one request.
+pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm, VmError> {
     let name = &f.manifest.function.name;
     let vm = f.manifest.microvm.as_ref().ok_or_else(|| VmError::NoImage(name.clone()))?;
     if !f.has(&vm.initrd) {
@@ -308,7 +351,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
     if use_kvm {
         let boot_timeout = if confirmed { opts.boot_timeout } else { opts.boot_timeout.min(KVM_BOOT_CHECK) };
         // A KVM boot that reached the function confirms KVM.
-        let booted = |mut o: VmOutcome, hypervisor: &str, probe: Option<crate::kvm::Probe>| {
+        let booted = |mut o: BootedVm, hypervisor: &str, probe: Option<crate::kvm::Probe>| {
             if !confirmed {
                 remember(b"kvm\n");
             }
@@ -318,17 +361,15 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
         };
         let tmp = tempfile::tempdir()?;
         if let Some(cmd) = firecracker_command(&l, tmp.path()) {
-            match launch(cmd?, name, req, boot_timeout, opts.timeout) {
+            match boot(cmd?, name, boot_timeout) {
                 Ok(o) => return Ok(booted(o, "firecracker", kvm_probe)),
-                Err(e @ VmError::Run(_)) => return Err(e),
                 Err(e) => tracing::info!(error = %e, "firecracker did not run the guest; trying QEMU"),
             }
         }
         let cmd = qemu_command(&l, true).ok_or(VmError::NoHypervisor)?;
         let t = Instant::now();
-        match launch(cmd, name, req, boot_timeout, opts.timeout) {
+        match boot(cmd, name, boot_timeout) {
             Ok(o) => return Ok(booted(o, "qemu-kvm", kvm_probe)),
-            Err(e @ VmError::Run(_)) => return Err(e),
             Err(e) if confirmed => return Err(e),
             Err(e) => {
                 tracing::info!(error = %e, "KVM did not boot the kernel; using TCG from now on");
@@ -341,7 +382,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
         }
     }
     let cmd = qemu_command(&l, false).ok_or(VmError::NoHypervisor)?;
-    let mut o = launch(cmd, name, req, opts.boot_timeout, opts.timeout)?;
+    let mut o = boot(cmd, name, opts.boot_timeout)?;
     o.hypervisor = "qemu-tcg".into();
     o.kvm_probe = kvm_probe;
     Ok(o)

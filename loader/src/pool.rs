@@ -210,3 +210,85 @@ async fn futures_join(spec: &WorkerSpec, n: usize) -> Vec<Result<(Worker, Ready)
     }
     out
 }
+
+/// Pre-booted microVMs of one function for `limes serve`: each VM waits at
+/// its function's ready frame for its one request, so a request pays
+/// execution, not boot; a VM taken from the pool is replaced by booting
+/// another in the background.
+pub struct VmPool {
+    function: crate::store::InstalledFunction,
+    opts: crate::microvm::VmOptions,
+    idle_tx: std::sync::mpsc::Sender<crate::microvm::BootedVm>,
+    idle_rx: Mutex<std::sync::mpsc::Receiver<crate::microvm::BootedVm>>,
+    /// VMs booted, and boots that failed.
+    pub boots: std::sync::atomic::AtomicU64,
+    pub boot_failures: std::sync::atomic::AtomicU64,
+    /// The hypervisor the first VM booted under.
+    pub hypervisor: String,
+}
+
+impl VmPool {
+    /// Boot `size` VMs (in parallel) and wait until all wait at their ready
+    /// frame. Blocking.
+    pub fn start(function: crate::store::InstalledFunction, opts: crate::microvm::VmOptions, size: usize) -> Result<Arc<VmPool>, crate::microvm::VmError> {
+        let booted: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..size.max(1)).map(|_| s.spawn(|| crate::microvm::boot_function(&function, &opts))).collect();
+            handles.into_iter().map(|h| h.join().expect("boot thread")).collect()
+        });
+        let (idle_tx, idle_rx) = std::sync::mpsc::channel();
+        let mut hypervisor = String::new();
+        let n = booted.len() as u64;
+        for vm in booted {
+            let vm = vm?;
+            if hypervisor.is_empty() {
+                hypervisor = vm.hypervisor.clone();
+            }
+            let _ = idle_tx.send(vm);
+        }
+        Ok(Arc::new(VmPool {
+            function,
+            opts,
+            idle_tx,
+            idle_rx: Mutex::new(idle_rx),
+            boots: n.into(),
+            boot_failures: 0.into(),
+            hypervisor,
+        }))
+    }
+
+    /// Boot a replacement in the background.
+    fn refill(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        std::thread::spawn(move || {
+            let Some(p) = pool.upgrade() else { return };
+            match crate::microvm::boot_function(&p.function, &p.opts) {
+                Ok(vm) => {
+                    p.boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = p.idle_tx.send(vm);
+                }
+                Err(e) => {
+                    p.boot_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(function = %p.function.manifest.function.name, error = %e, "a replacement microVM did not boot");
+                }
+            }
+        });
+    }
+
+    /// Run one request on a pre-booted VM (blocking): at most
+    /// `queue_timeout` waiting for a VM, then at most `timeout` for the
+    /// answer, measured from the request reaching the function.
+    pub fn call(self: &Arc<Self>, req: &limes_sdk::Request, timeout: Duration, queue_timeout: Duration) -> Result<crate::microvm::VmOutcome, VmCallError> {
+        let vm = self.idle_rx.lock().unwrap().recv_timeout(queue_timeout).map_err(|_| VmCallError::Busy)?;
+        self.refill();
+        // The VM's teardown runs on beside the server.
+        vm.call(req, timeout).map(|(outcome, _teardown)| outcome).map_err(VmCallError::Vm)
+    }
+}
+
+/// Why a pre-booted VM gave no answer.
+#[derive(Debug)]
+pub enum VmCallError {
+    /// No VM was ready within the queue timeout.
+    Busy,
+    Vm(crate::microvm::VmError),
+}

@@ -60,6 +60,13 @@ pub struct ServeOptions {
     /// previous design, kept for benchmark comparisons only. Compiled code
     /// has no epoch checks, so deadlines are NOT enforced in this mode.
     pub in_process: bool,
+    /// Functions served from their microVM image instead of as Wasm.
+    pub microvm_functions: Vec<String>,
+    /// Pre-booted VMs kept per microVM function.
+    pub vm_pool: usize,
+    /// How microVMs boot (kernel, acceleration, boot limit); the call limit
+    /// is each function's.
+    pub vm: crate::microvm::VmOptions,
 }
 
 impl Default for ServeOptions {
@@ -79,6 +86,9 @@ impl Default for ServeOptions {
             workers: 4,
             worker_exe: None,
             in_process: false,
+            microvm_functions: Vec::new(),
+            vm_pool: 2,
+            vm: crate::microvm::VmOptions::default(),
         }
     }
 }
@@ -117,6 +127,8 @@ enum Executor {
     Workers(Arc<Pool>),
     /// This process (benchmark comparisons only: no deadlines).
     InProcess(LoadedFunction),
+    /// Pre-booted microVMs, one request each.
+    MicroVm(Arc<crate::pool::VmPool>),
 }
 
 struct Served {
@@ -155,6 +167,8 @@ pub enum ServeError {
     Load(#[from] launch::LoadError),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
+    #[error(transparent)]
+    MicroVm(#[from] crate::microvm::VmError),
     #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server error: {0}")]
@@ -171,6 +185,7 @@ impl ServeError {
             ServeError::Load(launch::LoadError::Run(_))
             | ServeError::Run(_)
             | ServeError::Pool(_)
+            | ServeError::MicroVm(_)
             | ServeError::Bind { .. }
             | ServeError::Io(_) => false,
         }
@@ -295,6 +310,20 @@ async fn invoke(
                 }
             }
         }
+        Executor::MicroVm(pool) => {
+            let pool = pool.clone();
+            let queue = app.opts.queue_timeout;
+            match tokio::task::spawn_blocking(move || pool.call(&req, deadline, queue)).await {
+                Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("microVM task failed: {join}"))),
+                Ok(Err(crate::pool::VmCallError::Busy)) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "no pre-booted microVM is free; retry later".into())),
+                Ok(Err(crate::pool::VmCallError::Vm(crate::microvm::VmError::Run(e)))) => Err((StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string())),
+                Ok(Err(crate::pool::VmCallError::Vm(e))) => Err((StatusCode::INTERNAL_SERVER_ERROR, "microvm", format!("{name}: {e}"))),
+                Ok(Ok(o)) => {
+                    tracing::debug!(function = %name, exec_us = o.exec_time.as_micros() as u64, "microVM answered");
+                    Ok(o.result)
+                }
+            }
+        }
         Executor::InProcess(_) => {
             let app2 = app.clone();
             let f2 = f.clone();
@@ -405,6 +434,13 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         }
     }
     out += "# HELP limes_worker_replacements_total Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).\n# TYPE limes_worker_replacements_total counter\n";
+    out += "# HELP limes_microvm_boots_total microVMs booted for the pre-booted pool, by outcome.\n# TYPE limes_microvm_boots_total counter\n";
+    for n in &names {
+        if let Executor::MicroVm(pool) = &functions[*n].exec {
+            out += &format!("limes_microvm_boots_total{{function=\"{n}\",outcome=\"ok\"}} {}\n", pool.boots.load(Ordering::Relaxed));
+            out += &format!("limes_microvm_boots_total{{function=\"{n}\",outcome=\"failed\"}} {}\n", pool.boot_failures.load(Ordering::Relaxed));
+        }
+    }
     for n in &names {
         if let Executor::Workers(pool) = &functions[*n].exec {
             for reason in ["timeout", "crash"] {
@@ -530,6 +566,20 @@ async fn load_function(app: &Arc<AppState>, store: &Store, name: &str) -> Result
     // tampered store a verification failure of the server itself.)
     let spec = FunctionSpec::from_manifest(&f.manifest);
     let exec = match &app.runtime {
+        _ if app.opts.microvm_functions.iter().any(|m| m == name) => {
+            let mut vm = app.opts.vm.clone();
+            vm.timeout = Duration::from_millis(spec.limits.timeout_ms);
+            if vm.probe_cache.is_none() {
+                vm.probe_cache = Some(app.store_root.join("microvm-accel"));
+            }
+            let size = app.opts.vm_pool;
+            let f2 = f.clone();
+            let pool = tokio::task::spawn_blocking(move || crate::pool::VmPool::start(f2, vm, size))
+                .await
+                .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))??;
+            tracing::info!(function = %name, hypervisor = %pool.hypervisor, vms = size, "microVMs booted and waiting");
+            Executor::MicroVm(pool)
+        }
         Some(rt) => {
             let loaded = launch::load(rt, &f, LoadMode::Auto, crate::store::Integrity::Rehash)?;
             tracing::info!(function = %name, tier = loaded.tier.as_deref().unwrap_or("jit"), "loaded in process");

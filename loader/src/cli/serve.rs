@@ -65,6 +65,19 @@ pub struct ServeCommand {
     /// previous design). Deadlines are NOT enforced in this mode.
     #[arg(long)]
     in_process: bool,
+    /// Serve NAME from its microVM image (repeatable), with pre-booted VMs
+    /// waiting at the function's ready frame.
+    #[arg(long = "microvm", value_name = "NAME")]
+    microvm: Vec<String>,
+    /// Pre-booted VMs kept per microVM function (each answers one request).
+    #[arg(long, default_value_t = 2)]
+    vm_pool: usize,
+    /// Kernel for microVM functions [default: embedded in the bundle, else $LIMES_KERNEL].
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Hardware acceleration for microVMs (see `limes run --help`).
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: limes::microvm::Accel,
 }
 
 impl ServeCommand {
@@ -85,6 +98,9 @@ impl ServeCommand {
             workers: self.workers,
             worker_exe: None,
             in_process: self.in_process,
+            microvm_functions: self.microvm.clone(),
+            vm_pool: self.vm_pool,
+            vm: limes::microvm::VmOptions { kernel: self.kernel.clone(), accel: self.accel, ..Default::default() },
         };
         let store = Store::open(&ctx.store)?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
