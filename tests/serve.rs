@@ -119,7 +119,9 @@ fn serves_functions_and_survives_faults_under_load() {
     // 101 runaway loops, each ended by killing its worker.
     assert!(m.contains("limes_worker_replacements_total{function=\"faulty\",reason=\"timeout\"} 101"), "{m}");
     assert!(m.contains("limes_worker_replacements_total{function=\"noop\",reason=\"timeout\"} 0"), "{m}");
-    assert!(m.contains("limes_request_duration_seconds{function=\"noop\",phase=\"warm\",quantile=\"0.99\"}"), "{m}");
+    // A histogram (prometheus-client) of every warm request.
+    assert!(m.contains("limes_request_duration_seconds_count{function=\"noop\",phase=\"warm\"} 9800"), "{m}");
+    assert!(m.contains("limes_request_duration_seconds_bucket{le=\"0.0001\",function=\"noop\",phase=\"warm\"}") || m.contains("limes_request_duration_seconds_bucket{function=\"noop\",phase=\"warm\",le="), "{m}");
 
     // Graceful shutdown on SIGTERM: exit 0.
     let mut server = server;

@@ -23,12 +23,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone)]
@@ -93,31 +97,99 @@ impl Default for ServeOptions {
     }
 }
 
-/// Latency samples kept per function and phase (a ring, newest wins).
-const SAMPLES: usize = 16384;
-
-#[derive(Default)]
-struct Latencies {
-    samples: Vec<f64>,
-    next: usize,
+/// Labels of the request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RequestLabels {
+    function: String,
+    status: String,
 }
 
-impl Latencies {
-    fn push(&mut self, secs: f64) {
-        if self.samples.len() < SAMPLES {
-            self.samples.push(secs);
-        } else {
-            self.samples[self.next] = secs;
-            self.next = (self.next + 1) % SAMPLES;
-        }
+/// Labels of the latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct LatencyLabels {
+    function: String,
+    phase: String,
+}
+
+type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~26 s, doubling.
+    Histogram::new(exponential_buckets(50e-6, 2.0, 20))
+}
+
+/// The server's Prometheus registry (prometheus-client): request counts and
+/// latency histograms recorded as requests finish, and the pools' own
+/// counters read at scrape time.
+struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+/// Reads worker replacements and microVM boots from the pools on each scrape.
+struct PoolCounters(Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>);
+
+impl std::fmt::Debug for PoolCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolCounters")
     }
-    fn quantile(&self, q: f64) -> Option<f64> {
-        if self.samples.is_empty() {
-            return None;
+}
+
+impl prometheus_client::collector::Collector for PoolCounters {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let functions = self.0.read().unwrap().clone();
+        let mut names: Vec<&String> = functions.keys().collect();
+        names.sort();
+        let mut family = encoder.encode_descriptor(
+            "limes_worker_replacements",
+            "Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for n in &names {
+            if let Executor::Workers(pool) = &functions[*n].exec {
+                for reason in ["timeout", "crash"] {
+                    let count = pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0);
+                    let labels = vec![("function".to_string(), n.to_string()), ("reason".to_string(), reason.to_string())];
+                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+                }
+            }
         }
-        let mut v = self.samples.clone();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        Some(v[((v.len() - 1) as f64 * q).round() as usize])
+        drop(family);
+        let mut family = encoder.encode_descriptor(
+            "limes_microvm_boots",
+            "microVMs booted for the pre-booted pool, by outcome.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for n in &names {
+            if let Executor::MicroVm(pool) = &functions[*n].exec {
+                for (outcome, count) in [("ok", pool.boots.load(Ordering::Relaxed)), ("failed", pool.boot_failures.load(Ordering::Relaxed))] {
+                    let labels = vec![("function".to_string(), n.to_string()), ("outcome".to_string(), outcome.to_string())];
+                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    fn new(functions: Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = LatencyFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("limes_requests", "Invocations by function and HTTP status.", requests.clone());
+        registry.register(
+            "limes_request_duration_seconds",
+            "Invocation latency (queue + execution); cold is the first invocation after a load.",
+            latency.clone(),
+        );
+        registry.register_collector(Box::new(PoolCounters(functions)));
+        Metrics { registry, requests, latency }
     }
 }
 
@@ -136,12 +208,9 @@ struct Served {
     exec: Executor,
     /// The store object it was loaded from (a change means a new install).
     object: String,
+    /// Invocations so far: the first after a load is the cold one (pages of
+    /// code and data faulted in).
     served: AtomicU64,
-    /// First invocation after load (pages of code and data faulted in) vs
-    /// every later one.
-    cold: Mutex<Latencies>,
-    warm: Mutex<Latencies>,
-    status: Mutex<BTreeMap<u16, u64>>,
 }
 
 struct AppState {
@@ -149,7 +218,8 @@ struct AppState {
     runtime: Option<Runtime>,
     worker_exe: PathBuf,
     store_root: PathBuf,
-    functions: std::sync::RwLock<HashMap<String, Arc<Served>>>,
+    functions: Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>,
+    metrics: Metrics,
     permits: Semaphore,
     /// In KiB, so that any body size fits a permit count.
     body_budget: Semaphore,
@@ -352,9 +422,14 @@ async fn invoke(
         }
     };
     drop(permit);
-    let elapsed = started.elapsed().as_secs_f64();
-    let nth = f.served.fetch_add(1, Ordering::Relaxed);
-    if nth == 0 { &f.cold } else { &f.warm }.lock().unwrap().push(elapsed);
+    let elapsed = started.elapsed();
+    let phase = if f.served.fetch_add(1, Ordering::Relaxed) == 0 { "cold" } else { "warm" };
+    app.metrics.latency.get_or_create(&LatencyLabels { function: name.clone(), phase: phase.into() }).observe(elapsed.as_secs_f64());
+    let backend = match &f.exec {
+        Executor::Workers(_) => "wasm",
+        Executor::InProcess(_) => "wasm-in-process",
+        Executor::MicroVm(_) => "microvm",
+    };
     let resp = match outcome {
         Err((status, kind, message)) => {
             tracing::warn!(function = %name, kind, error = %message, "invocation failed");
@@ -375,7 +450,10 @@ async fn invoke(
             }
         },
     };
-    *f.status.lock().unwrap().entry(resp.status().as_u16()).or_default() += 1;
+    let status = resp.status().as_u16();
+    app.metrics.requests.get_or_create(&RequestLabels { function: name.clone(), status: status.to_string() }).inc();
+    // The access log: one line per request (RUST_LOG=limes::access=info, or -v).
+    tracing::info!(target: "limes::access", function = %name, backend, status, latency_us = elapsed.as_micros() as u64, "request");
     resp
 }
 
@@ -411,45 +489,10 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let mut out = String::new();
-    out += "# HELP limes_requests_total Invocations by function and HTTP status.\n# TYPE limes_requests_total counter\n";
-    let functions = app.functions.read().unwrap().clone();
-    let mut names: Vec<&String> = functions.keys().collect();
-    names.sort();
-    for n in &names {
-        for (status, count) in functions[*n].status.lock().unwrap().iter() {
-            out += &format!("limes_requests_total{{function=\"{n}\",status=\"{status}\"}} {count}\n");
-        }
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &app.metrics.registry) {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("encoding metrics: {e}"));
     }
-    out += "# HELP limes_request_duration_seconds Invocation latency (instantiate + call); cold is the first invocation after load.\n# TYPE limes_request_duration_seconds summary\n";
-    for n in &names {
-        let f = &functions[*n];
-        for (phase, lat) in [("cold", &f.cold), ("warm", &f.warm)] {
-            let lat = lat.lock().unwrap();
-            for q in [0.5, 0.99] {
-                if let Some(v) = lat.quantile(q) {
-                    out += &format!("limes_request_duration_seconds{{function=\"{n}\",phase=\"{phase}\",quantile=\"{q}\"}} {v:.6}\n");
-                }
-            }
-            out += &format!("limes_request_duration_seconds_count{{function=\"{n}\",phase=\"{phase}\"}} {}\n", lat.samples.len());
-        }
-    }
-    out += "# HELP limes_worker_replacements_total Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).\n# TYPE limes_worker_replacements_total counter\n";
-    out += "# HELP limes_microvm_boots_total microVMs booted for the pre-booted pool, by outcome.\n# TYPE limes_microvm_boots_total counter\n";
-    for n in &names {
-        if let Executor::MicroVm(pool) = &functions[*n].exec {
-            out += &format!("limes_microvm_boots_total{{function=\"{n}\",outcome=\"ok\"}} {}\n", pool.boots.load(Ordering::Relaxed));
-            out += &format!("limes_microvm_boots_total{{function=\"{n}\",outcome=\"failed\"}} {}\n", pool.boot_failures.load(Ordering::Relaxed));
-        }
-    }
-    for n in &names {
-        if let Executor::Workers(pool) = &functions[*n].exec {
-            for reason in ["timeout", "crash"] {
-                let count = pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0);
-                out += &format!("limes_worker_replacements_total{{function=\"{n}\",reason=\"{reason}\"}} {count}\n");
-            }
-        }
-    }
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
 /// Load the functions and serve until `shutdown` resolves (then finish the
@@ -470,11 +513,13 @@ pub async fn serve(
         None => std::env::current_exe()?,
     };
     let body_budget = Semaphore::new((opts.body_budget / 1024).max(1));
+    let functions = Arc::new(std::sync::RwLock::new(HashMap::new()));
     let app = Arc::new(AppState {
         runtime,
         worker_exe,
         store_root: store.root().to_path_buf(),
-        functions: std::sync::RwLock::new(HashMap::new()),
+        metrics: Metrics::new(functions.clone()),
+        functions,
         permits: Semaphore::new(opts.concurrency.max(1)),
         body_budget,
         opts,
@@ -607,9 +652,6 @@ async fn load_function(app: &Arc<AppState>, store: &Store, name: &str) -> Result
         exec,
         object: f.record.object.clone(),
         served: AtomicU64::new(0),
-        cold: Mutex::default(),
-        warm: Mutex::default(),
-        status: Mutex::default(),
     }))
 }
 
