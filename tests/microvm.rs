@@ -205,7 +205,8 @@ fn serve_answers_from_pre_booted_microvms() {
     assert_eq!(http(addr, "POST", "/functions/noop", b"again"), (200, b"again".to_vec()));
     let refill = t.elapsed();
     println!("pre-booted microVM answered in {warm:?}; the next one, waiting for its boot, in {refill:?}");
-    assert!(warm < std::time::Duration::from_millis(1500), "{warm:?}: the request paid for a boot");
+    // A TCG boot takes seconds; execution of the no-op, milliseconds.
+    assert!(warm < std::time::Duration::from_millis(2000), "{warm:?}: the request paid for a boot");
     let (_, m) = http(addr, "GET", "/metrics", b"");
     let m = String::from_utf8(m).unwrap();
     assert!(m.contains("limes_microvm_boots_total{function=\"noop\",outcome=\"ok\"}"), "{m}");
