@@ -213,3 +213,38 @@ fn serve_answers_from_pre_booted_microvms() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `limes serve --auto NAME`: both backends ready; requests go to the one
+/// with the lower measured latency (for the no-op: Wasm, against a microVM
+/// under emulation), and /metrics shows the choice and its figures.
+#[test]
+fn serve_auto_routes_to_the_faster_backend() {
+    use std::io::BufRead;
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed_with(&pack("noop"), &key, d.path(), true);
+    let store = d.path().join("store");
+    ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_limes"))
+        .arg("--store")
+        .arg(&store)
+        .args(["serve", "--listen", "127.0.0.1:0", "--auto", "noop", "--vm-pool", "2", "--workers", "1", "--accel", "tcg", "--kernel"])
+        .arg(test_kernel())
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    for i in 0..24 {
+        let body = format!("r{i}");
+        assert_eq!(http(addr, "POST", "/functions/noop", body.as_bytes()), (200, body.into_bytes()));
+    }
+    let (_, m) = http(addr, "GET", "/metrics", b"");
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("limes_auto_backend{function=\"noop\",backend=\"wasm\"} 1"), "{m}");
+    assert!(m.contains("limes_auto_p50_seconds{function=\"noop\",backend=\"microvm\"}"), "the microVM was never measured: {m}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -66,6 +66,9 @@ pub struct ServeOptions {
     pub in_process: bool,
     /// Functions served from their microVM image instead of as Wasm.
     pub microvm_functions: Vec<String>,
+    /// Functions served by both backends, each request routed to the one
+    /// with the lower measured latency (see `AutoRouter`).
+    pub auto_functions: Vec<String>,
     /// Pre-booted VMs kept per microVM function.
     pub vm_pool: usize,
     /// How microVMs boot (kernel, acceleration, boot limit); the call limit
@@ -91,6 +94,7 @@ impl Default for ServeOptions {
             worker_exe: None,
             in_process: false,
             microvm_functions: Vec::new(),
+            auto_functions: Vec::new(),
             vm_pool: 2,
             vm: crate::microvm::VmOptions::default(),
         }
@@ -150,7 +154,11 @@ impl prometheus_client::collector::Collector for PoolCounters {
             prometheus_client::metrics::MetricType::Counter,
         )?;
         for n in &names {
-            if let Executor::Workers(pool) = &functions[*n].exec {
+            let pool = match &functions[*n].exec {
+                Executor::Workers(p) | Executor::Auto { wasm: p, .. } => p,
+                _ => continue,
+            };
+            {
                 for reason in ["timeout", "crash"] {
                     let count = pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0);
                     let labels = vec![("function".to_string(), n.to_string()), ("reason".to_string(), reason.to_string())];
@@ -166,10 +174,48 @@ impl prometheus_client::collector::Collector for PoolCounters {
             prometheus_client::metrics::MetricType::Counter,
         )?;
         for n in &names {
-            if let Executor::MicroVm(pool) = &functions[*n].exec {
+            let pool = match &functions[*n].exec {
+                Executor::MicroVm(p) | Executor::Auto { vm: p, .. } => p,
+                _ => continue,
+            };
+            {
                 for (outcome, count) in [("ok", pool.boots.load(Ordering::Relaxed)), ("failed", pool.boot_failures.load(Ordering::Relaxed))] {
                     let labels = vec![("function".to_string(), n.to_string()), ("outcome".to_string(), outcome.to_string())];
                     ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        drop(family);
+        // `auto`: which backend it routes to, and the figures behind it.
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let routers: Vec<(&String, &std::sync::Mutex<AutoRouter>)> =
+            names.iter().filter_map(|n| match &functions[*n].exec { Executor::Auto { router, .. } => Some((*n, router)), _ => None }).collect();
+        let mut family = encoder.encode_descriptor(
+            "limes_auto_backend",
+            "For functions served with --auto: 1 for the backend requests are routed to.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (n, r) in &routers {
+            let r = r.lock().unwrap();
+            for b in [Backend::Wasm, Backend::MicroVm] {
+                let labels = vec![("function".to_string(), n.to_string()), ("backend".to_string(), b.name().to_string())];
+                ConstGauge::new(i64::from(r.current == b)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        drop(family);
+        let mut family = encoder.encode_descriptor(
+            "limes_auto_p50_seconds",
+            "For --auto functions: median latency per backend over its recent window.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (n, r) in &routers {
+            let r = r.lock().unwrap();
+            for b in [Backend::Wasm, Backend::MicroVm] {
+                if let Some(p) = r.p50(b) {
+                    let labels = vec![("function".to_string(), n.to_string()), ("backend".to_string(), b.name().to_string())];
+                    ConstGauge::new(p).encode(family.encode_family(&labels)?)?;
                 }
             }
         }
@@ -201,6 +247,8 @@ enum Executor {
     InProcess(LoadedFunction),
     /// Pre-booted microVMs, one request each.
     MicroVm(Arc<crate::pool::VmPool>),
+    /// Both, chosen per request by measured latency.
+    Auto { wasm: Arc<Pool>, vm: Arc<crate::pool::VmPool>, router: std::sync::Mutex<AutoRouter> },
 }
 
 struct Served {
@@ -351,48 +399,26 @@ async fn invoke(
     let started = Instant::now();
     let invoke = InvokeOptions { dirs: app.opts.dirs.clone(), timeout: app.opts.timeout, ..Default::default() };
     let deadline = app.opts.timeout.unwrap_or(Duration::from_millis(f.spec.limits.timeout_ms));
-    let outcome: Result<Result<limes_sdk::Response, limes_sdk::Error>, (StatusCode, &str, String)> = match &f.exec {
-        Executor::Workers(pool) => {
-            let payload = limes_sdk::frame::encode_request(&req);
-            match pool.call(&payload, deadline, app.opts.queue_timeout).await {
-                Err(CallError::Busy) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "all workers are busy; retry later".into())),
-                Err(CallError::Timeout) => Err((
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    RunError::Timeout { function: name.clone(), ms: deadline.as_millis() as u64 }.to_string(),
-                )),
-                Err(CallError::Crashed(why)) => Err((StatusCode::INTERNAL_SERVER_ERROR, "worker-crashed", format!("{name}: the worker crashed ({why}); it was replaced"))),
-                Ok(reply) => {
-                    log_guest_output(&name, &reply.stdout, &reply.stderr);
-                    match reply.meta.error {
-                        Some(e) => {
-                            let status = match e.kind.as_str() {
-                                "memory-limit" => StatusCode::INSUFFICIENT_STORAGE,
-                                "too-large" => StatusCode::PAYLOAD_TOO_LARGE,
-                                _ => StatusCode::INTERNAL_SERVER_ERROR,
-                            };
-                            let kind = if e.kind == "memory-limit" || e.kind == "trap" || e.kind == "too-large" { e.kind.clone() } else { "internal".into() };
-                            Err((status, leak_kind(&kind), e.message))
-                        }
-                        None => limes_sdk::frame::decode_response(&reply.response)
-                            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad answer from the worker: {e}"))),
-                    }
-                }
+    let outcome: Outcome = match &f.exec {
+        Executor::Workers(pool) => call_workers(pool, &req, deadline, app.opts.queue_timeout, &name).await,
+        Executor::MicroVm(pool) => call_vm(pool, req, deadline, app.opts.queue_timeout, &name).await,
+        Executor::Auto { wasm, vm, router } => {
+            let mut backend = router.lock().unwrap().pick();
+            let t = Instant::now();
+            let mut outcome = match backend {
+                Backend::Wasm => call_workers(wasm, &req, deadline, app.opts.queue_timeout, &name).await,
+                // No waiting for a VM to boot: with none ready, Wasm answers.
+                Backend::MicroVm => call_vm(vm, req.clone(), deadline, Duration::ZERO, &name).await,
+            };
+            if backend == Backend::MicroVm && matches!(outcome, Err((StatusCode::SERVICE_UNAVAILABLE, _, _))) {
+                backend = Backend::Wasm;
+                outcome = call_workers(wasm, &req, deadline, app.opts.queue_timeout, &name).await;
             }
-        }
-        Executor::MicroVm(pool) => {
-            let pool = pool.clone();
-            let queue = app.opts.queue_timeout;
-            match tokio::task::spawn_blocking(move || pool.call(&req, deadline, queue)).await {
-                Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("microVM task failed: {join}"))),
-                Ok(Err(crate::pool::VmCallError::Busy)) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "no pre-booted microVM is free; retry later".into())),
-                Ok(Err(crate::pool::VmCallError::Vm(crate::microvm::VmError::Run(e)))) => Err((StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string())),
-                Ok(Err(crate::pool::VmCallError::Vm(e))) => Err((StatusCode::INTERNAL_SERVER_ERROR, "microvm", format!("{name}: {e}"))),
-                Ok(Ok(o)) => {
-                    tracing::debug!(function = %name, exec_us = o.exec_time.as_micros() as u64, "microVM answered");
-                    Ok(o.result)
-                }
+            // Only answers count: a fault says nothing about the backend.
+            if outcome.is_ok() {
+                router.lock().unwrap().record(backend, t.elapsed());
             }
+            outcome
         }
         Executor::InProcess(_) => {
             let app2 = app.clone();
@@ -429,6 +455,7 @@ async fn invoke(
         Executor::Workers(_) => "wasm",
         Executor::InProcess(_) => "wasm-in-process",
         Executor::MicroVm(_) => "microvm",
+        Executor::Auto { .. } => "auto",
     };
     let resp = match outcome {
         Err((status, kind, message)) => {
@@ -455,6 +482,140 @@ async fn invoke(
     // The access log: one line per request (RUST_LOG=limes::access=info, or -v).
     tracing::info!(target: "limes::access", function = %name, backend, status, latency_us = elapsed.as_micros() as u64, "request");
     resp
+}
+
+/// What a request resolved to: the function's answer, or an HTTP error
+/// (status, kind, message).
+type Outcome = Result<Result<limes_sdk::Response, limes_sdk::Error>, (StatusCode, &'static str, String)>;
+
+async fn call_workers(pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Duration, queue: Duration, name: &str) -> Outcome {
+    let payload = limes_sdk::frame::encode_request(req);
+    match pool.call(&payload, deadline, queue).await {
+        Err(CallError::Busy) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "all workers are busy; retry later".into())),
+        Err(CallError::Timeout) => Err((
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            RunError::Timeout { function: name.to_string(), ms: deadline.as_millis() as u64 }.to_string(),
+        )),
+        Err(CallError::Crashed(why)) => Err((StatusCode::INTERNAL_SERVER_ERROR, "worker-crashed", format!("{name}: the worker crashed ({why}); it was replaced"))),
+        Ok(reply) => {
+            log_guest_output(name, &reply.stdout, &reply.stderr);
+            match reply.meta.error {
+                Some(e) => {
+                    let status = match e.kind.as_str() {
+                        "memory-limit" => StatusCode::INSUFFICIENT_STORAGE,
+                        "too-large" => StatusCode::PAYLOAD_TOO_LARGE,
+                        _ => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    Err((status, leak_kind(&e.kind), e.message))
+                }
+                None => limes_sdk::frame::decode_response(&reply.response)
+                    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad answer from the worker: {e}"))),
+            }
+        }
+    }
+}
+
+async fn call_vm(pool: &Arc<crate::pool::VmPool>, req: limes_sdk::Request, deadline: Duration, queue: Duration, name: &str) -> Outcome {
+    let pool = pool.clone();
+    match tokio::task::spawn_blocking(move || pool.call(&req, deadline, queue)).await {
+        Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("microVM task failed: {join}"))),
+        Ok(Err(crate::pool::VmCallError::Busy)) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "no pre-booted microVM is free; retry later".into())),
+        Ok(Err(crate::pool::VmCallError::Vm(crate::microvm::VmError::Run(e)))) => Err((StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string())),
+        Ok(Err(crate::pool::VmCallError::Vm(e))) => Err((StatusCode::INTERNAL_SERVER_ERROR, "microvm", format!("{name}: {e}"))),
+        Ok(Ok(o)) => {
+            tracing::debug!(function = %name, exec_us = o.exec_time.as_micros() as u64, "microVM answered");
+            Ok(o.result)
+        }
+    }
+}
+
+/// A backend `auto` can route to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Wasm,
+    MicroVm,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Wasm => "wasm",
+            Backend::MicroVm => "microvm",
+        }
+    }
+    fn other(self) -> Backend {
+        match self {
+            Backend::Wasm => Backend::MicroVm,
+            Backend::MicroVm => Backend::Wasm,
+        }
+    }
+}
+
+/// The `auto` rule: route each request to the backend whose median
+/// latency (queue + execution, answered requests only) over its last
+/// [`AUTO_WINDOW`] requests is lower; every [`AUTO_EXPLORE`]th request goes
+/// to the other backend so its figures stay current; switch only when the
+/// other's median is at least 10% lower (hysteresis). Starts on Wasm.
+struct AutoRouter {
+    current: Backend,
+    windows: [std::collections::VecDeque<f64>; 2],
+    requests: u64,
+}
+
+/// Short enough that a few explorations reveal a change of regime.
+const AUTO_WINDOW: usize = 9;
+const AUTO_EXPLORE: u64 = 16;
+
+impl AutoRouter {
+    fn new() -> AutoRouter {
+        AutoRouter { current: Backend::Wasm, windows: Default::default(), requests: 0 }
+    }
+    fn window(&self, b: Backend) -> &std::collections::VecDeque<f64> {
+        &self.windows[b as usize]
+    }
+    fn p50(&self, b: Backend) -> Option<f64> {
+        let mut v: Vec<f64> = self.window(b).iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(v[v.len() / 2])
+    }
+    fn pick(&mut self) -> Backend {
+        self.requests += 1;
+        let other = self.current.other();
+        // Measure the other backend early (every 4th request until it has
+        // three answers), then every AUTO_EXPLORE-th.
+        if (self.window(other).len() < 3 && self.requests % 4 == 0) || self.requests % AUTO_EXPLORE == 0 {
+            other
+        } else {
+            self.current
+        }
+    }
+    fn record(&mut self, b: Backend, took: Duration) {
+        let w = &mut self.windows[b as usize];
+        w.push_back(took.as_secs_f64());
+        if w.len() > AUTO_WINDOW {
+            w.pop_front();
+        }
+        let other = self.current.other();
+        if let (Some(cur), Some(alt)) = (self.p50(self.current), self.p50(other)) {
+            if self.window(other).len() >= 3 && alt < cur * 0.9 {
+                tracing::info!(from = self.current.name(), to = other.name(), current_p50_us = (cur * 1e6) as u64, other_p50_us = (alt * 1e6) as u64, "auto backend switch");
+                self.current = other;
+            }
+        }
+    }
+}
+
+/// Re-hash what the workers will map, here first, so a tampered store is a
+/// verification failure of the server itself (the workers re-hash too).
+fn check_wasm_artifacts(f: &crate::store::InstalledFunction) -> Result<(), crate::store::StoreError> {
+    let (best, _) = crate::select::best_tier_of(&f.manifest, |p| f.has(p));
+    let mut check = vec![f.manifest.component.as_str()];
+    check.extend(best.map(|a| a.path.as_str()));
+    f.check_files(&check, crate::store::Integrity::Rehash)
 }
 
 /// The static kind names a worker may report.
@@ -610,19 +771,34 @@ async fn load_function(app: &Arc<AppState>, store: &Store, name: &str) -> Result
     // (Workers re-hash what they map too; checking here first makes a
     // tampered store a verification failure of the server itself.)
     let spec = FunctionSpec::from_manifest(&f.manifest);
+    let vm_pool = |vm_opts: crate::microvm::VmOptions| {
+        let size = app.opts.vm_pool;
+        let f2 = f.clone();
+        tokio::task::spawn_blocking(move || crate::pool::VmPool::start(f2, vm_opts, size))
+    };
+    let mut vm_opts = app.opts.vm.clone();
+    vm_opts.timeout = Duration::from_millis(spec.limits.timeout_ms);
+    if vm_opts.probe_cache.is_none() {
+        vm_opts.probe_cache = Some(app.store_root.join("microvm-accel"));
+    }
+    let worker_spec = WorkerSpec {
+        exe: app.worker_exe.clone(),
+        store: app.store_root.clone(),
+        function: name.to_string(),
+        dirs: app.opts.dirs.clone(),
+        start_timeout: Duration::from_secs(30),
+    };
     let exec = match &app.runtime {
+        _ if app.opts.auto_functions.iter().any(|m| m == name) => {
+            check_wasm_artifacts(&f)?;
+            let wasm = Pool::start(worker_spec, app.opts.workers).await?;
+            let vm = vm_pool(vm_opts).await.map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))??;
+            tracing::info!(function = %name, hypervisor = %vm.hypervisor, "auto: workers and microVMs ready");
+            Executor::Auto { wasm, vm, router: std::sync::Mutex::new(AutoRouter::new()) }
+        }
         _ if app.opts.microvm_functions.iter().any(|m| m == name) => {
-            let mut vm = app.opts.vm.clone();
-            vm.timeout = Duration::from_millis(spec.limits.timeout_ms);
-            if vm.probe_cache.is_none() {
-                vm.probe_cache = Some(app.store_root.join("microvm-accel"));
-            }
-            let size = app.opts.vm_pool;
-            let f2 = f.clone();
-            let pool = tokio::task::spawn_blocking(move || crate::pool::VmPool::start(f2, vm, size))
-                .await
-                .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))??;
-            tracing::info!(function = %name, hypervisor = %pool.hypervisor, vms = size, "microVMs booted and waiting");
+            let pool = vm_pool(vm_opts).await.map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))??;
+            tracing::info!(function = %name, hypervisor = %pool.hypervisor, vms = app.opts.vm_pool, "microVMs booted and waiting");
             Executor::MicroVm(pool)
         }
         Some(rt) => {
@@ -631,18 +807,8 @@ async fn load_function(app: &Arc<AppState>, store: &Store, name: &str) -> Result
             Executor::InProcess(loaded)
         }
         None => {
-            let (best, _) = crate::select::best_tier_of(&f.manifest, |p| f.has(p));
-            let mut check = vec![f.manifest.component.as_str()];
-            check.extend(best.map(|a| a.path.as_str()));
-            f.check_files(&check, crate::store::Integrity::Rehash)?;
-            let ws = WorkerSpec {
-                exe: app.worker_exe.clone(),
-                store: app.store_root.clone(),
-                function: name.to_string(),
-                dirs: app.opts.dirs.clone(),
-                start_timeout: Duration::from_secs(30),
-            };
-            let pool = Pool::start(ws, app.opts.workers).await?;
+            check_wasm_artifacts(&f)?;
+            let pool = Pool::start(worker_spec, app.opts.workers).await?;
             tracing::info!(function = %name, tier = pool.ready.tier.as_deref().unwrap_or("jit"), workers = app.opts.workers, "workers ready");
             Executor::Workers(pool)
         }
@@ -755,4 +921,40 @@ async fn accept_loop(
     }
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drive the router with latencies that depend on the backend it picks.
+    fn drive(r: &mut AutoRouter, n: usize, wasm_ms: f64, vm_ms: f64) -> Vec<Backend> {
+        (0..n)
+            .map(|_| {
+                let b = r.pick();
+                let ms = if b == Backend::Wasm { wasm_ms } else { vm_ms };
+                r.record(b, Duration::from_secs_f64(ms / 1e3));
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_routes_to_the_faster_backend_with_hysteresis() {
+        let mut r = AutoRouter::new();
+        // Wasm faster: stays on Wasm, explores the microVM now and then.
+        let picks = drive(&mut r, 200, 0.3, 15.0);
+        assert_eq!(r.current, Backend::Wasm);
+        let vm = picks.iter().filter(|b| **b == Backend::MicroVm).count();
+        assert!((5..=20).contains(&vm), "explored the microVM {vm} times in 200");
+        // The microVM becomes clearly faster: auto follows.
+        drive(&mut r, 200, 5.0, 1.0);
+        assert_eq!(r.current, Backend::MicroVm);
+        // Only 5% apart: no flapping back.
+        drive(&mut r, 400, 0.95, 1.0);
+        assert_eq!(r.current, Backend::MicroVm, "switched on a lead under 10%");
+        // A clear lead again: back to Wasm.
+        drive(&mut r, 400, 0.5, 1.0);
+        assert_eq!(r.current, Backend::Wasm);
+    }
 }

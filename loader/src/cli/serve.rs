@@ -69,6 +69,13 @@ pub struct ServeCommand {
     /// waiting at the function's ready frame.
     #[arg(long = "microvm", value_name = "NAME")]
     microvm: Vec<String>,
+    /// Serve NAME with both backends (repeatable): each request goes to the
+    /// one whose median latency over its last 9 answers is lower; every
+    /// 16th request tries the other (the microVM only if one is booted and
+    /// waiting); a switch needs a 10% lead. The choice
+    /// and its figures are in /metrics (limes_auto_backend, limes_auto_p50_seconds).
+    #[arg(long = "auto", value_name = "NAME")]
+    auto: Vec<String>,
     /// Pre-booted VMs kept per microVM function (each answers one request).
     #[arg(long, default_value_t = 2)]
     vm_pool: usize,
@@ -99,6 +106,7 @@ impl ServeCommand {
             worker_exe: None,
             in_process: self.in_process,
             microvm_functions: self.microvm.clone(),
+            auto_functions: self.auto.clone(),
             vm_pool: self.vm_pool,
             vm: limes::microvm::VmOptions { kernel: self.kernel.clone(), accel: self.accel, ..Default::default() },
         };
