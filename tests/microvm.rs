@@ -149,11 +149,12 @@ fn firecracker_config_follows_the_documented_schema() {
     }
 }
 
-/// The function's time limit starts when the request reaches the booted
-/// function (boot has its own limit), and a timeout is the same fault with
-/// the same message and exit code as on Wasm.
+/// The same contract on both backends: the function's time limit starts
+/// when the request reaches the booted function (boot has its own limit),
+/// and a timeout, the memory limit and a panic are the same faults with the
+/// same messages and exit code (5) as on Wasm.
 #[test]
-fn microvm_timeouts_match_wasm() {
+fn microvm_faults_match_wasm() {
     let key = test_key();
     let d = tempdir();
     let built = build_signed_with(&fixture("faulty"), &key, d.path(), true);
@@ -166,8 +167,17 @@ fn microvm_timeouts_match_wasm() {
     ok(limes().arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
     // Under TCG the boot alone takes longer than this limit.
     for backend in ["wasm", "microvm"] {
-        let e = fails(limes().args(["run", "faulty", "--data", "loop", "--timeout-ms", "1500", "--accel", "tcg", "--backend", backend, "--kernel"]).arg(test_kernel()), 5);
+        let run = |data: &str| {
+            let mut c = limes();
+            c.args(["run", "faulty", "--data", data, "--timeout-ms", "1500", "--accel", "tcg", "--backend", backend, "--kernel"]).arg(test_kernel());
+            c
+        };
+        let e = fails(&mut run("loop"), 5);
         assert!(e.contains("faulty timed out after 1500 ms"), "{backend}: {e}");
+        let e = fails(&mut run("oom"), 5);
+        assert!(e.contains("faulty exceeded its memory limit of 33554432 bytes"), "{backend}: {e}");
+        let e = fails(&mut run("panic"), 5);
+        assert!(e.contains("faulty trapped") && e.contains("asked to panic"), "{backend}: {e}");
     }
     let o = ok(limes().args(["run", "faulty", "--data", "echo", "--timeout-ms", "1500", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
     assert_eq!(o.stdout, b"echo");

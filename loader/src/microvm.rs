@@ -33,11 +33,13 @@ pub struct VmOptions {
     pub accel: Accel,
     /// Where the KVM probe result is remembered (`None`: probe every time).
     pub probe_cache: Option<PathBuf>,
+    /// Overrides the manifest's memory limit.
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for VmOptions {
     fn default() -> Self {
-        VmOptions { kernel: None, boot_timeout: Duration::from_secs(60), timeout: Duration::from_secs(10), accel: Accel::Auto, probe_cache: None }
+        VmOptions { kernel: None, boot_timeout: Duration::from_secs(60), timeout: Duration::from_secs(10), accel: Accel::Auto, probe_cache: None, memory_limit: None }
     }
 }
 
@@ -192,6 +194,7 @@ pub struct BootedVm {
     start: Instant,
     ready_at: Instant,
     name: String,
+    memory_limit: u64,
     /// `qemu-tcg`, `qemu-kvm` or `firecracker`.
     pub hypervisor: String,
     /// The KVM probe, when this boot ran one.
@@ -209,7 +212,7 @@ impl BootedVm {
     /// ends afterwards: the returned handle finishes when it has been torn
     /// down (a server may leave it running; a one-shot process joins it).
     pub fn call(self, req: &Request, timeout: Duration) -> Result<(VmOutcome, std::thread::JoinHandle<()>), VmError> {
-        let BootedVm { mut vm, mut stdin, rx, err_thread, start, ready_at, name, hypervisor, kvm_probe } = self;
+        let BootedVm { mut vm, mut stdin, rx, err_thread, start, ready_at, name, memory_limit, hypervisor, kvm_probe } = self;
         frame::write_frame(&mut stdin, frame::REQUEST_MAGIC, &frame::encode_request(req))?;
         stdin.flush()?;
         let sent = Instant::now();
@@ -233,7 +236,12 @@ impl BootedVm {
             drop(vm);
             let _ = err_thread.join();
         });
-        let result = frame::decode_response(&payload).map_err(|e| VmError::Frame(e.to_string()))?;
+        // A fault is the same fault as on Wasm: same error, same exit code.
+        let result = match frame::decode_answer(&payload).map_err(|e| VmError::Frame(e.to_string()))? {
+            frame::Answer::Response(r) => r,
+            frame::Answer::Fault(frame::Fault::Trap(message)) => return Err(crate::runtime::RunError::Trap { function: name, message }.into()),
+            frame::Answer::Fault(frame::Fault::MemoryLimit) => return Err(crate::runtime::RunError::MemoryLimit { function: name, limit: memory_limit }.into()),
+        };
         tracing::debug!(function = %name, "microVM answered");
         Ok((VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor, kvm_probe }, teardown))
     }
@@ -246,7 +254,7 @@ fn ended(noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>) -
 }
 
 /// Boot up to the ready frame.
-fn boot(mut cmd: Command, name: &str, boot_timeout: Duration) -> Result<BootedVm, VmError> {
+fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration) -> Result<BootedVm, VmError> {
     let shown = format!("{:?}", cmd.get_program());
     let start = Instant::now();
     let child = cmd
@@ -274,7 +282,7 @@ fn boot(mut cmd: Command, name: &str, boot_timeout: Duration) -> Result<BootedVm
         Event::Answer(..) => return Err(VmError::Frame("answer before ready".into())),
     };
     let stdin = vm.0.stdin.take().expect("piped");
-    Ok(BootedVm { vm, stdin, rx, err_thread, start, ready_at, name: name.to_string(), hypervisor: String::new(), kvm_probe: None })
+    Ok(BootedVm { vm, stdin, rx, err_thread, start, ready_at, name: name.to_string(), memory_limit, hypervisor: String::new(), kvm_probe: None })
 }
 
 /// Bound of the ioctl probe.
@@ -313,7 +321,13 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
     }
     f.check_files(&signed, crate::store::Integrity::Rehash)?;
     let initrd = f.path_of(&vm.initrd);
-    let l = Launch { kernel: &kernel, initrd: &initrd, boot_args: &vm.boot_args, vcpus: vm.vcpus, memory_mib: vm.memory_mib };
+    // The function's memory limit, as on Wasm, enforced by the runner's
+    // allocator (Linux hands `KEY=VALUE` boot arguments to init as its
+    // environment); kept below the VM's RAM so the limit, not the kernel's
+    // OOM killer, answers.
+    let memory_limit = opts.memory_limit.unwrap_or(f.manifest.limits.memory_bytes).min((u64::from(vm.memory_mib).saturating_sub(48)) << 20);
+    let boot_args = format!("{} LIMES_MEMORY_LIMIT={memory_limit}", vm.boot_args);
+    let l = Launch { kernel: &kernel, initrd: &initrd, boot_args: &boot_args, vcpus: vm.vcpus, memory_mib: vm.memory_mib };
 
     // KVM runs guests here? Asked once and remembered in the store; `--accel`
     // overrides. First a one-millisecond ioctl probe (a long-mode guest);
@@ -361,14 +375,14 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
         };
         let tmp = tempfile::tempdir()?;
         if let Some(cmd) = firecracker_command(&l, tmp.path()) {
-            match boot(cmd?, name, boot_timeout) {
+            match boot(cmd?, name, memory_limit, boot_timeout) {
                 Ok(o) => return Ok(booted(o, "firecracker", kvm_probe)),
                 Err(e) => tracing::info!(error = %e, "firecracker did not run the guest; trying QEMU"),
             }
         }
         let cmd = qemu_command(&l, true).ok_or(VmError::NoHypervisor)?;
         let t = Instant::now();
-        match boot(cmd, name, boot_timeout) {
+        match boot(cmd, name, memory_limit, boot_timeout) {
             Ok(o) => return Ok(booted(o, "qemu-kvm", kvm_probe)),
             Err(e) if confirmed => return Err(e),
             Err(e) => {
@@ -382,7 +396,7 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
         }
     }
     let cmd = qemu_command(&l, false).ok_or(VmError::NoHypervisor)?;
-    let mut o = boot(cmd, name, opts.boot_timeout)?;
+    let mut o = boot(cmd, name, memory_limit, opts.boot_timeout)?;
     o.hypervisor = "qemu-tcg".into();
     o.kvm_probe = kvm_probe;
     Ok(o)

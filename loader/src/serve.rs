@@ -521,7 +521,11 @@ async fn call_vm(pool: &Arc<crate::pool::VmPool>, req: limes_sdk::Request, deadl
     match tokio::task::spawn_blocking(move || pool.call(&req, deadline, queue)).await {
         Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("microVM task failed: {join}"))),
         Ok(Err(crate::pool::VmCallError::Busy)) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "no pre-booted microVM is free; retry later".into())),
-        Ok(Err(crate::pool::VmCallError::Vm(crate::microvm::VmError::Run(e)))) => Err((StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string())),
+        Ok(Err(crate::pool::VmCallError::Vm(crate::microvm::VmError::Run(e)))) => Err(match &e {
+            RunError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string()),
+            RunError::MemoryLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "memory-limit", e.to_string()),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "trap", e.to_string()),
+        }),
         Ok(Err(crate::pool::VmCallError::Vm(e))) => Err((StatusCode::INTERNAL_SERVER_ERROR, "microvm", format!("{name}: {e}"))),
         Ok(Ok(o)) => {
             tracing::debug!(function = %name, exec_us = o.exec_time.as_micros() as u64, "microVM answered");

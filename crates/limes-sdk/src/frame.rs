@@ -152,6 +152,86 @@ pub fn encode_response(res: &Result<Response, Error>) -> Vec<u8> {
     p
 }
 
+/// Status byte of a fault answer: the function did not answer at all
+/// (a panic, or its memory limit), the native counterpart of a Wasm trap.
+pub const FAULT_STATUS: u8 = 4;
+
+/// A fault a native runner reports instead of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The function panicked (a Wasm trap on the other backend).
+    Trap(String),
+    /// An allocation would have exceeded the memory limit.
+    MemoryLimit,
+}
+
+/// What a runner sent back: the function's answer, or a fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Response(Result<Response, Error>),
+    Fault(Fault),
+}
+
+/// Encode a fault answer (`4`, kind, message).
+pub fn encode_fault(f: &Fault) -> Vec<u8> {
+    let mut p = vec![FAULT_STATUS];
+    match f {
+        Fault::Trap(m) => {
+            put_bytes(&mut p, b"trap");
+            put_bytes(&mut p, m.as_bytes());
+        }
+        Fault::MemoryLimit => {
+            put_bytes(&mut p, b"memory-limit");
+            put_bytes(&mut p, b"");
+        }
+    }
+    p
+}
+
+/// The complete response frame of [`Fault::MemoryLimit`], built without
+/// allocating (it is written from inside the allocator).
+pub const MEMORY_LIMIT_FRAME: [u8; 29] = {
+    let mut f = [0u8; 29];
+    let head = *b"LMR1";
+    let mut i = 0;
+    while i < 4 {
+        f[i] = head[i];
+        i += 1;
+    }
+    // payload: status, u32 len, "memory-limit", u32 len 0
+    let payload_len: u32 = 1 + 4 + 12 + 4;
+    let l = payload_len.to_le_bytes();
+    f[4] = l[0];
+    f[5] = l[1];
+    f[6] = l[2];
+    f[7] = l[3];
+    f[8] = FAULT_STATUS;
+    f[9] = 12;
+    let kind = *b"memory-limit";
+    let mut j = 0;
+    while j < 12 {
+        f[13 + j] = kind[j];
+        j += 1;
+    }
+    f
+};
+
+/// Decode a response frame that may also carry a fault.
+pub fn decode_answer(payload: &[u8]) -> Result<Answer, FrameError> {
+    if payload.first() == Some(&FAULT_STATUS) {
+        let mut c = Cursor(&payload[1..]);
+        let kind = c.string()?;
+        let message = c.string()?;
+        c.finish()?;
+        return match kind.as_str() {
+            "trap" => Ok(Answer::Fault(Fault::Trap(message))),
+            "memory-limit" => Ok(Answer::Fault(Fault::MemoryLimit)),
+            _ => Err(FrameError::Malformed("unknown fault kind")),
+        };
+    }
+    decode_response(payload).map(Answer::Response)
+}
+
 pub fn decode_response(payload: &[u8]) -> Result<Result<Response, Error>, FrameError> {
     let mut c = Cursor(payload);
     let res = match c.u8()? {
@@ -293,6 +373,13 @@ mod tests {
         ok.push(0);
         assert!(matches!(decode_request(&ok), Err(FrameError::Malformed("trailing bytes"))));
         assert!(decode_response(&[9]).is_err());
+        for f in [Fault::Trap("boom".into()), Fault::MemoryLimit] {
+            assert_eq!(decode_answer(&encode_fault(&f)).unwrap(), Answer::Fault(f));
+        }
+        // The allocation-free frame is exactly the encoded one.
+        let mut framed = Vec::new();
+        write_frame(&mut framed, RESPONSE_MAGIC, &encode_fault(&Fault::MemoryLimit)).unwrap();
+        assert_eq!(framed, MEMORY_LIMIT_FRAME);
         let mut big = Vec::new();
         big.extend_from_slice(REQUEST_MAGIC);
         big.extend_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());

@@ -147,6 +147,14 @@ macro_rules! export {
         pub fn __limes_native_main() -> ! {
             $crate::native::main(__limes_handler)
         }
+
+        /// What the native executable installs as its allocator (the SDK,
+        /// reached through the function crate).
+        #[doc(hidden)]
+        #[cfg(all(not(target_family = "wasm"), target_os = "linux"))]
+        pub mod __limes_native {
+            pub use $crate::native::LimitedAlloc;
+        }
     };
 }
 

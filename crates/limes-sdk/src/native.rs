@@ -2,21 +2,138 @@
 //! with one handler, answering on stdout.
 
 use crate::frame::{self, Frame};
-use crate::{Error, Handler, Request, Response};
+use crate::{Error, Handler, Request};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
-/// Call `handler`, turning a panic into an `internal` error so that one bad
-/// request never kills a long-running runner.
-pub fn call(handler: Handler, req: Request) -> Result<Response, Error> {
+/// Call `handler`. A panic is a fault (the counterpart of a Wasm trap), not
+/// an answer; it never kills a long-running runner.
+pub fn call(handler: Handler, req: Request) -> frame::Answer {
     match std::panic::catch_unwind(move || handler(req)) {
-        Ok(r) => r,
+        Ok(r) => frame::Answer::Response(r),
         Err(p) => {
             let msg = p
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Internal(format!("function panicked: {msg}")))
+            frame::Answer::Fault(frame::Fault::Trap(format!("function panicked: {msg}")))
+        }
+    }
+}
+
+/// The response payload for `answer`.
+fn encode(answer: &frame::Answer) -> Vec<u8> {
+    match answer {
+        frame::Answer::Response(r) => frame::encode_response(r),
+        frame::Answer::Fault(f) => frame::encode_fault(f),
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub use limit::LimitedAlloc;
+
+#[cfg(target_os = "linux")]
+mod limit {
+    //! The native executable's allocator: the system allocator with a
+    //! limit on the bytes allocated at once (`LIMES_MEMORY_LIMIT`, from the
+    //! environment, or in a microVM from the kernel command line, which
+    //! Linux hands to init as its environment). An allocation past it is
+    //! answered with a memory-limit fault frame, written without allocating,
+    //! and the runner ends: the counterpart of a Wasm instance hitting its
+    //! limit (not an out-of-memory kernel panic).
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+
+    static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+    static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    static FAULT_FD: AtomicI32 = AtomicI32::new(1);
+    static IN_VM: AtomicBool = AtomicBool::new(false);
+
+    /// Read the limit from the environment (call once, at start).
+    pub(crate) fn configure() {
+        if let Some(n) = std::env::var("LIMES_MEMORY_LIMIT").ok().and_then(|v| v.parse::<usize>().ok()) {
+            LIMIT.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Where the fault frame goes, and whether ending means rebooting.
+    pub(crate) fn fault_to(fd: i32, in_vm: bool) {
+        FAULT_FD.store(fd, Ordering::Relaxed);
+        IN_VM.store(in_vm, Ordering::Relaxed);
+    }
+
+    fn reserve(n: usize) -> bool {
+        let prev = ALLOCATED.fetch_add(n, Ordering::Relaxed);
+        if prev.saturating_add(n) > LIMIT.load(Ordering::Relaxed) {
+            ALLOCATED.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn over_limit() -> ! {
+        let f = &crate::frame::MEMORY_LIMIT_FRAME;
+        // SAFETY: writing a static buffer to a descriptor, then ending the
+        // process (or, as PID 1, the VM); nothing here allocates.
+        unsafe {
+            libc::write(FAULT_FD.load(Ordering::Relaxed), f.as_ptr().cast(), f.len());
+            if IN_VM.load(Ordering::Relaxed) {
+                libc::sync();
+                libc::reboot(libc::RB_AUTOBOOT);
+            }
+            libc::_exit(5)
+        }
+    }
+
+    /// The allocator; install it with `#[global_allocator]` (the native
+    /// build's generated `main.rs` does).
+    pub struct LimitedAlloc;
+
+    // SAFETY: forwards to the system allocator; only the accounting is ours.
+    unsafe impl GlobalAlloc for LimitedAlloc {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if !reserve(layout.size()) {
+                over_limit();
+            }
+            // SAFETY: forwarded with the caller's layout.
+            let p = unsafe { System.alloc(layout) };
+            if p.is_null() {
+                ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if !reserve(layout.size()) {
+                over_limit();
+            }
+            // SAFETY: forwarded with the caller's layout.
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if p.is_null() {
+                ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: forwarded from the caller.
+            unsafe { System.dealloc(ptr, layout) };
+            ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let old = layout.size();
+            if new_size > old && !reserve(new_size - old) {
+                over_limit();
+            }
+            // SAFETY: forwarded from the caller.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if p.is_null() {
+                if new_size > old {
+                    ALLOCATED.fetch_sub(new_size - old, Ordering::Relaxed);
+                }
+            } else if new_size < old {
+                ALLOCATED.fetch_sub(old - new_size, Ordering::Relaxed);
+            }
+            p
         }
     }
 }
@@ -33,9 +150,9 @@ pub fn serve(handler: Handler, input: impl Read, output: impl Write) -> Result<u
             Frame::Payload(p) => {
                 let res = match frame::decode_request(&p) {
                     Ok(req) => call(handler, req),
-                    Err(e) => Err(Error::BadRequest(format!("undecodable request frame: {e}"))),
+                    Err(e) => frame::Answer::Response(Err(Error::BadRequest(format!("undecodable request frame: {e}")))),
                 };
-                frame::write_frame(&mut output, frame::RESPONSE_MAGIC, &frame::encode_response(&res))?;
+                frame::write_frame(&mut output, frame::RESPONSE_MAGIC, &encode(&res))?;
                 served += 1;
             }
         }
@@ -46,6 +163,8 @@ pub fn serve(handler: Handler, input: impl Read, output: impl Write) -> Result<u
 /// exit 0 on EOF, 2 on a protocol error. As PID 1 (inside a microVM image)
 /// it is the whole userland instead: see [`init`].
 pub fn main(handler: Handler) -> ! {
+    #[cfg(target_os = "linux")]
+    limit::configure();
     #[cfg(target_os = "linux")]
     if std::process::id() == 1 {
         init::run(handler);
@@ -116,6 +235,7 @@ pub mod init {
         }
         let tty = raw_console();
         let mut out = tty.try_clone().unwrap_or_else(|e| halt(&format!("console: {e}")));
+        super::limit::fault_to(out.as_raw_fd(), true);
         if frame::write_frame(&mut out, READY_MAGIC, &[]).is_err() {
             halt("cannot write to the console");
         }
@@ -125,9 +245,9 @@ pub mod init {
                 Ok(Frame::Payload(p)) => {
                     let res = match frame::decode_request(&p) {
                         Ok(req) => call(handler, req),
-                        Err(e) => Err(Error::BadRequest(format!("undecodable request frame: {e}"))),
+                        Err(e) => frame::Answer::Response(Err(Error::BadRequest(format!("undecodable request frame: {e}")))),
                     };
-                    let _ = frame::write_frame(&mut out, frame::RESPONSE_MAGIC, &frame::encode_response(&res));
+                    let _ = frame::write_frame(&mut out, frame::RESPONSE_MAGIC, &encode(&res));
                     // One request per boot: a fresh VM per invocation, like
                     // a fresh instance per invocation on the Wasm side.
                     reboot();

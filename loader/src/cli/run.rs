@@ -122,6 +122,7 @@ impl RunCommand {
             timeout: Duration::from_millis(self.timeout_ms.unwrap_or(f.manifest.limits.timeout_ms)),
             accel: self.accel,
             probe_cache: Some(store.root().join("microvm-accel")),
+            memory_limit: self.memory_limit_mib.map(|m| m << 20),
         };
         let o = match limes::microvm::run(f, &req, &opts) {
             // A fault of the function, not of booting: same message as Wasm.
