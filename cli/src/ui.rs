@@ -97,4 +97,13 @@ impl limes_build::Progress for Ui {
             None => tracing::info!("{msg}"),
         }
     }
+
+    /// Cargo writes to the terminal itself: hide the spinner meanwhile, or
+    /// each of its redraws leaves a stale line among cargo's output.
+    fn suspend(&self, f: &mut dyn FnMut()) {
+        match &self.spinner {
+            Some(s) => s.suspend(f),
+            None => f(),
+        }
+    }
 }

@@ -120,8 +120,22 @@ fn run_cargo_json(
     let relay = std::thread::spawn(move || {
         use std::io::{BufRead, Write};
         let mut out = std::io::stderr();
+        let mut dropped = 0;
+        let mut skip_blank = false;
         for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
-            if String::from_utf8_lossy(&line).contains("dropping unsupported crate type `cdylib`") {
+            let text = String::from_utf8_lossy(&line);
+            if text.contains("dropping unsupported crate type `cdylib`") {
+                dropped += 1;
+                skip_blank = true;
+                continue;
+            }
+            // The blank line that ends that warning's block.
+            if std::mem::take(&mut skip_blank) && text.trim().is_empty() {
+                continue;
+            }
+            // Cargo's summary that counted only that warning.
+            if dropped > 0 && text.contains("(lib) generated 1 warning") {
+                dropped -= 1;
                 continue;
             }
             let _ = out.write_all(&line);

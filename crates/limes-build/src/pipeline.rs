@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 /// Receives progress messages (a spinner on a TTY, nothing in CI).
 pub trait Progress: Sync {
     fn step(&self, msg: &str);
+    /// Run `f` (a cargo build, whose output goes to the terminal) with any
+    /// progress display hidden, so the two never interleave.
+    fn suspend(&self, f: &mut dyn FnMut()) {
+        f()
+    }
 }
 
 pub struct NoProgress;
@@ -190,7 +195,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
 
     progress.step(&format!("compiling {} for {}", project.package_name, compile::WASM_TARGET));
     let t = Instant::now();
-    let built = compile::build_component(&project, &opts.cargo)?;
+    let mut built = None;
+    progress.suspend(&mut || built = Some(compile::build_component(&project, &opts.cargo)));
+    let built = built.expect("suspend runs its closure")?;
     timings.cargo = t.elapsed();
 
     progress.step("validating component");
@@ -220,7 +227,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
     let image = if opts.microvm {
         progress.step(&format!("building the microVM image ({})", crate::microvm::MICROVM_TARGET));
         let t = Instant::now();
-        let image = crate::microvm::build_image(&project, &opts.cargo, epoch, opts.kernel.is_some())?;
+        let mut image = None;
+        progress.suspend(&mut || image = Some(crate::microvm::build_image(&project, &opts.cargo, epoch, opts.kernel.is_some())));
+        let image = image.expect("suspend runs its closure")?;
         timings.microvm = t.elapsed();
         Some(image)
     } else {

@@ -266,20 +266,79 @@ impl std::fmt::Display for LimitHit {
 }
 impl std::error::Error for LimitHit {}
 
-fn classify(e: io::Error, context: &str) -> BundleError {
-    if let Some(l) = e.get_ref().and_then(|i| i.downcast_ref::<LimitHit>()) {
-        return BundleError::TooLarge(format!("{} while reading {context}", l));
+/// An error reading the bundle's bytes from where they are stored (not a
+/// property of the bytes): tagged where it arises.
+#[derive(Debug)]
+struct SourceError(io::Error);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof => BundleError::Archive(format!("truncated while reading {context}")),
-        _ => {
-            let msg = e.to_string();
-            if msg.contains("zstd") || msg.to_lowercase().contains("checksum") || msg.contains("Unknown frame") || msg.contains("corrupt") || msg.contains("rror") {
-                BundleError::Compression(format!("{msg} (while reading {context})"))
-            } else {
-                BundleError::Archive(format!("{msg} (while reading {context})"))
-            }
+}
+impl std::error::Error for SourceError {}
+
+/// Tags every read error of the stored bundle as a [`SourceError`].
+struct Stored<R>(R);
+
+impl<R: Read> Read for Stored<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| io::Error::new(e.kind(), SourceError(e)))
+    }
+}
+
+/// An error that arose in the decompressed stream (the decoder or the
+/// counters around it), as opposed to in a sink writing what was read.
+#[derive(Debug)]
+struct StreamError(io::Error);
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl std::error::Error for StreamError {}
+
+/// Tags every read error of the decompressed stream as a [`StreamError`].
+struct Stream<R>(R);
+
+impl<R: Read> Read for Stream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| io::Error::new(e.kind(), StreamError(e)))
+    }
+}
+
+/// Classify an I/O error by where it arose (by type, never by message):
+/// a size limit; the stored file (I/O, not verification); the end of the
+/// data (truncation); the decoder (the compressed stream is damaged); or
+/// else the sink that was writing what was read.
+fn classify(e: io::Error, context: &str) -> BundleError {
+    let mut cur: &(dyn std::error::Error + 'static) = &e;
+    let mut from_stream = false;
+    loop {
+        if let Some(l) = cur.downcast_ref::<LimitHit>() {
+            return BundleError::TooLarge(format!("{l} while reading {context}"));
         }
+        if let Some(s) = cur.downcast_ref::<SourceError>() {
+            return BundleError::Io { path: context.to_string(), source: io::Error::new(s.0.kind(), s.0.to_string()) };
+        }
+        from_stream |= cur.is::<StreamError>();
+        let next = match cur.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref().map(|i| i as &(dyn std::error::Error + 'static)),
+            None => cur.source(),
+        };
+        match next {
+            Some(n) => cur = n,
+            None => break,
+        }
+    }
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        return BundleError::Archive(format!("truncated while reading {context}"));
+    }
+    if from_stream {
+        BundleError::Compression(format!("{e} (while reading {context})"))
+    } else {
+        BundleError::Io { path: context.to_string(), source: e }
     }
 }
 
@@ -463,7 +522,7 @@ pub fn read_bundle(
             limits.max_compressed
         )));
     }
-    read_stream(file, compressed_size, limits, policy, sink)
+    read_stream(Stored(file), compressed_size, limits, policy, sink)
 }
 
 /// [`read_bundle`] over any reader of compressed bytes.
@@ -500,7 +559,7 @@ pub fn read_stream(
         inner: dec,
         enc: encoder(HashWriter(Sha256::new())).map_err(|e| BundleError::Compression(e.to_string()))?,
     };
-    let mut unpacked = Bounded { inner: tee, left: limits.max_unpacked, what: "unpacked size" };
+    let mut unpacked = Bounded { inner: Stream(tee), left: limits.max_unpacked, what: "unpacked size" };
 
     let next = |r: &mut _, what: &str| -> Result<Option<EntryHead>, BundleError> { parse_header(&read_block(r, what)?) };
 
@@ -627,7 +686,7 @@ pub fn read_stream(
     if unpacked.read(&mut probe).map_err(|e| classify(e, "archive end"))? != 0 {
         return Err(BundleError::Archive("data after the end of the archive".into()));
     }
-    let ReEncode { inner: dec, enc } = unpacked.inner;
+    let Stream(ReEncode { inner: dec, enc }) = unpacked.inner;
     let mut raw = dec.finish();
     let trailing = raw.fill_buf().map_err(|e| classify(e, "bundle end"))?;
     if !trailing.is_empty() {
