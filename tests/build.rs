@@ -343,3 +343,20 @@ fn run_builds_runs_and_watches() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Conventions: the crate is found from a subdirectory (as cargo does), and
+/// every subcommand's --help ends with examples.
+#[test]
+fn conventions_parent_discovery_and_help_examples() {
+    let work = tempdir();
+    ok(limes_pack().args(["new", "nested", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
+    let src = work.path().join("nested/src");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| work.path().join("target"));
+    let o = ok(limes_pack().args(["build", "--json", "--no-microvm", "--out-dir"]).arg(work.path().join("out")).current_dir(&src).env("CARGO_TARGET_DIR", &target));
+    assert_eq!(json(&o)["function"], "nested");
+    for sub in ["new", "build", "run", "native", "keygen", "sign", "verify", "inspect", "push"] {
+        let o = ok(limes_pack().args([sub, "--help"]));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("Examples:") && text.contains(&format!("limes-pack {sub}")), "{sub} --help:\n{text}");
+    }
+}

@@ -171,6 +171,12 @@ fn faulty_functions_fail_cleanly() {
     ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
     let e = fails(limes(&store).args(["run", "faulty", "--data", "loop"]), 5);
     assert!(e.contains("timed out after 500 ms"), "{e}");
+    // A function that declares no preopens says so.
+    let e = fails(limes(&store).args(["run", "faulty", "--dir", "images=/tmp"]), 1);
+    assert!(e.contains("it declares no preopens") && !e.contains("(declared: )"), "{e}");
+    // Logs written to a file carry no colour codes; -v shows the access path.
+    let o = limes(&store).args(["-v", "run", "faulty", "--data", "x"]).output().unwrap();
+    assert!(o.status.success() && !o.stderr.contains(&0x1b), "{}", String::from_utf8_lossy(&o.stderr));
     // The deadline ends the process (compiled code has no epoch checks):
     // not before the limit, and not long after it.
     let t = std::time::Instant::now();
@@ -178,13 +184,15 @@ fn faulty_functions_fail_cleanly() {
     let took = t.elapsed();
     assert!(e.contains("timed out after 300 ms"), "{e}");
     assert!(took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(3), "{took:?}");
+    assert!(e.contains("--timeout-ms"), "the message names the override: {e}");
     let o = limes(&store).args(["--json", "run", "faulty", "--data", "loop", "--timeout-ms", "100"]).output().unwrap();
     assert_eq!(o.status.code(), Some(5));
     assert_eq!(json(&o)["kind"], "timeout");
     let e = fails(limes(&store).args(["run", "faulty", "--data", "oom"]), 5);
-    assert!(e.contains("exceeded its memory limit of 33554432 bytes"), "{e}");
+    assert!(e.contains("exceeded its memory limit of 33554432 bytes") && e.contains("--memory-limit-mib"), "{e}");
     let e = fails(limes(&store).args(["run", "faulty", "--data", "panic"]), 5);
     assert!(e.contains("trapped") && e.contains("asked to panic"), "{e}");
+    assert!(!e.contains("RUST_BACKTRACE"), "a host-side hint that does nothing: {e}");
     let e = fails(limes(&store).args(["run", "faulty", "--data", "abort"]), 5);
     assert!(e.contains("trapped"), "{e}");
     let e = fails(limes(&store).args(["run", "faulty", "--data", "bad"]), 4);
@@ -253,7 +261,7 @@ fn preopened_directories_follow_the_manifest() {
     let e = fails(limes(&store).args(["run", "image", "--meta", "file=in.jpg"]), 4);
     assert!(e.contains("not-found") && e.contains("hint: image declares preopen(s) images") && e.contains("--dir"), "{e}");
     let e = fails(limes(&store).args(["run", "image", "--dir", "secrets=/etc"]), 1);
-    assert!(e.contains("no preopen named \"secrets\""), "{e}");
+    assert!(e.contains("no preopen named \"secrets\"") && e.contains("it declares: images"), "{e}");
     // Read-only: the declared preopen is not writable.
     let m = limes::Store::open(&store).unwrap().get("image").unwrap().manifest;
     assert!(!m.preopens[0].writable);
@@ -314,4 +322,15 @@ fn thin_loader_has_no_cranelift_and_runs_aot() {
     assert_eq!(stdout(&o).trim(), MANDELBROT_DEFAULT_CHECKSUM);
     let e = fails(Command::new(&thin).arg("--store").arg(&store).args(["run", "mandelbrot", "--jit"]), 1);
     assert!(e.contains("no JIT"), "{e}");
+}
+
+/// Every `limes` subcommand's --help ends with examples.
+#[test]
+fn help_has_examples() {
+    let d = tempdir();
+    for sub in ["install", "list", "pull", "remove", "run", "serve"] {
+        let o = ok(limes(d.path()).args([sub, "--help"]));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("Examples:") && text.contains(&format!("limes {sub}")), "{sub} --help:\n{text}");
+    }
 }
