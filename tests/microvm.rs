@@ -255,6 +255,17 @@ fn serve_auto_routes_to_the_faster_backend() {
     let m = String::from_utf8(m).unwrap();
     assert!(m.contains("limes_auto_backend{function=\"noop\",backend=\"wasm\"} 1"), "{m}");
     assert!(m.contains("limes_auto_p50_seconds{function=\"noop\",backend=\"microvm\"}"), "the microVM was never measured: {m}");
+    // `limes list` shows the choice and its figures while serve runs.
+    let t = std::time::Instant::now();
+    loop {
+        let o = ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("list"));
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        if text.contains("served: auto -> wasm (wasm p50") && text.contains("microvm p50") {
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "limes list: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

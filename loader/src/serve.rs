@@ -273,6 +273,10 @@ struct AppState {
     body_budget: Semaphore,
     opts: ServeOptions,
     started: Instant,
+    /// Request ids for the logs.
+    next_request: AtomicU64,
+    /// The last state written for `limes list`.
+    published: std::sync::Mutex<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -350,6 +354,14 @@ async fn invoke(
     Query(query): Query<Vec<(String, String)>>,
     request: axum::extract::Request,
 ) -> Response {
+    // Every log line of a request (its access-log line, the function's own
+    // output) carries the request's id.
+    let id = app.next_request.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("request", id, function = %name);
+    tracing::Instrument::instrument(invoke_in_span(app, name, query, request), span).await
+}
+
+async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, String)>, request: axum::extract::Request) -> Response {
     // Nothing of the body is read before the function and the declared size
     // have been checked.
     let found = app.functions.read().unwrap().get(&name).cloned();
@@ -689,11 +701,14 @@ pub async fn serve(
         body_budget,
         opts,
         started: Instant::now(),
+        next_request: AtomicU64::new(1),
+        published: std::sync::Mutex::new(Vec::new()),
     });
     // What is installed now must load: a store that fails verification stops
     // the server here (later changes are followed, and a bad one is logged
     // and not served).
     reconcile(&app, true).await?;
+    publish_state(&app);
     let listener = tokio::net::TcpListener::bind(app.opts.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: app.opts.listen, source })?;
@@ -717,6 +732,7 @@ pub async fn serve(
                 if let Err(e) = reconcile(&app, false).await {
                     tracing::error!(error = %e, "following the store failed");
                 }
+                publish_state(&app);
             }
         })
     };
@@ -729,6 +745,41 @@ pub async fn serve(
     accept_loop(listener, router, max_connections, header_timeout, shutdown).await;
     follower.abort();
     Ok(())
+}
+
+/// Name of the file (in the store) where a running serve says how it serves
+/// each function, for `limes list`.
+pub const SERVE_STATE: &str = "serve-state.json";
+
+/// Write what serve is doing per function (backend; for `auto`, where it
+/// routes and the medians behind it) into the store, when it changed.
+fn publish_state(app: &Arc<AppState>) {
+    let functions = app.functions.read().unwrap().clone();
+    let mut per = serde_json::Map::new();
+    for (n, f) in &functions {
+        let v = match &f.exec {
+            Executor::Workers(_) => serde_json::json!({"backend": "wasm"}),
+            Executor::InProcess(_) => serde_json::json!({"backend": "wasm-in-process"}),
+            Executor::MicroVm(_) => serde_json::json!({"backend": "microvm"}),
+            Executor::Auto { router, .. } => {
+                let r = router.lock().unwrap();
+                let p50 = |b| r.p50(b).map(|s| (s * 1e6) as u64);
+                serde_json::json!({"backend": "auto", "routing_to": r.current.name(),
+                    "p50_us": {"wasm": p50(Backend::Wasm), "microvm": p50(Backend::MicroVm)}})
+            }
+        };
+        per.insert(n.clone(), v);
+    }
+    let state = serde_json::json!({"pid": std::process::id(), "functions": per});
+    let text = serde_json::to_vec_pretty(&state).expect("state serializes");
+    let mut last = app.published.lock().unwrap();
+    if *last != text {
+        if let Ok(store) = Store::open(&app.store_root) {
+            if store.write_file(SERVE_STATE, &text).is_ok() {
+                *last = text;
+            }
+        }
+    }
 }
 
 /// How often serve looks for installs and removals.

@@ -12,17 +12,35 @@ impl ListCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let store = Store::open(&ctx.store)?;
         let all = store.list()?;
+        // How a running `limes serve` serves each function, if one runs.
+        let serving: serde_json::Value = store
+            .read_file(limes::serve::SERVE_STATE, 1 << 20)?
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|s| s["pid"].as_u64().is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()))
+            .map(|s| s["functions"].clone())
+            .unwrap_or(serde_json::Value::Null);
+        let describe = |name: &str| -> Option<String> {
+            let f = serving.get(name)?;
+            let backend = f["backend"].as_str()?;
+            if backend != "auto" {
+                return Some(format!("served: {backend}"));
+            }
+            let fig = |b: &str| f["p50_us"][b].as_u64().map(|us| format!("{b} p50 {us} µs")).unwrap_or_else(|| format!("{b} not measured yet"));
+            Some(format!("served: auto -> {} ({}, {})", f["routing_to"].as_str().unwrap_or("?"), fig("wasm"), fig("microvm")))
+        };
         if ctx.json {
             let rows: Vec<_> = all
                 .iter()
-                .map(|r| serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files}))
+                .map(|r| serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files,
+                    "serving": serving.get(&r.name).cloned()}))
                 .collect();
             println!("{}", serde_json::json!({"ok": true, "functions": rows}));
         } else if all.is_empty() {
             eprintln!("no functions installed in {} (install one with `limes install BUNDLE --trust KEY`)", ctx.store.display());
         } else {
             for r in all {
-                println!("{:<24} {:<12} signer {}  object {}", r.name, r.version, r.signer, &r.object[..16]);
+                let served = describe(&r.name).map(|s| format!("  {s}")).unwrap_or_default();
+                println!("{:<24} {:<12} signer {}  object {}{served}", r.name, r.version, r.signer, &r.object[..16]);
             }
         }
         Ok(ExitCode::SUCCESS)
