@@ -107,6 +107,17 @@ pub struct LoadRow {
     pub p99_us: f64,
 }
 
+/// One function served one way by `limes serve` (one client, sequential).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendRow {
+    pub workload: String,
+    /// `wasm`, `microvm` (pre-booted pool) or `auto`.
+    pub mode: String,
+    pub requests: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Results {
     pub machine: report::Machine,
@@ -115,6 +126,7 @@ pub struct Results {
     pub builds: Vec<BuildRow>,
     pub scaling: Vec<ScalingRow>,
     pub serve_load: Vec<LoadRow>,
+    pub backends: Vec<BackendRow>,
     pub notes: Vec<String>,
 }
 
@@ -409,7 +421,15 @@ fn main() -> Result<()> {
         serve_load.extend(report::serve_load(&store, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 2000 }, in_process)?);
     }
 
-    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, notes };
+    // --- Backend choice: Wasm workers, pre-booted microVMs, and `auto`.
+    let choice: Vec<(&str, &str, Vec<u8>)> = workloads
+        .iter()
+        .filter(|w| !w.name.contains("file"))
+        .map(|w| (w.name, w.function, w.full.body.clone()))
+        .collect();
+    let backends = report::backend_choice(&store, &kernel, &choice, if q { 2 } else { 12 })?;
+
+    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, backends, notes };
     report::write_all(&a.out, &results)?;
     eprintln!("wrote {}", a.out.join("report.md").display());
     println!("{}", std::fs::read_to_string(a.out.join("report.md"))?);

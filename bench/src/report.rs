@@ -54,14 +54,64 @@ impl Machine {
 }
 
 fn post(addr: SocketAddr, body: &[u8]) -> Result<u16> {
+    post_to(addr, "noop", body)
+}
+
+fn post_to(addr: SocketAddr, function: &str, body: &[u8]) -> Result<u16> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "POST /functions/noop HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(s, "POST /functions/{function} HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())?;
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let line = String::from_utf8_lossy(&raw[..raw.len().min(16)]).to_string();
     Ok(line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+}
+
+/// Each workload served by `limes serve` three ways (Wasm workers,
+/// pre-booted microVMs, `auto`), `n` sequential requests each.
+pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads: &[(&str, &str, Vec<u8>)], n: usize) -> Result<Vec<crate::BackendRow>> {
+    let worker_exe = crate::sibling("limes")?;
+    let mut rows = Vec::new();
+    for (workload, function, body) in workloads {
+        for mode in ["wasm", "microvm", "auto"] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let root = store.root().to_path_buf();
+            let opts = limes::serve::ServeOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                functions: vec![function.to_string()],
+                workers: 2,
+                worker_exe: Some(worker_exe.clone()),
+                microvm_functions: if mode == "microvm" { vec![function.to_string()] } else { vec![] },
+                auto_functions: if mode == "auto" { vec![function.to_string()] } else { vec![] },
+                vm_pool: 2,
+                vm: limes::microvm::VmOptions { kernel: Some(kernel.to_path_buf()), ..Default::default() },
+                queue_timeout: Duration::from_secs(60),
+                ..Default::default()
+            };
+            let server = std::thread::spawn(move || -> Result<()> {
+                let store = limes::Store::open(root)?;
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                rt.block_on(limes::serve::serve(&store, opts, move |a| tx.send(a).unwrap(), async move {
+                    let _ = stop_rx.await;
+                }))?;
+                Ok(())
+            });
+            let addr = rx.recv_timeout(Duration::from_secs(120))?;
+            let mut lat = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                anyhow::ensure!(post_to(addr, function, body)? == 200, "non-200 from serve ({workload}, {mode})");
+                lat.push(t.elapsed());
+            }
+            let _ = stop_tx.send(());
+            server.join().unwrap()?;
+            let s = crate::Stats::of(&lat);
+            rows.push(crate::BackendRow { workload: workload.to_string(), mode: mode.into(), requests: n, p50_us: s.p50_us, p99_us: s.p99_us });
+        }
+    }
+    Ok(rows)
 }
 
 /// `limes serve` (in process, on 127.0.0.1) under 1..N concurrent clients,
@@ -205,6 +255,19 @@ pub fn markdown(r: &Results) -> String {
     s += "\n## `limes serve` under concurrent load (noop, 127.0.0.1, one connection per request)\n\n`workers` is the design (4 pre-warmed worker processes, requests over a pipe, deadlines by killing the worker); `in-process` is the previous design, measured in the same run for comparison (it cannot enforce deadlines without epoch checks).\n\n| mode | clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|---|\n";
     for l in &r.serve_load {
         let _ = writeln!(s, "| {} | {} | {} | {:.0} | {} | {} |", l.mode, l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
+    }
+    s += "\n## Backend choice: `limes serve` per function as Wasm, as pre-booted microVMs, and `auto` (one client, sequential)\n\n`auto` routes each request to the backend with the lower recent median and tries the other every 16th request. microVM rows run under QEMU TCG here: each VM answers one request, so once the pre-booted ones are used a request waits for a boot.\n\n| workload | wasm p50 | microvm p50 | auto p50 | auto / better fixed |\n|---|---|---|---|---|\n";
+    let mut seen: Vec<&str> = Vec::new();
+    for b in &r.backends {
+        if seen.contains(&b.workload.as_str()) {
+            continue;
+        }
+        seen.push(&b.workload);
+        let get = |m: &str| r.backends.iter().find(|x| x.workload == b.workload && x.mode == m);
+        if let (Some(w), Some(v), Some(a)) = (get("wasm"), get("microvm"), get("auto")) {
+            let best = w.p50_us.min(v.p50_us);
+            let _ = writeln!(s, "| {} | {} | {} | {} | {:.2}x |", b.workload, us(w.p50_us), us(v.p50_us), us(a.p50_us), a.p50_us / best);
+        }
     }
     s += "\n## Build (limes-pack)\n\n| pack | cold build | no-change build | component | bundle | tiers (precompile ms, bytes) |\n|---|---|---|---|---|---|\n";
     for b in &r.builds {
