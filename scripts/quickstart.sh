@@ -11,5 +11,7 @@ mkdir -p "$work"
 [ -f "$work/limes.key" ] || "$bin/limes-pack" keygen --dir "$work" --name limes
 "$bin/limes-pack" build packs/mandelbrot --sign "$work/limes.key" --out-dir "$work"
 "$bin/limes-pack" verify "$work/mandelbrot-0.1.0.limes" --key "$work/limes.pub"
-"$bin/limes" --store "$work/store" install "$work/mandelbrot-0.1.0.limes" --trust "$work/limes.pub"
+# --force: re-running the quick start after a change replaces the earlier
+# build of the same version (a device would refuse that without it).
+"$bin/limes" --store "$work/store" install "$work/mandelbrot-0.1.0.limes" --trust "$work/limes.pub" --force
 "$bin/limes" --store "$work/store" run mandelbrot --data output=checksum --timings
