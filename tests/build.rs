@@ -353,7 +353,10 @@ fn conventions_parent_discovery_and_help_examples() {
     let src = work.path().join("nested/src");
     let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| work.path().join("target"));
     let o = ok(limes_pack().args(["build", "--json", "--no-microvm", "--out-dir"]).arg(work.path().join("out")).current_dir(&src).env("CARGO_TARGET_DIR", &target));
-    assert_eq!(json(&o)["function"], "nested");
+    let j = json(&o);
+    assert_eq!(j["function"], "nested");
+    // The documented JSON: integer microseconds.
+    assert!(j["timings"]["total_us"].is_u64() && j["tiers"][0]["compile_us"].is_u64(), "{j}");
     for sub in ["new", "build", "run", "native", "keygen", "sign", "verify", "inspect", "push"] {
         let o = ok(limes_pack().args([sub, "--help"]));
         let text = String::from_utf8_lossy(&o.stdout);
