@@ -197,7 +197,9 @@ fn serve_answers_from_pre_booted_microvms() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_limes"))
         .arg("--store")
         .arg(&store)
-        .args(["serve", "--listen", "127.0.0.1:0", "--microvm", "noop", "--vm-pool", "1", "--accel", "tcg", "--kernel"])
+        // The second request waits for a boot, which under parallel TCG
+        // tests can take longer than the default queue timeout.
+        .args(["serve", "--listen", "127.0.0.1:0", "--microvm", "noop", "--vm-pool", "1", "--accel", "tcg", "--queue-timeout-ms", "120000", "--kernel"])
         .arg(test_kernel())
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::piped())

@@ -35,11 +35,14 @@ pub struct VmOptions {
     pub probe_cache: Option<PathBuf>,
     /// Overrides the manifest's memory limit.
     pub memory_limit: Option<u64>,
+    /// Run the VM at the lowest CPU priority (a spare booted in the
+    /// background must not slow the requests being served).
+    pub background: bool,
 }
 
 impl Default for VmOptions {
     fn default() -> Self {
-        VmOptions { kernel: None, boot_timeout: Duration::from_secs(60), timeout: Duration::from_secs(10), accel: Accel::Auto, probe_cache: None, memory_limit: None }
+        VmOptions { kernel: None, boot_timeout: Duration::from_secs(60), timeout: Duration::from_secs(10), accel: Accel::Auto, probe_cache: None, memory_limit: None, background: false }
     }
 }
 
@@ -256,6 +259,16 @@ fn ended(noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>) -
 /// Boot up to the ready frame.
 fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration) -> Result<BootedVm, VmError> {
     let shown = format!("{:?}", cmd.get_program());
+    if BACKGROUND.with(|b| b.get()) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setpriority is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+                Ok(())
+            });
+        }
+    }
     let start = Instant::now();
     let child = cmd
         .stdin(Stdio::piped())
@@ -299,9 +312,21 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
     Ok(outcome)
 }
 
+thread_local! {
+    /// Whether boots on this thread run at background priority.
+    static BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Boot `f`'s microVM image up to its ready frame (choosing the hypervisor
 /// and, once per store, probing KVM), ready for one request.
 pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm, VmError> {
+    BACKGROUND.with(|b| b.set(opts.background));
+    let r = boot_function_inner(f, opts);
+    BACKGROUND.with(|b| b.set(false));
+    r
+}
+
+fn boot_function_inner(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm, VmError> {
     let name = &f.manifest.function.name;
     let vm = f.manifest.microvm.as_ref().ok_or_else(|| VmError::NoImage(name.clone()))?;
     if !f.has(&vm.initrd) {

@@ -225,6 +225,9 @@ pub struct VmPool {
     pub boot_failures: std::sync::atomic::AtomicU64,
     /// The hypervisor the first VM booted under.
     pub hypervisor: String,
+    /// Boot replacements at the lowest CPU priority (set by `auto` while it
+    /// routes to Wasm, so spare VMs do not slow the requests it serves).
+    pub background: std::sync::atomic::AtomicBool,
 }
 
 impl VmPool {
@@ -253,6 +256,7 @@ impl VmPool {
             boots: n.into(),
             boot_failures: 0.into(),
             hypervisor,
+            background: false.into(),
         }))
     }
 
@@ -261,7 +265,9 @@ impl VmPool {
         let pool = Arc::downgrade(self);
         std::thread::spawn(move || {
             let Some(p) = pool.upgrade() else { return };
-            match crate::microvm::boot_function(&p.function, &p.opts) {
+            let mut opts = p.opts.clone();
+            opts.background = p.background.load(std::sync::atomic::Ordering::Relaxed);
+            match crate::microvm::boot_function(&p.function, &opts) {
                 Ok(vm) => {
                     p.boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = p.idle_tx.send(vm);

@@ -416,6 +416,8 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
         Executor::MicroVm(pool) => call_vm(pool, req, deadline, app.opts.queue_timeout, &name).await,
         Executor::Auto { wasm, vm, router } => {
             let mut backend = router.lock().unwrap().pick();
+            // Spare VMs boot in the background while Wasm is the choice.
+            vm.background.store(router.lock().unwrap().current == Backend::Wasm, Ordering::Relaxed);
             let t = Instant::now();
             let mut outcome = match backend {
                 Backend::Wasm => call_workers(wasm, &req, deadline, app.opts.queue_timeout, &name).await,

@@ -123,6 +123,7 @@ impl RunCommand {
             accel: self.accel,
             probe_cache: Some(store.root().join("microvm-accel")),
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
+            background: false,
         };
         let o = match limes::microvm::run(f, &req, &opts) {
             // A fault of the function, not of booting: same message as Wasm.
