@@ -183,31 +183,38 @@ fn microvm_faults_match_wasm() {
     assert_eq!(o.stdout, b"echo");
 }
 
-/// `limes serve --microvm NAME`: requests are answered by VMs already
-/// waiting at the function's ready frame, so a request pays execution, not
-/// boot; a taken VM is replaced in the background.
-#[test]
-fn serve_answers_from_pre_booted_microvms() {
+/// `limes serve` on `store` (TCG, the test kernel) with `extra` flags,
+/// once it listens.
+fn serve(store: &std::path::Path, extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
     use std::io::BufRead;
-    let key = test_key();
-    let d = tempdir();
-    let built = build_signed_with(&pack("noop"), &key, d.path(), true);
-    let store = d.path().join("store");
-    ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
     let mut child = Command::new(env!("CARGO_BIN_EXE_limes"))
         .arg("--store")
-        .arg(&store)
-        // The second request waits for a boot, which under parallel TCG
-        // tests can take longer than the default queue timeout.
-        .args(["serve", "--listen", "127.0.0.1:0", "--microvm", "noop", "--vm-pool", "1", "--accel", "tcg", "--queue-timeout-ms", "120000", "--kernel"])
+        .arg(store)
+        .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg", "--kernel"])
         .arg(test_kernel())
+        .args(extra)
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    (child, line.trim().strip_prefix("listening on ").unwrap().parse().unwrap())
+}
+
+/// `limes serve --microvm NAME`: requests are answered by VMs already
+/// waiting at the function's ready frame, so a request pays execution, not
+/// boot; a taken VM is replaced in the background.
+#[test]
+fn serve_answers_from_pre_booted_microvms() {
+    let key = test_key();
+    let d = tempdir();
+    let built = build_signed_with(&pack("noop"), &key, d.path(), true);
+    let store = d.path().join("store");
+    ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    // The second request waits for a boot, which under parallel TCG tests
+    // can take longer than the default queue timeout.
+    let (mut child, addr) = serve(&store, &["--microvm", "noop", "--vm-pool", "1", "--queue-timeout-ms", "120000"]);
     // The pool booted before serve started listening.
     let t = std::time::Instant::now();
     assert_eq!(http(addr, "POST", "/functions/noop", b"warm"), (200, b"warm".to_vec()));
@@ -231,24 +238,12 @@ fn serve_answers_from_pre_booted_microvms() {
 /// under emulation), and /metrics shows the choice and its figures.
 #[test]
 fn serve_auto_routes_to_the_faster_backend() {
-    use std::io::BufRead;
     let key = test_key();
     let d = tempdir();
     let built = build_signed_with(&pack("noop"), &key, d.path(), true);
     let store = d.path().join("store");
     ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_limes"))
-        .arg("--store")
-        .arg(&store)
-        .args(["serve", "--listen", "127.0.0.1:0", "--auto", "noop", "--vm-pool", "2", "--workers", "1", "--accel", "tcg", "--kernel"])
-        .arg(test_kernel())
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    let (mut child, addr) = serve(&store, &["--auto", "noop", "--vm-pool", "2", "--workers", "1"]);
     for i in 0..24 {
         let body = format!("r{i}");
         assert_eq!(http(addr, "POST", "/functions/noop", body.as_bytes()), (200, body.into_bytes()));

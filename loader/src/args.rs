@@ -20,3 +20,30 @@ pub fn parse_meta(s: &str) -> Result<(String, String), String> {
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
 }
+
+/// The request a `run` command sends: the body from `--data`, else from
+/// `--input FILE` (`-` for stdin), else empty; content type and metadata
+/// as given.
+pub fn request(
+    data: Option<&str>,
+    input: Option<&str>,
+    content_type: Option<&str>,
+    meta: &[(String, String)],
+) -> anyhow::Result<limes_sdk::Request> {
+    use anyhow::Context;
+    use std::io::Read;
+    let body = match (input, data) {
+        (_, Some(d)) => d.as_bytes().to_vec(),
+        (Some("-"), _) => {
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v).context("reading stdin")?;
+            v
+        }
+        (Some(f), _) => std::fs::read(f).with_context(|| format!("reading input {f}"))?,
+        (None, None) => Vec::new(),
+    };
+    let mut req = limes_sdk::Request::new(body);
+    req.content_type = content_type.map(String::from);
+    req.metadata.extend(meta.iter().cloned());
+    Ok(req)
+}

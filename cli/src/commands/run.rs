@@ -2,7 +2,7 @@ use super::{CargoFlags, CrateArgs};
 use crate::ui::Ui;
 use anyhow::Context;
 use clap::Args;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -86,18 +86,7 @@ impl RunCommand {
         let build_time = t.elapsed();
         let artifact = out.aot.first().context("the build produced no precompiled tier")?;
 
-        let mut req = limes_sdk::Request::new(match (&self.input, &self.data) {
-            (_, Some(d)) => d.clone().into_bytes(),
-            (Some(f), _) if f == "-" => {
-                let mut v = Vec::new();
-                std::io::stdin().read_to_end(&mut v).context("reading stdin")?;
-                v
-            }
-            (Some(f), _) => std::fs::read(f).with_context(|| format!("reading input {f}"))?,
-            (None, None) => Vec::new(),
-        });
-        req.content_type = self.content_type.clone();
-        req.metadata.extend(self.meta.iter().cloned());
+        let req = limes::args::request(self.data.as_deref(), self.input.as_deref(), self.content_type.as_deref(), &self.meta)?;
         let invoke = limes::runtime::InvokeOptions {
             dirs: self.dir.clone(),
             timeout: self.timeout_ms.map(Duration::from_millis),

@@ -8,7 +8,7 @@ use limes::{Runtime, Store};
 use limes_bundle::archive::BundleLimits;
 use limes_bundle::TrustedKeys;
 use limes_sdk::Request;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -199,18 +199,7 @@ fn ius(d: Duration) -> u64 {
 impl RunCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let start = Instant::now();
-        let mut req = Request::new(match (&self.input, &self.data) {
-            (_, Some(d)) => d.clone().into_bytes(),
-            (Some(f), _) if f == "-" => {
-                let mut v = Vec::new();
-                std::io::stdin().read_to_end(&mut v).context("reading stdin")?;
-                v
-            }
-            (Some(f), _) => std::fs::read(f).with_context(|| format!("reading input {f}"))?,
-            (None, None) => Vec::new(),
-        });
-        req.content_type = self.content_type.clone();
-        req.metadata.extend(self.meta.iter().cloned());
+        let req = limes::args::request(self.data.as_deref(), self.input.as_deref(), self.content_type.as_deref(), &self.meta)?;
         let opts = InvokeOptions {
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
             timeout: self.timeout_ms.map(Duration::from_millis),
