@@ -21,6 +21,30 @@ pub fn parse_meta(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The request flags of `limes run` and `limes-pack run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RequestArgs {
+    /// Request body given inline.
+    #[arg(long, conflicts_with = "input", value_name = "TEXT")]
+    pub data: Option<String>,
+    /// Request body from FILE, or `-` for stdin [default: empty body].
+    #[arg(long, short, value_name = "FILE|-")]
+    pub input: Option<String>,
+    /// Request metadata `key=value` (repeatable).
+    #[arg(long, short, value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+    /// Request content type.
+    #[arg(long, value_name = "MIME")]
+    pub content_type: Option<String>,
+}
+
+impl RequestArgs {
+    /// The request these flags describe.
+    pub fn request(&self) -> anyhow::Result<limes_sdk::Request> {
+        request(self.data.as_deref(), self.input.as_deref(), self.content_type.as_deref(), &self.meta)
+    }
+}
+
 /// The request a `run` command sends: the body from `--data`, else from
 /// `--input FILE` (`-` for stdin), else empty; content type and metadata
 /// as given.

@@ -23,18 +23,8 @@ pub struct RunCommand {
     krate: CrateArgs,
     #[command(flatten)]
     cargo: CargoFlags,
-    /// Request body given inline.
-    #[arg(long, conflicts_with = "input", value_name = "TEXT")]
-    data: Option<String>,
-    /// Request body from FILE, or `-` for stdin [default: empty body].
-    #[arg(long, short, value_name = "FILE|-")]
-    input: Option<String>,
-    /// Request metadata `key=value` (repeatable).
-    #[arg(long, short, value_name = "KEY=VALUE", value_parser = limes::args::parse_meta)]
-    meta: Vec<(String, String)>,
-    /// Request content type.
-    #[arg(long, value_name = "MIME")]
-    content_type: Option<String>,
+    #[command(flatten)]
+    request: limes::args::RequestArgs,
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
     #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
     dir: Vec<(String, PathBuf)>,
@@ -86,7 +76,7 @@ impl RunCommand {
         let build_time = t.elapsed();
         let artifact = out.aot.first().context("the build produced no precompiled tier")?;
 
-        let req = limes::args::request(self.data.as_deref(), self.input.as_deref(), self.content_type.as_deref(), &self.meta)?;
+        let req = self.request.request()?;
         let invoke = limes::runtime::InvokeOptions {
             dirs: self.dir.clone(),
             timeout: self.timeout_ms.map(Duration::from_millis),

@@ -23,18 +23,8 @@ use std::time::{Duration, Instant};
 pub struct RunCommand {
     /// Installed function name, or path to a `.limes` bundle.
     target: String,
-    /// Request body from FILE, or `-` for stdin [default: empty body].
-    #[arg(long, short, value_name = "FILE|-")]
-    input: Option<String>,
-    /// Request body given inline.
-    #[arg(long, conflicts_with = "input", value_name = "TEXT")]
-    data: Option<String>,
-    /// Request metadata `key=value` (repeatable).
-    #[arg(long, short, value_name = "KEY=VALUE", value_parser = limes::args::parse_meta)]
-    meta: Vec<(String, String)>,
-    /// Request content type.
-    #[arg(long, value_name = "MIME")]
-    content_type: Option<String>,
+    #[command(flatten)]
+    request: limes::args::RequestArgs,
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
     #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
     dir: Vec<(String, PathBuf)>,
@@ -199,7 +189,7 @@ fn ius(d: Duration) -> u64 {
 impl RunCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let start = Instant::now();
-        let req = limes::args::request(self.data.as_deref(), self.input.as_deref(), self.content_type.as_deref(), &self.meta)?;
+        let req = self.request.request()?;
         let opts = InvokeOptions {
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
             timeout: self.timeout_ms.map(Duration::from_millis),
