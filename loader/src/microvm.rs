@@ -257,9 +257,9 @@ fn ended(noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>) -
 }
 
 /// Boot up to the ready frame.
-fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration) -> Result<BootedVm, VmError> {
+fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration, background: bool) -> Result<BootedVm, VmError> {
     let shown = format!("{:?}", cmd.get_program());
-    if BACKGROUND.with(|b| b.get()) {
+    if background {
         use std::os::unix::process::CommandExt;
         // SAFETY: setpriority is async-signal-safe and touches only the child.
         unsafe {
@@ -312,21 +312,9 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
     Ok(outcome)
 }
 
-thread_local! {
-    /// Whether boots on this thread run at background priority.
-    static BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// Boot `f`'s microVM image up to its ready frame (choosing the hypervisor
 /// and, once per store, probing KVM), ready for one request.
 pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm, VmError> {
-    BACKGROUND.with(|b| b.set(opts.background));
-    let r = boot_function_inner(f, opts);
-    BACKGROUND.with(|b| b.set(false));
-    r
-}
-
-fn boot_function_inner(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm, VmError> {
     let name = &f.manifest.function.name;
     let vm = f.manifest.microvm.as_ref().ok_or_else(|| VmError::NoImage(name.clone()))?;
     if !f.has(&vm.initrd) {
@@ -400,14 +388,14 @@ fn boot_function_inner(f: &InstalledFunction, opts: &VmOptions) -> Result<Booted
         };
         let tmp = tempfile::tempdir()?;
         if let Some(cmd) = firecracker_command(&l, tmp.path()) {
-            match boot(cmd?, name, memory_limit, boot_timeout) {
+            match boot(cmd?, name, memory_limit, boot_timeout, opts.background) {
                 Ok(o) => return Ok(booted(o, "firecracker", kvm_probe)),
                 Err(e) => tracing::info!(error = %e, "firecracker did not run the guest; trying QEMU"),
             }
         }
         let cmd = qemu_command(&l, true).ok_or(VmError::NoHypervisor)?;
         let t = Instant::now();
-        match boot(cmd, name, memory_limit, boot_timeout) {
+        match boot(cmd, name, memory_limit, boot_timeout, opts.background) {
             Ok(o) => return Ok(booted(o, "qemu-kvm", kvm_probe)),
             Err(e) if confirmed => return Err(e),
             Err(e) => {
@@ -421,7 +409,7 @@ fn boot_function_inner(f: &InstalledFunction, opts: &VmOptions) -> Result<Booted
         }
     }
     let cmd = qemu_command(&l, false).ok_or(VmError::NoHypervisor)?;
-    let mut o = boot(cmd, name, memory_limit, opts.boot_timeout)?;
+    let mut o = boot(cmd, name, memory_limit, opts.boot_timeout, opts.background)?;
     o.hypervisor = "qemu-tcg".into();
     o.kvm_probe = kvm_probe;
     Ok(o)

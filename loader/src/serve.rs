@@ -142,85 +142,55 @@ impl std::fmt::Debug for PoolCounters {
 
 impl prometheus_client::collector::Collector for PoolCounters {
     fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
         let functions = self.0.read().unwrap().clone();
         let mut names: Vec<&String> = functions.keys().collect();
         names.sort();
-        let mut family = encoder.encode_descriptor(
-            "limes_worker_replacements",
-            "Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for n in &names {
-            let pool = match &functions[*n].exec {
-                Executor::Workers(p) | Executor::Auto { wasm: p, .. } => p,
-                _ => continue,
-            };
-            {
+        let (mut replaced, mut boots, mut choice, mut p50) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for n in names {
+            let exec = &functions[n].exec;
+            if let Executor::Workers(pool) | Executor::Auto { wasm: pool, .. } = exec {
                 for reason in ["timeout", "crash"] {
-                    let count = pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0);
-                    let labels = vec![("function".to_string(), n.to_string()), ("reason".to_string(), reason.to_string())];
-                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+                    replaced.push((n.as_str(), reason, ConstCounter::new(pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0))));
+                }
+            }
+            if let Executor::MicroVm(pool) | Executor::Auto { vm: pool, .. } = exec {
+                boots.push((n.as_str(), "ok", ConstCounter::new(pool.boots.load(Ordering::Relaxed))));
+                boots.push((n.as_str(), "failed", ConstCounter::new(pool.boot_failures.load(Ordering::Relaxed))));
+            }
+            if let Executor::Auto { router, .. } = exec {
+                let r = router.lock().unwrap();
+                for b in [Backend::Wasm, Backend::MicroVm] {
+                    choice.push((n.as_str(), b.name(), ConstGauge::new(i64::from(r.current == b))));
+                    p50.extend(r.p50(b).map(|v| (n.as_str(), b.name(), ConstGauge::new(v))));
                 }
             }
         }
-        drop(family);
-        let mut family = encoder.encode_descriptor(
-            "limes_microvm_boots",
-            "microVMs booted for the pre-booted pool, by outcome.",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for n in &names {
-            let pool = match &functions[*n].exec {
-                Executor::MicroVm(p) | Executor::Auto { vm: p, .. } => p,
-                _ => continue,
-            };
-            {
-                for (outcome, count) in [("ok", pool.boots.load(Ordering::Relaxed)), ("failed", pool.boot_failures.load(Ordering::Relaxed))] {
-                    let labels = vec![("function".to_string(), n.to_string()), ("outcome".to_string(), outcome.to_string())];
-                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        drop(family);
-        // `auto`: which backend it routes to, and the figures behind it.
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let routers: Vec<(&String, &std::sync::Mutex<AutoRouter>)> =
-            names.iter().filter_map(|n| match &functions[*n].exec { Executor::Auto { router, .. } => Some((*n, router)), _ => None }).collect();
-        let mut family = encoder.encode_descriptor(
-            "limes_auto_backend",
-            "For functions served with --auto: 1 for the backend requests are routed to.",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (n, r) in &routers {
-            let r = r.lock().unwrap();
-            for b in [Backend::Wasm, Backend::MicroVm] {
-                let labels = vec![("function".to_string(), n.to_string()), ("backend".to_string(), b.name().to_string())];
-                ConstGauge::new(i64::from(r.current == b)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        drop(family);
-        let mut family = encoder.encode_descriptor(
-            "limes_auto_p50_seconds",
-            "For --auto functions: median latency per backend over its recent window.",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (n, r) in &routers {
-            let r = r.lock().unwrap();
-            for b in [Backend::Wasm, Backend::MicroVm] {
-                if let Some(p) = r.p50(b) {
-                    let labels = vec![("function".to_string(), n.to_string()), ("backend".to_string(), b.name().to_string())];
-                    ConstGauge::new(p).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        Ok(())
+        const REPLACED: &str = "Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).";
+        encode_rows(&mut encoder, "limes_worker_replacements", REPLACED, Counter, "reason", replaced)?;
+        encode_rows(&mut encoder, "limes_microvm_boots", "microVMs booted for the pre-booted pool, by outcome.", Counter, "outcome", boots)?;
+        encode_rows(&mut encoder, "limes_auto_backend", "For functions served with --auto: 1 for the backend requests are routed to.", Gauge, "backend", choice)?;
+        encode_rows(&mut encoder, "limes_auto_p50_seconds", "For --auto functions: median latency per backend over its recent window.", Gauge, "backend", p50)
     }
+}
+
+/// One metric family read at scrape time: a value per (function, `label`).
+fn encode_rows<M: prometheus_client::encoding::EncodeMetric>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: prometheus_client::metrics::MetricType,
+    label: &str,
+    rows: Vec<(&str, &str, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (function, value, metric) in rows {
+        let labels = vec![("function".to_string(), function.to_string()), (label.to_string(), value.to_string())];
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl Metrics {
@@ -415,9 +385,12 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
         Executor::Workers(pool) => call_workers(pool, &req, deadline, app.opts.queue_timeout, &name).await,
         Executor::MicroVm(pool) => call_vm(pool, req, deadline, app.opts.queue_timeout, &name).await,
         Executor::Auto { wasm, vm, router } => {
-            let mut backend = router.lock().unwrap().pick();
+            let (mut backend, routing_to) = {
+                let mut r = router.lock().unwrap();
+                (r.pick(), r.current)
+            };
             // Spare VMs boot in the background while Wasm is the choice.
-            vm.background.store(router.lock().unwrap().current == Backend::Wasm, Ordering::Relaxed);
+            vm.background.store(routing_to == Backend::Wasm, Ordering::Relaxed);
             let t = Instant::now();
             let mut outcome = match backend {
                 Backend::Wasm => call_workers(wasm, &req, deadline, app.opts.queue_timeout, &name).await,

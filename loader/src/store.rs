@@ -256,20 +256,27 @@ fn check_owned(p: &Path, m: &std::fs::Metadata, dir: bool) -> Result<(), StoreEr
 }
 
 /// Check a directory tree of the store: no symlinks, everything owned by
-/// this user and writable by nobody else.
-fn check_tree(dir: &Path) -> Result<(), StoreError> {
-    let m = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
-    check_owned(dir, &m, true)?;
-    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let p = e.map_err(io_err(dir))?.path();
-        let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
-        if m.is_dir() {
-            check_tree(&p)?;
-        } else {
-            check_owned(&p, &m, false)?;
+/// this user and writable by nobody else. Returns the metadata of every
+/// file in it, by path, for callers that check more (sizes).
+fn check_tree(dir: &Path) -> Result<std::collections::HashMap<PathBuf, std::fs::Metadata>, StoreError> {
+    fn walk(dir: &Path, files: &mut std::collections::HashMap<PathBuf, std::fs::Metadata>) -> Result<(), StoreError> {
+        let m = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
+        check_owned(dir, &m, true)?;
+        for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let p = e.map_err(io_err(dir))?.path();
+            let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+            if m.is_dir() {
+                walk(&p, files)?;
+            } else {
+                check_owned(&p, &m, false)?;
+                files.insert(p, m);
+            }
         }
+        Ok(())
     }
-    Ok(())
+    let mut files = std::collections::HashMap::new();
+    walk(dir, &mut files)?;
+    Ok(files)
 }
 
 /// Write `data` to `dest` atomically: temp file + rename, so a symlink
@@ -429,18 +436,19 @@ fn stamps(dir: &Path, files: impl Iterator<Item = String>) -> Result<BTreeMap<St
 /// `Err` describes the first difference.
 fn verify_object(dir: &Path, manifest_bytes: &[u8], manifest: &Manifest, files: &[String]) -> Result<(), String> {
     check_tree(dir).map_err(|e| e.to_string())?;
-    let read = |rel: &str| -> Result<Vec<u8>, String> {
+    // One byte past the expected size is enough to see a difference.
+    let read = |rel: &str, expected: u64| -> Result<Vec<u8>, String> {
         let p = dir.join(rel);
         let f = open_nofollow(&p).map_err(|e| e.to_string())?;
         let mut v = Vec::new();
-        f.take(manifest_bytes.len().max(1 << 30) as u64).read_to_end(&mut v).map_err(|e| format!("{}: {e}", p.display()))?;
+        f.take(expected + 1).read_to_end(&mut v).map_err(|e| format!("{}: {e}", p.display()))?;
         Ok(v)
     };
-    if read(MANIFEST_PATH)? != manifest_bytes {
+    if read(MANIFEST_PATH, manifest_bytes.len() as u64)? != manifest_bytes {
         return Err("its manifest differs".into());
     }
     for e in manifest.files.iter().filter(|e| files.is_empty() || files.contains(&e.path)) {
-        let data = read(&e.path)?;
+        let data = read(&e.path, e.size)?;
         if data.len() as u64 != e.size || limes_bundle::sha256_hex(&data) != e.sha256 {
             return Err(format!("{} does not match its digest", e.path));
         }
@@ -764,7 +772,7 @@ impl Store {
             return Err(corrupted(format!("object name {:?} is not a digest", record.object)));
         }
         let dir = self.root.join("objects").join(&record.object);
-        check_tree(&dir)?;
+        let present = check_tree(&dir)?;
         let mpath = dir.join(MANIFEST_PATH);
         let (mf, _) = open_checked(&mpath)?;
         let mut bytes = Vec::new();
@@ -776,8 +784,14 @@ impl Store {
         }
         let manifest = Manifest::from_json(&bytes).map_err(|e| corrupted(e.to_string()))?;
         let f = InstalledFunction { record, dir, manifest };
+        // Sizes from the walk above (the artifact itself is checked again,
+        // by stamp or hash, when it is mapped).
         for e in f.manifest.files.iter().filter(|e| f.has(&e.path)) {
-            let (_, m) = f.open_checked(&e.path)?;
+            let p = f.path_of(&e.path);
+            let m = present.get(&p).ok_or_else(|| StoreError::Io { path: p.clone(), source: io::ErrorKind::NotFound.into() })?;
+            if !m.is_file() {
+                return Err(unsafe_path(&p, "is not a regular file", "reinstall the function"));
+            }
             if m.len() != e.size {
                 return Err(StoreError::Tampered {
                     path: f.path_of(&e.path),

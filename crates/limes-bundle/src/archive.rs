@@ -266,45 +266,33 @@ impl std::fmt::Display for LimitHit {
 }
 impl std::error::Error for LimitHit {}
 
-/// An error reading the bundle's bytes from where they are stored (not a
-/// property of the bytes): tagged where it arises.
+/// Where a read error arose, tagged by [`Tagged`] as it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Reading the stored bundle (an I/O failure, not a property of the
+    /// bytes).
+    Stored,
+    /// The decompressed stream: the decoder or the counters around it (as
+    /// opposed to a sink writing what was read).
+    Stream,
+}
+
 #[derive(Debug)]
-struct SourceError(io::Error);
+struct OriginError(Origin, io::Error);
 
-impl std::fmt::Display for SourceError {
+impl std::fmt::Display for OriginError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.1.fmt(f)
     }
 }
-impl std::error::Error for SourceError {}
+impl std::error::Error for OriginError {}
 
-/// Tags every read error of the stored bundle as a [`SourceError`].
-struct Stored<R>(R);
+/// Tags every read error of `R` with where it arose.
+struct Tagged<R>(Origin, R);
 
-impl<R: Read> Read for Stored<R> {
+impl<R: Read> Read for Tagged<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| io::Error::new(e.kind(), SourceError(e)))
-    }
-}
-
-/// An error that arose in the decompressed stream (the decoder or the
-/// counters around it), as opposed to in a sink writing what was read.
-#[derive(Debug)]
-struct StreamError(io::Error);
-
-impl std::fmt::Display for StreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-impl std::error::Error for StreamError {}
-
-/// Tags every read error of the decompressed stream as a [`StreamError`].
-struct Stream<R>(R);
-
-impl<R: Read> Read for Stream<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| io::Error::new(e.kind(), StreamError(e)))
+        self.1.read(buf).map_err(|e| io::Error::new(e.kind(), OriginError(self.0, e)))
     }
 }
 
@@ -319,10 +307,13 @@ fn classify(e: io::Error, context: &str) -> BundleError {
         if let Some(l) = cur.downcast_ref::<LimitHit>() {
             return BundleError::TooLarge(format!("{l} while reading {context}"));
         }
-        if let Some(s) = cur.downcast_ref::<SourceError>() {
-            return BundleError::Io { path: context.to_string(), source: io::Error::new(s.0.kind(), s.0.to_string()) };
+        match cur.downcast_ref::<OriginError>() {
+            Some(OriginError(Origin::Stored, io)) => {
+                return BundleError::Io { path: context.to_string(), source: io::Error::new(io.kind(), io.to_string()) };
+            }
+            Some(OriginError(Origin::Stream, _)) => from_stream = true,
+            None => {}
         }
-        from_stream |= cur.is::<StreamError>();
         let next = match cur.downcast_ref::<io::Error>() {
             Some(io) => io.get_ref().map(|i| i as &(dyn std::error::Error + 'static)),
             None => cur.source(),
@@ -522,7 +513,7 @@ pub fn read_bundle(
             limits.max_compressed
         )));
     }
-    read_stream(Stored(file), compressed_size, limits, policy, sink)
+    read_stream(Tagged(Origin::Stored, file), compressed_size, limits, policy, sink)
 }
 
 /// [`read_bundle`] over any reader of compressed bytes.
@@ -559,7 +550,7 @@ pub fn read_stream(
         inner: dec,
         enc: encoder(HashWriter(Sha256::new())).map_err(|e| BundleError::Compression(e.to_string()))?,
     };
-    let mut unpacked = Bounded { inner: Stream(tee), left: limits.max_unpacked, what: "unpacked size" };
+    let mut unpacked = Bounded { inner: Tagged(Origin::Stream, tee), left: limits.max_unpacked, what: "unpacked size" };
 
     let next = |r: &mut _, what: &str| -> Result<Option<EntryHead>, BundleError> { parse_header(&read_block(r, what)?) };
 
@@ -686,7 +677,7 @@ pub fn read_stream(
     if unpacked.read(&mut probe).map_err(|e| classify(e, "archive end"))? != 0 {
         return Err(BundleError::Archive("data after the end of the archive".into()));
     }
-    let Stream(ReEncode { inner: dec, enc }) = unpacked.inner;
+    let Tagged(_, ReEncode { inner: dec, enc }) = unpacked.inner;
     let mut raw = dec.finish();
     let trailing = raw.fill_buf().map_err(|e| classify(e, "bundle end"))?;
     if !trailing.is_empty() {
