@@ -24,3 +24,4 @@ pub mod serve;
 pub mod worker;
 pub mod microvm;
 pub mod pull;
+pub mod watchdog;

@@ -91,11 +91,7 @@ impl RunCommand {
         // Compiled code has no epoch checks: the deadline ends the process.
         let limit = loaded.deadline(&invoke);
         let timeout = loaded.timeout_error(&invoke);
-        std::thread::spawn(move || {
-            std::thread::sleep(limit);
-            eprintln!("error: {timeout}");
-            std::process::exit(EXIT_FAULT.into());
-        });
+        let _watchdog = limes::watchdog::Watchdog::arm(limit, EXIT_FAULT, move || eprintln!("error: {timeout}"));
         let t = Instant::now();
         let inv = match rt.invoke(&loaded, req, &invoke) {
             Ok(inv) => inv,

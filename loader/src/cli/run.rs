@@ -4,6 +4,7 @@ use clap::Args;
 use limes::launch::{self, LoadMode};
 use limes::runtime::{InvokeOptions, RuntimeOptions};
 use limes::store::{InstalledFunction, Integrity};
+use limes::watchdog::Watchdog;
 use limes::{Runtime, Store};
 use limes_bundle::archive::BundleLimits;
 use limes_bundle::TrustedKeys;
@@ -139,41 +140,22 @@ impl RunCommand {
     }
 }
 
-/// Ends the process at the function's deadline (compiled code has no
-/// epoch checks, so nothing inside the call can stop it): the same message,
-/// JSON and exit code as any other fault. Dropping it disarms it.
-struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.take();
-    }
-}
-
 impl RunCommand {
+    /// The function's deadline ends the process: the same message, JSON and
+    /// exit code as any other fault (a staged bundle is removed first).
     fn watchdog(&self, ctx: &Ctx, store: &Store, f: &limes::LoadedFunction, opts: &InvokeOptions, staging: Option<PathBuf>) -> Watchdog {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let limit = f.deadline(opts);
         let err = f.timeout_error(opts);
         let json = ctx.json;
         let root = store.root().to_path_buf();
-        std::thread::Builder::new()
-            .name("limes-watchdog".into())
-            .spawn(move || {
-                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                    if let (Some(s), Ok(st)) = (staging, Store::open(&root)) {
-                        st.discard_path(&s);
-                    }
-                    if json {
-                        println!("{}", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"}));
-                    }
-                    eprintln!("error: {err}");
-                    let _ = std::io::stdout().flush();
-                    std::process::exit(super::EXIT_FAULT.into());
-                }
-            })
-            .expect("spawn watchdog thread");
-        Watchdog(Some(tx))
+        Watchdog::arm(f.deadline(opts), super::EXIT_FAULT, move || {
+            if let (Some(s), Ok(st)) = (staging, Store::open(&root)) {
+                st.discard_path(&s);
+            }
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"}));
+            }
+            eprintln!("error: {err}");
+        })
     }
 }
 
