@@ -19,10 +19,18 @@ declare -A pkgs=(
     [htpasswd]=apache2-utils               # its basic-auth variant
     [zstd]=zstd                            # `tar --zstd` in the interop tests
     [kill]=procps                          # signals to `limes serve` in tests
+    [protoc]=protobuf-compiler             # containerd-shim-wasm's ttrpc/CRI codegen
+    [pkg-config]=pkg-config                # finds libseccomp for the shim
+    [runc]=runc                            # containerd's runtime for the pod sandbox
 )
+# Libraries the containerd shim links (package -> why).
+libs=(libseccomp-dev libdbus-1-dev)
 missing=()
 for cmd in "${!pkgs[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")
+done
+for lib in "${libs[@]}"; do
+    dpkg-query -W -f='${Status}' "$lib" 2>/dev/null | grep -q "install ok installed" || missing+=("$lib")
 done
 if ((${#missing[@]})); then
     SUDO=""
@@ -34,3 +42,5 @@ fi
 
 # A stock Debian kernel for microVM tests (downloaded, not installed).
 "$(dirname "$0")/fetch-kernel.sh" >/dev/null
+# containerd 1.7 for the containerd-shim tests (Debian 13's package, unpacked).
+"$(dirname "$0")/fetch-containerd.sh" >/dev/null

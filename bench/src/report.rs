@@ -82,7 +82,7 @@ pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads:
                 listen: "127.0.0.1:0".parse().unwrap(),
                 functions: vec![function.to_string()],
                 workers: 2,
-                worker_exe: Some(worker_exe.clone()),
+                worker_exe: Some(worker_exe.clone().into()),
                 microvm_functions: if mode == "microvm" { vec![function.to_string()] } else { vec![] },
                 auto_functions: if mode == "auto" { vec![function.to_string()] } else { vec![] },
                 vm_pool: 2,
@@ -131,7 +131,7 @@ pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_p
                 functions: vec!["noop".into()],
                 concurrency: 64,
                 workers: 4,
-                worker_exe: Some(worker_exe),
+                worker_exe: Some(worker_exe.into()),
                 in_process,
                 ..Default::default()
             },

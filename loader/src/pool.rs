@@ -18,13 +18,29 @@ use tokio::sync::mpsc;
 /// How to start a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
-    /// The `limes` executable.
-    pub exe: PathBuf,
+    /// How to start the `limes` executable.
+    pub exe: WorkerExe,
     pub store: PathBuf,
     pub function: String,
     pub dirs: Vec<(String, PathBuf)>,
     /// How long a worker may take to load and say ready.
     pub start_timeout: Duration,
+}
+
+/// A worker is started as `EXE [PREFIX...] --store STORE worker NAME`. The
+/// prefix lets an embedder start the worker through something else (the
+/// containerd shim runs it through the node's dynamic loader, which the
+/// container's filesystem lacks).
+#[derive(Debug, Clone)]
+pub struct WorkerExe {
+    pub exe: PathBuf,
+    pub prefix: Vec<std::ffi::OsString>,
+}
+
+impl From<PathBuf> for WorkerExe {
+    fn from(exe: PathBuf) -> WorkerExe {
+        WorkerExe { exe, prefix: Vec::new() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,13 +105,13 @@ async fn write_frame(w: &mut ChildStdin, magic: &[u8; 4], payload: &[u8]) -> std
 /// Start one worker and wait for its ready frame.
 async fn spawn(spec: &WorkerSpec) -> Result<(Worker, Ready), PoolError> {
     let start_err = |m: String| PoolError::Start { function: spec.function.clone(), message: m };
-    let mut cmd = Command::new(&spec.exe);
-    cmd.arg("--store").arg(&spec.store).arg("worker").arg(&spec.function);
+    let mut cmd = Command::new(&spec.exe.exe);
+    cmd.args(&spec.exe.prefix).arg("--store").arg(&spec.store).arg("worker").arg(&spec.function);
     for (n, p) in &spec.dirs {
         cmd.arg("--dir").arg(format!("{n}={}", p.display()));
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| start_err(format!("{}: {e}", spec.exe.display())))?;
+    let mut child = cmd.spawn().map_err(|e| start_err(format!("{}: {e}", spec.exe.exe.display())))?;
     let stdin = child.stdin.take().expect("piped");
     let mut stdout = child.stdout.take().expect("piped");
     let first = tokio::time::timeout(spec.start_timeout, read_frame(&mut stdout, WORKER_MAGIC)).await;

@@ -59,7 +59,7 @@ pub struct ServeOptions {
     /// Pre-warmed worker processes per function.
     pub workers: usize,
     /// The `limes` executable workers run [default: this executable].
-    pub worker_exe: Option<PathBuf>,
+    pub worker_exe: Option<crate::pool::WorkerExe>,
     /// Run functions inside the server process instead of in workers: the
     /// previous design, kept for benchmark comparisons only. Compiled code
     /// has no epoch checks, so deadlines are NOT enforced in this mode.
@@ -234,7 +234,7 @@ struct Served {
 struct AppState {
     /// Only in the in-process mode.
     runtime: Option<Runtime>,
-    worker_exe: PathBuf,
+    worker_exe: crate::pool::WorkerExe,
     store_root: PathBuf,
     functions: Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>,
     metrics: Metrics,
@@ -662,7 +662,7 @@ pub async fn serve(
     };
     let worker_exe = match &opts.worker_exe {
         Some(p) => p.clone(),
-        None => std::env::current_exe()?,
+        None => std::env::current_exe()?.into(),
     };
     let body_budget = Semaphore::new((opts.body_budget / 1024).max(1));
     let functions = Arc::new(std::sync::RwLock::new(HashMap::new()));

@@ -227,3 +227,7 @@ pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, raw[split + 4..].to_vec())
 }
+
+/// Crates that mean a compiler is linked: the shipped loader and the
+/// containerd shim run precompiled tiers only.
+pub const COMPILER_CRATES: [&str; 3] = ["cranelift-codegen", "wasmtime-internal-cranelift", "winch"];

@@ -33,7 +33,37 @@ pub const MEDIA_CWASM: &str = "application/vnd.limes.cwasm.v1";
 pub const MEDIA_INITRD: &str = "application/vnd.limes.microvm.initrd.v1";
 pub const MEDIA_VM_CONFIG: &str = "application/vnd.limes.microvm.firecracker-config.v1+json";
 pub const MEDIA_KERNEL: &str = "application/vnd.limes.microvm.kernel.v1";
-pub const MEDIA_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// The image config: an OCI image config (not the empty descriptor), so
+/// containerd accepts the artifact as an image and runwasi-based shims read
+/// its layers.
+pub const MEDIA_IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// The config a pushed bundle carries. `architecture: wasm` is what
+/// runwasi (and so `containerd-shim-limes-v1`) looks for before handing the
+/// layers to the shim; `os: wasip2` names the component's world. The
+/// container's command line is `limes run` unless a pod's `args` replace
+/// the `run`. No layer is a filesystem, so there are no diff IDs.
+///
+/// The labels name the signed manifest: Kubernetes' CRI identifies an image
+/// by its config's digest, so two bundles with one config would be one
+/// image to it, and a pod could run the other function.
+pub fn image_config(manifest: &limes_bundle::manifest::Manifest, manifest_bytes: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip2",
+        "config": {
+            "Entrypoint": ["limes"],
+            "Cmd": ["run"],
+            "Labels": {
+                "dev.limes.function": manifest.function.name,
+                "dev.limes.version": manifest.function.version,
+                "dev.limes.manifest.sha256": limes_bundle::sha256_hex(manifest_bytes),
+            },
+        },
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))
+    .expect("JSON of strings")
+}
 pub const TITLE: &str = "org.opencontainers.image.title";
 pub const TIER_ANNOTATION: &str = "org.limes.tier";
 
@@ -186,7 +216,9 @@ impl Registry {
 
 }
 
-fn media_type(path: &str) -> &'static str {
+/// The media type of a bundle file as a layer (`limes-pack push` and the
+/// containerd shim's layer filter agree through this).
+pub fn media_type(path: &str) -> &'static str {
     match path {
         MANIFEST_PATH => MEDIA_MANIFEST,
         SIGNATURE_PATH => MEDIA_SIGNATURE,
@@ -242,16 +274,16 @@ pub async fn push(bundle: &Path, reference: &str, insecure: bool, creds: &Creden
         .map_err(|e| OciError::Auth { registry: reg.reference.resolve_registry().into(), message: e.to_string() })?;
     let mut layers = Vec::new();
     let (mut uploaded, mut skipped) = (Vec::new(), Vec::new());
-    let empty = b"{}".to_vec();
+    let image_config = image_config(&v.manifest, &v.manifest_bytes);
     let config = OciDescriptor {
-        media_type: MEDIA_EMPTY.into(),
-        digest: format!("sha256:{}", hex::encode(Sha256::digest(&empty))),
-        size: 2,
+        media_type: MEDIA_IMAGE_CONFIG.into(),
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(&image_config))),
+        size: image_config.len() as i64,
         urls: None,
         annotations: None,
         artifact_type: None,
     };
-    let mut blobs: Vec<(String, OciDescriptor, Vec<u8>)> = vec![("(config)".into(), config.clone(), empty)];
+    let mut blobs: Vec<(String, OciDescriptor, Vec<u8>)> = vec![("(config)".into(), config.clone(), image_config)];
     for (path, data, tier) in files {
         let d = descriptor(&path, &data, tier.as_deref());
         layers.push(d.clone());

@@ -1,0 +1,69 @@
+//! `containerd-shim-limes-v1`: runs limes bundles as containers, so a
+//! Kubernetes `RuntimeClass` (or `ctr run --runtime io.containerd.limes.v1`)
+//! schedules them. Built on runwasi's `containerd-shim-wasm`, which owns the
+//! containerd protocol and the container's namespaces and cgroups.
+//!
+//! Owns: the node's shim configuration ([`node`]), turning image layers back
+//! into bundle files and the container's command line ([`container`]).
+//! Must not touch: verification and installation (the loader's store does
+//! both, as for `limes pull`), Cranelift (precompiled tiers only), anything
+//! a pod supplies as a source of trust.
+
+pub mod container;
+pub mod node;
+
+use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
+use containerd_shim_wasm::sandbox::Sandbox;
+use containerd_shim_wasm::shim::{Shim, Version};
+
+/// The exit codes of `limes run`, so a Job's status means the same.
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_VERIFY: u8 = 3;
+pub const EXIT_FUNCTION_ERROR: u8 = 4;
+pub const EXIT_FAULT: u8 = 5;
+
+/// The OCI layer media types the shim reads: the signed manifest, its
+/// signature, the component and the precompiled tiers (microVM images stay
+/// in the content store, unread).
+pub const LAYER_TYPES: &[&str] = &[limes_oci::MEDIA_MANIFEST, limes_oci::MEDIA_SIGNATURE, limes_oci::MEDIA_COMPONENT, limes_oci::MEDIA_CWASM];
+
+pub struct LimesShim;
+
+#[derive(Default)]
+pub struct LimesSandbox;
+
+impl Shim for LimesShim {
+    type Sandbox = LimesSandbox;
+
+    fn name() -> &'static str {
+        "limes"
+    }
+
+    fn version() -> Version {
+        containerd_shim_wasm::shim::version!()
+    }
+
+    fn supported_layers_types() -> &'static [&'static str] {
+        LAYER_TYPES
+    }
+}
+
+impl Sandbox for LimesSandbox {
+    async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
+        let layers = match ctx.entrypoint().source {
+            Source::Oci(layers) => layers,
+            Source::File(_) => {
+                eprintln!("error: this image carries no limes bundle layers (push it with `limes-pack push`)");
+                return Ok(1);
+            }
+        };
+        let files: Vec<container::LayerFile<'_>> = layers
+            .iter()
+            .filter_map(|l| {
+                let title = l.config.annotations().as_ref()?.get(limes_oci::TITLE)?;
+                Some(container::LayerFile { title: title.as_str(), bytes: &l.layer })
+            })
+            .collect();
+        Ok(container::run(ctx.args(), &files))
+    }
+}
