@@ -14,7 +14,6 @@ mod node;
 use common::*;
 use node::*;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn percentile(v: &[Duration], p: f64) -> f64 {
@@ -25,20 +24,8 @@ fn percentile(v: &[Duration], p: f64) -> f64 {
 
 /// A static native no-op that prints its first argument, as an image.
 fn import_native_noop(node: &Node) -> String {
-    let d = tempdir();
-    let src = d.path().join("noop.c");
-    std::fs::write(&src, "#include <stdio.h>\nint main(int c, char **v) { if (c > 1) fputs(v[1], stdout); return 0; }\n").unwrap();
-    ok(Command::new("musl-gcc").args(["-static", "-O2", "-o"]).arg(d.path().join("noop")).arg(&src));
-    let layer = tar_of(&[("noop".into(), std::fs::read(d.path().join("noop")).unwrap())], 0o755);
-    use sha2::Digest as _;
-    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/noop"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)))]}}))
-    .unwrap();
     let name = "limes.test/native-noop:1";
-    let archive = oci_archive(name, &config, &[("noop.tar".into(), "application/vnd.oci.image.layer.v1.tar", layer)], None);
-    let path = d.path().join("noop.tar");
-    std::fs::write(&path, archive).unwrap();
-    ok(node.ctr().args(["images", "import"]).arg(&path));
+    import_static_c(node, "default", name, "noop", "#include <stdio.h>\nint main(int c, char **v) { if (c > 1) fputs(v[1], stdout); return 0; }\n");
     name.into()
 }
 

@@ -231,21 +231,32 @@ pub fn tar_of(files: &[(String, Vec<u8>)], mode: u32) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// Compile the C program `source` statically and import it into `ns` as the
+/// image `name` whose entrypoint is `/BIN`.
+pub fn import_static_c(node: &Node, ns: &str, name: &str, bin: &str, source: &str) {
+    let d = tempdir();
+    let src = d.path().join("main.c");
+    std::fs::write(&src, source).unwrap();
+    ok(Command::new("musl-gcc").args(["-static", "-O2", "-o"]).arg(d.path().join(bin)).arg(&src));
+    let layer = tar_of(&[(bin.into(), std::fs::read(d.path().join(bin)).unwrap())], 0o755);
+    use sha2::Digest as _;
+    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": [format!("/{bin}")]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)))]}}))
+    .unwrap();
+    let archive = oci_archive(name, &config, &[(format!("{bin}.tar"), "application/vnd.oci.image.layer.v1.tar", layer)], None);
+    let path = d.path().join("image.tar");
+    std::fs::write(&path, archive).unwrap();
+    ok(node.ctr().args(["-n", ns, "images", "import"]).arg(&path));
+}
+
 /// The pod sandbox's image: a static `/pause` that waits for SIGTERM
 /// (kubelet's `registry.k8s.io/pause` is out of reach here).
 pub fn import_pause(node: &Node) {
-    let d = tempdir();
-    let src = d.path().join("pause.c");
-    std::fs::write(&src, "#include <signal.h>\n#include <unistd.h>\nstatic void q(int s){(void)s;_exit(0);}\nint main(void){signal(SIGTERM,q);signal(SIGINT,q);for(;;)pause();}\n").unwrap();
-    ok(Command::new("musl-gcc").args(["-static", "-Os", "-o"]).arg(d.path().join("pause")).arg(&src));
-    let layer = tar_of(&[("pause".into(), std::fs::read(d.path().join("pause")).unwrap())], 0o755);
-    use sha2::Digest as _;
-    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/pause"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)))]}}))
-    .unwrap();
-    let archive = oci_archive(PAUSE, &config, &[("pause.tar".into(), "application/vnd.oci.image.layer.v1.tar", layer)], None);
-    let path = d.path().join("pause.tar");
-    std::fs::write(&path, archive).unwrap();
-    ok(node.ctr().args(["-n", "k8s.io", "images", "import"]).arg(&path));
+    import_static_c(
+        node,
+        "k8s.io",
+        PAUSE,
+        "pause",
+        "#include <signal.h>\n#include <unistd.h>\nstatic void q(int s){(void)s;_exit(0);}\nint main(void){signal(SIGTERM,q);signal(SIGINT,q);for(;;)pause();}\n",
+    );
 }
-
