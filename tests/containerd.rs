@@ -102,7 +102,7 @@ fn tampered_image(node: &Node, name: &str) -> PathBuf {
             let mid = data.len() / 2;
             data[mid] ^= 0x40;
         }
-        layers.push((path.clone(), limes_oci::media_type(&path), data));
+        layers.push((path.clone(), limes_oci::media_type(v.manifest.role_of(&path).unwrap()), data));
     }
     // The attacker's own config (CRI would take one equal to the genuine
     // image's for that image).

@@ -77,12 +77,7 @@ pub async fn pull(store: &Store, reference: &str, keys: &TrustedKeys, opts: &Pul
         wanted.push(best.path.clone());
     }
     if opts.with_microvm {
-        if let Some(vm) = &manifest.microvm {
-            wanted.push(vm.initrd.clone());
-            wanted.push(vm.firecracker_config.clone());
-            wanted.extend(vm.kernel.clone());
-            wanted.extend(vm.rootfs.clone());
-        }
+        wanted.extend(manifest.microvm_files().into_iter().map(String::from));
     }
     let (mut downloaded, mut reused, mut files) = (Vec::new(), Vec::new(), Vec::new());
     for path in wanted {

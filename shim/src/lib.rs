@@ -27,6 +27,17 @@ pub const EXIT_FAULT: u8 = 5;
 /// in the content store, unread).
 pub const LAYER_TYPES: &[&str] = &[limes_oci::MEDIA_MANIFEST, limes_oci::MEDIA_SIGNATURE, limes_oci::MEDIA_COMPONENT, limes_oci::MEDIA_CWASM];
 
+#[cfg(test)]
+mod tests {
+    use limes_bundle::manifest::Role;
+
+    #[test]
+    fn reads_the_layers_of_the_roles_it_runs() {
+        let read: Vec<&str> = [Role::Manifest, Role::Signature, Role::Component, Role::Aot].into_iter().map(limes_oci::media_type).collect();
+        assert_eq!(super::LAYER_TYPES, read.as_slice());
+    }
+}
+
 pub struct LimesShim;
 
 #[derive(Default)]

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 
 /// Static target of the native build (static-pie by default on musl).
 pub const MICROVM_TARGET: &str = "x86_64-unknown-linux-musl";
-pub const INITRD_PATH: &str = "microvm/initrd.cpio";
-pub const FIRECRACKER_CONFIG_PATH: &str = "microvm/firecracker.json";
-pub const KERNEL_PATH: &str = "microvm/vmlinux";
+use limes_bundle::manifest::{INITRD_PATH, KERNEL_PATH};
 /// Kernel command line: serial console, quiet, reboot ends the VM, and an
 /// early TSC frequency so boots under `-M microvm` do not hang calibrating.
 pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet loglevel=1 tsc_early_khz=2000000";

@@ -238,13 +238,13 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
 
     progress.step("assembling bundle");
     let t = Instant::now();
-    let aot_paths: Vec<String> = aot_out.iter().map(|a| format!("aot/{}.cwasm", a.tier.name)).collect();
+    let aot_paths: Vec<String> = aot_out.iter().map(|a| limes_bundle::manifest::aot_path(a.tier.name)).collect();
     let mut files: Vec<(String, Source<'_>)> = vec![(COMPONENT_PATH.to_string(), Source::Bytes(&wasm))];
     for (a, p) in aot_out.iter().zip(&aot_paths) {
         files.push((p.clone(), Source::Bytes(&a.bytes)));
     }
     if let Some(img) = &image {
-        use crate::microvm::{FIRECRACKER_CONFIG_PATH, INITRD_PATH, KERNEL_PATH};
+        use limes_bundle::manifest::{FIRECRACKER_CONFIG_PATH, INITRD_PATH, KERNEL_PATH};
         files.push((INITRD_PATH.into(), Source::Bytes(&img.initrd)));
         files.push((FIRECRACKER_CONFIG_PATH.into(), Source::Bytes(&img.firecracker_config)));
         if let Some(k) = &opts.kernel {
@@ -277,10 +277,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
             .collect(),
         microvm: image.as_ref().map(|img| limes_bundle::manifest::MicroVm {
             target: crate::microvm::MICROVM_TARGET.into(),
-            initrd: crate::microvm::INITRD_PATH.into(),
+            initrd: limes_bundle::manifest::INITRD_PATH.into(),
             rootfs: None,
-            kernel: opts.kernel.as_ref().map(|_| crate::microvm::KERNEL_PATH.into()),
-            firecracker_config: crate::microvm::FIRECRACKER_CONFIG_PATH.into(),
+            kernel: opts.kernel.as_ref().map(|_| limes_bundle::manifest::KERNEL_PATH.into()),
+            firecracker_config: limes_bundle::manifest::FIRECRACKER_CONFIG_PATH.into(),
             boot_args: crate::microvm::BOOT_ARGS.into(),
             vcpus: img.vcpus,
             memory_mib: img.memory_mib,

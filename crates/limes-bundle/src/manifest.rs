@@ -13,6 +13,32 @@ pub const SCHEMA: &str = "limes.bundle/v1";
 pub const MANIFEST_PATH: &str = "manifest.json";
 pub const SIGNATURE_PATH: &str = "manifest.json.minisig";
 pub const COMPONENT_PATH: &str = "component.wasm";
+/// Where `limes-pack` puts the microVM image's files (readers follow the
+/// manifest's fields, not these paths).
+pub const INITRD_PATH: &str = "microvm/initrd.cpio";
+pub const FIRECRACKER_CONFIG_PATH: &str = "microvm/firecracker.json";
+pub const KERNEL_PATH: &str = "microvm/vmlinux";
+
+/// Where `limes-pack` puts the precompiled artifact of `tier`.
+pub fn aot_path(tier: &str) -> String {
+    format!("aot/{tier}.cwasm")
+}
+
+/// What a file of a bundle is for: the one description of a bundle's files
+/// that the packer, the registry layout (media types follow roles) and the
+/// loader share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Manifest,
+    Signature,
+    Component,
+    /// A precompiled CPU tier.
+    Aot,
+    MicrovmInitrd,
+    MicrovmConfig,
+    MicrovmKernel,
+    MicrovmRootfs,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +229,40 @@ impl Manifest {
         self.files.iter().find(|f| f.path == path)
     }
 
+    /// What `path` is in this bundle; `None` for a path the manifest does
+    /// not give a role (a reader refuses such a file).
+    pub fn role_of(&self, path: &str) -> Option<Role> {
+        match path {
+            MANIFEST_PATH => return Some(Role::Manifest),
+            SIGNATURE_PATH => return Some(Role::Signature),
+            _ => {}
+        }
+        if path == self.component {
+            return Some(Role::Component);
+        }
+        if self.aot.iter().any(|a| a.path == path) {
+            return Some(Role::Aot);
+        }
+        let vm = self.microvm.as_ref()?;
+        if path == vm.initrd {
+            Some(Role::MicrovmInitrd)
+        } else if path == vm.firecracker_config {
+            Some(Role::MicrovmConfig)
+        } else if vm.kernel.as_deref() == Some(path) {
+            Some(Role::MicrovmKernel)
+        } else if vm.rootfs.as_deref() == Some(path) {
+            Some(Role::MicrovmRootfs)
+        } else {
+            None
+        }
+    }
+
+    /// The files of the microVM image (empty without one).
+    pub fn microvm_files(&self) -> Vec<&str> {
+        let Some(vm) = &self.microvm else { return Vec::new() };
+        [Some(&vm.initrd), Some(&vm.firecracker_config), vm.kernel.as_ref(), vm.rootfs.as_ref()].into_iter().flatten().map(String::as_str).collect()
+    }
+
     /// The signed one-line comment: what the bundle is, readable in
     /// `minisign -V`. Readers require exactly this text in a verified
     /// signature, so a signature cannot vouch for another name or version.
@@ -352,6 +412,28 @@ pub(crate) mod tests {
         let mut json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
         json["surprise"] = 1.into();
         assert!(Manifest::from_json(&serde_json::to_vec(&json).unwrap()).is_err());
+    }
+
+    #[test]
+    fn roles_come_from_the_manifest_fields() {
+        let mut m = sample();
+        m.microvm = Some(MicroVm {
+            target: "x86_64-unknown-linux-musl".into(),
+            initrd: INITRD_PATH.into(),
+            rootfs: None,
+            kernel: Some(KERNEL_PATH.into()),
+            firecracker_config: FIRECRACKER_CONFIG_PATH.into(),
+            boot_args: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+        });
+        assert_eq!(m.role_of(COMPONENT_PATH), Some(Role::Component));
+        assert_eq!(m.role_of(MANIFEST_PATH), Some(Role::Manifest));
+        assert_eq!(m.role_of(KERNEL_PATH), Some(Role::MicrovmKernel));
+        // Not by suffix: an unlisted file has no role.
+        assert_eq!(m.role_of("microvm/other.cpio"), None);
+        assert_eq!(m.role_of(&aot_path("x86-64-v3")), None);
+        assert_eq!(m.microvm_files(), [INITRD_PATH, FIRECRACKER_CONFIG_PATH, KERNEL_PATH]);
     }
 
     #[test]

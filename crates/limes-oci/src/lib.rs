@@ -12,7 +12,7 @@
 //! and installs); building bundles.
 
 use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
-use limes_bundle::manifest::{MANIFEST_PATH, SIGNATURE_PATH};
+use limes_bundle::manifest::{Role, MANIFEST_PATH, SIGNATURE_PATH};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
@@ -33,6 +33,7 @@ pub const MEDIA_CWASM: &str = "application/vnd.limes.cwasm.v1";
 pub const MEDIA_INITRD: &str = "application/vnd.limes.microvm.initrd.v1";
 pub const MEDIA_VM_CONFIG: &str = "application/vnd.limes.microvm.firecracker-config.v1+json";
 pub const MEDIA_KERNEL: &str = "application/vnd.limes.microvm.kernel.v1";
+pub const MEDIA_ROOTFS: &str = "application/vnd.limes.microvm.rootfs.v1";
 /// The image config: an OCI image config (not the empty descriptor), so
 /// containerd accepts the artifact as an image and runwasi-based shims read
 /// its layers.
@@ -216,28 +217,30 @@ impl Registry {
 
 }
 
-/// The media type of a bundle file as a layer (`limes-pack push` and the
-/// containerd shim's layer filter agree through this).
-pub fn media_type(path: &str) -> &'static str {
-    match path {
-        MANIFEST_PATH => MEDIA_MANIFEST,
-        SIGNATURE_PATH => MEDIA_SIGNATURE,
-        p if p.ends_with(".cwasm") => MEDIA_CWASM,
-        p if p.ends_with(".wasm") => MEDIA_COMPONENT,
-        p if p.ends_with("initrd.cpio") => MEDIA_INITRD,
-        p if p.ends_with("firecracker.json") => MEDIA_VM_CONFIG,
-        _ => MEDIA_KERNEL,
+/// The media type of a bundle file as a layer: it follows the file's role
+/// (`limes-pack push` and the containerd shim's layer filter agree through
+/// this).
+pub fn media_type(role: Role) -> &'static str {
+    match role {
+        Role::Manifest => MEDIA_MANIFEST,
+        Role::Signature => MEDIA_SIGNATURE,
+        Role::Component => MEDIA_COMPONENT,
+        Role::Aot => MEDIA_CWASM,
+        Role::MicrovmInitrd => MEDIA_INITRD,
+        Role::MicrovmConfig => MEDIA_VM_CONFIG,
+        Role::MicrovmKernel => MEDIA_KERNEL,
+        Role::MicrovmRootfs => MEDIA_ROOTFS,
     }
 }
 
-fn descriptor(path: &str, data: &[u8], tier: Option<&str>) -> OciDescriptor {
+fn descriptor(path: &str, role: Role, data: &[u8], tier: Option<&str>) -> OciDescriptor {
     let mut annotations = BTreeMap::new();
     annotations.insert(TITLE.to_string(), path.to_string());
     if let Some(t) = tier {
         annotations.insert(TIER_ANNOTATION.to_string(), t.to_string());
     }
     OciDescriptor {
-        media_type: media_type(path).into(),
+        media_type: media_type(role).into(),
         digest: format!("sha256:{}", hex::encode(Sha256::digest(data))),
         size: data.len() as i64,
         urls: None,
@@ -267,6 +270,14 @@ pub async fn push(bundle: &Path, reference: &str, insecure: bool, creds: &Creden
         let tier = v.manifest.aot.iter().find(|a| a.path == path).map(|a| a.tier.clone());
         files.push((path, data, tier));
     }
+    let roles = files
+        .iter()
+        .map(|(path, ..)| {
+            v.manifest
+                .role_of(path)
+                .ok_or_else(|| limes_bundle::BundleError::Manifest(format!("{} is listed in files but has no role", limes_bundle::untrusted(path))))
+        })
+        .collect::<Result<Vec<Role>, _>>()?;
     // Authenticate for push up front so a bad password fails clearly.
     reg.client
         .auth(&reg.reference, &reg.auth, oci_client::RegistryOperation::Push)
@@ -284,8 +295,8 @@ pub async fn push(bundle: &Path, reference: &str, insecure: bool, creds: &Creden
         artifact_type: None,
     };
     let mut blobs: Vec<(String, OciDescriptor, Vec<u8>)> = vec![("(config)".into(), config.clone(), image_config)];
-    for (path, data, tier) in files {
-        let d = descriptor(&path, &data, tier.as_deref());
+    for ((path, data, tier), role) in files.into_iter().zip(roles) {
+        let d = descriptor(&path, role, &data, tier.as_deref());
         layers.push(d.clone());
         blobs.push((path, d, data));
     }
@@ -345,9 +356,10 @@ mod tests {
     }
 
     #[test]
-    fn media_types() {
-        assert_eq!(media_type("component.wasm"), "application/wasm");
-        assert_eq!(media_type("aot/x86-64-v3.cwasm"), MEDIA_CWASM);
-        assert_eq!(media_type("manifest.json"), MEDIA_MANIFEST);
+    fn media_types_follow_roles() {
+        assert_eq!(media_type(Role::Component), "application/wasm");
+        assert_eq!(media_type(Role::Aot), MEDIA_CWASM);
+        assert_eq!(media_type(Role::Manifest), MEDIA_MANIFEST);
+        assert_ne!(media_type(Role::MicrovmRootfs), media_type(Role::MicrovmKernel));
     }
 }
