@@ -161,6 +161,16 @@ fn clear_errors_for_bad_crates() {
     let e = fails(limes_pack().args(["build", "--tier", "x86-64-v9", "--out-dir"]).arg(out.path()).arg(pack("noop")), 2);
     assert!(e.contains("x86-64-v9") && e.contains("possible values") && e.contains("x86-64-v3"), "{e}");
 
+    // ... and in the crate's metadata, an error naming the crate, before any build.
+    let bad_meta = tempdir();
+    ok(limes_pack().args(["new", "tiered", "--template", "noop", "--dir"]).arg(bad_meta.path()).env("LIMES_PACK_HOME", bad_meta.path().join("home")));
+    let manifest = bad_meta.path().join("tiered/Cargo.toml");
+    let toml = std::fs::read_to_string(&manifest).unwrap();
+    assert!(toml.contains("[package.metadata.limes]\n"));
+    std::fs::write(&manifest, toml.replace("[package.metadata.limes]\n", "[package.metadata.limes]\ntiers = [\"x86-64\", \"x86-64-v9\"]\n")).unwrap();
+    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(bad_meta.path().join("tiered")), 1);
+    assert!(e.contains("tiered") && e.contains("unknown tier \"x86-64-v9\"; known tiers: x86-64, x86-64-v2, x86-64-v3"), "{e}");
+
     let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(common::repo()), 1);
     assert!(e.contains("workspace root without a package"), "{e}");
 

@@ -185,13 +185,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput
 
     progress.step("locating crate");
     let project = Project::discover(&opts.path, opts.package.as_deref(), &opts.cargo.global_flags())?;
-    let tiers = project.tiers(&opts.tiers);
-    if let Some(bad) = opts.tiers.iter().find(|t| limes_bundle::Tier::by_name(t).is_none()) {
-        return Err(BuildError::Project(ProjectError::BadMetadata(
-            project.package_name.clone(),
-            format!("unknown tier {bad:?}; known tiers: {}", limes_bundle::Tier::names().join(", ")),
-        )));
-    }
+    let tiers = project.tiers(&opts.tiers)?;
 
     progress.step(&format!("compiling {} for {}", project.package_name, compile::WASM_TARGET));
     let t = Instant::now();

@@ -194,13 +194,7 @@ impl Project {
 
     fn check_meta(&self) -> Result<(), ProjectError> {
         let bad = |m: String| Err(ProjectError::BadMetadata(self.package_name.clone(), m));
-        if let Some(tiers) = &self.meta.tiers {
-            for t in tiers {
-                if Tier::by_name(t).is_none() {
-                    return bad(format!("unknown tier {t:?}; known tiers: {}", Tier::names().join(", ")));
-                }
-            }
-        }
+        self.tiers(&[])?;
         for p in &self.meta.preopens {
             if !p.guest_path.starts_with('/') {
                 return bad(format!("preopen guest-path {:?} must be absolute", p.guest_path));
@@ -209,8 +203,10 @@ impl Project {
         Ok(())
     }
 
-    /// Tiers to build: the explicit list, else metadata, else the defaults.
-    pub fn tiers(&self, explicit: &[String]) -> Vec<Tier> {
+    /// Tiers to build: the explicit list, else metadata, else the defaults,
+    /// in rank order; an unknown name is an error (the one place tier names
+    /// are checked).
+    pub fn tiers(&self, explicit: &[String]) -> Result<Vec<Tier>, ProjectError> {
         let names: Vec<String> = if !explicit.is_empty() {
             explicit.to_vec()
         } else if let Some(t) = &self.meta.tiers {
@@ -218,10 +214,17 @@ impl Project {
         } else {
             DEFAULT_TIERS.iter().map(|s| s.to_string()).collect()
         };
-        let mut tiers: Vec<Tier> = names.iter().filter_map(|n| Tier::by_name(n)).collect();
+        let mut tiers = names
+            .iter()
+            .map(|n| {
+                Tier::by_name(n).ok_or_else(|| {
+                    ProjectError::BadMetadata(self.package_name.clone(), format!("unknown tier {n:?}; known tiers: {}", Tier::names().join(", ")))
+                })
+            })
+            .collect::<Result<Vec<Tier>, _>>()?;
         tiers.sort_by_key(|t| t.rank);
         tiers.dedup();
-        tiers
+        Ok(tiers)
     }
 
     pub fn limits(&self) -> Limits {
