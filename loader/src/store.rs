@@ -483,6 +483,30 @@ pub struct InstallPolicy {
     pub rotate_key: bool,
 }
 
+/// A verified bundle unpacked in the store's `tmp/` (see
+/// [`Store::stage_function`]); the directory goes when this is dropped.
+pub struct Staged {
+    dir: PathBuf,
+    function: Option<InstalledFunction>,
+}
+
+impl Staged {
+    pub fn function(&self) -> &InstalledFunction {
+        self.function.as_ref().expect("set by stage_function before it returns")
+    }
+
+    /// The directory, for removing it from a process about to exit.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.dir);
+    }
+}
+
 /// Default store location: `$LIMES_HOME`, else `$XDG_DATA_HOME/limes`, else
 /// `~/.local/share/limes`.
 pub fn default_root() -> PathBuf {
@@ -575,20 +599,20 @@ impl Store {
         Ok((staging, v))
     }
 
-    /// Remove a staging directory from [`Store::stage`] (its files are
-    /// read-only, which a plain drop cannot remove as a non-root user).
-    pub fn discard(&self, staging: tempfile::TempDir) {
-        let _ = remove_tree(&staging.keep());
-    }
-
-    /// [`Store::discard`] by path (for a process about to exit).
+    /// Remove a staging directory by path (for a process about to exit,
+    /// where no destructor runs).
     pub fn discard_path(&self, staging: &Path) {
         let _ = remove_tree(staging);
     }
 
-    /// A staged bundle as a function that can be run without installing it
-    /// (its stamps are taken now, right after verification).
-    pub fn staged_function(&self, staging: &tempfile::TempDir, v: &VerifiedBundle) -> Result<InstalledFunction, StoreError> {
+    /// Verify `bundle` and unpack it into `tmp/` as a function that runs
+    /// without being installed (`limes run BUNDLE`); its stamps are taken
+    /// right after verification. Removed when the [`Staged`] is dropped.
+    pub fn stage_function(&self, bundle: &Path, keys: &TrustedKeys) -> Result<Staged, StoreError> {
+        let (staging, v) = self.stage(bundle, keys, &BundleLimits::default())?;
+        // From here on the guard owns the directory, on every path.
+        let dir = staging.keep();
+        let mut staged = Staged { function: None, dir };
         let record = Installed {
             name: v.manifest.function.name.clone(),
             version: v.manifest.function.version.clone(),
@@ -596,9 +620,10 @@ impl Store {
             signer: v.signer.map(|k| k.to_string()).unwrap_or_default(),
             files: Vec::new(),
             manifest_sha256: limes_bundle::sha256_hex(&v.manifest_bytes),
-            stamps: stamps(staging.path(), v.manifest.files.iter().map(|f| f.path.clone()))?,
+            stamps: stamps(&staged.dir, v.manifest.files.iter().map(|f| f.path.clone()))?,
         };
-        Ok(InstalledFunction { record, dir: staging.path().to_path_buf(), manifest: v.manifest.clone() })
+        staged.function = Some(InstalledFunction { record, dir: staged.dir.clone(), manifest: v.manifest });
+        Ok(staged)
     }
 
     /// Verify and install `bundle`. Installing the same bundle twice is a

@@ -6,7 +6,6 @@ use limes::runtime::{InvokeOptions, RuntimeOptions};
 use limes::store::{InstalledFunction, Integrity};
 use limes::watchdog::Watchdog;
 use limes::{Runtime, Store};
-use limes_bundle::archive::BundleLimits;
 use limes_bundle::TrustedKeys;
 use limes_sdk::Request;
 use std::io::Write;
@@ -184,32 +183,23 @@ impl RunCommand {
         // afterwards); a name resolves to an installed, verified object.
         let is_file = std::path::Path::new(&self.target).is_file();
         let t = Instant::now();
-        let (f, staging): (InstalledFunction, Option<tempfile::TempDir>) = if is_file {
+        let staged = if is_file {
             if self.trust.is_empty() {
                 bail!("running a bundle file needs --trust KEY|DIR (or install it first)");
             }
             let keys = TrustedKeys::load(&self.trust)?;
-            let (dir, v) = store
-                .stage(std::path::Path::new(&self.target), &keys, &BundleLimits::default())
-                .with_context(|| format!("verifying {}", self.target))?;
-            match store.staged_function(&dir, &v) {
-                Ok(f) => (f, Some(dir)),
-                Err(e) => {
-                    store.discard(dir);
-                    return Err(e.into());
-                }
-            }
+            Some(store.stage_function(std::path::Path::new(&self.target), &keys).with_context(|| format!("verifying {}", self.target))?)
         } else {
-            (store.get(&self.target)?, None)
+            None
+        };
+        let f = match &staged {
+            Some(s) => s.function().clone(),
+            None => store.get(&self.target)?,
         };
         let verify_time = t.elapsed();
 
         if self.backend == Backend::Microvm {
-            let r = self.run_microvm(ctx, &store, &f, req, is_file.then_some(verify_time));
-            if let Some(s) = staging {
-                store.discard(s);
-            }
-            return r;
+            return self.run_microvm(ctx, &store, &f, req, is_file.then_some(verify_time));
         }
         let t = Instant::now();
         // One instance, once: the on-demand allocator (a pool sized for a
@@ -221,13 +211,11 @@ impl RunCommand {
         // re-hashes otherwise; `serve` always re-hashes once per load.
         let loaded = launch::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto }, Integrity::Stamp);
         let inv = loaded.map_err(anyhow::Error::from).and_then(|l| {
-            let _watchdog = self.watchdog(ctx, &store, &l, &opts, staging.as_ref().map(|s| s.path().to_path_buf()));
+            let _watchdog = self.watchdog(ctx, &store, &l, &opts, staged.as_ref().map(|s| s.path().to_path_buf()));
             Ok((rt.invoke(&l, req, &opts)?, l))
         });
         // The mapped artifact stays valid after its file is unlinked.
-        if let Some(s) = staging {
-            store.discard(s);
-        }
+        drop(staged);
         let (inv, loaded) = inv?;
         let total = start.elapsed();
 
