@@ -31,7 +31,7 @@ fn noop_bundle() -> &'static (TestKey, PathBuf) {
 fn installed(d: &Path) -> PathBuf {
     let (key, bundle) = noop_bundle();
     let store = d.join("store");
-    ok(limes_cmd(&store).arg("install").arg(bundle).arg("--trust").arg(&key.public));
+    install(&store, &bundle, &key);
     store
 }
 
@@ -89,7 +89,7 @@ fn a_tampered_artifact_is_never_mapped_and_reinstalling_repairs_it() {
     assert!(e.contains("does not match the signed manifest"), "{e}");
     // Reinstalling the genuine bundle replaces the damaged object.
     let (key, bundle) = noop_bundle();
-    ok(limes_cmd(&store).arg("install").arg(bundle).arg("--trust").arg(&key.public));
+    install(&store, &bundle, &key);
     let o = ok(limes_cmd(&store).args(["run", "noop", "--data", "genuine"]));
     assert_eq!(o.stdout, b"genuine");
 }

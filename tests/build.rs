@@ -6,14 +6,8 @@ use common::*;
 use limes_sdk::Request;
 use std::process::Command;
 
-fn limes_pack() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_limes-pack"));
-    c.env_remove("LIMES_SIGN");
-    c
-}
-
 fn native_exe(crate_dir: &std::path::Path) -> std::path::PathBuf {
-    let out = ok(limes_pack().args(["native", "--json"]).arg(crate_dir));
+    let out = ok(limes_pack_cmd().args(["native", "--json"]).arg(crate_dir));
     json(&out)["executable"].as_str().unwrap().into()
 }
 
@@ -21,7 +15,7 @@ fn native_exe(crate_dir: &std::path::Path) -> std::path::PathBuf {
 fn every_pack_builds_into_a_validated_bundle() {
     let out_dir = tempdir();
     for (dir, name) in [("noop", "noop"), ("mandelbrot", "mandelbrot"), ("image", "image")] {
-        let out = ok(limes_pack().args(["build", "--json", "--out-dir"]).arg(out_dir.path()).arg(pack(dir)));
+        let out = ok(limes_pack_cmd().args(["build", "--json", "--out-dir"]).arg(out_dir.path()).arg(pack(dir)));
         let j = json(&out);
         assert_eq!(j["function"], name);
         assert_eq!(j["world"]["kind"], "limes");
@@ -33,12 +27,12 @@ fn every_pack_builds_into_a_validated_bundle() {
         assert_eq!(j["microvm"]["target"], "x86_64-unknown-linux-musl", "microVM image by default");
         let bundle = out_dir.path().join(format!("{name}-0.1.0.limes"));
         assert!(bundle.is_file());
-        let insp = json(&ok(limes_pack().args(["inspect", "--json"]).arg(&bundle)));
+        let insp = json(&ok(limes_pack_cmd().args(["inspect", "--json"]).arg(&bundle)));
         assert_eq!(insp["manifest"]["function"]["name"], name);
         assert_eq!(insp["signer_key_id"], serde_json::Value::Null);
     }
     // The image pack declares its preopen.
-    let insp = json(&ok(limes_pack().args(["inspect", "--json"]).arg(out_dir.path().join("image-0.1.0.limes"))));
+    let insp = json(&ok(limes_pack_cmd().args(["inspect", "--json"]).arg(out_dir.path().join("image-0.1.0.limes"))));
     assert_eq!(insp["manifest"]["preopens"][0]["guest_path"], "/images");
 }
 
@@ -101,7 +95,7 @@ fn new_templates_build_and_run() {
     let work = tempdir();
     for template in ["blank", "noop", "mandelbrot", "image"] {
         let name = format!("demo-{template}");
-        ok(limes_pack().args(["new", &name, "--template", template, "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
+        ok(limes_pack_cmd().args(["new", &name, "--template", template, "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
         let dir = work.path().join(&name);
         assert!(dir.join("Cargo.toml").is_file() && dir.join("src/lib.rs").is_file());
         // The SDK comes from the copy limes-pack carries, not from this
@@ -109,7 +103,7 @@ fn new_templates_build_and_run() {
         let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         assert!(!toml.contains(&common::repo().display().to_string()), "{toml}");
         assert!(toml.contains(&work.path().join("home/sdk").display().to_string()), "{toml}");
-        let out = ok(limes_pack()
+        let out = ok(limes_pack_cmd()
             .args(["build", "--json", "--sign"])
             .arg(&key.secret)
             .arg(&dir)
@@ -133,45 +127,45 @@ fn new_templates_build_and_run() {
         }
     }
     // Names are checked and existing directories are never overwritten.
-    let e = fails(limes_pack().args(["new", "demo-blank", "--dir"]).arg(work.path()), 1);
+    let e = fails(limes_pack_cmd().args(["new", "demo-blank", "--dir"]).arg(work.path()), 1);
     assert!(e.contains("already exists"), "{e}");
-    let e = fails(limes_pack().args(["new", "9bad", "--dir"]).arg(work.path()), 1);
+    let e = fails(limes_pack_cmd().args(["new", "9bad", "--dir"]).arg(work.path()), 1);
     assert!(e.contains("not a valid crate name"), "{e}");
-    let e = fails(limes_pack().args(["new", "x", "--template", "nope", "--dir"]).arg(work.path()), 1);
+    let e = fails(limes_pack_cmd().args(["new", "x", "--template", "nope", "--dir"]).arg(work.path()), 1);
     assert!(e.contains("choose one of: blank, noop, mandelbrot, image"), "{e}");
 }
 
 #[test]
 fn clear_errors_for_bad_crates() {
     let out = tempdir();
-    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("not-a-function")), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("not-a-function")), 1);
     assert!(e.contains("is not a limes function crate") && e.contains("limes_sdk::export!"), "{e}");
 
-    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("wrong-world")), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("wrong-world")), 1);
     assert!(e.contains("is not a limes function") && e.contains("limes_sdk::export!(handle)"), "{e}");
 
-    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("broken")), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("broken")), 1);
     assert!(e.contains("error[E0308]"), "cargo's own error must pass through: {e}");
     assert!(e.contains("`cargo build` of `broken` for wasm32-wasip2 failed"), "{e}");
 
-    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg("/nonexistent/crate"), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg("/nonexistent/crate"), 1);
     assert!(e.contains("no Cargo.toml at /nonexistent/crate"), "{e}");
 
     // An unknown tier is a usage error (exit 2) naming the tiers there are.
-    let e = fails(limes_pack().args(["build", "--tier", "x86-64-v9", "--out-dir"]).arg(out.path()).arg(pack("noop")), 2);
+    let e = fails(limes_pack_cmd().args(["build", "--tier", "x86-64-v9", "--out-dir"]).arg(out.path()).arg(pack("noop")), 2);
     assert!(e.contains("x86-64-v9") && e.contains("possible values") && e.contains("x86-64-v3"), "{e}");
 
     // ... and in the crate's metadata, an error naming the crate, before any build.
     let bad_meta = tempdir();
-    ok(limes_pack().args(["new", "tiered", "--template", "noop", "--dir"]).arg(bad_meta.path()).env("LIMES_PACK_HOME", bad_meta.path().join("home")));
+    ok(limes_pack_cmd().args(["new", "tiered", "--template", "noop", "--dir"]).arg(bad_meta.path()).env("LIMES_PACK_HOME", bad_meta.path().join("home")));
     let manifest = bad_meta.path().join("tiered/Cargo.toml");
     let toml = std::fs::read_to_string(&manifest).unwrap();
     assert!(toml.contains("[package.metadata.limes]\n"));
     std::fs::write(&manifest, toml.replace("[package.metadata.limes]\n", "[package.metadata.limes]\ntiers = [\"x86-64\", \"x86-64-v9\"]\n")).unwrap();
-    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(bad_meta.path().join("tiered")), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(bad_meta.path().join("tiered")), 1);
     assert!(e.contains("tiered") && e.contains("unknown tier \"x86-64-v9\"; known tiers: x86-64, x86-64-v2, x86-64-v3"), "{e}");
 
-    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(out.path()).arg(common::repo()), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(common::repo()), 1);
     assert!(e.contains("workspace root without a package"), "{e}");
 
     // Nothing half-written is left behind by any of these.
@@ -191,13 +185,13 @@ fn missing_rustup_target_names_the_fix() {
 #[test]
 fn no_change_rebuild_reuses_everything() {
     let out = tempdir();
-    let first = json(&ok(limes_pack().args(["build", "--json", "--out-dir"]).arg(out.path()).arg(pack("mandelbrot"))));
-    let second = json(&ok(limes_pack().args(["build", "--json", "--out-dir"]).arg(out.path()).arg(pack("mandelbrot"))));
+    let first = json(&ok(limes_pack_cmd().args(["build", "--json", "--out-dir"]).arg(out.path()).arg(pack("mandelbrot"))));
+    let second = json(&ok(limes_pack_cmd().args(["build", "--json", "--out-dir"]).arg(out.path()).arg(pack("mandelbrot"))));
     assert_eq!(second["bundle_unchanged"], true);
     assert!(second["tiers"].as_array().unwrap().iter().all(|t| t["cached"] == true), "{second}");
     assert_eq!(first["bundle_size"], second["bundle_size"]);
     // Only the requested tier is built.
-    let one = json(&ok(limes_pack().args(["build", "--json", "--tier", "x86-64-v2", "--out-dir"]).arg(out.path()).arg(pack("noop"))));
+    let one = json(&ok(limes_pack_cmd().args(["build", "--json", "--tier", "x86-64-v2", "--out-dir"]).arg(out.path()).arg(pack("noop"))));
     assert_eq!(one["tiers"].as_array().unwrap().len(), 1);
     assert_eq!(one["tiers"][0]["tier"], "x86-64-v2");
 }
@@ -210,7 +204,7 @@ fn killed_builds_never_leave_a_broken_bundle() {
     for _ in 0..8 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         let delay = std::time::Duration::from_millis(100 + (seed >> 33) % 900);
-        let mut child = limes_pack()
+        let mut child = limes_pack_cmd()
             .args(["build", "--quiet", "--no-cache", "--no-microvm", "--out-dir"])
             .arg(out.path())
             .arg(pack("noop"))
@@ -221,11 +215,11 @@ fn killed_builds_never_leave_a_broken_bundle() {
         let _ = child.wait();
         // Either no bundle yet, or a whole one: never a partial file.
         if bundle.exists() {
-            ok(limes_pack().args(["inspect"]).arg(&bundle));
+            ok(limes_pack_cmd().args(["inspect"]).arg(&bundle));
         }
     }
-    ok(limes_pack().args(["build", "--quiet", "--no-microvm", "--out-dir"]).arg(out.path()).arg(pack("noop")));
-    ok(limes_pack().args(["inspect"]).arg(&bundle));
+    ok(limes_pack_cmd().args(["build", "--quiet", "--no-microvm", "--out-dir"]).arg(out.path()).arg(pack("noop")));
+    ok(limes_pack_cmd().args(["inspect"]).arg(&bundle));
 }
 
 /// Two build-side attacks: a build script that reads the signing key from
@@ -235,7 +229,7 @@ fn build_scripts_never_see_the_key_and_a_tampered_cache_is_not_signed() {
     use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
     let key = test_key();
     let work = tempdir();
-    ok(limes_pack().args(["new", "envprobe", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
+    ok(limes_pack_cmd().args(["new", "envprobe", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
     let dir = work.path().join("envprobe");
     let probe = work.path().join("probe.txt");
     std::fs::write(
@@ -246,7 +240,7 @@ fn build_scripts_never_see_the_key_and_a_tampered_cache_is_not_signed() {
     // The probe path reaches the build script at compile time of build.rs.
     let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| work.path().join("target").into());
     let build = || {
-        let mut c = limes_pack();
+        let mut c = limes_pack_cmd();
         c.args(["build", "--json", "--no-microvm", "--sign", "env:LIMES_TEST_SIGNING_KEY"])
             .arg(&dir)
             .env("LIMES_TEST_SIGNING_KEY", std::fs::read_to_string(&key.secret).unwrap())
@@ -287,7 +281,7 @@ fn build_scripts_never_see_the_key_and_a_tampered_cache_is_not_signed() {
 /// case that would collide.
 #[test]
 fn native_builds_leave_the_workspace_build_intact() {
-    let out = ok(limes_pack().args(["native", "--json", "--profile", "dev"]).arg(pack("noop")));
+    let out = ok(limes_pack_cmd().args(["native", "--json", "--profile", "dev"]).arg(pack("noop")));
     let exe = std::path::PathBuf::from(json(&out)["executable"].as_str().unwrap());
     let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| repo().join("target"));
     assert!(exe.starts_with(target.join("limes").join("native-target")), "{}", exe.display());
@@ -302,11 +296,11 @@ fn native_builds_leave_the_workspace_build_intact() {
 fn run_builds_runs_and_watches() {
     use std::io::Read;
     let work = tempdir();
-    ok(limes_pack().args(["new", "dev", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
+    ok(limes_pack_cmd().args(["new", "dev", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
     let dir = work.path().join("dev");
     let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| work.path().join("target"));
     let run = |args: &[&str]| {
-        let mut c = limes_pack();
+        let mut c = limes_pack_cmd();
         c.arg("run").args(args).current_dir(&dir).env("CARGO_TARGET_DIR", &target);
         c
     };
@@ -317,7 +311,7 @@ fn run_builds_runs_and_watches() {
     assert!(target.join("limes/dev/dev-0.1.0.limes").is_file());
     assert!(!target.join("limes/dev-0.1.0.limes").exists(), "the dev build replaced the release bundle path");
     println!("first limes-pack run: {:?}", t.elapsed());
-    let faulty = |data: &str, code: i32| fails(limes_pack().args(["run", "--timeout-ms", "300", "--data", data]).arg(fixture("faulty")).env("CARGO_TARGET_DIR", &target), code);
+    let faulty = |data: &str, code: i32| fails(limes_pack_cmd().args(["run", "--timeout-ms", "300", "--data", data]).arg(fixture("faulty")).env("CARGO_TARGET_DIR", &target), code);
     assert!(faulty("loop", 5).contains("timed out after 300 ms"));
     assert!(faulty("bad", 4).contains("bad-request: bad on purpose"));
 
@@ -359,16 +353,16 @@ fn run_builds_runs_and_watches() {
 #[test]
 fn conventions_parent_discovery_and_help_examples() {
     let work = tempdir();
-    ok(limes_pack().args(["new", "nested", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
+    ok(limes_pack_cmd().args(["new", "nested", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
     let src = work.path().join("nested/src");
     let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| work.path().join("target"));
-    let o = ok(limes_pack().args(["build", "--json", "--no-microvm", "--out-dir"]).arg(work.path().join("out")).current_dir(&src).env("CARGO_TARGET_DIR", &target));
+    let o = ok(limes_pack_cmd().args(["build", "--json", "--no-microvm", "--out-dir"]).arg(work.path().join("out")).current_dir(&src).env("CARGO_TARGET_DIR", &target));
     let j = json(&o);
     assert_eq!(j["function"], "nested");
     // The documented JSON: integer microseconds.
     assert!(j["timings"]["total_us"].is_u64() && j["tiers"][0]["compile_us"].is_u64(), "{j}");
     for sub in ["new", "build", "run", "native", "keygen", "sign", "verify", "inspect", "push"] {
-        let o = ok(limes_pack().args([sub, "--help"]));
+        let o = ok(limes_pack_cmd().args([sub, "--help"]));
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("Examples:") && text.contains(&format!("limes-pack {sub}")), "{sub} --help:\n{text}");
     }

@@ -4,14 +4,8 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
-
-fn limes(store: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_limes"));
-    c.arg("--store").arg(store);
-    c
-}
 
 fn assert_consistent(store_dir: &std::path::Path) {
     let store = limes::Store::open(store_dir).unwrap();
@@ -29,21 +23,21 @@ fn killed_installs_leave_the_store_consistent() {
     let store = d.path().join("store");
     // How long one install takes here, to spread the kills over it.
     let t = std::time::Instant::now();
-    ok(limes(&d.path().join("timing")).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    ok(limes_cmd(&d.path().join("timing")).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
     let full = t.elapsed().as_micros().max(1000) as u64;
     let mut seed = 12345u64;
     for _ in 0..16 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         let delay = (seed >> 33) % full;
-        let mut child = limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = limes_cmd(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_micros(delay));
         let _ = child.kill();
         let _ = child.wait();
         assert_consistent(&store);
     }
-    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    install(&store, &built.bundle, &key);
     assert_consistent(&store);
-    let o = ok(limes(&store).args(["run", "image", "--input"]).arg(pack("image").join("testdata/input-1024x768.jpg")));
+    let o = ok(limes_cmd(&store).args(["run", "image", "--input"]).arg(pack("image").join("testdata/input-1024x768.jpg")));
     assert_eq!(&o.stdout[..2], b"\xff\xd8");
 }
 
@@ -54,7 +48,7 @@ fn concurrent_installs_of_one_bundle_are_safe() {
     let built = build_signed(&pack("noop"), &key, d.path());
     let store = d.path().join("store");
     let children: Vec<_> = (0..6)
-        .map(|_| limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public).stdout(Stdio::null()).spawn().unwrap())
+        .map(|_| limes_cmd(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public).stdout(Stdio::null()).spawn().unwrap())
         .collect();
     for mut c in children {
         assert!(c.wait().unwrap().success());
@@ -62,6 +56,6 @@ fn concurrent_installs_of_one_bundle_are_safe() {
     assert_consistent(&store);
     assert_eq!(std::fs::read_dir(store.join("objects")).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0);
-    let o = ok(limes(&store).args(["run", "noop", "--data", "ok"]));
+    let o = ok(limes_cmd(&store).args(["run", "noop", "--data", "ok"]));
     assert_eq!(o.stdout, b"ok");
 }

@@ -10,12 +10,6 @@ use limes_bundle::Manifest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn limes(store: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_limes"));
-    c.arg("--store").arg(store).env_remove("LIMES_HOME");
-    c
-}
-
 /// Re-sign `bundle` after `edit` changed its manifest (a validly signed
 /// bundle with different content, as an attacker with the key, or a
 /// publisher of another version, would make).
@@ -42,57 +36,57 @@ fn install_run_list_remove() {
     let d = tempdir();
     let built = build_signed(&pack("noop"), &key, d.path());
     let store = d.path().join("store");
-    let o = ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let o = install(&store, &built.bundle, &key);
     assert!(stdout(&o).starts_with("installed noop 0.1.0"), "{}", stdout(&o));
     // Installing the same bundle again is a no-op that succeeds.
-    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.dir.path()));
-    let o = ok(limes(&store).args(["run", "noop", "--data", "hello limes"]));
+    ok(limes_cmd(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.dir.path()));
+    let o = ok(limes_cmd(&store).args(["run", "noop", "--data", "hello limes"]));
     assert_eq!(o.stdout, b"hello limes");
-    let o = ok(limes(&store).args(["--json", "run", "noop", "--data", "x", "--timings"]));
+    let o = ok(limes_cmd(&store).args(["--json", "run", "noop", "--data", "x", "--timings"]));
     let j = json(&o);
     assert_eq!(j["body_utf8"], "x");
     assert!(j["timings"]["tier"].is_string() && j["timings"]["jit"] == false, "{j}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("map") && err.contains("instantiate") && err.contains("call"), "{err}");
     // A typo gets a suggestion; JSON errors carry a kind.
-    let e = fails(limes(&store).args(["run", "nop"]), 1);
+    let e = fails(limes_cmd(&store).args(["run", "nop"]), 1);
     assert!(e.contains("did you mean \"noop\""), "{e}");
-    let o = limes(&store).args(["--json", "run", "nop"]).output().unwrap();
+    let o = limes_cmd(&store).args(["--json", "run", "nop"]).output().unwrap();
     assert_eq!(json(&o)["kind"], "not-installed");
     // Binary bodies survive JSON (base64), timings are whole microseconds.
-    let o = ok(limes(&store).args(["--json", "run", "noop", "--input", "-"]).stdin(std::process::Stdio::null()));
+    let o = ok(limes_cmd(&store).args(["--json", "run", "noop", "--input", "-"]).stdin(std::process::Stdio::null()));
     let j = json(&o);
     assert_eq!(j["body_base64"], "");
     assert!(j["timings"]["total_us"].is_u64() && j["timings"]["call_us"].is_u64(), "{j}");
     let input = d.path().join("in.bin");
     std::fs::write(&input, [0u8, 1, 2, 255]).unwrap();
-    let o = ok(limes(&store).args(["run", "noop", "--input"]).arg(&input));
+    let o = ok(limes_cmd(&store).args(["run", "noop", "--input"]).arg(&input));
     assert_eq!(o.stdout, [0u8, 1, 2, 255]);
-    let o = ok(limes(&store).args(["--json", "run", "noop", "--input"]).arg(&input));
+    let o = ok(limes_cmd(&store).args(["--json", "run", "noop", "--input"]).arg(&input));
     assert_eq!(json(&o)["body_base64"], "AAEC/w==");
     assert!(json(&o)["body_utf8"].is_null());
 
     // Straight from the bundle file: verified, staged, run, cleaned up.
-    let o = ok(limes(&store).arg("run").arg(&built.bundle).arg("--trust").arg(&key.public).args(["--data", "direct", "--timings"]));
+    let o = ok(limes_cmd(&store).arg("run").arg(&built.bundle).arg("--trust").arg(&key.public).args(["--data", "direct", "--timings"]));
     assert_eq!(o.stdout, b"direct");
     assert!(String::from_utf8_lossy(&o.stderr).contains("verify"));
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "staging left behind");
 
-    let list = json(&ok(limes(&store).args(["--json", "list"])))["functions"].clone();
+    let list = json(&ok(limes_cmd(&store).args(["--json", "list"])))["functions"].clone();
     assert_eq!(list[0]["name"], "noop");
     // Store files are read-only.
     let obj = store.join("objects").join(list[0]["object"].as_str().unwrap());
     let meta = std::fs::metadata(obj.join("component.wasm")).unwrap();
     assert!(meta.permissions().readonly());
 
-    let o = ok(limes(&store).args(["-q", "remove", "noop"]));
+    let o = ok(limes_cmd(&store).args(["-q", "remove", "noop"]));
     assert!(o.stdout.is_empty(), "-q prints nothing: {}", String::from_utf8_lossy(&o.stdout));
     assert!(!obj.exists(), "unreferenced object is collected");
-    let o = ok(limes(&store).arg("list"));
+    let o = ok(limes_cmd(&store).arg("list"));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no functions installed"), "{}", String::from_utf8_lossy(&o.stderr));
-    let e = fails(limes(&store).args(["run", "noop"]), 1);
+    let e = fails(limes_cmd(&store).args(["run", "noop"]), 1);
     assert!(e.contains("no function named \"noop\" is installed"), "{e}");
-    let e = fails(limes(&store).args(["remove", "noop"]), 1);
+    let e = fails(limes_cmd(&store).args(["remove", "noop"]), 1);
     assert!(e.contains("no function named"), "{e}");
 }
 
@@ -108,27 +102,27 @@ fn tampered_or_untrusted_bundles_never_reach_the_store() {
         m[at] ^= 0x10;
         let bad = d.path().join("bad.limes");
         std::fs::write(&bad, &m).unwrap();
-        let e = fails(limes(&store).arg("install").arg(&bad).arg("--trust").arg(&key.public), 3);
+        let e = fails(limes_cmd(&store).arg("install").arg(&bad).arg("--trust").arg(&key.public), 3);
         assert!(e.contains("installing"), "{e}");
-        let e = fails(limes(&store).arg("run").arg(&bad).arg("--trust").arg(&key.public), 3);
+        let e = fails(limes_cmd(&store).arg("run").arg(&bad).arg("--trust").arg(&key.public), 3);
         assert!(e.contains("verifying"), "{e}");
     }
     let other = test_key();
-    let e = fails(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&other.public), 3);
+    let e = fails(limes_cmd(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&other.public), 3);
     assert!(e.contains("not trusted"), "{e}");
     // A validly signed manifest that lies about a file's digest.
     let lying = rewrite(&built.bundle, &key, &d.path().join("lying.limes"), |m| {
         let f = m.files.iter_mut().find(|f| f.path.starts_with("aot/")).unwrap();
         f.sha256 = "0".repeat(64);
     });
-    let e = fails(limes(&store).arg("install").arg(&lying).arg("--trust").arg(&key.public), 3);
+    let e = fails(limes_cmd(&store).arg("install").arg(&lying).arg("--trust").arg(&key.public), 3);
     assert!(e.contains("digest mismatch for aot/"), "{e}");
     // Nothing was published, and staging was cleaned up.
     for sub in ["objects", "functions", "tmp"] {
         let n = std::fs::read_dir(store.join(sub)).unwrap().count();
         assert_eq!(n, 0, "{sub}/ is not empty");
     }
-    let e = fails(limes(&store).arg("run").arg(&built.bundle), 1);
+    let e = fails(limes_cmd(&store).arg("run").arg(&built.bundle), 1);
     assert!(e.contains("needs --trust"), "{e}");
 }
 
@@ -138,12 +132,12 @@ fn older_versions_are_refused_unless_allowed() {
     let d = tempdir();
     let built = build_signed(&pack("noop"), &key, d.path());
     let store = d.path().join("store");
-    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    install(&store, &built.bundle, &key);
     let old = rewrite(&built.bundle, &key, &d.path().join("old.limes"), |m| m.function.version = "0.0.9".into());
-    let e = fails(limes(&store).arg("install").arg(&old).arg("--trust").arg(&key.public), 1);
+    let e = fails(limes_cmd(&store).arg("install").arg(&old).arg("--trust").arg(&key.public), 1);
     assert!(e.contains("rollback protection") && e.contains("--allow-downgrade"), "{e}");
-    ok(limes(&store).arg("install").arg(&old).arg("--trust").arg(&key.public).arg("--allow-downgrade"));
-    let list = json(&ok(limes(&store).args(["--json", "list"])))["functions"].clone();
+    ok(limes_cmd(&store).arg("install").arg(&old).arg("--trust").arg(&key.public).arg("--allow-downgrade"));
+    let list = json(&ok(limes_cmd(&store).args(["--json", "list"])))["functions"].clone();
     assert_eq!(list[0]["version"], "0.0.9");
     assert!(limes::store::version_cmp("0.10.0", "0.9.9").is_gt());
     assert!(limes::store::version_cmp("1.0.0", "1.0.0-rc1").is_gt());
@@ -157,8 +151,8 @@ fn components_of_the_limes_study_world_run_unchanged() {
     assert_eq!(built.manifest.world.kind, limes_bundle::manifest::WorldKind::ComponentRun);
     assert_eq!(built.manifest.world.export, "component:run/run");
     let store = d.path().join("store");
-    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
-    let o = ok(limes(&store).args(["run", "study", "--data", "mandelbrot 800"]));
+    install(&store, &built.bundle, &key);
+    let o = ok(limes_cmd(&store).args(["run", "study", "--data", "mandelbrot 800"]));
     assert_eq!(stdout(&o), "study says: mandelbrot 800");
 }
 
@@ -168,43 +162,43 @@ fn faulty_functions_fail_cleanly() {
     let d = tempdir();
     let built = build_signed(&fixture("faulty"), &key, d.path());
     let store = d.path().join("store");
-    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
-    let e = fails(limes(&store).args(["run", "faulty", "--data", "loop"]), 5);
+    install(&store, &built.bundle, &key);
+    let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "loop"]), 5);
     assert!(e.contains("timed out after 500 ms"), "{e}");
     // A function that declares no preopens says so.
-    let e = fails(limes(&store).args(["run", "faulty", "--dir", "images=/tmp"]), 1);
+    let e = fails(limes_cmd(&store).args(["run", "faulty", "--dir", "images=/tmp"]), 1);
     assert!(e.contains("it declares no preopens") && !e.contains("(declared: )"), "{e}");
     // Logs written to a file carry no colour codes; -v shows the access path.
-    let o = limes(&store).args(["-v", "run", "faulty", "--data", "x"]).output().unwrap();
+    let o = limes_cmd(&store).args(["-v", "run", "faulty", "--data", "x"]).output().unwrap();
     assert!(o.status.success() && !o.stderr.contains(&0x1b), "{}", String::from_utf8_lossy(&o.stderr));
     // The deadline ends the process (compiled code has no epoch checks):
     // not before the limit, and not long after it.
     let t = std::time::Instant::now();
-    let e = fails(limes(&store).args(["run", "faulty", "--data", "loop", "--timeout-ms", "300"]), 5);
+    let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "loop", "--timeout-ms", "300"]), 5);
     let took = t.elapsed();
     assert!(e.contains("timed out after 300 ms"), "{e}");
     assert!(took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(3), "{took:?}");
     assert!(e.contains("--timeout-ms"), "the message names the override: {e}");
-    let o = limes(&store).args(["--json", "run", "faulty", "--data", "loop", "--timeout-ms", "100"]).output().unwrap();
+    let o = limes_cmd(&store).args(["--json", "run", "faulty", "--data", "loop", "--timeout-ms", "100"]).output().unwrap();
     assert_eq!(o.status.code(), Some(5));
     assert_eq!(json(&o)["kind"], "timeout");
-    let e = fails(limes(&store).args(["run", "faulty", "--data", "oom"]), 5);
+    let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "oom"]), 5);
     assert!(e.contains("exceeded its memory limit of 33554432 bytes") && e.contains("--memory-limit-mib"), "{e}");
-    let e = fails(limes(&store).args(["run", "faulty", "--data", "panic"]), 5);
+    let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "panic"]), 5);
     assert!(e.contains("trapped") && e.contains("asked to panic"), "{e}");
     assert!(!e.contains("RUST_BACKTRACE"), "a host-side hint that does nothing: {e}");
-    let e = fails(limes(&store).args(["run", "faulty", "--data", "abort"]), 5);
+    let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "abort"]), 5);
     assert!(e.contains("trapped"), "{e}");
-    let e = fails(limes(&store).args(["run", "faulty", "--data", "bad"]), 4);
+    let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "bad"]), 4);
     assert!(e.contains("bad-request: bad on purpose"), "{e}");
-    let o = ok(limes(&store).args(["run", "faulty", "--data", "noisy"]));
+    let o = ok(limes_cmd(&store).args(["run", "faulty", "--data", "noisy"]));
     assert_eq!(stdout(&o), "quiet now");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("to stdout") && err.contains("to stderr"), "guest stdio goes to stderr: {err}");
     // Oversized input is refused before instantiation.
     let big = d.path().join("big.bin");
     std::fs::write(&big, vec![0u8; (32 << 20) + 1]).unwrap();
-    let e = fails(limes(&store).args(["run", "faulty", "--input"]).arg(&big), 1);
+    let e = fails(limes_cmd(&store).args(["run", "faulty", "--input"]).arg(&big), 1);
     assert!(e.contains("exceeds the limit"), "{e}");
     // One runtime survives every fault it can see from inside (a runaway
     // loop is the executor's to end: see `limes run` above and serve's
@@ -228,7 +222,7 @@ fn corrupted_store_entries_are_detected() {
     let d = tempdir();
     let built = build_signed(&pack("noop"), &key, d.path());
     let store = d.path().join("store");
-    let o = json(&ok(limes(&store).args(["--json", "install"]).arg(&built.bundle).arg("--trust").arg(&key.public)));
+    let o = json(&ok(limes_cmd(&store).args(["--json", "install"]).arg(&built.bundle).arg("--trust").arg(&key.public)));
     let obj = store.join("objects").join(o["object"].as_str().unwrap());
     let victim = std::fs::read_dir(obj.join("aot")).unwrap().next().unwrap().unwrap().path();
     use std::os::unix::fs::PermissionsExt;
@@ -237,7 +231,7 @@ fn corrupted_store_entries_are_detected() {
     std::fs::write(&victim, b"truncated").unwrap();
     // A store object that no longer matches its signed manifest is a
     // verification failure (exit 3), with the fix named.
-    let e = fails(limes(&store).args(["run", "noop"]), 3);
+    let e = fails(limes_cmd(&store).args(["run", "noop"]), 3);
     assert!(e.contains("does not match the signed manifest") && e.contains("reinstall"), "{e}");
 }
 
@@ -247,20 +241,20 @@ fn preopened_directories_follow_the_manifest() {
     let d = tempdir();
     let built = build_signed(&pack("image"), &key, d.path());
     let store = d.path().join("store");
-    ok(limes(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    install(&store, &built.bundle, &key);
     let images = d.path().join("images");
     std::fs::create_dir(&images).unwrap();
     let jpeg = images.join("in.jpg");
     std::fs::write(&jpeg, test_jpeg()).unwrap();
-    let from_body = ok(limes(&store).args(["run", "image", "--input"]).arg(&jpeg));
+    let from_body = ok(limes_cmd(&store).args(["run", "image", "--input"]).arg(&jpeg));
     let dir_arg = format!("images={}", images.display());
-    let from_file = ok(limes(&store).args(["run", "image", "--meta", "file=in.jpg", "--dir", &dir_arg]));
+    let from_file = ok(limes_cmd(&store).args(["run", "image", "--meta", "file=in.jpg", "--dir", &dir_arg]));
     assert_eq!(from_body.stdout, from_file.stdout);
     assert_eq!(&from_body.stdout[..2], b"\xff\xd8");
     // Without the binding the file is simply not there.
-    let e = fails(limes(&store).args(["run", "image", "--meta", "file=in.jpg"]), 4);
+    let e = fails(limes_cmd(&store).args(["run", "image", "--meta", "file=in.jpg"]), 4);
     assert!(e.contains("not-found") && e.contains("hint: image declares preopen(s) images") && e.contains("--dir"), "{e}");
-    let e = fails(limes(&store).args(["run", "image", "--dir", "secrets=/etc"]), 1);
+    let e = fails(limes_cmd(&store).args(["run", "image", "--dir", "secrets=/etc"]), 1);
     assert!(e.contains("no preopen named \"secrets\"") && e.contains("it declares: images"), "{e}");
     // Read-only: the declared preopen is not writable.
     let m = limes::Store::open(&store).unwrap().get("image").unwrap().manifest;
@@ -329,7 +323,7 @@ fn thin_loader_has_no_cranelift_and_runs_aot() {
 fn help_has_examples() {
     let d = tempdir();
     for sub in ["install", "list", "pull", "remove", "run", "serve"] {
-        let o = ok(limes(d.path()).args([sub, "--help"]));
+        let o = ok(limes_cmd(d.path()).args([sub, "--help"]));
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("Examples:") && text.contains(&format!("limes {sub}")), "{sub} --help:\n{text}");
     }

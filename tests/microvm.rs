@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use limes_sdk::Request;
-use std::process::Command;
 
 fn vm_opts(probe: &std::path::Path) -> limes::microvm::VmOptions {
     limes::microvm::VmOptions {
@@ -53,10 +52,8 @@ fn limes_run_boots_the_image() {
     let d = tempdir();
     let built = build_signed_with(&pack("noop"), &key, d.path(), true);
     let store = d.path().join("store");
-    ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
-    let o = ok(Command::new(env!("CARGO_BIN_EXE_limes"))
-        .arg("--store")
-        .arg(&store)
+    install(&store, &built.bundle, &key);
+    let o = ok(limes_cmd(&store)
         .args(["run", "noop", "--backend", "microvm", "--timings", "--data", "from the VM", "--kernel"])
         .arg(test_kernel()));
     assert_eq!(o.stdout, b"from the VM");
@@ -65,16 +62,14 @@ fn limes_run_boots_the_image() {
     // The first microVM run of a store probes KVM (bounded) and says so; the
     // answer is remembered, so the next run does not probe again.
     assert!(err.contains("KVM probe"), "{err}");
-    let o = ok(Command::new(env!("CARGO_BIN_EXE_limes"))
-        .arg("--store")
-        .arg(&store)
+    let o = ok(limes_cmd(&store)
         .args(["run", "noop", "--backend", "microvm", "--timings", "--data", "again", "--kernel"])
         .arg(test_kernel()));
     assert_eq!(o.stdout, b"again");
     assert!(!String::from_utf8_lossy(&o.stderr).contains("KVM probe"), "{}", String::from_utf8_lossy(&o.stderr));
     // No kernel anywhere: a clear error naming the fix.
     let e = fails(
-        Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).args(["run", "noop", "--backend", "microvm"]).env_remove("LIMES_KERNEL"),
+        limes_cmd(&store).args(["run", "noop", "--backend", "microvm"]).env_remove("LIMES_KERNEL"),
         1,
     );
     assert!(e.contains("no kernel to boot") && e.contains("LIMES_KERNEL"), "{e}");
@@ -160,9 +155,7 @@ fn microvm_faults_match_wasm() {
     let built = build_signed_with(&fixture("faulty"), &key, d.path(), true);
     let store = d.path().join("store");
     let limes = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_limes"));
-        c.arg("--store").arg(&store);
-        c
+        limes_cmd(&store)
     };
     ok(limes().arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
     // Under TCG the boot alone takes longer than this limit.
@@ -187,9 +180,7 @@ fn microvm_faults_match_wasm() {
 /// once it listens.
 fn serve(store: &std::path::Path, extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_limes"))
-        .arg("--store")
-        .arg(store)
+    let mut child = limes_cmd(store)
         .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg", "--kernel"])
         .arg(test_kernel())
         .args(extra)
@@ -211,7 +202,7 @@ fn serve_answers_from_pre_booted_microvms() {
     let d = tempdir();
     let built = build_signed_with(&pack("noop"), &key, d.path(), true);
     let store = d.path().join("store");
-    ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    install(&store, &built.bundle, &key);
     // The second request waits for a boot, which under parallel TCG tests
     // can take longer than the default queue timeout.
     let (mut child, addr) = serve(&store, &["--microvm", "noop", "--vm-pool", "1", "--queue-timeout-ms", "120000"]);
@@ -242,7 +233,7 @@ fn serve_auto_routes_to_the_faster_backend() {
     let d = tempdir();
     let built = build_signed_with(&pack("noop"), &key, d.path(), true);
     let store = d.path().join("store");
-    ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    install(&store, &built.bundle, &key);
     let (mut child, addr) = serve(&store, &["--auto", "noop", "--vm-pool", "2", "--workers", "1"]);
     for i in 0..24 {
         let body = format!("r{i}");
@@ -255,7 +246,7 @@ fn serve_auto_routes_to_the_faster_backend() {
     // `limes list` shows the choice and its figures while serve runs.
     let t = std::time::Instant::now();
     loop {
-        let o = ok(Command::new(env!("CARGO_BIN_EXE_limes")).arg("--store").arg(&store).arg("list"));
+        let o = ok(limes_cmd(&store).arg("list"));
         let text = String::from_utf8_lossy(&o.stdout).to_string();
         if text.contains("served: auto -> wasm (wasm p50") && text.contains("microvm p50") {
             break;

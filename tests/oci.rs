@@ -4,13 +4,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
-
-fn limes(store: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_limes"));
-    c.arg("--store").arg(store).env_remove("LIMES_REGISTRY_USERNAME").env_remove("LIMES_REGISTRY_PASSWORD").env_remove("DOCKER_CONFIG");
-    c
-}
 
 fn push(bundle: &std::path::Path, reference: &str, creds: limes_oci::Credentials) -> Result<limes_oci::PushReport, limes_oci::OciError> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(limes_oci::push(bundle, reference, true, &creds))
@@ -30,25 +23,25 @@ fn push_pull_install_run_round_trip() {
 
     // A second store installs from the registry alone and fetches one tier.
     let store = d.path().join("device");
-    let o = json(&ok(limes(&store).args(["--json", "pull", &reference, "--insecure", "--trust"]).arg(&key.public)));
+    let o = json(&ok(limes_cmd(&store).args(["--json", "pull", &reference, "--insecure", "--trust"]).arg(&key.public)));
     let downloaded: Vec<&str> = o["downloaded"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(downloaded.len(), 2, "{o}");
     assert!(downloaded.contains(&"component.wasm"));
     assert_eq!(downloaded.iter().filter(|p| p.ends_with(".cwasm")).count(), 1);
-    let run = ok(limes(&store).args(["run", "mandelbrot", "--data", "output=checksum"]));
+    let run = ok(limes_cmd(&store).args(["run", "mandelbrot", "--data", "output=checksum"]));
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), MANDELBROT_DEFAULT_CHECKSUM);
     let f = limes::Store::open(&store).unwrap().get("mandelbrot").unwrap();
     assert_eq!(f.record.files.len(), 2);
 
     // Pulling again (or a new version sharing files) downloads nothing.
-    let o = json(&ok(limes(&store).args(["--json", "pull", &reference, "--insecure", "--trust"]).arg(&key.public)));
+    let o = json(&ok(limes_cmd(&store).args(["--json", "pull", &reference, "--insecure", "--trust"]).arg(&key.public)));
     assert_eq!(o["downloaded"].as_array().unwrap().len(), 0, "{o}");
     assert_eq!(o["reused"].as_array().unwrap().len(), 2, "{o}");
     // By digest works too, and `install` takes a reference as well.
     let digest = o["oci_digest"].as_str().unwrap().to_string();
     let by_digest = format!("{}/functions/mandelbrot@{digest}", reg.addr);
-    ok(limes(&d.path().join("other")).args(["install", &by_digest, "--insecure", "--trust"]).arg(&key.public));
-    let o = ok(limes(&d.path().join("other")).args(["run", "mandelbrot", "--data", "output=checksum"]));
+    ok(limes_cmd(&d.path().join("other")).args(["install", &by_digest, "--insecure", "--trust"]).arg(&key.public));
+    let o = ok(limes_cmd(&d.path().join("other")).args(["run", "mandelbrot", "--data", "output=checksum"]));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), MANDELBROT_DEFAULT_CHECKSUM);
 }
 
@@ -62,14 +55,14 @@ fn bad_references_keys_and_blobs_fail_clearly() {
     push(&built.bundle, &reference, Default::default()).unwrap();
     let store = d.path().join("s");
 
-    let e = fails(limes(&store).args(["pull", &format!("{}/fn/noop:nope", reg.addr), "--insecure", "--trust"]).arg(&key.public), 1);
+    let e = fails(limes_cmd(&store).args(["pull", &format!("{}/fn/noop:nope", reg.addr), "--insecure", "--trust"]).arg(&key.public), 1);
     assert!(e.contains("manifest unknown"), "{e}");
-    let e = fails(limes(&store).args(["pull", "127.0.0.1:9/fn/noop:1", "--insecure", "--trust"]).arg(&key.public), 1);
+    let e = fails(limes_cmd(&store).args(["pull", "127.0.0.1:9/fn/noop:1", "--insecure", "--trust"]).arg(&key.public), 1);
     assert!(e.contains("cannot reach the registry"), "{e}");
-    let e = fails(limes(&store).args(["pull", "registry.example.com/fn/noop:1", "--insecure", "--trust"]).arg(&key.public), 1);
+    let e = fails(limes_cmd(&store).args(["pull", "registry.example.com/fn/noop:1", "--insecure", "--trust"]).arg(&key.public), 1);
     assert!(e.contains("only allowed for registries on loopback"), "{e}");
     let other = test_key();
-    let e = fails(limes(&store).args(["pull", &reference, "--insecure", "--trust"]).arg(&other.public), 3);
+    let e = fails(limes_cmd(&store).args(["pull", &reference, "--insecure", "--trust"]).arg(&other.public), 3);
     assert!(e.contains("not trusted"), "{e}");
 
     // The registry serves a tampered tier: caught, nothing installed.
@@ -78,7 +71,7 @@ fn bad_references_keys_and_blobs_fail_clearly() {
     let mut data = std::fs::read(&blob).unwrap();
     data[100] ^= 0xff;
     std::fs::write(&blob, &data).unwrap();
-    let e = fails(limes(&store).args(["pull", &reference, "--all-tiers", "--insecure", "--trust"]).arg(&key.public), 3);
+    let e = fails(limes_cmd(&store).args(["pull", &reference, "--all-tiers", "--insecure", "--trust"]).arg(&key.public), 3);
     assert!(e.to_lowercase().contains("digest"), "{e}");
     assert_eq!(std::fs::read_dir(store.join("objects")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0);
@@ -106,10 +99,10 @@ fn basic_auth_registry() {
     push(&built.bundle, &reference, good).unwrap();
 
     let store = d.path().join("s");
-    let e = fails(limes(&store).args(["pull", &reference, "--insecure", "--trust"]).arg(&key.public), 1);
+    let e = fails(limes_cmd(&store).args(["pull", &reference, "--insecure", "--trust"]).arg(&key.public), 1);
     assert!(e.contains("rejected the credentials"), "{e}");
     // Credentials from the environment ...
-    ok(limes(&store)
+    ok(limes_cmd(&store)
         .args(["pull", &reference, "--insecure", "--trust"])
         .arg(&key.public)
         .env("LIMES_REGISTRY_USERNAME", "alice")
@@ -121,8 +114,8 @@ fn basic_auth_registry() {
     let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
     let cfg = serde_json::json!({"auths": {reg.addr.clone(): {"auth": auth}}});
     std::fs::write(dc.join("config.json"), cfg.to_string()).unwrap();
-    ok(limes(&d.path().join("s2")).args(["pull", &reference, "--insecure", "--trust"]).arg(&key.public).env("DOCKER_CONFIG", &dc));
-    let o = ok(limes(&d.path().join("s2")).args(["run", "noop", "--data", "authed"]));
+    ok(limes_cmd(&d.path().join("s2")).args(["pull", &reference, "--insecure", "--trust"]).arg(&key.public).env("DOCKER_CONFIG", &dc));
+    let o = ok(limes_cmd(&d.path().join("s2")).args(["run", "noop", "--data", "authed"]));
     assert_eq!(o.stdout, b"authed");
 }
 
@@ -252,7 +245,7 @@ fn a_lying_registry_cannot_exhaust_or_hang_a_pull() {
     routes.insert("/v2/fns/noop/manifests/stall".into(), Answer::Stall);
     let reg = FakeRegistry::start(routes.clone());
     let pull = |tag: &str, store: &str| {
-        let mut c = limes(&d.path().join(store));
+        let mut c = limes_cmd(&d.path().join(store));
         c.args(["pull", &format!("{}/fns/noop:{tag}", reg.addr), "--insecure", "--registry-timeout-ms", "1500", "--trust"]).arg(&key.public);
         c
     };
@@ -274,7 +267,7 @@ fn a_lying_registry_cannot_exhaust_or_hang_a_pull() {
     let mut r = routes.clone();
     r.insert(sig_path.clone(), Answer::Endless(512 << 20));
     let reg = FakeRegistry::start(r);
-    let mut c = limes(&d.path().join("s3"));
+    let mut c = limes_cmd(&d.path().join("s3"));
     c.args(["pull", &format!("{}/fns/noop:good", reg.addr), "--insecure", "--trust"]).arg(&key.public);
     let e = fails(&mut c, 3);
     assert!(e.contains("manifest.json.minisig") && e.contains("limit"), "{e}");
@@ -286,7 +279,7 @@ fn a_lying_registry_cannot_exhaust_or_hang_a_pull() {
     let mut r = routes.clone();
     r.insert(comp.clone(), Answer::Redirect("http://registry.example.invalid/blob".into()));
     let reg = FakeRegistry::start(r);
-    let mut c = limes(&d.path().join("s4"));
+    let mut c = limes_cmd(&d.path().join("s4"));
     c.args(["pull", &format!("{}/fns/noop:good", reg.addr), "--insecure", "--trust"]).arg(&key.public);
     let e = fails(&mut c, 1);
     assert!(e.contains("refusing a redirect to plain HTTP off loopback"), "{e}");
@@ -295,10 +288,10 @@ fn a_lying_registry_cannot_exhaust_or_hang_a_pull() {
     r.insert("/elsewhere/component".into(), routes[&comp].clone());
     r.insert(comp.clone(), Answer::Redirect("/elsewhere/component".into()));
     let reg = FakeRegistry::start(r);
-    let mut c = limes(&d.path().join("s5"));
+    let mut c = limes_cmd(&d.path().join("s5"));
     c.args(["pull", &format!("{}/fns/noop:good", reg.addr), "--insecure", "--trust"]).arg(&key.public);
     ok(&mut c);
     assert_eq!(reg.hits("/elsewhere/component"), 1);
-    let o = ok(limes(&d.path().join("s5")).args(["run", "noop", "--data", "redirected"]));
+    let o = ok(limes_cmd(&d.path().join("s5")).args(["run", "noop", "--data", "redirected"]));
     assert_eq!(o.stdout, b"redirected");
 }

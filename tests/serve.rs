@@ -21,9 +21,7 @@ impl Drop for Server {
 }
 
 fn start(store: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_limes"))
-        .arg("--store")
-        .arg(store)
+    let mut child = limes_cmd(store)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "error")
@@ -35,7 +33,6 @@ fn start(store: &std::path::Path, extra: &[&str]) -> Server {
     let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     Server { addr: addr.parse().unwrap(), child }
 }
-
 
 /// A store (under the returned directory, `store/`) with the no-op pack and
 /// the faulty fixture installed.
@@ -147,9 +144,7 @@ fn serve_follows_the_store() {
     assert!(String::from_utf8_lossy(&body).contains("\"functions\":[]"), "{}", String::from_utf8_lossy(&body));
     assert_eq!(http(a, "POST", "/functions/noop", b"x").0, 404);
     let limes = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_limes"));
-        c.arg("--store").arg(&store);
-        c
+        limes_cmd(&store)
     };
     ok(limes().arg("install").arg(&b.bundle).arg("--trust").arg(&key.public));
     let installed = std::time::Instant::now();

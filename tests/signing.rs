@@ -6,12 +6,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn limes_pack() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_limes-pack"));
-    c.env_remove("LIMES_SIGN").env_remove("SOURCE_DATE_EPOCH");
-    c
-}
-
 fn minisign() -> Command {
     // CI installs Debian's minisign (scripts/setup.sh); its absence is a
     // failure, not a skip, so the interop check can never silently vanish.
@@ -23,12 +17,12 @@ fn minisign() -> Command {
 }
 
 fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
-    ok(limes_pack().args(["keygen", "--dir"]).arg(dir));
+    ok(limes_pack_cmd().args(["keygen", "--dir"]).arg(dir));
     (dir.join("limes.key"), dir.join("limes.pub"))
 }
 
 fn build(krate: &Path, out: &Path, extra: &[&str]) -> PathBuf {
-    let o = ok(limes_pack().args(["build", "--json", "--out-dir"]).arg(out).args(extra).arg(krate));
+    let o = ok(limes_pack_cmd().args(["build", "--json", "--out-dir"]).arg(out).args(extra).arg(krate));
     json(&o)["bundle"].as_str().unwrap().into()
 }
 
@@ -43,9 +37,9 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     let (sk, pk) = keygen(d.path());
     assert_eq!(std::fs::metadata(&sk).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(std::fs::read_to_string(&pk).unwrap().starts_with("untrusted comment:"));
-    let e = fails(limes_pack().args(["keygen", "--dir"]).arg(d.path()), 1);
+    let e = fails(limes_pack_cmd().args(["keygen", "--dir"]).arg(d.path()), 1);
     assert!(e.contains("exists; pass --force"), "{e}");
-    ok(limes_pack().args(["keygen", "--force", "--dir"]).arg(d.path()));
+    ok(limes_pack_cmd().args(["keygen", "--force", "--dir"]).arg(d.path()));
 }
 
 #[test]
@@ -53,7 +47,7 @@ fn signed_bundle_verifies_here_and_with_minisign() {
     let d = tempdir();
     let (sk, pk) = keygen(d.path());
     let bundle = build(&pack("noop"), d.path(), &["--sign", sk.to_str().unwrap()]);
-    let out = ok(limes_pack().args(["verify", "--json"]).arg(&bundle).arg("--key").arg(&pk));
+    let out = ok(limes_pack_cmd().args(["verify", "--json"]).arg(&bundle).arg("--key").arg(&pk));
     assert_eq!(json(&out)["ok"], true);
 
     // The stock tool checks the signature over the manifest ...
@@ -80,11 +74,11 @@ fn signed_bundle_verifies_here_and_with_minisign() {
     let other = d.path().join("other");
     std::fs::create_dir(&other).unwrap();
     let (_, other_pk) = keygen(&other);
-    let e = fails(limes_pack().arg("verify").arg(&bundle).arg("--key").arg(&other_pk), 3);
+    let e = fails(limes_pack_cmd().arg("verify").arg(&bundle).arg("--key").arg(&other_pk), 3);
     assert!(e.contains("which is not trusted"), "{e}");
     // A directory of keys containing the right one works.
     std::fs::copy(&pk, other.join("right.pub")).unwrap();
-    ok(limes_pack().arg("verify").arg(&bundle).arg("--key").arg(&other));
+    ok(limes_pack_cmd().arg("verify").arg(&bundle).arg("--key").arg(&other));
 }
 
 #[test]
@@ -94,11 +88,11 @@ fn keys_from_the_minisign_tool_sign_bundles() {
     let pk = d.path().join("ms.pub");
     ok(minisign().args(["-G", "-W", "-f"]).arg("-p").arg(&pk).arg("-s").arg(&sk));
     let bundle = build(&pack("noop"), d.path(), &["--sign", sk.to_str().unwrap()]);
-    ok(limes_pack().arg("verify").arg(&bundle).arg("--key").arg(&pk));
+    ok(limes_pack_cmd().arg("verify").arg(&bundle).arg("--key").arg(&pk));
     // Key from an environment variable (CI secrets).
     let text = std::fs::read_to_string(&sk).unwrap();
     let out2 = d.path().join("env");
-    let o = ok(limes_pack()
+    let o = ok(limes_pack_cmd()
         .args(["build", "--json", "--sign", "env:MY_LIMES_KEY", "--out-dir"])
         .arg(&out2)
         .arg(pack("noop"))
@@ -112,11 +106,11 @@ fn bad_keys_fail_clearly_and_leave_no_bundle() {
     let d = tempdir();
     let (_, pk) = keygen(d.path());
     let out = d.path().join("out");
-    let e = fails(limes_pack().args(["build", "--sign"]).arg(&pk).arg("--out-dir").arg(&out).arg(pack("noop")), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--sign"]).arg(&pk).arg("--out-dir").arg(&out).arg(pack("noop")), 1);
     assert!(e.contains("is this the .pub file?"), "{e}");
-    let e = fails(limes_pack().args(["build", "--sign", "/nonexistent.key", "--out-dir"]).arg(&out).arg(pack("noop")), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--sign", "/nonexistent.key", "--out-dir"]).arg(&out).arg(pack("noop")), 1);
     assert!(e.contains("/nonexistent.key"), "{e}");
-    let e = fails(limes_pack().args(["build", "--sign", "env:NOPE_UNSET", "--out-dir"]).arg(&out).arg(pack("noop")), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--sign", "env:NOPE_UNSET", "--out-dir"]).arg(&out).arg(pack("noop")), 1);
     assert!(e.contains("NOPE_UNSET is not set"), "{e}");
     let enc_sk = d.path().join("enc.key");
     // A password-protected minisign key is refused with the fix named.
@@ -137,7 +131,7 @@ fn bad_keys_fail_clearly_and_leave_no_bundle() {
         let _ = stdin.write_all(b"pw\npw\n");
     }
     if child.wait().unwrap().success() {
-        let e = fails(limes_pack().args(["build", "--sign"]).arg(&enc_sk).arg("--out-dir").arg(&out).arg(pack("noop")), 1);
+        let e = fails(limes_pack_cmd().args(["build", "--sign"]).arg(&enc_sk).arg("--out-dir").arg(&out).arg(pack("noop")), 1);
         assert!(e.contains("password-protected"), "{e}");
     }
     assert!(!out.join("noop-0.1.0.limes").exists());
@@ -156,7 +150,7 @@ fn flipped_bytes_fail_verification_naming_what_broke() {
         let mut m = orig.clone();
         m[i] ^= 0x20;
         std::fs::write(&bad, &m).unwrap();
-        let e = fails(limes_pack().arg("verify").arg(&bad).arg("--key").arg(&pk), 3);
+        let e = fails(limes_pack_cmd().arg("verify").arg(&bad).arg("--key").arg(&pk), 3);
         assert!(e.contains("failed verification:"), "offset {i}: {e}");
     }
     // ... and, through the library, every byte of the headers and the
@@ -186,7 +180,7 @@ fn builds_are_byte_identical_and_honour_source_date_epoch() {
     let a = build(&pack("mandelbrot"), &d.path().join("a"), &["--no-cache", "--sign", sk.to_str().unwrap()]);
     let b = build(&pack("mandelbrot"), &d.path().join("b"), &["--no-cache", "--sign", sk.to_str().unwrap()]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "two builds differ");
-    let o = ok(limes_pack()
+    let o = ok(limes_pack_cmd()
         .args(["build", "--json", "--out-dir"])
         .arg(d.path().join("c"))
         .arg(pack("mandelbrot"))
@@ -198,7 +192,7 @@ fn builds_are_byte_identical_and_honour_source_date_epoch() {
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.lines().all(|l| l.contains("2023-11-14")), "{text}");
     assert!(text.lines().all(|l| l.starts_with("-r--r--r-- 0/0")), "{text}");
-    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(&x).arg(pack("noop")).env("SOURCE_DATE_EPOCH", "yesterday"), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(&x).arg(pack("noop")).env("SOURCE_DATE_EPOCH", "yesterday"), 1);
     assert!(e.contains("SOURCE_DATE_EPOCH"), "{e}");
 }
 
@@ -207,23 +201,23 @@ fn sign_command_signs_an_unsigned_bundle() {
     let d = tempdir();
     let (sk, pk) = keygen(d.path());
     let bundle = build(&pack("noop"), d.path(), &[]);
-    let e = fails(limes_pack().arg("verify").arg(&bundle).arg("--key").arg(&pk), 3);
+    let e = fails(limes_pack_cmd().arg("verify").arg(&bundle).arg("--key").arg(&pk), 3);
     assert!(e.contains("not signed"), "{e}");
-    ok(limes_pack().arg("sign").arg(&bundle).arg("--key").arg(&sk));
-    ok(limes_pack().arg("verify").arg(&bundle).arg("--key").arg(&pk));
+    ok(limes_pack_cmd().arg("sign").arg(&bundle).arg("--key").arg(&sk));
+    ok(limes_pack_cmd().arg("verify").arg(&bundle).arg("--key").arg(&pk));
     // An unsigned build never silently replaces the signed bundle.
     let signed = std::fs::read(&bundle).unwrap();
-    let e = fails(limes_pack().args(["build", "--out-dir"]).arg(d.path()).arg(pack("noop")), 1);
+    let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(d.path()).arg(pack("noop")), 1);
     assert!(e.contains("holds a signed bundle") && e.contains("--sign"), "{e}");
     assert_eq!(std::fs::read(&bundle).unwrap(), signed);
-    let insp = json(&ok(limes_pack().args(["inspect", "--json"]).arg(&bundle)));
+    let insp = json(&ok(limes_pack_cmd().args(["inspect", "--json"]).arg(&bundle)));
     assert!(insp["signer_key_id"].is_string());
     // Signing a damaged bundle is refused and the file is left as it was.
     let mut m = std::fs::read(&bundle).unwrap();
     let n = m.len();
     m[n / 2] ^= 1;
     std::fs::write(&bundle, &m).unwrap();
-    fails(limes_pack().arg("sign").arg(&bundle).arg("--key").arg(&sk), 3);
+    fails(limes_pack_cmd().arg("sign").arg(&bundle).arg("--key").arg(&sk), 3);
     assert_eq!(std::fs::read(&bundle).unwrap(), m);
 }
 
@@ -258,7 +252,7 @@ fn wrong_files_are_named_for_what_they_are() {
     let d = tempdir();
     let built = build_signed(&pack("noop"), &key, d.path());
     let verify = |bundle: &Path, key: &Path| {
-        let mut c = limes_pack();
+        let mut c = limes_pack_cmd();
         c.arg("verify").arg(bundle).arg("--key").arg(key);
         c
     };

@@ -204,13 +204,21 @@ impl TestRegistry {
     }
 }
 
-/// The real `limes` binary on `store`, with no store or log setting
-/// inherited from the environment (tests of the loader package only).
+/// The real `limes` binary on `store`, with no store, log or registry
+/// setting inherited from the environment (tests of the loader package only).
 pub fn limes_cmd(store: &Path) -> Command {
     let exe = option_env!("CARGO_BIN_EXE_limes").expect("only the loader package's tests run the limes binary");
     let mut c = Command::new(exe);
-    c.arg("--store").arg(store).env_remove("LIMES_HOME").env_remove("RUST_LOG");
+    c.arg("--store").arg(store);
+    for var in ["LIMES_HOME", "RUST_LOG", "LIMES_REGISTRY_USERNAME", "LIMES_REGISTRY_PASSWORD", "DOCKER_CONFIG"] {
+        c.env_remove(var);
+    }
     c
+}
+
+/// `limes install BUNDLE --trust KEY` into `store`, which must succeed.
+pub fn install(store: &Path, bundle: &Path, key: &TestKey) -> Output {
+    ok(limes_cmd(store).arg("install").arg(bundle).arg("--trust").arg(&key.public))
 }
 
 /// Minimal HTTP/1.1 client: one request per connection.
@@ -231,3 +239,14 @@ pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -
 /// Crates that mean a compiler is linked: the shipped loader and the
 /// containerd shim run precompiled tiers only.
 pub const COMPILER_CRATES: [&str; 3] = ["cranelift-codegen", "wasmtime-internal-cranelift", "winch"];
+
+/// The real `limes-pack` binary, with no signing key or build date
+/// inherited from the environment (tests of the limes-pack package only).
+pub fn limes_pack_cmd() -> Command {
+    let exe = option_env!("CARGO_BIN_EXE_limes-pack").expect("only the limes-pack package's tests run the limes-pack binary");
+    let mut c = Command::new(exe);
+    for var in ["LIMES_SIGN", "SOURCE_DATE_EPOCH", "RUST_LOG"] {
+        c.env_remove(var);
+    }
+    c
+}
