@@ -202,19 +202,23 @@ impl Registry {
         Ok(Registry { client: Client::new(config), auth: registry_auth(&registry, creds), reference })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> OciError {
-        let message = e.to_string();
+    /// Classify a registry client error by its type (never by its text):
+    /// rejected credentials, an unreachable registry, or anything else the
+    /// registry said.
+    fn err(&self, e: oci_client::errors::OciDistributionError) -> OciError {
+        use oci_client::errors::{OciDistributionError as E, OciErrorCode};
         let registry = self.reference.resolve_registry().to_string();
-        let lower = message.to_lowercase();
-        if lower.contains("401") || lower.contains("unauthorized") || lower.contains("not authorized") || lower.contains("authentication") {
-            OciError::Auth { registry, message }
-        } else if lower.contains("error sending request") {
-            OciError::Registry { registry, message: format!("cannot reach the registry ({message})") }
-        } else {
-            OciError::Registry { registry, message }
+        let message = e.to_string();
+        match &e {
+            E::AuthenticationFailure(_) | E::UnauthorizedError { .. } | E::ServerError { code: 401 | 403, .. } => OciError::Auth { registry, message },
+            E::RegistryError { envelope, .. } if envelope.errors.iter().any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)) => {
+                OciError::Auth { registry, message }
+            }
+            E::RequestError(r) if matches!(r.status().map(|c| c.as_u16()), Some(401 | 403)) => OciError::Auth { registry, message },
+            E::RequestError(r) if r.is_connect() || r.is_timeout() => OciError::Registry { registry, message: format!("cannot reach the registry ({message})") },
+            _ => OciError::Registry { registry, message },
         }
     }
-
 }
 
 /// The media type of a bundle file as a layer: it follows the file's role
