@@ -154,6 +154,13 @@ fn components_of_the_limes_study_world_run_unchanged() {
     install(&store, &built.bundle, &key);
     let o = ok(limes_cmd(&store).args(["run", "study", "--data", "mandelbrot 800"]));
     assert_eq!(stdout(&o), "study says: mandelbrot 800");
+    // Its `run(args: string)` cannot take bytes that are not UTF-8: the
+    // caller's error (exit 4, bad-request), not a fault of the function.
+    let input = d.path().join("latin1.bin");
+    std::fs::write(&input, [0x63u8, 0xe9, 0xff]).unwrap();
+    let o = limes_cmd(&store).args(["--json", "run", "study", "--input"]).arg(&input).output().unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json(&o)["function_error"]["kind"], "bad-request");
 }
 
 #[test]

@@ -121,7 +121,8 @@ pub struct Runtime {
 
 enum Entry {
     Limes(bindings::FunctionPre<Host>),
-    Study { pre: InstancePre<Host>, run: ComponentExportIndex },
+    /// The Limes study's world (`WorldKind::ComponentRun`).
+    ComponentRun { pre: InstancePre<Host>, run: ComponentExportIndex },
 }
 
 /// What a function is, as far as running it goes.
@@ -285,7 +286,7 @@ impl Runtime {
                 let (_, run) = component
                     .get_export(Some(&iface), "run")
                     .ok_or_else(|| load_err(wasmtime::Error::msg("no `run` function")))?;
-                Entry::Study { pre, run }
+                Entry::ComponentRun { pre, run }
             }
         };
         Ok(LoadedFunction { spec, entry, tier, jit, load_time, link_time: t.elapsed() })
@@ -374,17 +375,21 @@ impl Runtime {
                     .map_err(|e| classify(e, "call", store.data().limits.hit))?;
                 (instantiate_time, t.elapsed(), from_wit(out))
             }
-            Entry::Study { pre, run } => {
+            Entry::ComponentRun { pre, run } => {
                 let inst = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
                 let func = inst
                     .get_typed_func::<(String,), (String,)>(&mut store, run)
                     .map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
                 let instantiate_time = t.elapsed();
                 let t = Instant::now();
-                let args = String::from_utf8(req.body)
-                    .map_err(|_| RunError::Trap { function: name.clone(), message: "run(args) needs a UTF-8 body".into() })?;
-                let (s,) = func.call(&mut store, (args,)).map_err(|e| classify(e, "call", store.data().limits.hit))?;
-                (instantiate_time, t.elapsed(), Ok(Response::new(s.into_bytes()).with_content_type("text/plain")))
+                match String::from_utf8(req.body) {
+                    // The caller's mistake, answered as such: nothing ran.
+                    Err(_) => (instantiate_time, Duration::ZERO, Err(limes_sdk::Error::bad_request("run(args) needs a UTF-8 body"))),
+                    Ok(args) => {
+                        let (s,) = func.call(&mut store, (args,)).map_err(|e| classify(e, "call", store.data().limits.hit))?;
+                        (instantiate_time, t.elapsed(), Ok(Response::new(s.into_bytes()).with_content_type("text/plain")))
+                    }
+                }
             }
         };
         let (instantiate_time, call_time, result) = result;
