@@ -1,6 +1,7 @@
 //! Output policy shared by all subcommands: human text on a TTY (with a
 //! spinner), one JSON document with `--json`, nothing but errors with
-//! `--quiet`; logs through `tracing` (`-v`, `RUST_LOG`).
+//! `--quiet`; logs, JSON and errors in the shape `limes` uses too
+//! (`limes::args`).
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,16 +33,7 @@ pub const EXIT_VERIFY: u8 = 3;
 
 impl Ui {
     pub fn new(args: &GlobalArgs) -> Ui {
-        let level = match args.verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        };
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-        let ansi = std::io::stderr().is_terminal();
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+        limes::args::init_logging(args.verbose, args.quiet);
         let interactive = std::io::stderr().is_terminal() && !args.json && !args.quiet;
         let spinner = interactive.then(|| {
             let pb = ProgressBar::new_spinner();
@@ -56,7 +48,7 @@ impl Ui {
     pub fn result(&self, json: serde_json::Value, text: impl FnOnce() -> String) {
         self.finish_spinner();
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&json).unwrap());
+            limes::args::print_json(&json);
         } else if !self.quiet {
             print!("{}", text());
         }
@@ -76,15 +68,7 @@ impl Ui {
             c.downcast_ref::<limes_bundle::BundleError>().is_some_and(|b| b.is_verification())
                 || c.downcast_ref::<limes_build::pipeline::BuildError>().is_some_and(|b| b.is_verification())
         });
-        if self.json {
-            let v = serde_json::json!({
-                "ok": false,
-                "error": format!("{e:#}"),
-                "kind": if verify { "verification" } else { "error" },
-            });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap());
-        }
-        eprintln!("error: {e:#}");
+        limes::args::report_error(self.json, if verify { "verification" } else { "error" }, e);
         ExitCode::from(if verify { EXIT_VERIFY } else { 1 })
     }
 }

@@ -1,6 +1,8 @@
-//! Command-line values shared by `limes` and `limes-pack`, parsed into typed
-//! values by clap (`value_parser = ...`), so a malformed one is a usage
-//! error (exit 2) before anything runs.
+//! What `limes` and `limes-pack` share on the command line: values parsed
+//! into typed values by clap (`value_parser = ...`), so a malformed one is a
+//! usage error (exit 2) before anything runs; and one output policy: logs
+//! set up once ([`init_logging`]), one compact JSON document per answer
+//! ([`print_json`]), errors in one shape ([`report_error`]).
 
 use std::path::PathBuf;
 
@@ -70,4 +72,28 @@ pub fn request(
     req.content_type = content_type.map(String::from);
     req.metadata.extend(meta.iter().cloned());
     Ok(req)
+}
+
+/// Logs on stderr through `tracing`: warnings by default, `-v` info, `-vv`
+/// debug, `-vvv` trace, `--quiet` errors only; `RUST_LOG` overrides. Colour
+/// only on a terminal.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let level = if quiet { "error" } else { ["warn", "info", "debug", "trace"][verbose.min(3) as usize] };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+/// A `--json` answer: one JSON document on one line of stdout.
+pub fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+/// A failed command: with `--json`, `{"ok": false, "kind", "error"}` on
+/// stdout; always `error: ...` (with its causes) on stderr.
+pub fn report_error(json: bool, kind: &str, e: &anyhow::Error) {
+    if json {
+        print_json(&serde_json::json!({"ok": false, "kind": kind, "error": format!("{e:#}")}));
+    }
+    eprintln!("error: {e:#}");
 }

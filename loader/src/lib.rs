@@ -1,7 +1,7 @@
-//! The device side of limes: verify and store bundles ([`store`], [`pull`]),
-//! pick a CPU tier ([`select`]) and map it ([`launch`], [`runtime`]), end
-//! runaway calls by ending their executor ([`worker`], [`pool`], the `run`
-//! watchdog), serve over HTTP ([`serve`]) and boot microVM images ([`microvm`], [`kvm`]).
+//! The device side of limes: verify and store bundles ([`store`], [`pull`]), pick a CPU tier
+//! ([`select`]) and map it ([`launch`], [`runtime`]), end runaway calls by ending their executor
+//! ([`worker`], [`pool`], [`watchdog`]), serve over HTTP ([`serve`]), boot microVM images
+//! ([`microvm`], [`kvm`]); [`args`] holds the command-line values `limes` and `limes-pack` share.
 //! Must not touch: Cranelift (only the `jit` feature), building or signing, unverified native code.
 
 pub mod runtime;

@@ -35,18 +35,12 @@ struct Cli {
 
 fn main() -> ExitCode {
     let c = Cli::parse();
-    let level = if c.quiet { "error" } else { ["warn", "info", "debug", "trace"][c.verbose.min(3) as usize] };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    limes::args::init_logging(c.verbose, c.quiet);
     let ctx = cli::Ctx { store: c.store.unwrap_or_else(limes::store::default_root), json: c.json, quiet: c.quiet };
     match c.command.execute(&ctx) {
         Ok(code) => code,
         Err(e) => {
-            if ctx.json {
-                println!("{}", serde_json::json!({"ok": false, "kind": cli::error_kind(&e), "error": format!("{e:#}")}));
-            }
-            eprintln!("error: {e:#}");
+            limes::args::report_error(ctx.json, cli::error_kind(&e), &e);
             ExitCode::from(cli::exit_code(&e))
         }
     }
