@@ -1,13 +1,8 @@
-//! `containerd-shim-limes-v1`: runs limes bundles as containers, so a
-//! Kubernetes `RuntimeClass` (or `ctr run --runtime io.containerd.limes.v1`)
-//! schedules them. Built on runwasi's `containerd-shim-wasm`, which owns the
-//! containerd protocol and the container's namespaces and cgroups.
-//!
-//! Owns: the node's shim configuration ([`node`]), turning image layers back
-//! into bundle files and the container's command line ([`container`]).
-//! Must not touch: verification and installation (the loader's store does
-//! both, as for `limes pull`), Cranelift (precompiled tiers only), anything
-//! a pod supplies as a source of trust.
+//! `containerd-shim-limes-v1` on runwasi's `containerd-shim-wasm` (which owns the containerd
+//! protocol, namespaces and cgroups): the node's trusted keys and store ([`node`]), image
+//! layers back to bundle files and the container's `run`/`serve` command line ([`container`]).
+//! Must not touch: verification and installation (the loader's store does both, as for
+//! `limes pull`), Cranelift, anything a pod supplies as a source of trust.
 
 pub mod container;
 pub mod node;

@@ -1,14 +1,8 @@
-//! The limes bundle format, shared by the packer (`limes-pack`) and the
-//! device-side loader (`limes`).
-//!
-//! Owns: the manifest schema ([`manifest`]), the engine profile and CPU tiers
-//! that decide how components are precompiled and loaded ([`profile`]),
-//! deterministic bundle writing and bounded, verifying bundle reading
-//! ([`archive`]), and minisign-compatible keys and signatures ([`keys`]).
-//!
-//! Must not touch: Cranelift or any compiler (the loader links this crate and
-//! must stay thin), the network, or anything outside the paths it is given.
-//! Creating signatures is behind the `sign` feature; verifying is always on.
+//! The bundle format shared by `limes-pack` and `limes`: the manifest and the file layout
+//! ([`manifest`]), the engine profile and CPU tiers ([`profile`]), deterministic writing and
+//! bounded, verifying reading ([`archive`]), minisign-compatible keys ([`keys`]).
+//! Must not touch: any compiler (the thin loader links this crate), the network, paths it is
+//! not given. Signing is behind the `sign` feature; verifying is always on.
 
 pub mod archive;
 pub mod keys;

@@ -1,15 +1,8 @@
-//! limes bundles as OCI artifacts.
-//!
-//! Owns: the artifact layout (one layer per bundle file, so a device fetches
-//! only the tier and backend it uses and unchanged layers are neither
-//! uploaded nor downloaded twice), media types, registry credentials
-//! (anonymous, basic from the environment or Docker's `config.json`, bearer
-//! tokens through the client), `push`, and fetching single blobs with their
-//! digest and size checked while streaming.
-//!
-//! Must not touch: trust decisions or the store (the loader verifies the
-//! signature before it asks for anything but the manifest and signature,
-//! and installs); building bundles.
+//! limes bundles as OCI artifacts: the layout (one layer per file, media types by role, an
+//! image config containerd accepts), registry credentials, `push`, and bounded, digest-checked
+//! fetches ([`fetch`]) so a device downloads only the tier and backend it uses.
+//! Must not touch: trust decisions or the store (the loader verifies the signature before it
+//! asks for more than the manifest and signature, and installs), building bundles.
 
 use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
 use limes_bundle::manifest::{Role, MANIFEST_PATH, SIGNATURE_PATH};

@@ -1,14 +1,8 @@
-//! Guest SDK for limes functions.
-//!
-//! Owns: the author-facing types ([`Request`], [`Response`], [`Error`]), the
-//! [`export!`] macro that binds one plain Rust function to the
-//! `limes:function/handler@0.1.0` world, and the native frame protocol
-//! ([`frame`]) that the same function speaks when built as an executable for
-//! a microVM image.
-//!
-//! Must not touch: anything host-side (Wasmtime, bundles, signing). This crate
-//! is compiled into every function, so it stays dependency-free on native
-//! targets and pulls only `wit-bindgen` on wasm.
+//! Guest SDK for limes functions: the author-facing types ([`Request`], [`Response`], [`Error`]),
+//! [`export!`] binding one plain Rust function to `limes:function/handler@0.1.0`, and the frame
+//! protocol ([`frame`], [`native`]) the same function speaks as a native microVM executable.
+//! Must not touch: anything host-side (Wasmtime, bundles, signing); it is compiled into every
+//! function, so it has no dependencies on native targets and only `wit-bindgen` on wasm.
 //!
 //! ```ignore
 //! use limes_sdk::{Request, Response, Error};
