@@ -75,6 +75,15 @@ pub enum LoadError {
     Store(#[from] crate::store::StoreError),
 }
 
+impl LoadError {
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            LoadError::Run(r) => r.kind(),
+            LoadError::Store(s) => s.kind(),
+        }
+    }
+}
+
 #[cfg(feature = "jit")]
 fn jit_fallback(rt: &Runtime, f: &InstalledFunction, spec: FunctionSpec, reasons: Vec<String>) -> Result<LoadedFunction, RunError> {
     tracing::info!(function = %spec.name, reasons = %reasons.join("; "), "compiling at load (JIT)");

@@ -89,6 +89,24 @@ pub enum VmError {
     Io(#[from] std::io::Error),
 }
 
+impl VmError {
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            VmError::Store(s) => s.kind(),
+            VmError::Run(r) => r.kind(),
+            VmError::NoImage(_)
+            | VmError::NotFetched(_)
+            | VmError::NoKernel
+            | VmError::NoHypervisor
+            | VmError::Spawn { .. }
+            | VmError::BootTimeout { .. }
+            | VmError::Ended { .. }
+            | VmError::Frame(_)
+            | VmError::Io(_) => crate::ErrorKind::Other,
+        }
+    }
+}
+
 /// Kills and reaps the VM on every path out.
 struct Vm(Child);
 

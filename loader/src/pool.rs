@@ -51,6 +51,14 @@ pub enum PoolError {
     Load { function: String, message: String },
 }
 
+impl PoolError {
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            PoolError::Start { .. } | PoolError::Load { .. } => crate::ErrorKind::Other,
+        }
+    }
+}
+
 /// Why a call did not produce a reply.
 #[derive(Debug)]
 pub enum CallError {

@@ -42,6 +42,14 @@ pub enum PullError {
 }
 
 impl PullError {
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            PullError::Store(s) => s.kind(),
+            _ if self.is_verification() => crate::ErrorKind::Verification,
+            _ => crate::ErrorKind::Other,
+        }
+    }
+
     /// Whether the registry served bytes that failed verification.
     pub fn is_verification(&self) -> bool {
         match self {

@@ -46,6 +46,20 @@ pub enum RunError {
     InputTooLarge { function: String, size: u64, limit: u64 },
 }
 
+impl RunError {
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind as K;
+        match self {
+            RunError::Timeout { .. } => K::Timeout,
+            RunError::MemoryLimit { .. } => K::MemoryLimit,
+            RunError::Trap { .. } | RunError::Instantiate { .. } => K::Trap,
+            RunError::InputTooLarge { .. } => K::TooLarge,
+            RunError::UndeclaredDir { .. } | RunError::Dir { .. } => K::Usage,
+            RunError::NoUsableTier { .. } | RunError::Load { .. } | RunError::Engine(_) => K::Load,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// Use the pooling allocator (the default: fastest instantiation).

@@ -268,18 +268,14 @@ pub enum ServeError {
 }
 
 impl ServeError {
-    /// Whether the server stopped because installed bytes failed
-    /// verification (exit 3).
-    pub fn is_verification(&self) -> bool {
+    pub fn kind(&self) -> crate::ErrorKind {
         match self {
-            ServeError::Store(s) => s.is_verification(),
-            ServeError::Load(launch::LoadError::Store(s)) => s.is_verification(),
-            ServeError::Load(launch::LoadError::Run(_))
-            | ServeError::Run(_)
-            | ServeError::Pool(_)
-            | ServeError::MicroVm(_)
-            | ServeError::Bind { .. }
-            | ServeError::Io(_) => false,
+            ServeError::Store(s) => s.kind(),
+            ServeError::Run(r) => r.kind(),
+            ServeError::Load(l) => l.kind(),
+            ServeError::Pool(p) => p.kind(),
+            ServeError::MicroVm(v) => v.kind(),
+            ServeError::Bind { .. } | ServeError::Io(_) => crate::ErrorKind::Other,
         }
     }
 }

@@ -59,6 +59,15 @@ pub enum StoreError {
 impl StoreError {
     /// Whether this error means bytes failed verification (a bundle, or a
     /// store object that no longer matches what was verified at install).
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            StoreError::NotInstalled { .. } => crate::ErrorKind::NotInstalled,
+            StoreError::Bundle(b) => crate::error::bundle_kind(b),
+            _ if self.is_verification() => crate::ErrorKind::Verification,
+            _ => crate::ErrorKind::Other,
+        }
+    }
+
     pub fn is_verification(&self) -> bool {
         match self {
             StoreError::Bundle(b) => b.is_verification(),

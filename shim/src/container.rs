@@ -4,7 +4,7 @@
 //! the shim after the node configuration was loaded.
 
 use crate::node::{self, Node};
-use crate::{EXIT_FAULT, EXIT_FUNCTION_ERROR, EXIT_USAGE, EXIT_VERIFY};
+use crate::{EXIT_FAULT, EXIT_FUNCTION_ERROR, EXIT_USAGE};
 use clap::{Parser, Subcommand};
 use limes::launch::{self, LoadMode};
 use limes::runtime::{InvokeOptions, RuntimeOptions};
@@ -90,14 +90,14 @@ pub enum RefusedError {
 }
 
 impl RefusedError {
-    /// Whether the bundle itself failed verification (exit 3), rather than
+    /// Verification when the bundle itself failed (exit 3), rather than
     /// the node or the image being unusable.
-    pub fn is_verification(&self) -> bool {
+    pub fn kind(&self) -> limes::ErrorKind {
         match self {
-            RefusedError::Install(e) => e.is_verification(),
-            RefusedError::Bundle(e) => e.is_verification(),
-            RefusedError::Signature(_) => true,
-            RefusedError::Node(_) | RefusedError::MissingLayer(_) | RefusedError::NoTier | RefusedError::Store { .. } => false,
+            RefusedError::Install(e) => e.kind(),
+            RefusedError::Bundle(e) => limes::error::bundle_kind(e),
+            RefusedError::Signature(_) => limes::ErrorKind::Verification,
+            RefusedError::Node(_) | RefusedError::MissingLayer(_) | RefusedError::NoTier | RefusedError::Store { .. } => limes::ErrorKind::Other,
         }
     }
 }
@@ -152,7 +152,7 @@ pub fn run(args: &[String], layers: &[LayerFile<'_>]) -> i32 {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: refusing to run this image: {}", chain(&e));
-            return if e.is_verification() { EXIT_VERIFY.into() } else { 1 };
+            return e.kind().exit_code().into();
         }
     };
     match parsed.command {
@@ -186,8 +186,7 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
         Ok(inv) => inv,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let fault = e.chain().any(|c| matches!(c.downcast_ref(), Some(limes::RunError::Trap { .. } | limes::RunError::MemoryLimit { .. } | limes::RunError::Timeout { .. })));
-            return if fault { EXIT_FAULT.into() } else { 1 };
+            return limes::ErrorKind::of(&e).exit_code().into();
         }
     };
     let _ = std::io::stderr().write_all(&inv.stdout);

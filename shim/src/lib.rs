@@ -12,10 +12,8 @@ use containerd_shim_wasm::sandbox::Sandbox;
 use containerd_shim_wasm::shim::{Shim, Version};
 
 /// The exit codes of `limes run`, so a Job's status means the same.
+pub use limes::error::{EXIT_FAULT, EXIT_FUNCTION_ERROR, EXIT_VERIFY};
 pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_VERIFY: u8 = 3;
-pub const EXIT_FUNCTION_ERROR: u8 = 4;
-pub const EXIT_FAULT: u8 = 5;
 
 /// The OCI layer media types the shim reads: the signed manifest, its
 /// signature, the component and the precompiled tiers (microVM images stay

@@ -96,9 +96,8 @@ impl RunCommand {
         let inv = match rt.invoke(&loaded, req, &invoke) {
             Ok(inv) => inv,
             Err(e) => {
-                let fault = matches!(e, limes::RunError::Trap { .. } | limes::RunError::MemoryLimit { .. } | limes::RunError::Timeout { .. });
                 eprintln!("error: {e}");
-                return Ok(std::process::ExitCode::from(if fault { EXIT_FAULT } else { 1 }));
+                return Ok(std::process::ExitCode::from(e.kind().exit_code()));
             }
         };
         let call_time = t.elapsed();
