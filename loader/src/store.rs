@@ -492,6 +492,16 @@ pub struct InstallPolicy {
     pub rotate_key: bool,
 }
 
+/// What a verified staging directory is published as.
+struct Publication<'a> {
+    manifest: &'a Manifest,
+    manifest_bytes: &'a [u8],
+    signer: String,
+    /// The files present (a partial install), or empty for all.
+    files: Vec<String>,
+    policy: InstallPolicy,
+}
+
 /// A verified bundle unpacked in the store's `tmp/` (see
 /// [`Store::stage_function`]); the directory goes when this is dropped.
 pub struct Staged {
@@ -641,7 +651,7 @@ impl Store {
     pub fn install(&self, bundle: &Path, keys: &TrustedKeys, policy: InstallPolicy) -> Result<InstalledFunction, StoreError> {
         let (staging, v) = self.stage(bundle, keys, &BundleLimits::default())?;
         let signer = v.signer.map(|k| k.to_string()).unwrap_or_default();
-        self.publish(staging, &v.manifest, &v.manifest_bytes, signer, Vec::new(), policy)
+        self.publish(staging, Publication { manifest: &v.manifest, manifest_bytes: &v.manifest_bytes, signer, files: Vec::new(), policy })
     }
 
     /// Install a subset of a bundle's files fetched separately (a registry
@@ -674,36 +684,21 @@ impl Store {
         }
         make_read_only(staging.path()).map_err(io_err(staging.path()))?;
         present.sort();
-        self.publish(staging, &manifest, manifest_bytes, signer.to_string(), present, policy)
+        self.publish(staging, Publication { manifest: &manifest, manifest_bytes, signer: signer.to_string(), files: present, policy })
     }
 
     /// Move a verified staging directory into `objects/` and point the
     /// function's record at it, under the store lock.
-    fn publish(
-        &self,
-        staging: tempfile::TempDir,
-        manifest: &Manifest,
-        manifest_bytes: &[u8],
-        signer: String,
-        files: Vec<String>,
-        policy: InstallPolicy,
-    ) -> Result<InstalledFunction, StoreError> {
+    fn publish(&self, staging: tempfile::TempDir, p: Publication<'_>) -> Result<InstalledFunction, StoreError> {
         let staging = staging.keep();
-        let r = self.publish_locked(&staging, manifest, manifest_bytes, signer, files, policy);
+        let r = self.publish_locked(&staging, p);
         // Gone on success (renamed into place or a duplicate) and on error.
         let _ = remove_tree(&staging);
         r
     }
 
-    fn publish_locked(
-        &self,
-        staging: &Path,
-        manifest: &Manifest,
-        manifest_bytes: &[u8],
-        signer: String,
-        files: Vec<String>,
-        policy: InstallPolicy,
-    ) -> Result<InstalledFunction, StoreError> {
+    fn publish_locked(&self, staging: &Path, p: Publication<'_>) -> Result<InstalledFunction, StoreError> {
+        let Publication { manifest, manifest_bytes, signer, files, policy } = p;
         // A partial object is named by what it holds too, so it never
         // shadows a complete one.
         let mut h = <sha2::Sha256 as sha2::Digest>::new();
