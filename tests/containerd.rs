@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 #[test]
 fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
     let node = Node::start();
-    let image = node.push("noop", &node.key, "0.1.0");
+    let image = node.push(&pack("noop"), &node.key, "0.1.0");
 
     // A Job: one invocation, the answer on stdout, exit 0.
     let o = node.ctr_run(&image, "job", &["run", "--data", "hello from a job"]);
     assert!(o.status.success(), "{}\n{}", text(&o.stderr), node.log());
     assert_eq!(text(&o.stdout), "hello from a job");
     // Mandelbrot's known answer, byte for byte.
-    let mandel = node.push("mandelbrot", &node.key, "0.1.0");
+    let mandel = node.push(&pack("mandelbrot"), &node.key, "0.1.0");
     let o = node.ctr_run(&mandel, "mandel", &["run", "--data", "output=checksum"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim(), MANDELBROT_DEFAULT_CHECKSUM);
@@ -32,11 +32,20 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
     let o = node.ctr_run(&image, "usage", &["frobnicate"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    // The same limits as `limes run`: a runaway call ends at its deadline,
+    // a runaway allocation at the memory limit, both exit 5.
+    let faulty = node.push(&fixture("faulty"), &node.key, "0.1.0");
+    let o = node.ctr_run(&faulty, "runaway", &["run", "--data", "loop", "--timeout-ms", "300"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("timed out after 300 ms"), "{}", text(&o.stderr));
+    let o = node.ctr_run(&faulty, "oom", &["run", "--data", "oom"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("memory limit"), "{}", text(&o.stderr));
 
     // Signed, but by a key this node does not trust: refused, exit 3,
     // nothing installed for it.
     let stranger = test_key();
-    let untrusted = node.push("noop", &stranger, "stranger");
+    let untrusted = node.push(&pack("noop"), &stranger, "stranger");
     let o = node.ctr_run(&untrusted, "untrusted", &["run", "--data", "x"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("not trusted"), "{}", text(&o.stderr));
@@ -81,7 +90,7 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
         .collect();
     let mut names: Vec<String> = installed.into_iter().flatten().collect();
     names.sort();
-    assert_eq!(names, ["mandelbrot", "noop"]);
+    assert_eq!(names, ["faulty", "mandelbrot", "noop"]);
     node.assert_all_stopped();
 }
 
@@ -211,7 +220,7 @@ async fn run_pod(node: &Node, image: &str, name: &str, args: &[&str]) -> (i32, S
 fn kubelets_cri_calls_run_a_pod_and_a_tampered_image_fails_it() {
     let node = Node::start();
     import_pause(&node);
-    let image = node.push("noop", &node.key, "0.1.0");
+    let image = node.push(&pack("noop"), &node.key, "0.1.0");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     let (code, stdout, stderr) = rt.block_on(run_pod(&node, &image, "job", &["run", "--data", "hello from a pod"]));
@@ -219,7 +228,7 @@ fn kubelets_cri_calls_run_a_pod_and_a_tampered_image_fails_it() {
     assert_eq!(stdout.trim_end(), "hello from a pod");
     // A second function is a second image to CRI (it identifies images by
     // their config), so each pod runs its own function.
-    let mandel = node.push("mandelbrot", &node.key, "0.1.0");
+    let mandel = node.push(&pack("mandelbrot"), &node.key, "0.1.0");
     let (code, stdout, stderr) = rt.block_on(run_pod(&node, &mandel, "mandel", &["run", "--data", "output=checksum"]));
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim_end(), MANDELBROT_DEFAULT_CHECKSUM);

@@ -42,7 +42,7 @@ fn main() {
         }
     }
     let node = Node::start();
-    let limes_image = node.push("noop", &node.key, "0.1.0");
+    let limes_image = node.push(&pack("noop"), &node.key, "0.1.0");
     ok(node.ctr().args(["images", "pull", "--plain-http", &limes_image]));
     let native_image = import_native_noop(&node);
 

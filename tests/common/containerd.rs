@@ -105,11 +105,13 @@ state = "{state}"
         c
     }
 
-    /// Build `pack`, sign it with `key`, push it; returns the reference.
-    pub fn push(&self, pack_name: &str, key: &TestKey, tag: &str) -> String {
+    /// Build the function crate at `dir`, sign it with `key`, push it;
+    /// returns the reference.
+    pub fn push(&self, dir: &std::path::Path, key: &TestKey, tag: &str) -> String {
         let out = tempdir();
-        let built = build_signed(&pack(pack_name), key, out.path());
-        let reference = format!("{}/functions/{pack_name}:{tag}", self.registry.addr);
+        let built = build_signed(dir, key, out.path());
+        let name = dir.file_name().unwrap().to_string_lossy();
+        let reference = format!("{}/functions/{name}:{tag}", self.registry.addr);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
