@@ -213,6 +213,12 @@ impl Runtime {
         let profile = EngineProfile::default();
         let mut config = Config::new();
         profile.apply(&mut config);
+        // Diagnostics: name the mapped functions for `perf report` (Wasmtime
+        // writes /tmp/perf-PID.map). Not part of the engine profile: it
+        // changes no code, so precompiled artifacts still load.
+        if std::env::var_os("LIMES_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if opts.pooling {
             let n = opts.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::default();

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Where the image pipeline spends its time, as Wasm (precompiled tier, named
+# through Wasmtime's perf map: LIMES_PERF_MAP=1) and as the native build of
+# the same crate: `perf record -e cpu-clock` over the same number of runs of
+# each, then samples per function side by side (samples ~ time; both sides
+# include process start-up). Run on an idle machine; needs linux-perf.
+# Writes bench-results/image-profile.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${RUNS:-20}"
+target="${CARGO_TARGET_DIR:-target}"
+out="$(pwd)/${BENCH_OUT:-bench-results}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo build --release --locked -p limes -p limes-pack
+limes="$target/release/limes"
+pack="$target/release/limes-pack"
+"$pack" keygen --dir "$work/key" >/dev/null
+"$pack" build packs/image --sign "$work/key/limes.key" --out-dir "$work/out" --no-microvm --quiet
+"$limes" --store "$work/store" install "$work"/out/image-*.limes --trust "$work/key/limes.pub" >/dev/null
+native=$("$pack" native packs/image 2>/dev/null | tail -n 1)
+input=packs/image/testdata/input-1024x768.jpg
+# One request frame (see wit/README.md) for the native executable.
+python3 - "$input" "$work/req.frame" <<'PY'
+import struct, sys
+body = open(sys.argv[1], 'rb').read()
+p = struct.pack('<I', len(body)) + body + struct.pack('<I', 0xFFFFFFFF) + struct.pack('<I', 0)
+open(sys.argv[2], 'wb').write(b'LMQ1' + struct.pack('<I', len(p)) + p)
+PY
+LIMES_PERF_MAP=1 perf record -q -e cpu-clock -F 2000 -o "$work/wasm.data" -- \
+    sh -c "for i in \$(seq $runs); do '$limes' --store '$work/store' run image --input '$input' >/dev/null; done"
+perf record -q -e cpu-clock -F 2000 -o "$work/native.data" -- \
+    sh -c "for i in \$(seq $runs); do '$native' < '$work/req.frame' >/dev/null; done"
+for side in wasm native; do
+    perf report -i "$work/$side.data" --no-children --sort sym -q -g none -n 2>/dev/null >"$work/$side.txt"
+done
+mkdir -p "$out"
+python3 - "$work/wasm.txt" "$work/native.txt" "$runs" >"$out/image-profile.md" <<'PY'
+import re, sys
+def demangle(sym):
+    sym = re.sub(r'^wasm\[0\]::function\[\d+\]::', '', sym)
+    m = re.match(r'_ZN(.*)17h[0-9a-f]{16}E$', sym)
+    if not m:
+        return sym
+    s, out, i = m.group(1), [], 0
+    while i < len(s) and s[i].isdigit():
+        j = i
+        while s[j].isdigit():
+            j += 1
+        n = int(s[i:j]); out.append(s[j:j + n]); i = j + n
+    return '::'.join(out).replace('$LT$', '<').replace('$GT$', '>').replace('$u20$', ' ').replace('..', '::')
+def load(path):
+    d = {}
+    for line in open(path):
+        parts = line.split()
+        if len(parts) < 4 or not parts[1].isdigit():
+            continue
+        name = demangle(line.split(']', 1)[1].strip()) + (' [kernel]' if '[k]' in line else '')
+        d[name] = d.get(name, 0) + int(parts[1])
+    return d
+w, n = load(sys.argv[1]), load(sys.argv[2])
+tw, tn = sum(w.values()), sum(n.values())
+print(f"# Image pipeline: where Wasm loses\n\n{sys.argv[3]} runs each, `perf record -e cpu-clock` samples "
+      f"(2 kHz), same machine, same run. Total: Wasm {tw}, native {tn} ({tw / tn:.2f}x).\n")
+print("| function | Wasm samples | native samples | Wasm - native |\n|---|---|---|---|")
+rows = sorted(set(w) | set(n), key=lambda k: -(w.get(k, 0) - n.get(k, 0)))
+for k in rows[:20]:
+    print(f"| `{k[:90]}` | {w.get(k, 0)} | {n.get(k, 0)} | {w.get(k, 0) - n.get(k, 0):+d} |")
+PY
+cat "$out/image-profile.md"
