@@ -32,22 +32,23 @@ LIMES_PERF_MAP=1 perf record -q -e cpu-clock -F 2000 -o "$work/wasm.data" -- \
 perf record -q -e cpu-clock -F 2000 -o "$work/native.data" -- \
     sh -c "for i in \$(seq $runs); do '$native' < '$work/req.frame' >/dev/null; done"
 for side in wasm native; do
-    perf report -i "$work/$side.data" --no-children --sort sym -q -g none -n 2>/dev/null >"$work/$side.txt"
+    perf report -i "$work/$side.data" --no-children --sort sym -q -g none -n -w 0,0,400 2>/dev/null >"$work/$side.txt"
 done
 mkdir -p "$out"
 python3 - "$work/wasm.txt" "$work/native.txt" "$runs" >"$out/image-profile.md" <<'PY'
 import re, sys
 def demangle(sym):
     sym = re.sub(r'^wasm\[0\]::function\[\d+\]::', '', sym)
-    m = re.match(r'_ZN(.*)17h[0-9a-f]{16}E$', sym)
+    # perf may cut long names: the hash suffix is optional.
+    m = re.match(r'_ZN(.*?)(?:17h[0-9a-f]{16}E)?$', sym)
     if not m:
         return sym
     s, out, i = m.group(1), [], 0
     while i < len(s) and s[i].isdigit():
         j = i
-        while s[j].isdigit():
+        while j < len(s) and s[j].isdigit():
             j += 1
-        n = int(s[i:j]); out.append(s[j:j + n]); i = j + n
+        n = int(s[i:j]); out.append(s[j:j + n].lstrip('_')); i = j + n
     return '::'.join(out).replace('$LT$', '<').replace('$GT$', '>').replace('$u20$', ' ').replace('..', '::')
 def load(path):
     d = {}
