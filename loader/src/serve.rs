@@ -383,7 +383,7 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
         Executor::Auto { wasm, vm, router } => {
             let (mut backend, routing_to) = {
                 let mut r = router.lock().unwrap();
-                (r.pick(), r.current)
+                (r.pick(Instant::now()), r.current)
             };
             // Spare VMs boot in the background while Wasm is the choice.
             vm.background.store(routing_to == Backend::Wasm, Ordering::Relaxed);
@@ -394,6 +394,8 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
                 Backend::MicroVm => call_vm(vm, req.clone(), deadline, Duration::ZERO, &name).await,
             };
             if backend == Backend::MicroVm && matches!(outcome, Err((StatusCode::SERVICE_UNAVAILABLE, _, _))) {
+                // No VM was ready: the try did not happen, so it is not due later.
+                router.lock().unwrap().next_try = None;
                 backend = Backend::Wasm;
                 outcome = call_workers(wasm, &req, deadline, app.opts.queue_timeout, &name).await;
             }
@@ -541,22 +543,31 @@ impl Backend {
 
 /// The `auto` rule: route each request to the backend whose median
 /// latency (queue + execution, answered requests only) over its last
-/// [`AUTO_WINDOW`] requests is lower; every [`AUTO_EXPLORE`]th request goes
-/// to the other backend so its figures stay current; switch only when the
-/// other's median is at least 10% lower (hysteresis). Starts on Wasm.
+/// [`AUTO_WINDOW`] requests is lower; switch only when the other's median
+/// is at least 10% lower (hysteresis). Starts on Wasm. The other backend is
+/// tried on every [`AUTO_EXPLORE`]th request, but at most once per gap: the
+/// gap starts at [`AUTO_GAP_MIN`], doubles each time a try confirms the
+/// choice (up to [`AUTO_GAP_MAX`]) and resets when a try beats it. So a busy
+/// server explores a few times a minute, not a sixteenth of its traffic:
+/// each microVM try uses up a pre-booted VM, whose replacement boot costs
+/// seconds of CPU under emulation.
 struct AutoRouter {
     current: Backend,
     windows: [std::collections::VecDeque<f64>; 2],
     requests: u64,
+    gap: Duration,
+    next_try: Option<Instant>,
 }
 
 /// Short enough that a few explorations reveal a change of regime.
 const AUTO_WINDOW: usize = 9;
 const AUTO_EXPLORE: u64 = 16;
+const AUTO_GAP_MIN: Duration = Duration::from_millis(250);
+const AUTO_GAP_MAX: Duration = Duration::from_secs(30);
 
 impl AutoRouter {
     fn new() -> AutoRouter {
-        AutoRouter { current: Backend::Wasm, windows: Default::default(), requests: 0 }
+        AutoRouter { current: Backend::Wasm, windows: Default::default(), requests: 0, gap: AUTO_GAP_MIN, next_try: None }
     }
     fn window(&self, b: Backend) -> &std::collections::VecDeque<f64> {
         &self.windows[b as usize]
@@ -569,12 +580,14 @@ impl AutoRouter {
         v.sort_by(f64::total_cmp);
         Some(v[v.len() / 2])
     }
-    fn pick(&mut self) -> Backend {
+    fn pick(&mut self, now: Instant) -> Backend {
         self.requests += 1;
         let other = self.current.other();
         // Measure the other backend early (every 4th request until it has
-        // three answers), then every AUTO_EXPLORE-th.
-        if (self.window(other).len() < 3 && self.requests % 4 == 0) || self.requests % AUTO_EXPLORE == 0 {
+        // three answers), then every AUTO_EXPLORE-th; never within the gap.
+        let turn = (self.window(other).len() < 3 && self.requests % 4 == 0) || self.requests % AUTO_EXPLORE == 0;
+        if turn && self.next_try.is_none_or(|t| now >= t) {
+            self.next_try = Some(now + self.gap);
             other
         } else {
             self.current
@@ -587,10 +600,16 @@ impl AutoRouter {
             w.pop_front();
         }
         let other = self.current.other();
-        if let (Some(cur), Some(alt)) = (self.p50(self.current), self.p50(other)) {
+        let Some(cur) = self.p50(self.current) else { return };
+        if b == other {
+            // A try that beats the current median is worth repeating soon.
+            self.gap = if took.as_secs_f64() < cur { AUTO_GAP_MIN } else { (self.gap * 2).min(AUTO_GAP_MAX) };
+        }
+        if let Some(alt) = self.p50(other) {
             if self.window(other).len() >= 3 && alt < cur * 0.9 {
                 tracing::info!(from = self.current.name(), to = other.name(), current_p50_us = (cur * 1e6) as u64, other_p50_us = (alt * 1e6) as u64, "auto backend switch");
                 self.current = other;
+                self.gap = AUTO_GAP_MIN;
             }
         }
     }
@@ -953,11 +972,13 @@ async fn accept_loop(
 mod tests {
     use super::*;
 
-    /// Drive the router with latencies that depend on the backend it picks.
-    fn drive(r: &mut AutoRouter, n: usize, wasm_ms: f64, vm_ms: f64) -> Vec<Backend> {
+    /// Drive the router on a virtual clock: one client sending a request
+    /// every `every_ms`, latencies by the backend picked.
+    fn drive(r: &mut AutoRouter, now: &mut Instant, n: usize, every_ms: u64, wasm_ms: f64, vm_ms: f64) -> Vec<Backend> {
         (0..n)
             .map(|_| {
-                let b = r.pick();
+                *now += Duration::from_millis(every_ms);
+                let b = r.pick(*now);
                 let ms = if b == Backend::Wasm { wasm_ms } else { vm_ms };
                 r.record(b, Duration::from_secs_f64(ms / 1e3));
                 b
@@ -965,22 +986,39 @@ mod tests {
             .collect()
     }
 
+    fn tries(picks: &[Backend], b: Backend) -> usize {
+        picks.iter().filter(|p| **p == b).count()
+    }
+
     #[test]
     fn auto_routes_to_the_faster_backend_with_hysteresis() {
-        let mut r = AutoRouter::new();
-        // Wasm faster: stays on Wasm, explores the microVM now and then.
-        let picks = drive(&mut r, 200, 0.3, 15.0);
+        let (mut r, mut now) = (AutoRouter::new(), Instant::now());
+        // Wasm faster (10 requests a second for 20 s): stays on Wasm and
+        // tries the microVM now and then, less often as it keeps losing.
+        let picks = drive(&mut r, &mut now, 200, 100, 0.3, 15.0);
         assert_eq!(r.current, Backend::Wasm);
-        let vm = picks.iter().filter(|b| **b == Backend::MicroVm).count();
-        assert!((5..=20).contains(&vm), "explored the microVM {vm} times in 200");
-        // The microVM becomes clearly faster: auto follows.
-        drive(&mut r, 200, 5.0, 1.0);
+        let vm = tries(&picks, Backend::MicroVm);
+        assert!((5..=12).contains(&vm), "tried the microVM {vm} times in 200");
+        assert!(picks[100..].iter().filter(|b| **b == Backend::MicroVm).count() < picks[..100].iter().filter(|b| **b == Backend::MicroVm).count());
+        // The microVM becomes clearly faster: auto follows within a minute.
+        drive(&mut r, &mut now, 600, 100, 5.0, 1.0);
         assert_eq!(r.current, Backend::MicroVm);
         // Only 5% apart: no flapping back.
-        drive(&mut r, 400, 0.95, 1.0);
+        drive(&mut r, &mut now, 600, 100, 0.95, 1.0);
         assert_eq!(r.current, Backend::MicroVm, "switched on a lead under 10%");
         // A clear lead again: back to Wasm.
-        drive(&mut r, 400, 0.5, 1.0);
+        drive(&mut r, &mut now, 600, 100, 0.5, 1.0);
+        assert_eq!(r.current, Backend::Wasm);
+    }
+
+    #[test]
+    fn auto_tries_the_other_backend_a_few_times_a_minute_under_load() {
+        let (mut r, mut now) = (AutoRouter::new(), Instant::now());
+        // 1,000 requests a second for a minute, the microVM far behind:
+        // without a gap a sixteenth of them (3,750) would each use up a VM.
+        let picks = drive(&mut r, &mut now, 60_000, 1, 0.3, 15.0);
+        let vm = tries(&picks, Backend::MicroVm);
+        assert!((3..=12).contains(&vm), "tried the microVM {vm} times in a minute");
         assert_eq!(r.current, Backend::Wasm);
     }
 }
