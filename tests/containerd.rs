@@ -80,6 +80,23 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // The node's configuration is read by each new shim: one that trusts
+    // nothing, or that others could have written, runs nothing and says why.
+    let config = node.dir.path().join("limes-shim.json");
+    let good = std::fs::read(&config).unwrap();
+    std::fs::write(&config, r#"{"trusted_keys": []}"#).unwrap();
+    let o = node.ctr_run(&image, "no-keys", &["run", "--data", "x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("lists no trusted keys"), "{}", text(&o.stderr));
+    std::fs::write(&config, &good).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = node.ctr_run(&image, "open-config", &["run", "--data", "x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("not configured") && text(&o.stderr).contains("limes-shim.json"), "{}", text(&o.stderr));
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(text(&node.ctr_run(&image, "configured-again", &["run", "--data", "x"]).stdout), "x");
+
     // The node store holds what ran, per signed manifest; nothing else ran.
     let store = node.dir.path().join("node-store");
     let installed: Vec<_> = std::fs::read_dir(&store)
