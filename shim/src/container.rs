@@ -81,7 +81,7 @@ pub enum RefusedError {
     Signature(&'static str),
     #[error("the image carries no precompiled tier this node can run (the shim has no compiler)")]
     NoTier,
-    #[error("sharing the node store {path} with serve's workers: {source}")]
+    #[error("sharing the node store {path} with serve's workers")]
     Store { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Install(#[from] limes::store::StoreError),
@@ -109,20 +109,16 @@ impl RefusedError {
 /// (a rolling update) never replace each other's files; the same bundle
 /// reinstalls as a no-op after re-verifying the copy on disk.
 pub fn install(node: &Node, layers: &[LayerFile<'_>]) -> Result<(Store, InstalledFunction), RefusedError> {
-    let find = |title: &'static str| layers.iter().find(|l| l.title == title).ok_or(RefusedError::MissingLayer(title));
-    let manifest_bytes = find(MANIFEST_PATH)?.bytes;
-    let signature = std::str::from_utf8(find(SIGNATURE_PATH)?.bytes).map_err(|_| RefusedError::Signature(SIGNATURE_PATH))?;
+    let layer = |title: &str, what: &'static str| layers.iter().find(|l| l.title == title).map(|l| l.bytes).ok_or(RefusedError::MissingLayer(what));
+    let manifest_bytes = layer(MANIFEST_PATH, MANIFEST_PATH)?;
+    let signature = std::str::from_utf8(layer(SIGNATURE_PATH, SIGNATURE_PATH)?).map_err(|_| RefusedError::Signature(SIGNATURE_PATH))?;
     // Trust first: nothing of an unverified manifest is looked at further.
     let (_, manifest) = node.keys.verify_manifest(manifest_bytes, signature)?;
     let best = limes::select::best_tier(&manifest).0.ok_or(RefusedError::NoTier)?;
-    let mut files = Vec::new();
-    for path in [manifest.component.as_str(), best.path.as_str()] {
-        let layer = layers.iter().find(|l| l.title == path).ok_or(RefusedError::MissingLayer(match path == manifest.component {
-            true => "component",
-            false => "precompiled tier",
-        }))?;
-        files.push((path.to_string(), layer.bytes.to_vec()));
-    }
+    let files = [(&manifest.component, "component"), (&best.path, "precompiled tier")]
+        .into_iter()
+        .map(|(path, what)| Ok((path.clone(), layer(path, what)?.to_vec())))
+        .collect::<Result<Vec<_>, RefusedError>>()?;
     let store = Store::open(node.store_root().join(limes_bundle::sha256_hex(manifest_bytes)))?;
     // The image names the version to run: an older one is a rollback, not
     // a downgrade attack (its signature is checked like any other).
@@ -141,23 +137,25 @@ pub fn run(args: &[String], layers: &[LayerFile<'_>]) -> i32 {
             return if e.use_stderr() { EXIT_USAGE.into() } else { 0 };
         }
     };
-    let installed = node::get().map_err(|e| RefusedError::Node(e.to_string())).and_then(|n| install(n, layers));
-    let installed = installed.and_then(|(store, f)| {
-        if let (ContainerCommand::Serve(_), Ok(n)) = (&parsed.command, node::get()) {
+    let serving = matches!(parsed.command, ContainerCommand::Serve(_));
+    let installed = node::get().map_err(|e| RefusedError::Node(e.to_string())).and_then(|n| {
+        let (store, f) = install(n, layers)?;
+        if serving {
             n.share_with_children().map_err(|source| RefusedError::Store { path: n.store_path.clone(), source })?;
         }
-        Ok((store, f))
+        Ok((n, store, f))
     });
-    let (store, f) = match installed {
+    let (node, store, f) = match installed {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("error: refusing to run this image: {}", chain(&e));
-            return e.kind().exit_code().into();
+            let code = e.kind().exit_code();
+            eprintln!("error: refusing to run this image: {:#}", anyhow::Error::from(e));
+            return code.into();
         }
     };
     match parsed.command {
         ContainerCommand::Run(a) => run_once(&f, &a),
-        ContainerCommand::Serve(a) => serve(store, &f, &a),
+        ContainerCommand::Serve(a) => serve(node, store, &f, &a),
     }
 }
 
@@ -206,7 +204,7 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
     }
 }
 
-fn serve(store: Store, f: &InstalledFunction, a: &ServeArgs) -> i32 {
+fn serve(node: &Node, store: Store, f: &InstalledFunction, a: &ServeArgs) -> i32 {
     let opts = limes::serve::ServeOptions {
         listen: a.listen,
         functions: vec![f.manifest.function.name.clone()],
@@ -215,7 +213,7 @@ fn serve(store: Store, f: &InstalledFunction, a: &ServeArgs) -> i32 {
         timeout: a.timeout_ms.map(Duration::from_millis),
         // Workers are this binary (see `main`), started through descriptors
         // opened on the node.
-        worker_exe: node::get().ok().map(|n| n.worker_exe()),
+        worker_exe: Some(node.worker_exe()),
         ..Default::default()
     };
     // Our own runtime on a thread of its own: this code is called from
@@ -243,19 +241,4 @@ fn serve(store: Store, f: &InstalledFunction, a: &ServeArgs) -> i32 {
         }
         Err(_) => EXIT_FAULT.into(),
     }
-}
-
-/// An error with its causes, as `anyhow`'s `{:#}` prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s += ": ";
-            s += &t;
-        }
-        cur = c.source();
-    }
-    s
 }
