@@ -40,8 +40,7 @@ pub struct RunCommand {
 }
 
 /// Exit codes shared with `limes run`.
-const EXIT_FUNCTION_ERROR: u8 = 4;
-const EXIT_FAULT: u8 = 5;
+use limes::error::{EXIT_FAULT, EXIT_FUNCTION_ERROR};
 
 impl RunCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
@@ -72,7 +71,7 @@ impl RunCommand {
             microvm: false,
             kernel: None,
         };
-        let out = limes_build::build(&opts, ui)?;
+        let out = limes_build::pipeline::build_project(project, &opts, ui)?;
         let build_time = t.elapsed();
         let artifact = out.aot.first().context("the build produced no precompiled tier")?;
 

@@ -179,12 +179,18 @@ fn git_commit(dir: &Path) -> Option<String> {
 
 /// Everything `limes-pack build` does.
 pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput, BuildError> {
+    progress.step("locating crate");
+    let project = Project::discover(&opts.path, opts.package.as_deref(), &opts.cargo.global_flags())?;
+    build_project(project, opts, progress)
+}
+
+/// [`build`] for a crate already located (one `cargo metadata` per build,
+/// for callers that needed the project first); `opts.path` and
+/// `opts.package` are not read again.
+pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildOutput, BuildError> {
     let start = Instant::now();
     let mut timings = Timings::default();
     let epoch = source_date_epoch(opts.source_date_epoch)?;
-
-    progress.step("locating crate");
-    let project = Project::discover(&opts.path, opts.package.as_deref(), &opts.cargo.global_flags())?;
     let tiers = project.tiers(&opts.tiers)?;
 
     progress.step(&format!("compiling {} for {}", project.package_name, compile::WASM_TARGET));
