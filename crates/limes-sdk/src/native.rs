@@ -90,29 +90,28 @@ mod limit {
     /// build's generated `main.rs` does).
     pub struct LimitedAlloc;
 
+    /// Account for `size` bytes around `alloc`: over the limit is a fault,
+    /// and a failed allocation gives its reservation back.
+    fn counted(size: usize, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
+        if !reserve(size) {
+            over_limit();
+        }
+        let p = alloc();
+        if p.is_null() {
+            ALLOCATED.fetch_sub(size, Ordering::Relaxed);
+        }
+        p
+    }
+
     // SAFETY: forwards to the system allocator; only the accounting is ours.
     unsafe impl GlobalAlloc for LimitedAlloc {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            if !reserve(layout.size()) {
-                over_limit();
-            }
             // SAFETY: forwarded with the caller's layout.
-            let p = unsafe { System.alloc(layout) };
-            if p.is_null() {
-                ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-            }
-            p
+            counted(layout.size(), || unsafe { System.alloc(layout) })
         }
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            if !reserve(layout.size()) {
-                over_limit();
-            }
             // SAFETY: forwarded with the caller's layout.
-            let p = unsafe { System.alloc_zeroed(layout) };
-            if p.is_null() {
-                ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-            }
-            p
+            counted(layout.size(), || unsafe { System.alloc_zeroed(layout) })
         }
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             // SAFETY: forwarded from the caller.
@@ -121,16 +120,13 @@ mod limit {
         }
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
             let old = layout.size();
-            if new_size > old && !reserve(new_size - old) {
-                over_limit();
-            }
             // SAFETY: forwarded from the caller.
-            let p = unsafe { System.realloc(ptr, layout, new_size) };
-            if p.is_null() {
-                if new_size > old {
-                    ALLOCATED.fetch_sub(new_size - old, Ordering::Relaxed);
-                }
-            } else if new_size < old {
+            let realloc = || unsafe { System.realloc(ptr, layout, new_size) };
+            if new_size > old {
+                return counted(new_size - old, realloc);
+            }
+            let p = realloc();
+            if !p.is_null() {
                 ALLOCATED.fetch_sub(old - new_size, Ordering::Relaxed);
             }
             p
