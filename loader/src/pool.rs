@@ -89,10 +89,7 @@ pub struct Pool {
 async fn read_frame(r: &mut ChildStdout, magic: &[u8; 4]) -> std::io::Result<Vec<u8>> {
     let mut head = [0u8; 8];
     r.read_exact(&mut head).await?;
-    if &head[..4] != magic {
-        return Err(std::io::Error::other("bad frame magic from worker"));
-    }
-    let len = u32::from_le_bytes(head[4..].try_into().unwrap());
+    let len = frame::header_len(&head, magic).map_err(|_| std::io::Error::other("bad frame magic from worker"))?;
     if len > frame::MAX_PAYLOAD {
         return Err(std::io::Error::other("oversized frame from worker"));
     }
@@ -102,10 +99,7 @@ async fn read_frame(r: &mut ChildStdout, magic: &[u8; 4]) -> std::io::Result<Vec
 }
 
 async fn write_frame(w: &mut ChildStdin, magic: &[u8; 4], payload: &[u8]) -> std::io::Result<()> {
-    let mut head = [0u8; 8];
-    head[..4].copy_from_slice(magic);
-    head[4..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    w.write_all(&head).await?;
+    w.write_all(&frame::header(magic, payload.len())).await?;
     w.write_all(payload).await?;
     w.flush().await
 }

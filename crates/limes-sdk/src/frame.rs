@@ -249,12 +249,25 @@ pub fn decode_response(payload: &[u8]) -> Result<Result<Response, Error>, FrameE
     Ok(res)
 }
 
-/// Write one frame (`magic`, length, payload) and flush.
-pub fn write_frame(w: &mut impl Write, magic: &[u8; 4], payload: &[u8]) -> io::Result<()> {
+/// A frame's header: `magic`, then the payload length (u32, little-endian).
+pub fn header(magic: &[u8; 4], len: usize) -> [u8; 8] {
     let mut head = [0u8; 8];
     head[..4].copy_from_slice(magic);
-    head[4..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    w.write_all(&head)?;
+    head[4..].copy_from_slice(&(len as u32).to_le_bytes());
+    head
+}
+
+/// The length a header announces, if it carries `magic`.
+pub fn header_len(head: &[u8; 8], magic: &[u8; 4]) -> Result<u32, FrameError> {
+    if &head[..4] != magic {
+        return Err(FrameError::BadMagic(head[..4].try_into().unwrap()));
+    }
+    Ok(u32::from_le_bytes(head[4..].try_into().unwrap()))
+}
+
+/// Write one frame (`magic`, length, payload) and flush.
+pub fn write_frame(w: &mut impl Write, magic: &[u8; 4], payload: &[u8]) -> io::Result<()> {
+    w.write_all(&header(magic, payload.len()))?;
     w.write_all(payload)?;
     w.flush()
 }
@@ -283,10 +296,7 @@ pub fn read_frame(r: &mut impl Read, magic: &[u8; 4]) -> Result<Frame, FrameErro
             Err(e) => return Err(e.into()),
         }
     }
-    if &head[..4] != magic {
-        return Err(FrameError::BadMagic(head[..4].try_into().unwrap()));
-    }
-    read_body(r, u32::from_le_bytes(head[4..].try_into().unwrap()))
+    read_body(r, header_len(&head, magic)?)
 }
 
 fn read_body(r: &mut impl Read, len: u32) -> Result<Frame, FrameError> {
