@@ -506,12 +506,12 @@ struct Publication<'a> {
 /// [`Store::stage_function`]); the directory goes when this is dropped.
 pub struct Staged {
     dir: PathBuf,
-    function: Option<InstalledFunction>,
+    function: InstalledFunction,
 }
 
 impl Staged {
     pub fn function(&self) -> &InstalledFunction {
-        self.function.as_ref().expect("set by stage_function before it returns")
+        &self.function
     }
 
     /// The directory, for removing it from a process about to exit.
@@ -629,20 +629,25 @@ impl Store {
     /// right after verification. Removed when the [`Staged`] is dropped.
     pub fn stage_function(&self, bundle: &Path, keys: &TrustedKeys) -> Result<Staged, StoreError> {
         let (staging, v) = self.stage(bundle, keys, &BundleLimits::default())?;
-        // From here on the guard owns the directory, on every path.
         let dir = staging.keep();
-        let mut staged = Staged { function: None, dir };
+        let stamps = match stamps(&dir, v.manifest.files.iter().map(|f| f.path.clone())) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = remove_tree(&dir);
+                return Err(e);
+            }
+        };
+        let manifest_sha256 = limes_bundle::sha256_hex(&v.manifest_bytes);
         let record = Installed {
             name: v.manifest.function.name.clone(),
             version: v.manifest.function.version.clone(),
-            object: limes_bundle::sha256_hex(&v.manifest_bytes),
+            object: manifest_sha256.clone(),
             signer: v.signer.map(|k| k.to_string()).unwrap_or_default(),
             files: Vec::new(),
-            manifest_sha256: limes_bundle::sha256_hex(&v.manifest_bytes),
-            stamps: stamps(&staged.dir, v.manifest.files.iter().map(|f| f.path.clone()))?,
+            manifest_sha256,
+            stamps,
         };
-        staged.function = Some(InstalledFunction { record, dir: staged.dir.clone(), manifest: v.manifest });
-        Ok(staged)
+        Ok(Staged { function: InstalledFunction { record, dir: dir.clone(), manifest: v.manifest }, dir })
     }
 
     /// Verify and install `bundle`. Installing the same bundle twice is a
