@@ -11,6 +11,19 @@ fn native_exe(crate_dir: &std::path::Path) -> std::path::PathBuf {
     json(&out)["executable"].as_str().unwrap().into()
 }
 
+/// `limes-pack new NAME --template TEMPLATE` in `work` (with its SDK copy
+/// kept there too); the new crate's directory.
+fn new_crate(work: &std::path::Path, name: &str, template: &str) -> std::path::PathBuf {
+    ok(limes_pack_cmd().args(["new", name, "--template", template, "--dir"]).arg(work).env("LIMES_PACK_HOME", work.join("home")));
+    work.join(name)
+}
+
+/// The shared target directory when the suite has one (warm builds), else
+/// one in `work`.
+fn target_dir(work: &std::path::Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| work.join("target"))
+}
+
 #[test]
 fn every_pack_builds_into_a_validated_bundle() {
     let out_dir = tempdir();
@@ -95,8 +108,7 @@ fn new_templates_build_and_run() {
     let work = tempdir();
     for template in ["blank", "noop", "mandelbrot", "image"] {
         let name = format!("demo-{template}");
-        ok(limes_pack_cmd().args(["new", &name, "--template", template, "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
-        let dir = work.path().join(&name);
+        let dir = new_crate(work.path(), &name, template);
         assert!(dir.join("Cargo.toml").is_file() && dir.join("src/lib.rs").is_file());
         // The SDK comes from the copy limes-pack carries, not from this
         // checkout: the crate builds wherever limes-pack is installed.
@@ -107,7 +119,7 @@ fn new_templates_build_and_run() {
             .args(["build", "--json", "--sign"])
             .arg(&key.secret)
             .arg(&dir)
-            .env("CARGO_TARGET_DIR", std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| work.path().join("target").into())));
+            .env("CARGO_TARGET_DIR", target_dir(work.path())));
         let j = json(&out);
         assert_eq!(j["world"]["kind"], "limes", "{template}");
         let bundle = std::path::PathBuf::from(j["bundle"].as_str().unwrap());
@@ -157,8 +169,7 @@ fn clear_errors_for_bad_crates() {
 
     // ... and in the crate's metadata, an error naming the crate, before any build.
     let bad_meta = tempdir();
-    ok(limes_pack_cmd().args(["new", "tiered", "--template", "noop", "--dir"]).arg(bad_meta.path()).env("LIMES_PACK_HOME", bad_meta.path().join("home")));
-    let manifest = bad_meta.path().join("tiered/Cargo.toml");
+    let manifest = new_crate(bad_meta.path(), "tiered", "noop").join("Cargo.toml");
     let toml = std::fs::read_to_string(&manifest).unwrap();
     assert!(toml.contains("[package.metadata.limes]\n"));
     std::fs::write(&manifest, toml.replace("[package.metadata.limes]\n", "[package.metadata.limes]\ntiers = [\"x86-64\", \"x86-64-v9\"]\n")).unwrap();
@@ -229,8 +240,7 @@ fn build_scripts_never_see_the_key_and_a_tampered_cache_is_not_signed() {
     use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
     let key = test_key();
     let work = tempdir();
-    ok(limes_pack_cmd().args(["new", "envprobe", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
-    let dir = work.path().join("envprobe");
+    let dir = new_crate(work.path(), "envprobe", "noop");
     let probe = work.path().join("probe.txt");
     std::fs::write(
         dir.join("build.rs"),
@@ -238,7 +248,7 @@ fn build_scripts_never_see_the_key_and_a_tampered_cache_is_not_signed() {
     )
     .unwrap();
     // The probe path reaches the build script at compile time of build.rs.
-    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| work.path().join("target").into());
+    let target = target_dir(work.path());
     let build = || {
         let mut c = limes_pack_cmd();
         c.args(["build", "--json", "--no-microvm", "--sign", "env:LIMES_TEST_SIGNING_KEY"])
@@ -296,9 +306,8 @@ fn native_builds_leave_the_workspace_build_intact() {
 fn run_builds_runs_and_watches() {
     use std::io::Read;
     let work = tempdir();
-    ok(limes_pack_cmd().args(["new", "dev", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
-    let dir = work.path().join("dev");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| work.path().join("target"));
+    let dir = new_crate(work.path(), "dev", "noop");
+    let target = target_dir(work.path());
     let run = |args: &[&str]| {
         let mut c = limes_pack_cmd();
         c.arg("run").args(args).current_dir(&dir).env("CARGO_TARGET_DIR", &target);
@@ -353,9 +362,8 @@ fn run_builds_runs_and_watches() {
 #[test]
 fn conventions_parent_discovery_and_help_examples() {
     let work = tempdir();
-    ok(limes_pack_cmd().args(["new", "nested", "--template", "noop", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", work.path().join("home")));
-    let src = work.path().join("nested/src");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| work.path().join("target"));
+    let src = new_crate(work.path(), "nested", "noop").join("src");
+    let target = target_dir(work.path());
     let o = ok(limes_pack_cmd().args(["build", "--json", "--no-microvm", "--out-dir"]).arg(work.path().join("out")).current_dir(&src).env("CARGO_TARGET_DIR", &target));
     let j = json(&o);
     assert_eq!(j["function"], "nested");

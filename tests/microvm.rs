@@ -14,6 +14,16 @@ fn vm_opts(probe: &std::path::Path) -> limes::microvm::VmOptions {
     }
 }
 
+/// The no-op built with its microVM image, signed with a fresh key and
+/// installed into a store in `dir`: the key and the store.
+fn noop_with_image_installed(dir: &std::path::Path) -> (TestKey, std::path::PathBuf) {
+    let key = test_key();
+    let built = build_signed_with(&pack("noop"), &key, dir, true);
+    let store = dir.join("store");
+    install(&store, &built.bundle, &key);
+    (key, store)
+}
+
 #[test]
 fn every_pack_boots_and_answers_like_wasm() {
     let key = test_key();
@@ -48,11 +58,8 @@ fn every_pack_boots_and_answers_like_wasm() {
 
 #[test]
 fn limes_run_boots_the_image() {
-    let key = test_key();
     let d = tempdir();
-    let built = build_signed_with(&pack("noop"), &key, d.path(), true);
-    let store = d.path().join("store");
-    install(&store, &built.bundle, &key);
+    let (key, store) = noop_with_image_installed(d.path());
     let o = ok(limes_cmd(&store)
         .args(["run", "noop", "--backend", "microvm", "--timings", "--data", "from the VM", "--kernel"])
         .arg(test_kernel()));
@@ -198,11 +205,8 @@ fn serve(store: &std::path::Path, extra: &[&str]) -> (std::process::Child, std::
 /// boot; a taken VM is replaced in the background.
 #[test]
 fn serve_answers_from_pre_booted_microvms() {
-    let key = test_key();
     let d = tempdir();
-    let built = build_signed_with(&pack("noop"), &key, d.path(), true);
-    let store = d.path().join("store");
-    install(&store, &built.bundle, &key);
+    let (_, store) = noop_with_image_installed(d.path());
     // The second request waits for a boot, which under parallel TCG tests
     // can take longer than the default queue timeout.
     let (mut child, addr) = serve(&store, &["--microvm", "noop", "--vm-pool", "1", "--queue-timeout-ms", "120000"]);
@@ -229,11 +233,8 @@ fn serve_answers_from_pre_booted_microvms() {
 /// under emulation), and /metrics shows the choice and its figures.
 #[test]
 fn serve_auto_routes_to_the_faster_backend() {
-    let key = test_key();
     let d = tempdir();
-    let built = build_signed_with(&pack("noop"), &key, d.path(), true);
-    let store = d.path().join("store");
-    install(&store, &built.bundle, &key);
+    let (_, store) = noop_with_image_installed(d.path());
     let (mut child, addr) = serve(&store, &["--auto", "noop", "--vm-pool", "2", "--workers", "1"]);
     for i in 0..24 {
         let body = format!("r{i}");
