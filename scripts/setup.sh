@@ -21,10 +21,11 @@ declare -A pkgs=(
     [kill]=procps                          # signals to `limes serve` in tests
     [protoc]=protobuf-compiler             # containerd-shim-wasm's ttrpc/CRI codegen
     [pkg-config]=pkg-config                # finds libseccomp for the shim
-    [runc]=runc                            # containerd's runtime for the pod sandbox
 )
-# Libraries the containerd shim links (package -> why).
-libs=(libseccomp-dev libdbus-1-dev)
+# Checked by package name: the libraries the containerd shim links, and
+# runc (containerd's runtime for the pod sandbox; in /usr/sbin, which a
+# non-root PATH may not search).
+libs=(libseccomp-dev libdbus-1-dev runc)
 missing=()
 for cmd in "${!pkgs[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")

@@ -71,7 +71,8 @@ state = "{state}"
             reg = registry.addr,
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let path = format!("{}:{}:{}", d.join("bin").display(), bin.display(), std::env::var("PATH").unwrap_or_default());
+        // runc (for the pod sandbox) is in /usr/sbin, which a CI job's PATH may lack.
+        let path = format!("{}:{}:{}:/usr/sbin:/sbin", d.join("bin").display(), bin.display(), std::env::var("PATH").unwrap_or_default());
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let containerd = Command::new(bin.join("containerd"))
             .arg("--config")
