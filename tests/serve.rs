@@ -329,7 +329,14 @@ fn runaway_requests_end_their_worker_only() {
     assert_eq!(http(a, "POST", "/functions/faulty", b"fine"), (200, b"fine".to_vec()));
     // A worker killed from outside: its next request fails cleanly, the
     // worker is replaced, and the function keeps answering.
-    let before = children(server.child.id());
+    // The worker that ran away is replaced in the background; wait for it
+    // rather than racing the respawn.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut before = children(server.child.id());
+    while before.len() != 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        before = children(server.child.id());
+    }
     assert_eq!(before.len(), 4, "two workers per function: {before:?}");
     for pid in &before {
         let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
