@@ -145,7 +145,7 @@ macro_rules! export {
         /// What the native executable installs as its allocator (the SDK,
         /// reached through the function crate).
         #[doc(hidden)]
-        #[cfg(all(not(target_family = "wasm"), target_os = "linux"))]
+        #[cfg(all(not(target_family = "wasm"), any(target_os = "linux", target_os = "hermit")))]
         pub mod __limes_native {
             pub use $crate::native::LimitedAlloc;
         }

@@ -29,10 +29,10 @@ fn encode(answer: &frame::Answer) -> Vec<u8> {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "hermit"))]
 pub use limit::LimitedAlloc;
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "hermit"))]
 mod limit {
     //! The native executable's allocator: the system allocator with a
     //! limit on the bytes allocated at once (`LIMES_MEMORY_LIMIT`, from the
@@ -43,11 +43,15 @@ mod limit {
     //! limit (not an out-of-memory kernel panic).
 
     use std::alloc::{GlobalAlloc, Layout, System};
-    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+    #[cfg(target_os = "linux")]
+    use std::sync::atomic::{AtomicBool, AtomicI32};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
     static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    #[cfg(target_os = "linux")]
     static FAULT_FD: AtomicI32 = AtomicI32::new(1);
+    #[cfg(target_os = "linux")]
     static IN_VM: AtomicBool = AtomicBool::new(false);
 
     /// Read the limit from the environment (call once, at start).
@@ -58,6 +62,7 @@ mod limit {
     }
 
     /// Where the fault frame goes, and whether ending means rebooting.
+    #[cfg(target_os = "linux")]
     pub(crate) fn fault_to(fd: i32, in_vm: bool) {
         FAULT_FD.store(fd, Ordering::Relaxed);
         IN_VM.store(in_vm, Ordering::Relaxed);
@@ -72,6 +77,15 @@ mod limit {
         true
     }
 
+    /// In a Hermit unikernel the frame goes straight to the serial port
+    /// (see `hermit`), and ending the program ends the VM.
+    #[cfg(target_os = "hermit")]
+    fn over_limit() -> ! {
+        super::hermit::Com1::put(&crate::frame::MEMORY_LIMIT_FRAME);
+        std::process::exit(5)
+    }
+
+    #[cfg(target_os = "linux")]
     fn over_limit() -> ! {
         let f = &crate::frame::MEMORY_LIMIT_FRAME;
         // SAFETY: writing a static buffer to a descriptor, then ending the
@@ -157,23 +171,31 @@ pub fn serve(handler: Handler, input: impl Read, output: impl Write) -> Result<u
 
 /// Entry point of a native function executable: serve stdin -> stdout and
 /// exit 0 on EOF, 2 on a protocol error. As PID 1 (inside a microVM image)
-/// it is the whole userland instead: see [`init`].
+/// it is the whole userland instead: see [`init`]; in a Hermit unikernel,
+/// the whole guest: see [`hermit`].
 pub fn main(handler: Handler) -> ! {
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "hermit"))]
     limit::configure();
-    #[cfg(target_os = "linux")]
-    if std::process::id() == 1 {
-        init::run(handler);
+    #[cfg(target_os = "hermit")]
+    {
+        hermit::run(handler)
     }
-    // A panic message on stderr is useful; the default hook's output is fine.
-    let code = match serve(handler, io::stdin().lock(), io::stdout().lock()) {
-        Ok(_) => 0,
-        Err(e) => {
-            eprintln!("limes native runner: {e}");
-            2
+    #[cfg(not(target_os = "hermit"))]
+    {
+        #[cfg(target_os = "linux")]
+        if std::process::id() == 1 {
+            init::run(handler);
         }
-    };
-    std::process::exit(code)
+        // A panic message on stderr is useful; the default hook's output is fine.
+        let code = match serve(handler, io::stdin().lock(), io::stdout().lock()) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("limes native runner: {e}");
+                2
+            }
+        };
+        std::process::exit(code)
+    }
 }
 
 /// Frame announcing that the runner in a VM is ready for its request.
@@ -252,5 +274,122 @@ pub mod init {
                 Err(e) => halt(&format!("bad request frame: {e}")),
             }
         }
+    }
+}
+
+#[cfg(target_os = "hermit")]
+pub mod hermit {
+    //! The function as a Hermit unikernel: it is the whole guest. Frames
+    //! travel raw over the first serial port, which this runner drives
+    //! itself (a unikernel program runs in ring 0): the kernel's console
+    //! would echo every input byte (followed by NULs), turn `\r` into
+    //! `\n` and hold output until a newline, none of which a binary frame
+    //! survives. Its receive interrupt is switched off first, so the
+    //! kernel's handler never takes a byte of ours. One request per boot,
+    //! as in the Linux image; the program's exit ends the VM.
+
+    use super::*;
+
+    const COM1: u16 = 0x3F8;
+    const IER: u16 = COM1 + 1;
+    const LSR: u16 = COM1 + 5;
+    const LSR_DATA_READY: u8 = 1;
+    const LSR_THR_EMPTY: u8 = 0x20;
+
+    fn outb(port: u16, v: u8) {
+        // SAFETY: port I/O on the 16550 UART has no memory effects.
+        unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
+    }
+
+    fn inb(port: u16) -> u8 {
+        let v: u8;
+        // SAFETY: as above.
+        unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+        v
+    }
+
+    /// The first serial port, polled.
+    pub struct Com1;
+
+    impl Com1 {
+        /// Take the port from the kernel's console driver.
+        fn claim() -> Com1 {
+            outb(IER, 0);
+            Com1
+        }
+
+        /// Write `bytes` without allocating (the memory-limit fault path).
+        pub fn put(bytes: &[u8]) {
+            for &b in bytes {
+                while inb(LSR) & LSR_THR_EMPTY == 0 {
+                    core::hint::spin_loop();
+                }
+                outb(COM1, b);
+            }
+        }
+    }
+
+    impl Read for Com1 {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if buf.is_empty() {
+                return Ok(0);
+            }
+            while inb(LSR) & LSR_DATA_READY == 0 {
+                core::hint::spin_loop();
+            }
+            let mut n = 0;
+            while n < buf.len() && inb(LSR) & LSR_DATA_READY != 0 {
+                buf[n] = inb(COM1);
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Com1 {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Com1::put(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    pub fn run(handler: Handler) -> ! {
+        // Whatever the program printed so far leaves the kernel's buffer
+        // before the port is ours.
+        let _ = io::stdout().flush();
+        let mut port = Com1::claim();
+        // Hermit's target aborts on panic (no unwinding), so `call` cannot
+        // catch one: the hook answers with the same trap fault instead.
+        std::panic::set_hook(Box::new(|info| {
+            let p = info.payload();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let fault = frame::encode_fault(&frame::Fault::Trap(format!("function panicked: {msg}")));
+            let _ = frame::write_frame(&mut Com1, frame::RESPONSE_MAGIC, &fault);
+            std::process::exit(0)
+        }));
+        let _ = frame::write_frame(&mut port, READY_MAGIC, &[]);
+        let code = match frame::read_frame(&mut port, frame::REQUEST_MAGIC) {
+            Ok(Frame::Payload(p)) => {
+                let res = match frame::decode_request(&p) {
+                    Ok(req) => call(handler, req),
+                    Err(e) => frame::Answer::Response(Err(Error::BadRequest(format!("undecodable request frame: {e}")))),
+                };
+                let _ = frame::write_frame(&mut port, frame::RESPONSE_MAGIC, &encode(&res));
+                0
+            }
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("limes hermit runner: bad request frame: {e}");
+                2
+            }
+        };
+        std::process::exit(code)
     }
 }
