@@ -18,6 +18,11 @@ pub const COMPONENT_PATH: &str = "component.wasm";
 pub const INITRD_PATH: &str = "microvm/initrd.cpio";
 pub const FIRECRACKER_CONFIG_PATH: &str = "microvm/firecracker.json";
 pub const KERNEL_PATH: &str = "microvm/vmlinux";
+/// A Hermit image's files: the unikernel (kernel and function linked into
+/// one ELF, handed to the boot loader as its module) and limes' Multiboot
+/// loader, which the hypervisor boots.
+pub const HERMIT_IMAGE_PATH: &str = "microvm/hermit-image.elf";
+pub const HERMIT_LOADER_PATH: &str = "microvm/hermit-loader.elf";
 
 /// Where `limes-pack` puts the precompiled artifact of `tier`.
 pub fn aot_path(tier: &str) -> String {
@@ -141,12 +146,39 @@ pub struct AotArtifact {
     pub compat_hash: String,
 }
 
+/// What kind of image `microvm` describes; it decides how a hypervisor
+/// boots it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// A Linux kernel (`kernel`, or a device-side one) and a newc initrd
+    /// whose `/init` is the function.
+    #[default]
+    Linux,
+    /// A Hermit unikernel: `initrd` is the unikernel ELF (kernel and
+    /// function in one), `kernel` is the Multiboot loader that boots it.
+    Hermit,
+}
+
+impl ImageKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageKind::Linux => "linux",
+            ImageKind::Hermit => "hermit",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MicroVm {
+    /// Which image this is (bundles from before Hermit images are Linux).
+    #[serde(default)]
+    pub kind: ImageKind,
     /// The native executable's target triple.
     pub target: String,
-    /// newc cpio initrd whose /init is the function.
+    /// The module the kernel or loader is given: for Linux a newc cpio
+    /// whose /init is the function, for Hermit the unikernel ELF.
     pub initrd: String,
     /// Optional read-only root disk image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +366,9 @@ impl Manifest {
         }
         if let Some(vm) = &self.microvm {
             listed(&vm.initrd, "initrd")?;
+            if vm.kind == ImageKind::Hermit && (vm.kernel.is_none() || vm.rootfs.is_some()) {
+                return bad("a Hermit image carries its loader as `kernel` and no rootfs".into());
+            }
             listed(&vm.firecracker_config, "firecracker config")?;
             if let Some(r) = &vm.rootfs {
                 listed(r, "rootfs")?;
@@ -418,6 +453,7 @@ pub(crate) mod tests {
     fn roles_come_from_the_manifest_fields() {
         let mut m = sample();
         m.microvm = Some(MicroVm {
+            kind: ImageKind::Linux,
             target: "x86_64-unknown-linux-musl".into(),
             initrd: INITRD_PATH.into(),
             rootfs: None,
