@@ -5,6 +5,7 @@
 //! process is killed and reaped on every path.
 
 use crate::store::InstalledFunction;
+use limes_bundle::manifest::ImageKind;
 use limes_sdk::frame::{self, Frame};
 use limes_sdk::{Request, Response};
 use std::io::{Read, Write};
@@ -165,6 +166,7 @@ fn tail(noise: &[u8]) -> String {
 }
 
 struct Launch<'a> {
+    kind: ImageKind,
     kernel: &'a Path,
     initrd: &'a Path,
     boot_args: &'a str,
@@ -175,9 +177,22 @@ struct Launch<'a> {
 fn qemu_command(l: &Launch<'_>, kvm: bool) -> Option<Command> {
     let qemu = which("qemu-system-x86_64")?;
     let mut c = Command::new(qemu);
-    c.args(["-M", "microvm,isa-serial=on", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+    match l.kind {
+        ImageKind::Linux => {
+            c.args(["-M", "microvm,isa-serial=on"]).args(["-cpu", if kvm { "host" } else { "max" }]);
+        }
+        // Hermit on microvm: no legacy timers or PIC (it uses the local
+        // APIC), no ACPI; our loader receives the command line untouched.
+        // Its exit goes through isa-debug-exit, which ends QEMU.
+        ImageKind::Hermit => {
+            c.args(["-M", "microvm,x-option-roms=off,pit=off,pic=off,rtc=on,auto-kernel-cmdline=off,acpi=off"])
+                .args(["-cpu", if kvm { "host" } else { "max" }])
+                .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        }
+    }
+    c.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .args(["-m", &l.memory_mib.to_string(), "-smp", &l.vcpus.to_string()])
-        .args(["-cpu", if kvm { "host" } else { "max" }, "-accel", if kvm { "kvm" } else { "tcg" }])
+        .args(["-accel", if kvm { "kvm" } else { "tcg" }])
         .arg("-kernel")
         .arg(l.kernel)
         .arg("-initrd")
@@ -190,6 +205,11 @@ fn qemu_command(l: &Launch<'_>, kvm: bool) -> Option<Command> {
 }
 
 fn firecracker_command(l: &Launch<'_>, dir: &Path) -> Option<Result<Command, std::io::Error>> {
+    // Firecracker boots 64-bit ELF kernels only (Linux or PVH protocol);
+    // the Hermit loader is booted by Multiboot (docs/hermit.md).
+    if l.kind == ImageKind::Hermit {
+        return None;
+    }
     let fc = which("firecracker")?;
     let cfg = serde_json::json!({
         "boot-source": {"kernel_image_path": l.kernel, "initrd_path": l.initrd, "boot_args": l.boot_args},
@@ -338,27 +358,37 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
     if !f.has(&vm.initrd) {
         return Err(VmError::NotFetched(name.clone()));
     }
-    let kernel = opts
-        .kernel
+    // A Linux image may leave its kernel to the device (`--kernel`,
+    // `$LIMES_KERNEL`); a Hermit image always boots its own signed loader.
+    let kernel_override = opts.kernel.clone().filter(|_| vm.kind == ImageKind::Linux);
+    let kernel = kernel_override
         .clone()
         .or_else(|| vm.kernel.as_ref().map(|k| f.path_of(k)))
-        .or_else(|| std::env::var_os("LIMES_KERNEL").map(PathBuf::from))
+        .or_else(|| std::env::var_os("LIMES_KERNEL").map(PathBuf::from).filter(|_| vm.kind == ImageKind::Linux))
         .ok_or(VmError::NoKernel)?;
     // The image runs in a VM, but it is still only what was signed: hash
     // what the hypervisor will read against the manifest before it boots.
     let mut signed: Vec<&str> = vec![&vm.initrd];
-    if opts.kernel.is_none() {
+    if kernel_override.is_none() {
         signed.extend(vm.kernel.as_deref());
     }
     f.check_files(&signed, crate::store::Integrity::Rehash)?;
     let initrd = f.path_of(&vm.initrd);
     // The function's memory limit, as on Wasm, enforced by the runner's
-    // allocator (Linux hands `KEY=VALUE` boot arguments to init as its
-    // environment); kept below the VM's RAM so the limit, not the kernel's
-    // OOM killer, answers.
-    let memory_limit = opts.memory_limit.unwrap_or(f.manifest.limits.memory_bytes).min((u64::from(vm.memory_mib).saturating_sub(48)) << 20);
-    let boot_args = format!("{} LIMES_MEMORY_LIMIT={memory_limit}", vm.boot_args);
-    let l = Launch { kernel: &kernel, initrd: &initrd, boot_args: &boot_args, vcpus: vm.vcpus, memory_mib: vm.memory_mib };
+    // allocator; kept below the VM's RAM (less what the kernel needs) so
+    // the limit, not the guest kernel, answers. Linux hands `KEY=VALUE`
+    // boot arguments to init as its environment; Hermit takes `env=KEY=VALUE`
+    // and the program's arguments after `--`.
+    let (kernel_mib, boot_args) = match vm.kind {
+        ImageKind::Linux => (48, format!("{} LIMES_MEMORY_LIMIT=", vm.boot_args)),
+        ImageKind::Hermit => (16, format!("{} env=LIMES_MEMORY_LIMIT=", vm.boot_args)),
+    };
+    let memory_limit = opts.memory_limit.unwrap_or(f.manifest.limits.memory_bytes).min((u64::from(vm.memory_mib).saturating_sub(kernel_mib)) << 20);
+    let boot_args = match vm.kind {
+        ImageKind::Linux => format!("{boot_args}{memory_limit}"),
+        ImageKind::Hermit => format!("{boot_args}{memory_limit} --"),
+    };
+    let l = Launch { kind: vm.kind, kernel: &kernel, initrd: &initrd, boot_args: &boot_args, vcpus: vm.vcpus, memory_mib: vm.memory_mib };
 
     // KVM runs guests here? Asked once and remembered in the store; `--accel`
     // overrides. First a one-millisecond ioctl probe (a long-mode guest);

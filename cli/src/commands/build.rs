@@ -34,14 +34,35 @@ pub struct BuildCommand {
     /// Recompile every tier instead of reusing the content-addressed AOT cache.
     #[arg(long)]
     no_cache: bool,
-    /// Skip the microVM image (static x86_64-unknown-linux-musl build of the
-    /// same function as /init of an initramfs, plus a Firecracker config).
+    /// Skip the microVM image.
     #[arg(long)]
     no_microvm: bool,
-    /// Embed this kernel (ELF vmlinux or bzImage) in the bundle; by default
-    /// the kernel is a device-side setting.
+    /// Which microVM image to build: `hermit`, the function linked into a
+    /// Hermit unikernel with limes' boot loader (needs the pinned nightly,
+    /// see docs/hermit.md); or `linux`, a static x86_64-unknown-linux-musl
+    /// build as /init of an initramfs for a Linux kernel. Both come with a
+    /// Firecracker config.
+    #[arg(long, value_enum, default_value = "hermit", conflicts_with = "no_microvm")]
+    image: ImageArg,
+    /// Embed this Linux kernel (ELF vmlinux or bzImage) in the bundle
+    /// (`--image linux`); by default the kernel is a device-side setting.
     #[arg(long, value_name = "PATH", conflicts_with = "no_microvm")]
     kernel: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImageArg {
+    Hermit,
+    Linux,
+}
+
+impl From<ImageArg> for limes_bundle::manifest::ImageKind {
+    fn from(a: ImageArg) -> Self {
+        match a {
+            ImageArg::Hermit => Self::Hermit,
+            ImageArg::Linux => Self::Linux,
+        }
+    }
 }
 
 impl BuildCommand {
@@ -58,6 +79,8 @@ impl BuildCommand {
             no_cache: self.no_cache,
             microvm: !self.no_microvm,
             kernel: self.kernel.clone(),
+            // An embedded kernel is a Linux image's.
+            image: if self.kernel.is_some() { limes_bundle::manifest::ImageKind::Linux } else { self.image.into() },
         };
         let out = limes_build::build(&opts, ui)?;
         let m = &out.manifest;
@@ -104,8 +127,12 @@ impl BuildCommand {
             }
             if let Some(vm) = &m.microvm {
                 let size = m.file(&vm.initrd).map(|f| f.size).unwrap_or(0);
-                s += &format!("  microvm   initrd {} bytes, {} vCPU, {} MiB{}\n", size, vm.vcpus, vm.memory_mib,
-                    if vm.kernel.is_some() { ", kernel embedded" } else { "" });
+                let what = match vm.kind {
+                    limes_bundle::manifest::ImageKind::Hermit => "Hermit unikernel",
+                    limes_bundle::manifest::ImageKind::Linux => "Linux initrd",
+                };
+                s += &format!("  microvm   {what} {} bytes, {} vCPU, {} MiB{}\n", size, vm.vcpus, vm.memory_mib,
+                    if vm.kind == limes_bundle::manifest::ImageKind::Linux && vm.kernel.is_some() { ", kernel embedded" } else { "" });
             }
             s += &format!("  component {}\n", out.component.display());
             s += &format!(

@@ -70,6 +70,7 @@ impl RunCommand {
             no_cache: false,
             microvm: false,
             kernel: None,
+            image: Default::default(),
         };
         let out = limes_build::pipeline::build_project(project, &opts, ui)?;
         let build_time = t.elapsed();

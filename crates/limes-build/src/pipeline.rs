@@ -9,7 +9,7 @@ use crate::validate::{self, ValidateError};
 use limes_bundle::archive::{self, BundleLimits, Discard, SignaturePolicy, Source};
 use limes_bundle::keys::{KeyId, SecretKey};
 use limes_bundle::manifest::{
-    AotArtifact, EngineInfo, FunctionInfo, Manifest, Provenance, WorldInfo, COMPONENT_PATH, SCHEMA,
+    AotArtifact, EngineInfo, FunctionInfo, ImageKind, Manifest, Provenance, WorldInfo, COMPONENT_PATH, SCHEMA,
 };
 use limes_bundle::profile::{EngineProfile, TARGET_TRIPLE, WASMTIME_VERSION};
 use limes_bundle::BundleError;
@@ -51,7 +51,16 @@ pub struct BuildOptions {
     /// Firecracker config).
     pub microvm: bool,
     /// Embed this kernel in the bundle (else the kernel is a device setting).
+    /// Linux images only.
     pub kernel: Option<PathBuf>,
+    /// Which microVM image to build.
+    pub image: ImageKind,
+}
+
+/// The microVM image a build produced.
+enum BuiltImage {
+    Linux(crate::microvm::Image),
+    Hermit(crate::hermit::HermitImage),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -94,6 +103,10 @@ pub enum BuildError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     MicroVm(#[from] crate::microvm::MicroVmError),
+    #[error(transparent)]
+    Hermit(#[from] crate::hermit::HermitError),
+    #[error("--kernel embeds a Linux kernel; a Hermit image carries its own (use --image linux)")]
+    KernelForHermit,
     #[error("SOURCE_DATE_EPOCH={0:?} is not a non-negative integer")]
     BadEpoch(String),
     #[error("{} holds a signed bundle; an unsigned build would replace it. Sign this build (--sign KEY), write it elsewhere (--out-dir), or use `limes-pack run` for local runs", .0.display())]
@@ -112,6 +125,8 @@ impl BuildError {
             | BuildError::Aot(_)
             | BuildError::Io { .. }
             | BuildError::MicroVm(_)
+            | BuildError::Hermit(_)
+            | BuildError::KernelForHermit
             | BuildError::BadEpoch(_)
             | BuildError::WouldUnsign(_) => false,
         }
@@ -224,16 +239,29 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
     let aot_out = aot::precompile(&wasm, &tiers, &profile, &cache, !opts.no_cache)?;
     timings.aot = t.elapsed();
 
-    let image = if opts.microvm {
-        progress.step(&format!("building the microVM image ({})", crate::microvm::MICROVM_TARGET));
-        let t = Instant::now();
-        let mut image = None;
-        progress.suspend(&mut || image = Some(crate::microvm::build_image(&project, &opts.cargo, epoch, opts.kernel.is_some())));
-        let image = image.expect("suspend runs its closure")?;
-        timings.microvm = t.elapsed();
-        Some(image)
-    } else {
-        None
+    let image = match (opts.microvm, opts.image) {
+        (false, _) => None,
+        (true, ImageKind::Linux) => {
+            progress.step(&format!("building the microVM image ({})", crate::microvm::MICROVM_TARGET));
+            let t = Instant::now();
+            let mut image = None;
+            progress.suspend(&mut || image = Some(crate::microvm::build_image(&project, &opts.cargo, epoch, opts.kernel.is_some())));
+            let image = image.expect("suspend runs its closure")?;
+            timings.microvm = t.elapsed();
+            Some(BuiltImage::Linux(image))
+        }
+        (true, ImageKind::Hermit) => {
+            if opts.kernel.is_some() {
+                return Err(BuildError::KernelForHermit);
+            }
+            progress.step(&format!("building the Hermit unikernel image ({})", crate::hermit::TARGET));
+            let t = Instant::now();
+            let mut image = None;
+            progress.suspend(&mut || image = Some(crate::hermit::build_image(&project, &opts.cargo)));
+            let image = image.expect("suspend runs its closure")?;
+            timings.microvm = t.elapsed();
+            Some(BuiltImage::Hermit(image))
+        }
     };
 
     progress.step("assembling bundle");
@@ -243,12 +271,20 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
     for (a, p) in aot_out.iter().zip(&aot_paths) {
         files.push((p.clone(), Source::Bytes(&a.bytes)));
     }
-    if let Some(img) = &image {
-        use limes_bundle::manifest::{FIRECRACKER_CONFIG_PATH, INITRD_PATH, KERNEL_PATH};
-        files.push((INITRD_PATH.into(), Source::Bytes(&img.initrd)));
-        files.push((FIRECRACKER_CONFIG_PATH.into(), Source::Bytes(&img.firecracker_config)));
-        if let Some(k) = &opts.kernel {
-            files.push((KERNEL_PATH.into(), Source::File(k)));
+    use limes_bundle::manifest::{FIRECRACKER_CONFIG_PATH, HERMIT_IMAGE_PATH, HERMIT_LOADER_PATH, INITRD_PATH, KERNEL_PATH};
+    match &image {
+        None => {}
+        Some(BuiltImage::Linux(img)) => {
+            files.push((INITRD_PATH.into(), Source::Bytes(&img.initrd)));
+            files.push((FIRECRACKER_CONFIG_PATH.into(), Source::Bytes(&img.firecracker_config)));
+            if let Some(k) = &opts.kernel {
+                files.push((KERNEL_PATH.into(), Source::File(k)));
+            }
+        }
+        Some(BuiltImage::Hermit(img)) => {
+            files.push((HERMIT_IMAGE_PATH.into(), Source::Bytes(&img.image)));
+            files.push((HERMIT_LOADER_PATH.into(), Source::Bytes(&img.loader)));
+            files.push((FIRECRACKER_CONFIG_PATH.into(), Source::Bytes(&img.firecracker_config)));
         }
     }
     files.sort_by(|a, b| a.0.cmp(&b.0));
@@ -275,15 +311,29 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
                 compat_hash: a.compat_hash.clone(),
             })
             .collect(),
-        microvm: image.as_ref().map(|img| limes_bundle::manifest::MicroVm {
-            target: crate::microvm::MICROVM_TARGET.into(),
-            initrd: limes_bundle::manifest::INITRD_PATH.into(),
-            rootfs: None,
-            kernel: opts.kernel.as_ref().map(|_| limes_bundle::manifest::KERNEL_PATH.into()),
-            firecracker_config: limes_bundle::manifest::FIRECRACKER_CONFIG_PATH.into(),
-            boot_args: crate::microvm::BOOT_ARGS.into(),
-            vcpus: img.vcpus,
-            memory_mib: img.memory_mib,
+        microvm: image.as_ref().map(|img| match img {
+            BuiltImage::Linux(img) => limes_bundle::manifest::MicroVm {
+                kind: ImageKind::Linux,
+                target: crate::microvm::MICROVM_TARGET.into(),
+                initrd: INITRD_PATH.into(),
+                rootfs: None,
+                kernel: opts.kernel.as_ref().map(|_| KERNEL_PATH.into()),
+                firecracker_config: FIRECRACKER_CONFIG_PATH.into(),
+                boot_args: crate::microvm::BOOT_ARGS.into(),
+                vcpus: img.vcpus,
+                memory_mib: img.memory_mib,
+            },
+            BuiltImage::Hermit(img) => limes_bundle::manifest::MicroVm {
+                kind: ImageKind::Hermit,
+                target: crate::hermit::TARGET.into(),
+                initrd: HERMIT_IMAGE_PATH.into(),
+                rootfs: None,
+                kernel: Some(HERMIT_LOADER_PATH.into()),
+                firecracker_config: FIRECRACKER_CONFIG_PATH.into(),
+                boot_args: crate::hermit::BOOT_ARGS.into(),
+                vcpus: 1,
+                memory_mib: img.memory_mib,
+            },
         }),
         files: archive::file_entries(&files)?,
         provenance: Provenance {
