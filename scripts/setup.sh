@@ -4,11 +4,21 @@
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
-need_targets=(wasm32-wasip2 x86_64-unknown-linux-musl)
+# x86_64-unknown-none: the Hermit boot loader (no_std, stable).
+need_targets=(wasm32-wasip2 x86_64-unknown-linux-musl x86_64-unknown-none)
 installed=$(rustup target list --installed)
 for t in "${need_targets[@]}"; do
     grep -qx "$t" <<<"$installed" || rustup target add "$t"
 done
+# The Hermit kernel and the functions' unikernel images: the nightly the
+# kernel 0.11.0 pins, with the standard library's source (-Zbuild-std) and
+# llvm-tools (symbol rewriting, ELF32 conversion). About 20 s, once.
+hermit_toolchain=nightly-2025-03-15
+if ! rustup which --toolchain "$hermit_toolchain" rustc >/dev/null 2>&1 \
+    || ! rustup component list --installed --toolchain "$hermit_toolchain" | grep -q '^rust-src' \
+    || ! rustup component list --installed --toolchain "$hermit_toolchain" | grep -q '^llvm-tools'; then
+    rustup toolchain install "$hermit_toolchain" --profile minimal -c rust-src -c llvm-tools
+fi
 
 # command -> Debian package
 declare -A pkgs=(

@@ -375,3 +375,22 @@ fn conventions_parent_discovery_and_help_examples() {
         assert!(text.contains("Examples:") && text.contains(&format!("limes-pack {sub}")), "{sub} --help:\n{text}");
     }
 }
+
+/// `limes-pack build` makes the Hermit unikernel image by default, and says
+/// so; `--image linux` the Linux initrd; the manifest names the kind.
+#[test]
+fn build_makes_a_hermit_image_by_default() {
+    let out = tempdir();
+    let o = ok(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path().join("h")).arg(pack("noop")));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("microvm   Hermit unikernel"), "{text}");
+    let o = ok(limes_pack_cmd().args(["build", "--json", "--out-dir"]).arg(out.path().join("h")).arg(pack("noop")));
+    let j = json(&o);
+    assert_eq!(j["microvm"]["kind"], "hermit", "{j}");
+    assert_eq!(j["bundle_unchanged"], true, "a no-change build rewrote the bundle: {j}");
+    let o = ok(limes_pack_cmd().args(["build", "--json", "--image", "linux", "--out-dir"]).arg(out.path().join("l")).arg(pack("noop")));
+    assert_eq!(json(&o)["microvm"]["kind"], "linux");
+    // A Linux kernel cannot be embedded in a Hermit image.
+    let e = fails(limes_pack_cmd().args(["build", "--image", "hermit", "--kernel", "/dev/null", "--out-dir"]).arg(out.path().join("x")).arg(pack("noop")), 1);
+    assert!(e.contains("--image linux"), "{e}");
+}

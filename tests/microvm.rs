@@ -1,10 +1,14 @@
-//! microVM images: every pack's image boots (QEMU -M microvm; KVM if it runs
-//! guests here, else TCG) and answers with exactly the bytes of its Wasm
-//! run; the Firecracker config follows Firecracker's documented schema.
+//! microVM images, Hermit unikernels and Linux initrds alike: every pack's
+//! image boots (QEMU -M microvm; KVM if it runs guests here, else TCG) and
+//! answers with exactly the bytes of its Wasm run, with the same faults;
+//! the Firecracker config follows Firecracker's documented schema.
 
 mod common;
 use common::*;
+use limes_bundle::manifest::ImageKind;
 use limes_sdk::Request;
+
+const KINDS: [ImageKind; 2] = [ImageKind::Hermit, ImageKind::Linux];
 
 fn vm_opts(probe: &std::path::Path) -> limes::microvm::VmOptions {
     limes::microvm::VmOptions {
@@ -14,11 +18,11 @@ fn vm_opts(probe: &std::path::Path) -> limes::microvm::VmOptions {
     }
 }
 
-/// The no-op built with its microVM image, signed with a fresh key and
-/// installed into a store in `dir`: the key and the store.
-fn noop_with_image_installed(dir: &std::path::Path) -> (TestKey, std::path::PathBuf) {
+/// The no-op built with its microVM image of `kind`, signed with a fresh
+/// key and installed into a store in `dir`: the key and the store.
+fn noop_with_image_installed(dir: &std::path::Path, kind: ImageKind) -> (TestKey, std::path::PathBuf) {
     let key = test_key();
-    let built = build_signed_with(&pack("noop"), &key, dir, true);
+    let built = build_signed_with(&pack("noop"), &key, dir, Some(kind));
     let store = dir.join("store");
     install(&store, &built.bundle, &key);
     (key, store)
@@ -28,7 +32,6 @@ fn noop_with_image_installed(dir: &std::path::Path) -> (TestKey, std::path::Path
 fn every_pack_boots_and_answers_like_wasm() {
     let key = test_key();
     let d = tempdir();
-    let store = limes::Store::open(d.path().join("store")).unwrap();
     let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
     let rt = limes::Runtime::new(&Default::default()).unwrap();
     let cases: Vec<(&str, Request)> = vec![
@@ -37,16 +40,28 @@ fn every_pack_boots_and_answers_like_wasm() {
         ("mandelbrot", Request::new("width=abc")),
         ("image", Request::new(test_jpeg())),
     ];
-    for dir in ["noop", "mandelbrot", "image"] {
-        let built = build_signed_with(&pack(dir), &key, d.path(), true);
+    for (dir, kind) in ["noop", "mandelbrot", "image"].into_iter().flat_map(|d| KINDS.map(|k| (d, k))) {
+        let out = d.path().join(kind.name());
+        let built = build_signed_with(&pack(dir), &key, &out, Some(kind));
         let vm = built.manifest.microvm.as_ref().expect("microVM image in the bundle");
-        assert_eq!(vm.target, "x86_64-unknown-linux-musl");
+        assert_eq!(vm.kind, kind);
+        match kind {
+            ImageKind::Linux => assert_eq!(vm.target, "x86_64-unknown-linux-musl"),
+            ImageKind::Hermit => {
+                assert_eq!(vm.target, "x86_64-unknown-hermit");
+                // The loader is signed with the image, and nothing of Linux is in it.
+                assert_eq!(vm.kernel.as_deref(), Some(limes_bundle::manifest::HERMIT_LOADER_PATH));
+                assert!(built.manifest.file(limes_bundle::manifest::INITRD_PATH).is_none());
+            }
+        }
+        // One store per kind: the same name and version, another build.
+        let store = limes::Store::open(d.path().join(kind.name()).join("store")).unwrap();
         let f = store.install(&built.bundle, &keys, Default::default()).unwrap();
         let loaded = limes::load(&rt, &f, limes::LoadMode::Auto, limes::store::Integrity::Rehash).unwrap();
         for (_, req) in cases.iter().filter(|(p, _)| *p == dir) {
             let wasm = rt.invoke(&loaded, req.clone(), &Default::default()).unwrap().result;
-            let o = limes::microvm::run(&f, req, &vm_opts(d.path())).unwrap_or_else(|e| panic!("{dir}: {e}"));
-            assert_eq!(o.result, wasm, "{dir}: microVM and Wasm answers differ");
+            let o = limes::microvm::run(&f, req, &vm_opts(d.path())).unwrap_or_else(|e| panic!("{dir} ({kind:?}): {e}"));
+            assert_eq!(o.result, wasm, "{dir} ({kind:?}): microVM and Wasm answers differ");
             assert!(o.boot_time > std::time::Duration::ZERO && o.hypervisor.starts_with("qemu") || o.hypervisor == "firecracker");
         }
         if dir == "mandelbrot" {
@@ -59,7 +74,7 @@ fn every_pack_boots_and_answers_like_wasm() {
 #[test]
 fn limes_run_boots_the_image() {
     let d = tempdir();
-    let (key, store) = noop_with_image_installed(d.path());
+    let (key, store) = noop_with_image_installed(d.path(), ImageKind::Linux);
     let o = ok(limes_cmd(&store)
         .args(["run", "noop", "--backend", "microvm", "--timings", "--data", "from the VM", "--kernel"])
         .arg(test_kernel()));
@@ -89,6 +104,45 @@ fn limes_run_boots_the_image() {
     assert!(e.to_string().contains("has no microVM image"), "{e}");
 }
 
+/// The Hermit image through the real binary: `limes run` boots it with its
+/// own signed loader (a device kernel setting is for Linux images and is
+/// not used), and a loader that is not what was signed never boots.
+#[test]
+fn limes_run_boots_the_hermit_image() {
+    let d = tempdir();
+    let (_, store) = noop_with_image_installed(d.path(), ImageKind::Hermit);
+    let o = ok(limes_cmd(&store)
+        .args(["run", "noop", "--backend", "microvm", "--accel", "tcg", "--timings", "--data", "from Hermit", "--kernel"])
+        .arg(test_kernel()));
+    assert_eq!(o.stdout, b"from Hermit");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("timings (qemu-tcg): boot"), "{err}");
+    // Replace the installed loader with another file of the same size: the
+    // rehash before boot refuses it (exit 3), and no VM starts.
+    let loader = walk(&store).into_iter().find(|p| p.ends_with(limes_bundle::manifest::HERMIT_LOADER_PATH)).expect("installed loader");
+    let len = std::fs::metadata(&loader).unwrap().len() as usize;
+    let mut perms = std::fs::metadata(&loader).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&loader, perms).unwrap();
+    std::fs::write(&loader, vec![0x90u8; len]).unwrap();
+    let e = fails(limes_cmd(&store).args(["run", "noop", "--backend", "microvm", "--accel", "tcg", "--data", "x"]), 3);
+    assert!(e.contains(limes_bundle::manifest::HERMIT_LOADER_PATH), "{e}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Field names and required fields of Firecracker's `--config-file`, as in
 /// its API specification (firecracker.yaml: BootSource, MachineConfiguration,
 /// Drive) and `vmm::resources::VmmConfig`.
@@ -97,10 +151,11 @@ fn firecracker_config_follows_the_documented_schema() {
     let key = test_key();
     let d = tempdir();
     let kernel = test_kernel();
-    for embedded in [false, true] {
+    for (kind, embedded) in [(ImageKind::Linux, false), (ImageKind::Linux, true), (ImageKind::Hermit, false)] {
         let mut opts = limes_build::BuildOptions {
             path: pack("noop"),
-            out_dir: Some(d.path().join(format!("o{embedded}"))),
+            out_dir: Some(d.path().join(format!("o{}{embedded}", kind.name()))),
+            image: kind,
             signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap()),
             cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
             microvm: true,
@@ -123,15 +178,33 @@ fn firecracker_config_follows_the_documented_schema() {
             assert!(["kernel_image_path", "initrd_path", "boot_args"].contains(&k.as_str()), "boot-source.{k}");
         }
         assert!(boot["kernel_image_path"].is_string(), "kernel_image_path is required");
-        assert_eq!(boot["initrd_path"], "microvm/initrd.cpio");
-        assert!(file("microvm/initrd.cpio").unwrap().starts_with(b"070701"));
+        match kind {
+            ImageKind::Linux => {
+                assert_eq!(boot["initrd_path"], "microvm/initrd.cpio");
+                assert!(file("microvm/initrd.cpio").unwrap().starts_with(b"070701"));
+            }
+            ImageKind::Hermit => {
+                // The unikernel as the module, our loader as the kernel.
+                assert_eq!(boot["initrd_path"], limes_bundle::manifest::HERMIT_IMAGE_PATH);
+                assert_eq!(boot["kernel_image_path"], limes_bundle::manifest::HERMIT_LOADER_PATH);
+                let image = file(limes_bundle::manifest::HERMIT_IMAGE_PATH).unwrap();
+                assert!(image.starts_with(b"\x7fELF\x02"), "a 64-bit ELF");
+                assert_eq!(image[7], 0xff, "Hermit images are ELFOSABI_STANDALONE");
+                // A 64-bit ELF with the PVH entry note (Xen note 18), which
+                // both QEMU and Firecracker boot.
+                let loader = file(limes_bundle::manifest::HERMIT_LOADER_PATH).unwrap();
+                assert!(loader.starts_with(b"\x7fELF\x02"), "a 64-bit ELF");
+                let note = [4u8, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0, b'X', b'e', b'n', 0];
+                assert!(loader.windows(note.len()).any(|w| w == note), "no XEN_ELFNOTE_PHYS32_ENTRY");
+            }
+        }
         let mc = cfg["machine-config"].as_object().expect("machine-config is required");
         for k in mc.keys() {
             assert!(["vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "cpu_template", "huge_pages"].contains(&k.as_str()), "machine-config.{k}");
         }
         let vcpus = mc["vcpu_count"].as_u64().expect("vcpu_count is required");
         assert!((1..=32).contains(&vcpus));
-        assert!(mc["mem_size_mib"].as_u64().expect("mem_size_mib is required") >= 128);
+        assert!(mc["mem_size_mib"].as_u64().expect("mem_size_mib is required") >= 64);
         for drive in cfg["drives"].as_array().unwrap() {
             for req in ["drive_id", "is_root_device", "is_read_only"] {
                 assert!(drive.get(req).is_some(), "drives[].{req} is required");
@@ -157,9 +230,15 @@ fn firecracker_config_follows_the_documented_schema() {
 /// same messages and exit code (5) as on Wasm.
 #[test]
 fn microvm_faults_match_wasm() {
+    for kind in KINDS {
+        faults_match_wasm(kind);
+    }
+}
+
+fn faults_match_wasm(kind: ImageKind) {
     let key = test_key();
     let d = tempdir();
-    let built = build_signed_with(&fixture("faulty"), &key, d.path(), true);
+    let built = build_signed_with(&fixture("faulty"), &key, d.path(), Some(kind));
     let store = d.path().join("store");
     let limes = || {
         limes_cmd(&store)
@@ -173,11 +252,13 @@ fn microvm_faults_match_wasm() {
             c
         };
         let e = fails(&mut run("loop"), 5);
-        assert!(e.contains("faulty timed out after 1500 ms"), "{backend}: {e}");
+        assert!(e.contains("faulty timed out after 1500 ms"), "{backend} {kind:?}: {e}");
         let e = fails(&mut run("oom"), 5);
-        assert!(e.contains("faulty exceeded its memory limit of 33554432 bytes"), "{backend}: {e}");
+        assert!(e.contains("faulty exceeded its memory limit of 33554432 bytes"), "{backend} {kind:?}: {e}");
         let e = fails(&mut run("panic"), 5);
-        assert!(e.contains("faulty trapped") && e.contains("asked to panic"), "{backend}: {e}");
+        assert!(e.contains("faulty trapped") && e.contains("asked to panic"), "{backend} {kind:?}: {e}");
+        let e = fails(&mut run("bad"), 4);
+        assert!(e.contains("bad on purpose"), "{backend} {kind:?}: {e}");
     }
     let o = ok(limes().args(["run", "faulty", "--data", "echo", "--timeout-ms", "1500", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
     assert_eq!(o.stdout, b"echo");
@@ -206,7 +287,7 @@ fn serve(store: &std::path::Path, extra: &[&str]) -> (std::process::Child, std::
 #[test]
 fn serve_answers_from_pre_booted_microvms() {
     let d = tempdir();
-    let (_, store) = noop_with_image_installed(d.path());
+    let (_, store) = noop_with_image_installed(d.path(), ImageKind::Hermit);
     // The second request waits for a boot, which under parallel TCG tests
     // can take longer than the default queue timeout.
     let (mut child, addr) = serve(&store, &["--microvm", "noop", "--vm-pool", "1", "--queue-timeout-ms", "120000"]);
@@ -234,7 +315,7 @@ fn serve_answers_from_pre_booted_microvms() {
 #[test]
 fn serve_auto_routes_to_the_faster_backend() {
     let d = tempdir();
-    let (_, store) = noop_with_image_installed(d.path());
+    let (_, store) = noop_with_image_installed(d.path(), ImageKind::Linux);
     let (mut child, addr) = serve(&store, &["--auto", "noop", "--vm-pool", "2", "--workers", "1"]);
     for i in 0..24 {
         let body = format!("r{i}");

@@ -86,6 +86,16 @@ pub struct BuildRow {
     pub component_bytes: u64,
     pub bundle_bytes: u64,
     pub tiers: Vec<(String, f64, u64)>,
+    /// The microVM images built in the same run: the Linux initrd (static
+    /// musl /init) and the Hermit unikernel (function + kernel in one ELF).
+    pub linux_image_ms: f64,
+    pub linux_initrd_bytes: u64,
+    /// Hermit image step of a build whose function crate was cleaned first
+    /// (kernel and std already cached), and of a no-change build.
+    pub hermit_image_ms: f64,
+    pub hermit_no_change_ms: f64,
+    pub hermit_image_bytes: u64,
+    pub hermit_loader_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -158,6 +168,24 @@ fn tiny_jpeg() -> Vec<u8> {
     out
 }
 
+/// Remove the function's own crates from the shared Hermit target
+/// directory, so the next Hermit build compiles them again (kernel, std and
+/// dependencies stay cached, as after a source change).
+fn clean_hermit_build(project: &limes_build::Project, pkg: &str) {
+    let shim = project.target_dir.join("limes").join("native-shim").join(pkg).join("Cargo.toml");
+    if !shim.is_file() {
+        return;
+    }
+    let home = limes_build::templates::sdk_home();
+    let _ = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["clean", "--quiet", "--release", "--target", limes_build::hermit::TARGET, "-p", pkg, "-p", &format!("limes-native-{pkg}")])
+        .arg("--manifest-path")
+        .arg(&shim)
+        .arg("--target-dir")
+        .arg(limes_build::hermit::target_dir(&home))
+        .status();
+}
+
 fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     let t = Instant::now();
     let r = f();
@@ -190,6 +218,7 @@ fn main() -> Result<()> {
     std::fs::write(&pubkey, key.public().to_text())?;
     let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&pubkey))?;
     let store = Store::open(work.path().join("store"))?;
+    let hermit_store = Store::open(work.path().join("store-hermit"))?;
     let mut builds = Vec::new();
     let mut components = Vec::new();
     for (dir, pkg) in [("noop", "noop"), ("mandelbrot", "mandelbrot"), ("image", "image-pipeline")] {
@@ -214,6 +243,19 @@ fn main() -> Result<()> {
         let out = out.with_context(|| format!("building {dir}"))?;
         let (warm, again) = time(|| limes_build::build(&opts(false), &limes_build::pipeline::NoProgress));
         anyhow::ensure!(again?.bundle_unchanged, "no-change build rewrote the bundle");
+        // The Hermit image of the same function, into its own store (same
+        // name and version). Cold for the function's own crate: cleaned
+        // from the shared Hermit target directory first.
+        let hermit_opts = |no_cache| limes_build::BuildOptions {
+            out_dir: Some(work.path().join("out-hermit")),
+            image: limes_bundle::manifest::ImageKind::Hermit,
+            ..opts(no_cache)
+        };
+        clean_hermit_build(&out.project, pkg);
+        let hermit = limes_build::build(&hermit_opts(false), &limes_build::pipeline::NoProgress).with_context(|| format!("building {dir} for Hermit"))?;
+        let hermit_again = limes_build::build(&hermit_opts(false), &limes_build::pipeline::NoProgress)?;
+        anyhow::ensure!(hermit_again.bundle_unchanged, "no-change Hermit build rewrote the bundle");
+        let size_of = |o: &limes_build::BuildOutput, path: &str| o.manifest.file(path).map(|f| f.size).unwrap_or(0);
         builds.push(BuildRow {
             pack: out.manifest.function.name.clone(),
             cold_build_ms: cold.as_secs_f64() * 1e3,
@@ -221,8 +263,15 @@ fn main() -> Result<()> {
             component_bytes: std::fs::metadata(&out.component)?.len(),
             bundle_bytes: out.bundle_size,
             tiers: out.aot.iter().map(|t| (t.tier.name.to_string(), t.compile_time.as_secs_f64() * 1e3, t.size)).collect(),
+            linux_image_ms: out.timings.microvm.as_secs_f64() * 1e3,
+            linux_initrd_bytes: size_of(&out, limes_bundle::manifest::INITRD_PATH),
+            hermit_image_ms: hermit.timings.microvm.as_secs_f64() * 1e3,
+            hermit_no_change_ms: hermit_again.timings.microvm.as_secs_f64() * 1e3,
+            hermit_image_bytes: size_of(&hermit, limes_bundle::manifest::HERMIT_IMAGE_PATH),
+            hermit_loader_bytes: size_of(&hermit, limes_bundle::manifest::HERMIT_LOADER_PATH),
         });
         store.install(&out.bundle, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: false })?;
+        hermit_store.install(&hermit.bundle, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: false })?;
         components.push((out.manifest.function.name.clone(), std::fs::read(&out.component)?));
     }
 
@@ -357,27 +406,31 @@ fn main() -> Result<()> {
         }
         push(&mut rows, "aot-process (limes run)", "total", &total);
 
-        // The microVM image of the same function: boot-to-answer.
+        // The microVM images of the same function, Linux and Hermit, in
+        // turn: launch to ready frame, request to answer, launch to answer.
         if !w.name.contains("file") {
             let opts = limes::microvm::VmOptions {
                 kernel: Some(kernel.clone()),
                 probe_cache: Some(work.path().join("accel")),
                 ..Default::default()
             };
-            let (mut boot, mut exec, mut total) = (Vec::new(), Vec::new(), Vec::new());
-            let mut hv = String::new();
-            for _ in 0..vm_runs {
-                let o = limes::microvm::run(&f, &w.full, &opts)?;
-                o.result.map_err(|e| anyhow::anyhow!("{e}"))?;
-                boot.push(o.boot_time);
-                exec.push(o.exec_time);
-                total.push(o.total);
-                hv = o.hypervisor;
+            let hermit_f = hermit_store.get(w.function)?;
+            for (kind, image) in [("linux", &f), ("hermit", &hermit_f)] {
+                let (mut boot, mut exec, mut total) = (Vec::new(), Vec::new(), Vec::new());
+                let mut hv = String::new();
+                for _ in 0..vm_runs {
+                    let o = limes::microvm::run(image, &w.full, &opts)?;
+                    o.result.map_err(|e| anyhow::anyhow!("{kind}: {e}"))?;
+                    boot.push(o.boot_time);
+                    exec.push(o.exec_time);
+                    total.push(o.total);
+                    hv = o.hypervisor;
+                }
+                let method = format!("microvm-{kind} ({hv})");
+                push(&mut rows, &method, "cold_start", &boot);
+                push(&mut rows, &method, "execution", &exec);
+                push(&mut rows, &method, "total", &total);
             }
-            let method = format!("microvm ({hv})");
-            push(&mut rows, &method, "cold_start", &boot);
-            push(&mut rows, &method, "execution", &exec);
-            push(&mut rows, &method, "total", &total);
         }
     }
 

@@ -235,7 +235,7 @@ pub fn markdown(r: &Results) -> String {
         for row in r.rows.iter().filter(|x| &x.workload == w && x.method.starts_with("microvm") && x.phase == "total") {
             let boot = find(r, w, &row.method, "cold_start");
             let exec = find(r, w, &row.method, "execution");
-            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} |", row.method.trim_start_matches("microvm ").trim_matches(|c| c == '(' || c == ')'),
+            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} |", row.method.trim_start_matches("microvm-").trim_matches(|c| c == '(' || c == ')'),
                 boot.map(|b| us(b.p50_us)).unwrap_or("-".into()), exec.map(|b| us(b.p50_us)).unwrap_or("-".into()), us(row.stats.p50_us), row.stats.n);
         }
     }
@@ -273,6 +273,36 @@ pub fn markdown(r: &Results) -> String {
     for b in &r.builds {
         let tiers: Vec<String> = b.tiers.iter().map(|(t, ms, sz)| format!("{t}: {ms:.0} ms, {sz} B")).collect();
         let _ = writeln!(s, "| {} | {:.0} ms | {:.0} ms | {} B | {} B | {} |", b.pack, b.cold_build_ms, b.no_change_build_ms, b.component_bytes, b.bundle_bytes, tiers.join("; "));
+    }
+    s += "\n## microVM images: Hermit unikernel beside the Linux initrd (same run)\n\n\
+          Image build: the microVM step of `limes-pack build`; for Hermit after the function's own crates were cleaned \
+          (kernel, std and dependencies cached), and again with no change.\n\n\
+          | pack | Linux image build | initrd | Hermit image build | no-change | unikernel | loader |\n|---|---|---|---|---|---|---|\n";
+    for b in &r.builds {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} ms | {} B | {:.0} ms | {:.0} ms | {} B | {} B |",
+            b.pack, b.linux_image_ms, b.linux_initrd_bytes, b.hermit_image_ms, b.hermit_no_change_ms, b.hermit_image_bytes, b.hermit_loader_bytes
+        );
+    }
+    s += "\n| workload | image | boot (p50) | execution (p50) | boot-to-answer (p50) | Hermit / Linux execution |\n|---|---|---|---|---|---|\n";
+    let mut workloads: Vec<&str> = Vec::new();
+    for row in r.rows.iter().filter(|x| x.method.starts_with("microvm-")) {
+        if !workloads.contains(&row.workload.as_str()) {
+            workloads.push(&row.workload);
+        }
+    }
+    for w in workloads {
+        let get = |kind: &str, phase: &str| r.rows.iter().find(|x| x.workload == w && x.method.starts_with(&format!("microvm-{kind} ")) && x.phase == phase);
+        for kind in ["linux", "hermit"] {
+            if let (Some(b), Some(e), Some(t)) = (get(kind, "cold_start"), get(kind, "execution"), get(kind, "total")) {
+                let ratio = match (kind, get("linux", "execution")) {
+                    ("hermit", Some(l)) => format!("{:.2}x", e.stats.p50_us / l.stats.p50_us),
+                    _ => String::new(),
+                };
+                let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {ratio} |", b.method, us(b.stats.p50_us), us(e.stats.p50_us), us(t.stats.p50_us));
+            }
+        }
     }
     for n in &r.notes {
         let _ = writeln!(s, "\nNote: {n}");

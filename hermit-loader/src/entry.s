@@ -1,16 +1,17 @@
-# Multiboot (v1) entry: QEMU jumps here in 32-bit protected mode, paging
-# off, EAX = magic, EBX = the Multiboot information. We identity-map the
-# first 4 GiB with 2 MiB pages (enough for any guest this loader is given;
-# the kernel maps the rest itself), enter long mode and call loader_main.
+# PVH entry (Xen's ELF note 18, XEN_ELFNOTE_PHYS32_ENTRY): how Firecracker
+# and QEMU boot a 64-bit ELF kernel that is not Linux. The hypervisor jumps
+# to pvh_start in 32-bit protected mode, paging off, EBX = hvm_start_info.
+# We identity-map the first 4 GiB with 2 MiB pages (enough for any guest
+# this loader is given; the kernel maps the rest itself), enter long mode
+# and call loader_main.
 
-.section .mboot, "a"
+.section .note.Xen, "a", @note
 .align 4
-    .set MB_MAGIC, 0x1BADB002
-    # bit 0: modules page-aligned; bit 1: give us the memory map
-    .set MB_FLAGS, 0x3
-    .4byte MB_MAGIC
-    .4byte MB_FLAGS
-    .4byte -(MB_MAGIC + MB_FLAGS)
+    .4byte 4                    # name size
+    .4byte 4                    # descriptor size
+    .4byte 18                   # XEN_ELFNOTE_PHYS32_ENTRY
+    .asciz "Xen"
+    .4byte pvh_start
 
 .section .rodata.boot, "a"
 .align 16
@@ -32,11 +33,10 @@ boot_stack_top:
 
 .section .text.entry, "ax"
 .code32
-.global _start
-_start:
+.global pvh_start
+pvh_start:
     cli
-    movl %eax, %esi             # magic: second argument
-    movl %ebx, %edi             # Multiboot information: first argument
+    movl %ebx, %edi             # hvm_start_info: the argument
     movl $boot_stack_top, %esp
 
     # Without CPUID's long-mode bit there is nothing we can boot.
@@ -110,7 +110,6 @@ start64:
     movl $boot_stack_top, %esp
     # The upper halves of 64-bit registers are undefined after the switch.
     movl %edi, %edi
-    movl %esi, %esi
     cld
     call loader_main
 4:  hlt

@@ -182,8 +182,8 @@ fn qemu_command(l: &Launch<'_>, kvm: bool) -> Option<Command> {
             c.args(["-M", "microvm,isa-serial=on"]).args(["-cpu", if kvm { "host" } else { "max" }]);
         }
         // Hermit on microvm: no legacy timers or PIC (it uses the local
-        // APIC), no ACPI; our loader receives the command line untouched.
-        // Its exit goes through isa-debug-exit, which ends QEMU.
+        // APIC), no ACPI; our loader (booted by PVH) receives the command
+        // line untouched. Its exit goes through isa-debug-exit, ending QEMU.
         ImageKind::Hermit => {
             c.args(["-M", "microvm,x-option-roms=off,pit=off,pic=off,rtc=on,auto-kernel-cmdline=off,acpi=off"])
                 .args(["-cpu", if kvm { "host" } else { "max" }])
@@ -205,11 +205,6 @@ fn qemu_command(l: &Launch<'_>, kvm: bool) -> Option<Command> {
 }
 
 fn firecracker_command(l: &Launch<'_>, dir: &Path) -> Option<Result<Command, std::io::Error>> {
-    // Firecracker boots 64-bit ELF kernels only (Linux or PVH protocol);
-    // the Hermit loader is booted by Multiboot (docs/hermit.md).
-    if l.kind == ImageKind::Hermit {
-        return None;
-    }
     let fc = which("firecracker")?;
     let cfg = serde_json::json!({
         "boot-source": {"kernel_image_path": l.kernel, "initrd_path": l.initrd, "boot_args": l.boot_args},

@@ -98,13 +98,14 @@ pub fn test_key() -> TestKey {
 
 /// Build `crate_dir` with the library (signed with `key`) into `out`.
 pub fn build_signed(crate_dir: &Path, key: &TestKey, out: &Path) -> limes_build::BuildOutput {
-    build_signed_with(crate_dir, key, out, false)
+    build_signed_with(crate_dir, key, out, None)
 }
 
-/// [`build_signed`], optionally with the microVM image.
-pub fn build_signed_with(crate_dir: &Path, key: &TestKey, out: &Path, microvm: bool) -> limes_build::BuildOutput {
+/// [`build_signed`], optionally with a microVM image of this kind.
+pub fn build_signed_with(crate_dir: &Path, key: &TestKey, out: &Path, image: Option<limes_bundle::manifest::ImageKind>) -> limes_build::BuildOutput {
     let opts = limes_build::BuildOptions {
-        microvm,
+        microvm: image.is_some(),
+        image: image.unwrap_or_default(),
         path: crate_dir.to_path_buf(),
         out_dir: Some(out.to_path_buf()),
         signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap()),

@@ -41,9 +41,9 @@ pub struct BuildCommand {
     /// Hermit unikernel with limes' boot loader (needs the pinned nightly,
     /// see docs/hermit.md); or `linux`, a static x86_64-unknown-linux-musl
     /// build as /init of an initramfs for a Linux kernel. Both come with a
-    /// Firecracker config.
-    #[arg(long, value_enum, default_value = "hermit", conflicts_with = "no_microvm")]
-    image: ImageArg,
+    /// Firecracker config. [default: hermit; linux with --kernel]
+    #[arg(long, value_enum, conflicts_with = "no_microvm")]
+    image: Option<ImageArg>,
     /// Embed this Linux kernel (ELF vmlinux or bzImage) in the bundle
     /// (`--image linux`); by default the kernel is a device-side setting.
     #[arg(long, value_name = "PATH", conflicts_with = "no_microvm")]
@@ -80,7 +80,11 @@ impl BuildCommand {
             microvm: !self.no_microvm,
             kernel: self.kernel.clone(),
             // An embedded kernel is a Linux image's.
-            image: if self.kernel.is_some() { limes_bundle::manifest::ImageKind::Linux } else { self.image.into() },
+            image: match (self.image, &self.kernel) {
+                (Some(i), _) => i.into(),
+                (None, Some(_)) => limes_bundle::manifest::ImageKind::Linux,
+                (None, None) => limes_bundle::manifest::ImageKind::Hermit,
+            },
         };
         let out = limes_build::build(&opts, ui)?;
         let m = &out.manifest;

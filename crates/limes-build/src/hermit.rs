@@ -1,7 +1,8 @@
 //! The Hermit unikernel image of a function: the function's native
 //! frame-protocol runner built for `x86_64-unknown-hermit` and linked with
-//! the Hermit kernel into one ELF, plus limes' own Multiboot loader
-//! (`hermit-loader/`) that a hypervisor boots with that ELF as its module.
+//! the Hermit kernel into one ELF, plus limes' own boot loader
+//! (`hermit-loader/`) that a hypervisor boots by PVH with that ELF as its
+//! module.
 //!
 //! Owns: the pinned toolchain and kernel, building the kernel once per
 //! toolchain (cached under [`crate::templates::sdk_home`]`/hermit`), building
@@ -75,7 +76,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HermitError + '_ {
 pub struct Toolchain {
     cargo: PathBuf,
     rustc: PathBuf,
-    /// `llvm-tools`' binaries (llvm-nm, llvm-objcopy).
+    /// `llvm-tools`' binaries (llvm-nm, llvm-objcopy for the kernel's symbols).
     llvm_bin: PathBuf,
 }
 
@@ -264,9 +265,9 @@ pub fn set_standalone_osabi(ar: &mut [u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// limes' Multiboot loader as an ELF32 image (QEMU's Multiboot path takes
-/// only 32-bit ELF), built once per source digest.
-pub fn loader(home: &Path, tc: &Toolchain, quiet: bool) -> Result<PathBuf, HermitError> {
+/// limes' boot loader (a 64-bit ELF with a PVH entry note, which QEMU and
+/// Firecracker both boot), built once per source digest.
+pub fn loader(home: &Path, quiet: bool) -> Result<PathBuf, HermitError> {
     let mut h = sha2::Sha256::new();
     for (p, text) in LOADER_FILES {
         h.update(p.as_bytes());
@@ -276,7 +277,7 @@ pub fn loader(home: &Path, tc: &Toolchain, quiet: bool) -> Result<PathBuf, Hermi
     }
     let digest = hex::encode(h.finalize());
     let dir = home.join("hermit").join(format!("loader-{}", &digest[..16]));
-    let out = dir.join("limes-hermit-loader.elf32");
+    let out = dir.join("limes-hermit-loader.elf");
     if out.is_file() {
         return Ok(out);
     }
@@ -303,19 +304,15 @@ pub fn loader(home: &Path, tc: &Toolchain, quiet: bool) -> Result<PathBuf, Hermi
         cmd.arg("--quiet");
     }
     run(cmd)?;
-    let elf64 = target.join(LOADER_TARGET).join("release").join("limes-hermit-loader");
-    let work = tempfile::Builder::new().prefix(".loader-").tempdir_in(&dir).map_err(io(&dir))?;
-    let tmp = work.path().join("loader.elf32");
-    let mut objcopy = Command::new(tc.llvm("llvm-objcopy"));
-    objcopy.args(["-O", "elf32-i386"]).arg(&elf64).arg(&tmp);
-    run(objcopy)?;
-    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    let built = target.join(LOADER_TARGET).join("release").join("limes-hermit-loader");
+    let bytes = std::fs::read(&built).map_err(io(&built))?;
+    publish(&out, &bytes)?;
     Ok(out)
 }
 
 /// Firecracker `--config-file` JSON for the Hermit image (paths relative to
-/// the unpacked bundle). Firecracker boots a 64-bit ELF by the Linux or PVH
-/// protocol; see docs/hermit.md for what was and was not verified.
+/// the unpacked bundle): the loader is booted by PVH, the protocol QEMU uses
+/// for it too; see docs/hermit.md for what was and was not verified.
 pub fn firecracker_config(memory_mib: u32) -> Vec<u8> {
     use limes_bundle::manifest::{HERMIT_IMAGE_PATH, HERMIT_LOADER_PATH};
     let v = serde_json::json!({
@@ -387,7 +384,7 @@ pub fn build_image(project: &Project, opts: &CargoOptions) -> Result<HermitImage
     let tc = Toolchain::find()?;
     let home = crate::templates::sdk_home();
     let lib = kernel(&home, &tc, opts.quiet)?;
-    let loader_path = loader(&home, &tc, opts.quiet)?;
+    let loader_path = loader(&home, opts.quiet)?;
     let mut cmd = tc.cargo();
     // The kernel is linked into the final executable only: a link argument,
     // not `-l` (which would bundle the archive into every rlib).

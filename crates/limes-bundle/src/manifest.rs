@@ -19,7 +19,7 @@ pub const INITRD_PATH: &str = "microvm/initrd.cpio";
 pub const FIRECRACKER_CONFIG_PATH: &str = "microvm/firecracker.json";
 pub const KERNEL_PATH: &str = "microvm/vmlinux";
 /// A Hermit image's files: the unikernel (kernel and function linked into
-/// one ELF, handed to the boot loader as its module) and limes' Multiboot
+/// one ELF, handed to the boot loader as its module) and limes' PVH boot
 /// loader, which the hypervisor boots.
 pub const HERMIT_IMAGE_PATH: &str = "microvm/hermit-image.elf";
 pub const HERMIT_LOADER_PATH: &str = "microvm/hermit-loader.elf";
@@ -156,7 +156,7 @@ pub enum ImageKind {
     #[default]
     Linux,
     /// A Hermit unikernel: `initrd` is the unikernel ELF (kernel and
-    /// function in one), `kernel` is the Multiboot loader that boots it.
+    /// function in one), `kernel` is the PVH boot loader that loads it.
     Hermit,
 }
 
