@@ -117,6 +117,9 @@ fn limes_run_boots_the_hermit_image() {
     assert_eq!(o.stdout, b"from Hermit");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("timings (qemu-tcg): boot"), "{err}");
+    // No shared filesystem in a VM: a preopen is refused up front, naming the way out.
+    let e = fails(limes_cmd(&store).args(["run", "noop", "--backend", "microvm", "--dir"]).arg(format!("images={}", d.path().display())), 1);
+    assert!(e.contains("no shared filesystem") && e.contains("--input"), "{e}");
     // Replace the installed loader with another file of the same size: the
     // rehash before boot refuses it (exit 3), and no VM starts.
     let loader = walk(&store).into_iter().find(|p| p.ends_with(limes_bundle::manifest::HERMIT_LOADER_PATH)).expect("installed loader");

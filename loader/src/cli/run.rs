@@ -199,6 +199,9 @@ impl RunCommand {
         let verify_time = t.elapsed();
 
         if self.backend == Backend::Microvm {
+            if !self.dir.is_empty() {
+                anyhow::bail!("--dir binds preopens for Wasm runs; a microVM image has no shared filesystem: send the file as the request body (--input FILE)");
+            }
             return self.run_microvm(ctx, &store, &f, req, is_file.then_some(verify_time));
         }
         let t = Instant::now();
