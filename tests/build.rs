@@ -389,6 +389,9 @@ fn image_kinds_from_the_command_line() {
     let o = ok(limes_pack_cmd().args(["build", "--json", "--out-dir"]).arg(out.path().join("h")).arg(pack("noop")));
     let j = json(&o);
     assert_eq!(j["bundle_unchanged"], true, "a no-change build rewrote the bundle: {j}");
+    let insp = ok(limes_pack_cmd().arg("inspect").arg(j["bundle"].as_str().unwrap()));
+    let text = String::from_utf8_lossy(&insp.stdout);
+    assert!(text.contains("microvm    hermit image (x86_64-unknown-hermit)"), "{text}");
     let o = ok(limes_pack_cmd().args(["build", "--json", "--image", "linux", "--out-dir"]).arg(out.path().join("l")).arg(pack("noop")));
     assert_eq!(json(&o)["microvm"]["kind"], "linux");
     // A Linux kernel cannot be embedded in a Hermit image.

@@ -58,6 +58,9 @@ impl InspectCommand {
                 let size = m.file(&a.path).map(|f| f.size).unwrap_or(0);
                 s += &format!("  tier       {:<10} {:>9} bytes  {}\n", t(&a.tier), size, t(&a.path));
             }
+            if let Some(vm) = &m.microvm {
+                s += &format!("  microvm    {} image ({}), {} vCPU, {} MiB, boot args {:?}\n", vm.kind.name(), t(&vm.target), vm.vcpus, vm.memory_mib, vm.boot_args);
+            }
             for f in &m.files {
                 s += &format!("  file       {:<24} {:>9} bytes  sha256 {}\n", t(&f.path), f.size, short(&f.sha256));
             }
