@@ -474,13 +474,14 @@ fn main() -> Result<()> {
         serve_load.extend(report::serve_load(&store, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 2000 }, in_process)?);
     }
 
-    // --- Backend choice: Wasm workers, pre-booted microVMs, and `auto`.
+    // --- Backend choice: Wasm workers, pre-booted microVMs, and `auto`,
+    // with the default image (Hermit): what `limes-pack build` ships.
     let choice: Vec<(&str, &str, Vec<u8>)> = workloads
         .iter()
         .filter(|w| !w.name.contains("file"))
         .map(|w| (w.name, w.function, w.full.body.clone()))
         .collect();
-    let backends = report::backend_choice(&store, &kernel, &choice, if q { 2 } else { 12 })?;
+    let backends = report::backend_choice(&hermit_store, &kernel, &choice, if q { 2 } else { 12 })?;
 
     let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, backends, notes };
     report::write_all(&a.out, &results)?;

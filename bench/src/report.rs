@@ -256,7 +256,7 @@ pub fn markdown(r: &Results) -> String {
     for l in &r.serve_load {
         let _ = writeln!(s, "| {} | {} | {} | {:.0} | {} | {} |", l.mode, l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
     }
-    s += "\n## Backend choice: `limes serve` per function as Wasm, as pre-booted microVMs, and `auto` (one client, sequential)\n\n`auto` routes each request to the backend with the lower recent median and tries the other on every 16th request, at most once per gap (250 ms, doubling while the tries confirm the choice). microVM rows run under QEMU TCG here: each VM answers one request, so once the pre-booted ones are used a request waits for a boot.\n\n| workload | wasm p50 | microvm p50 | auto p50 | auto / better fixed |\n|---|---|---|---|---|\n";
+    s += "\n## Backend choice: `limes serve` per function as Wasm, as pre-booted microVMs, and `auto` (one client, sequential)\n\n`auto` routes each request to the backend with the lower recent median and tries the other on every 16th request, at most once per gap (250 ms, doubling while the tries confirm the choice). microVM rows are the Hermit image under QEMU TCG here: each VM answers one request, so once the pre-booted ones are used a request waits for a boot (about 0.1 s).\n\n| workload | wasm p50 | microvm p50 | auto p50 | auto / better fixed |\n|---|---|---|---|---|\n";
     let mut seen: Vec<&str> = Vec::new();
     for b in &r.backends {
         if seen.contains(&b.workload.as_str()) {
