@@ -262,6 +262,10 @@ fn faults_match_wasm(kind: ImageKind) {
         assert!(e.contains("faulty trapped") && e.contains("asked to panic"), "{backend} {kind:?}: {e}");
         let e = fails(&mut run("bad"), 4);
         assert!(e.contains("bad on purpose"), "{backend} {kind:?}: {e}");
+        // An abort is a fault too: a trap on Wasm, a VM that ends without
+        // answering on a microVM.
+        let e = fails(&mut run("abort"), 5);
+        assert!(e.contains("faulty trapped"), "{backend} {kind:?}: {e}");
     }
     let o = ok(limes().args(["run", "faulty", "--data", "echo", "--timeout-ms", "1500", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
     assert_eq!(o.stdout, b"echo");

@@ -255,7 +255,12 @@ impl BootedVm {
         let answer = rx.recv_timeout(timeout).map_err(|_| crate::runtime::RunError::Timeout { function: name.clone(), ms: timeout.as_millis() as u64 })?;
         let (answered, payload) = match answer {
             Event::Answer(t, p) => (t, p),
-            Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
+            // The function had its request and ended the VM without an
+            // answer (an abort, a crash of PID 1): the fault a Wasm trap is.
+            Event::Eof(noise) => {
+                let detail = last_words(noise, vm, err_thread);
+                return Err(crate::runtime::RunError::Trap { function: name, message: format!("it ended its VM without answering{detail}") }.into());
+            }
             Event::Error(e) => return Err(VmError::Frame(e)),
             Event::Ready(_) => return Err(VmError::Frame("second ready frame".into())),
         };
@@ -284,9 +289,15 @@ impl BootedVm {
 }
 
 fn ended(noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>) -> VmError {
+    VmError::Ended { detail: last_words(noise, vm, err_thread) }
+}
+
+/// Tear the VM down and quote the end of its console and of the
+/// hypervisor's stderr.
+fn last_words(noise: Vec<u8>, vm: Vm, err_thread: std::thread::JoinHandle<Vec<u8>>) -> String {
     drop(vm);
     let err = err_thread.join().unwrap_or_default();
-    VmError::Ended { detail: format!("{}{}", tail(&noise), tail(&err).replace("console", "hypervisor")) }
+    format!("{}{}", tail(&noise), tail(&err).replace("console", "hypervisor"))
 }
 
 /// Boot up to the ready frame.

@@ -295,6 +295,8 @@ pub mod hermit {
     const LSR: u16 = COM1 + 5;
     const LSR_DATA_READY: u8 = 1;
     const LSR_THR_EMPTY: u8 = 0x20;
+    const SPIN_BEFORE_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
+    const IDLE_LOOK: std::time::Duration = std::time::Duration::from_millis(10);
 
     fn outb(port: u16, v: u8) {
         // SAFETY: port I/O on the 16550 UART has no memory effects.
@@ -334,8 +336,20 @@ pub mod hermit {
             if buf.is_empty() {
                 return Ok(0);
             }
+            // A VM waits at its ready frame for as long as it sits in a
+            // pre-booted pool: spinning there would burn a host core per
+            // waiting VM. So spin for a moment (a one-shot run's request
+            // follows the ready frame at once, and a frame in flight refills
+            // the FIFO), then look every IDLE_LOOK, sleeping in between:
+            // Hermit blocks the task for sleeps of 10 ms or more (shorter
+            // ones busy-wait) and its idle loop halts the vCPU.
+            let waiting = std::time::Instant::now();
             while inb(LSR) & LSR_DATA_READY == 0 {
-                core::hint::spin_loop();
+                if waiting.elapsed() < SPIN_BEFORE_IDLE {
+                    core::hint::spin_loop();
+                } else {
+                    std::thread::sleep(IDLE_LOOK);
+                }
             }
             let mut n = 0;
             while n < buf.len() && inb(LSR) & LSR_DATA_READY != 0 {
