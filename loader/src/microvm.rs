@@ -385,14 +385,14 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
     // the limit, not the guest kernel, answers. Linux hands `KEY=VALUE`
     // boot arguments to init as its environment; Hermit takes `env=KEY=VALUE`
     // and the program's arguments after `--`.
-    let (kernel_mib, boot_args) = match vm.kind {
-        ImageKind::Linux => (48, format!("{} LIMES_MEMORY_LIMIT=", vm.boot_args)),
-        ImageKind::Hermit => (16, format!("{} env=LIMES_MEMORY_LIMIT=", vm.boot_args)),
+    let kernel_mib = match vm.kind {
+        ImageKind::Linux => 48,
+        ImageKind::Hermit => 16,
     };
     let memory_limit = opts.memory_limit.unwrap_or(f.manifest.limits.memory_bytes).min((u64::from(vm.memory_mib).saturating_sub(kernel_mib)) << 20);
     let boot_args = match vm.kind {
-        ImageKind::Linux => format!("{boot_args}{memory_limit}"),
-        ImageKind::Hermit => format!("{boot_args}{memory_limit} --"),
+        ImageKind::Linux => format!("{} LIMES_MEMORY_LIMIT={memory_limit}", vm.boot_args),
+        ImageKind::Hermit => format!("{} env=LIMES_MEMORY_LIMIT={memory_limit} --", vm.boot_args),
     };
     let l = Launch { kind: vm.kind, kernel: &kernel, initrd: &initrd, boot_args: &boot_args, vcpus: vm.vcpus, memory_mib: vm.memory_mib };
 

@@ -57,7 +57,8 @@ pub enum CompileError {
     NoArtifact { package: String, target: String, what: &'static str },
 }
 
-fn cargo() -> String {
+/// The cargo that runs us (`$CARGO` under cargo), else the one on PATH.
+pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 

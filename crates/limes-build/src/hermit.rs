@@ -195,7 +195,7 @@ fn kernel_source(home: &Path, quiet: bool) -> Result<PathBuf, HermitError> {
     );
     publish(&probe.join("Cargo.toml"), manifest.as_bytes())?;
     publish(&probe.join("src/lib.rs"), b"")?;
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = Command::new(compile::cargo());
     cmd.current_dir(&probe).args(["metadata", "--format-version", "1", "--manifest-path"]).arg(probe.join("Cargo.toml"));
     if quiet {
         cmd.arg("--quiet");
@@ -290,7 +290,7 @@ pub fn loader(home: &Path, quiet: bool) -> Result<PathBuf, HermitError> {
     }
     compile::ensure_target_installed(LOADER_TARGET, &src)?;
     let target = dir.join("target");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = Command::new(compile::cargo());
     cmd.current_dir(&src)
         .args(["build", "--locked", "--release", "--target", LOADER_TARGET])
         .args(["--config", "build.rustflags=[\"-C\", \"relocation-model=static\"]"])
@@ -310,27 +310,12 @@ pub fn loader(home: &Path, quiet: bool) -> Result<PathBuf, HermitError> {
     Ok(out)
 }
 
-/// Firecracker `--config-file` JSON for the Hermit image (paths relative to
-/// the unpacked bundle): the loader is booted by PVH, the protocol QEMU uses
-/// for it too; see docs/hermit.md for what was and was not verified.
-pub fn firecracker_config(memory_mib: u32) -> Vec<u8> {
+/// Firecracker `--config-file` JSON for the Hermit image: the loader is
+/// booted by PVH, the protocol QEMU uses for it too; see docs/hermit.md for
+/// what was and was not verified.
+fn hermit_firecracker_config(memory_mib: u32) -> Vec<u8> {
     use limes_bundle::manifest::{HERMIT_IMAGE_PATH, HERMIT_LOADER_PATH};
-    let v = serde_json::json!({
-        "boot-source": {
-            "kernel_image_path": HERMIT_LOADER_PATH,
-            "initrd_path": HERMIT_IMAGE_PATH,
-            "boot_args": format!("{BOOT_ARGS} --"),
-        },
-        "drives": [],
-        "machine-config": {
-            "vcpu_count": 1,
-            "mem_size_mib": memory_mib,
-            "smt": false,
-        },
-    });
-    let mut out = serde_json::to_vec_pretty(&v).expect("config serializes");
-    out.push(b'\n');
-    out
+    crate::microvm::config_json(HERMIT_LOADER_PATH, HERMIT_IMAGE_PATH, &format!("{BOOT_ARGS} --"), 1, memory_mib)
 }
 
 /// What a Hermit build produced.
@@ -405,7 +390,7 @@ pub fn build_image(project: &Project, opts: &CargoOptions) -> Result<HermitImage
     // The unikernel needs little beyond the function's own limit.
     let default_mem = ((project.limits().memory_bytes >> 20) as u32 + 32).max(64);
     let memory_mib = project.meta.microvm.as_ref().and_then(|m| m.memory_mib).unwrap_or(default_mem);
-    Ok(HermitImage { image, loader, firecracker_config: firecracker_config(memory_mib), memory_mib })
+    Ok(HermitImage { image, loader, firecracker_config: hermit_firecracker_config(memory_mib), memory_mib })
 }
 
 #[cfg(test)]

@@ -103,11 +103,16 @@ pub fn initrd(init: &[u8], mtime: u64) -> Vec<u8> {
 /// bundle; the kernel is a device-side setting unless one is embedded.
 pub fn firecracker_config(vcpus: u32, memory_mib: u32, kernel_embedded: bool) -> Vec<u8> {
     let kernel = if kernel_embedded { KERNEL_PATH } else { "@DEVICE_KERNEL@" };
+    config_json(kernel, INITRD_PATH, BOOT_ARGS, vcpus, memory_mib)
+}
+
+/// The Firecracker config of any image kind.
+pub(crate) fn config_json(kernel: &str, initrd: &str, boot_args: &str, vcpus: u32, memory_mib: u32) -> Vec<u8> {
     let v = serde_json::json!({
         "boot-source": {
             "kernel_image_path": kernel,
-            "initrd_path": INITRD_PATH,
-            "boot_args": BOOT_ARGS,
+            "initrd_path": initrd,
+            "boot_args": boot_args,
         },
         "drives": [],
         "machine-config": {

@@ -10,15 +10,18 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 pub fn call(handler: Handler, req: Request) -> frame::Answer {
     match std::panic::catch_unwind(move || handler(req)) {
         Ok(r) => frame::Answer::Response(r),
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            frame::Answer::Fault(frame::Fault::Trap(format!("function panicked: {msg}")))
-        }
+        Err(p) => frame::Answer::Fault(panic_fault(&*p)),
     }
+}
+
+/// The trap fault for a panic with this payload.
+fn panic_fault(payload: &(dyn std::any::Any + Send)) -> frame::Fault {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    frame::Fault::Trap(format!("function panicked: {msg}"))
 }
 
 /// The response payload for `answer`.
@@ -378,13 +381,7 @@ pub mod hermit {
         // Hermit's target aborts on panic (no unwinding), so `call` cannot
         // catch one: the hook answers with the same trap fault instead.
         std::panic::set_hook(Box::new(|info| {
-            let p = info.payload();
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            let fault = frame::encode_fault(&frame::Fault::Trap(format!("function panicked: {msg}")));
+            let fault = frame::encode_fault(&panic_fault(info.payload()));
             let _ = frame::write_frame(&mut Com1, frame::RESPONSE_MAGIC, &fault);
             std::process::exit(0)
         }));
