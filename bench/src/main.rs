@@ -126,6 +126,7 @@ pub struct BackendRow {
     pub requests: usize,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub mean_us: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -481,7 +482,7 @@ fn main() -> Result<()> {
         .filter(|w| !w.name.contains("file"))
         .map(|w| (w.name, w.function, w.full.body.clone()))
         .collect();
-    let backends = report::backend_choice(&hermit_store, &kernel, &choice, if q { 2 } else { 12 })?;
+    let backends = report::backend_choice(&hermit_store, &kernel, &choice, if q { 2 } else { 30 })?;
 
     let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, backends, notes };
     report::write_all(&a.out, &results)?;

@@ -238,6 +238,24 @@ pub struct BootedVm {
 }
 
 impl BootedVm {
+    /// Give a VM booted in the background (SCHED_IDLE) the normal CPU
+    /// class for the request it is about to run, thread by thread. Leaving
+    /// the idle class needs CAP_SYS_NICE: without it the VM runs as it
+    /// booted, and says so in the log.
+    pub fn to_foreground(&self) {
+        let pid = self.vm.0.id();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
+        let param = libc::sched_param { sched_priority: 0 };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else { continue };
+            // SAFETY: plain syscalls on a thread id of our own child.
+            let (class, nice) = unsafe { (libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param), libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0)) };
+            if class != 0 || nice != 0 {
+                tracing::debug!(vm = %self.name, tid, error = %std::io::Error::last_os_error(), "a background VM keeps its CPU class");
+            }
+        }
+    }
+
     /// Launch to ready frame.
     pub fn boot_time(&self) -> Duration {
         self.ready_at - self.start
@@ -305,10 +323,15 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
     let shown = format!("{:?}", cmd.get_program());
     if background {
         use std::os::unix::process::CommandExt;
-        // SAFETY: setpriority is async-signal-safe and touches only the child.
+        // SCHED_IDLE rather than nice 19: a request's worker that wakes up
+        // preempts an idle-class thread at once, where a nice-19 one may
+        // keep the core for the rest of its slice (about a millisecond, four
+        // times a no-op request). The hypervisor's threads inherit it.
+        // SAFETY: sched_setscheduler is async-signal-safe and touches only the child.
         unsafe {
             cmd.pre_exec(|| {
-                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
                 Ok(())
             });
         }

@@ -282,18 +282,26 @@ impl VmPool {
     fn refill(self: &Arc<Self>) {
         let pool = Arc::downgrade(self);
         std::thread::spawn(move || {
-            let Some(p) = pool.upgrade() else { return };
-            let mut opts = p.opts.clone();
-            opts.background = p.background.load(std::sync::atomic::Ordering::Relaxed);
-            match crate::microvm::boot_function(&p.function, &opts) {
-                Ok(vm) => {
-                    p.boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let _ = p.idle_tx.send(vm);
+            // A boot in the idle CPU class can starve on a saturated host
+            // and time out; without another attempt the pool would shrink
+            // for good.
+            for attempt in 0..5u32 {
+                let Some(p) = pool.upgrade() else { return };
+                let mut opts = p.opts.clone();
+                opts.background = p.background.load(std::sync::atomic::Ordering::Relaxed);
+                match crate::microvm::boot_function(&p.function, &opts) {
+                    Ok(vm) => {
+                        p.boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = p.idle_tx.send(vm);
+                        return;
+                    }
+                    Err(e) => {
+                        p.boot_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(function = %p.function.manifest.function.name, attempt, error = %e, "a replacement microVM did not boot");
+                    }
                 }
-                Err(e) => {
-                    p.boot_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(function = %p.function.manifest.function.name, error = %e, "a replacement microVM did not boot");
-                }
+                drop(p);
+                std::thread::sleep(Duration::from_millis(200 << attempt));
             }
         });
     }
@@ -303,6 +311,7 @@ impl VmPool {
     /// answer, measured from the request reaching the function.
     pub fn call(self: &Arc<Self>, req: &limes_sdk::Request, timeout: Duration, queue_timeout: Duration) -> Result<crate::microvm::VmOutcome, VmCallError> {
         let vm = self.idle_rx.lock().unwrap().recv_timeout(queue_timeout).map_err(|_| VmCallError::Busy)?;
+        vm.to_foreground();
         self.refill();
         // The VM's teardown runs on beside the server.
         vm.call(req, timeout).map(|(outcome, _teardown)| outcome).map_err(VmCallError::Vm)

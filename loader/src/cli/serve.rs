@@ -72,7 +72,8 @@ pub struct ServeCommand {
     /// Serve NAME with both backends (repeatable): each request goes to the
     /// one whose median latency over its last 9 answers is lower; every
     /// 16th request tries the other (the microVM only if one is booted and
-    /// waiting); a switch needs a 10% lead. The choice
+    /// waiting), and a try that loses delays the next by 19x its own time;
+    /// a switch needs a 10% lead. The choice
     /// and its figures are in /metrics (limes_auto_backend, limes_auto_p50_seconds).
     #[arg(long = "auto", value_name = "NAME")]
     auto: Vec<String>,
