@@ -189,6 +189,11 @@ fn faulty_functions_fail_cleanly() {
     let o = limes_cmd(&store).args(["--json", "run", "faulty", "--data", "loop", "--timeout-ms", "100"]).output().unwrap();
     assert_eq!(o.status.code(), Some(5));
     assert_eq!(json(&o)["kind"], "timeout");
+    // Straight from the bundle file: the deadline also removes what was
+    // staged for the run.
+    let e = fails(limes_cmd(&store).arg("run").arg(&built.bundle).arg("--trust").arg(&key.public).args(["--data", "loop", "--timeout-ms", "200"]), 5);
+    assert!(e.contains("timed out after 200 ms"), "{e}");
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "staging left behind by a timeout");
     let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "oom"]), 5);
     assert!(e.contains("exceeded its memory limit of 33554432 bytes") && e.contains("--memory-limit-mib"), "{e}");
     let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "panic"]), 5);
