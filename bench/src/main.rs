@@ -482,7 +482,7 @@ fn main() -> Result<()> {
         .filter(|w| !w.name.contains("file"))
         .map(|w| (w.name, w.function, w.full.body.clone()))
         .collect();
-    let backends = report::backend_choice(&hermit_store, &kernel, &choice, if q { 2 } else { 30 })?;
+    let backends = report::backend_choice(&hermit_store, &kernel, &choice, if q { 2 } else { 30 }, if q { 1 } else { 3 })?;
 
     let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, backends, notes };
     report::write_all(&a.out, &results)?;

@@ -69,12 +69,18 @@ fn post_to(addr: SocketAddr, function: &str, body: &[u8]) -> Result<u16> {
 }
 
 /// Each workload served by `limes serve` three ways (Wasm workers,
-/// pre-booted microVMs, `auto`), `n` sequential requests each.
-pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads: &[(&str, &str, Vec<u8>)], n: usize) -> Result<Vec<crate::BackendRow>> {
+/// pre-booted microVMs, `auto`), `n` sequential requests each, in `rounds`
+/// rounds that take the modes in turn (a fresh server each), so a slow
+/// spell of the shared machine falls on every mode alike.
+pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads: &[(&str, &str, Vec<u8>)], n: usize, rounds: usize) -> Result<Vec<crate::BackendRow>> {
+    const MODES: [&str; 3] = ["wasm", "microvm", "auto"];
     let worker_exe = crate::sibling("limes")?;
     let mut rows = Vec::new();
     for (workload, function, body) in workloads {
-        for mode in ["wasm", "microvm", "auto"] {
+        let mut lat: [Vec<Duration>; 3] = Default::default();
+        for (round, mode) in (0..rounds).flat_map(|r| MODES.iter().enumerate().map(move |m| (r, m))) {
+            let (i, mode) = (mode.0, *mode.1);
+            let per_round = n / rounds + usize::from(round < n % rounds);
             let (tx, rx) = std::sync::mpsc::channel();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let root = store.root().to_path_buf();
@@ -105,16 +111,17 @@ pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads:
             for _ in 0..3 {
                 anyhow::ensure!(post_to(addr, function, body)? == 200, "non-200 from serve ({workload}, {mode})");
             }
-            let mut lat = Vec::with_capacity(n);
-            for _ in 0..n {
+            for _ in 0..per_round {
                 let t = Instant::now();
                 anyhow::ensure!(post_to(addr, function, body)? == 200, "non-200 from serve ({workload}, {mode})");
-                lat.push(t.elapsed());
+                lat[i].push(t.elapsed());
             }
             let _ = stop_tx.send(());
             server.join().unwrap()?;
-            let s = crate::Stats::of(&lat);
-            rows.push(crate::BackendRow { workload: workload.to_string(), mode: mode.into(), requests: n, p50_us: s.p50_us, p99_us: s.p99_us, mean_us: s.mean_us });
+        }
+        for (mode, lat) in MODES.iter().zip(&lat) {
+            let s = crate::Stats::of(lat);
+            rows.push(crate::BackendRow { workload: workload.to_string(), mode: mode.to_string(), requests: lat.len(), p50_us: s.p50_us, p99_us: s.p99_us, mean_us: s.mean_us });
         }
     }
     Ok(rows)
@@ -262,7 +269,7 @@ pub fn markdown(r: &Results) -> String {
     for l in &r.serve_load {
         let _ = writeln!(s, "| {} | {} | {} | {:.0} | {} | {} |", l.mode, l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
     }
-    s += "\n## Backend choice: `limes serve` per function as Wasm, as pre-booted microVMs, and `auto` (one client, sequential)\n\n`auto` routes each request to the backend with the lower recent median and tries the other on every 16th request, at most once per gap (250 ms, doubling while the tries confirm the choice), and a losing try delays the next by 19x its own time. Each row starts after a settling second (the server's pools booted and idle) and a few discarded requests, so all three rows measure a server in its steady state. microVM rows are the Hermit image under QEMU TCG here: each VM answers one request, so once the pre-booted ones are used a request waits for a boot (about 0.1 s).\n\nThe aim is on the median; the mean shows what the tries cost (a microVM try of the image pipeline takes over a second).\n\n| workload | wasm p50 | microvm p50 | auto p50 | auto / better fixed (p50) | auto / better fixed (mean) |\n|---|---|---|---|---|---|\n";
+    s += "\n## Backend choice: `limes serve` per function as Wasm, as pre-booted microVMs, and `auto` (one client, sequential)\n\n`auto` routes each request to the backend with the lower recent median and tries the other on every 16th request, at most once per gap (250 ms, doubling while the tries confirm the choice), and a losing try delays the next by 19x its own time. Each row is 30 requests in three rounds that take the modes in turn, each round on a fresh server after a settling second (its pools booted and idle) and three discarded requests, so every mode meets the shared machine's slow spells alike; each `auto` round includes its first try of the microVM. microVM rows are the Hermit image under QEMU TCG here: each VM answers one request, so once the pre-booted ones are used a request waits for a boot (about 0.1 s).\n\nThe aim is on the median; the mean shows what the tries cost (a microVM try of the image pipeline takes over a second).\n\n| workload | wasm p50 | microvm p50 | auto p50 | auto / better fixed (p50) | auto / better fixed (mean) |\n|---|---|---|---|---|---|\n";
     let mut seen: Vec<&str> = Vec::new();
     for b in &r.backends {
         if seen.contains(&b.workload.as_str()) {
