@@ -177,7 +177,7 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
         // Re-hash: the bytes mapped are the bytes just checked.
         let loaded = launch::load(&rt, f, LoadMode::Auto, Integrity::Rehash)?;
         let err = loaded.timeout_error(&opts);
-        let _watchdog = limes::watchdog::Watchdog::arm(loaded.deadline(&opts), EXIT_FAULT, limes::watchdog::Alarm::error(err));
+        let _watchdog = limes::watchdog::Watchdog::arm(loaded.deadline(&opts), EXIT_FAULT, move || eprintln!("error: {err}"));
         Ok(rt.invoke(&loaded, req, &opts)?)
     })();
     let inv = match outcome {

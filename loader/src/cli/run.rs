@@ -4,7 +4,7 @@ use clap::Args;
 use limes::launch::{self, LoadMode};
 use limes::runtime::{InvokeOptions, RuntimeOptions};
 use limes::store::{InstalledFunction, Integrity};
-use limes::watchdog::{Alarm, Watchdog};
+use limes::watchdog::Watchdog;
 use limes::{Runtime, Store};
 use limes_bundle::TrustedKeys;
 use limes_sdk::Request;
@@ -144,19 +144,17 @@ impl RunCommand {
     /// exit code as any other fault (a staged bundle is removed first).
     fn watchdog(&self, ctx: &Ctx, store: &Store, f: &limes::LoadedFunction, opts: &InvokeOptions, staging: Option<PathBuf>) -> Watchdog {
         let err = f.timeout_error(opts);
-        let mut alarm = Alarm::error(&err);
-        if ctx.json {
-            alarm.stdout = format!("{}\n", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"})).into_bytes();
-        }
+        let json = ctx.json;
         let root = store.root().to_path_buf();
-        if let Some(s) = staging {
-            alarm.cleanup = Some(Box::new(move || {
-                if let Ok(st) = Store::open(&root) {
-                    st.discard_path(&s);
-                }
-            }));
-        }
-        Watchdog::arm(f.deadline(opts), super::EXIT_FAULT, alarm)
+        Watchdog::arm(f.deadline(opts), super::EXIT_FAULT, move || {
+            if let (Some(s), Ok(st)) = (staging, Store::open(&root)) {
+                st.discard_path(&s);
+            }
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"}));
+            }
+            eprintln!("error: {err}");
+        })
     }
 }
 
