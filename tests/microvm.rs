@@ -326,6 +326,34 @@ fn serve_answers_from_pre_booted_microvms() {
     let _ = child.wait();
 }
 
+/// A spare VM booted in the background runs in the idle CPU class, so the
+/// requests being served keep their cores; taken for a request, it returns
+/// to the normal class and answers.
+#[test]
+fn background_vms_boot_idle_and_answer_in_the_normal_class() {
+    let d = tempdir();
+    let (_, store) = noop_with_image_installed(d.path(), ImageKind::Hermit);
+    let f = limes::Store::open(&store).unwrap().get("noop").unwrap();
+    let opts = limes::microvm::VmOptions { background: true, ..vm_opts(d.path()) };
+    let vm = limes::microvm::boot_function(&f, &opts).unwrap();
+    let classes = |pid: u32| -> Vec<i32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok())
+            // SAFETY: a plain query of a thread of our child.
+            .map(|tid| unsafe { libc::sched_getscheduler(tid) })
+            .collect()
+    };
+    let booted = classes(vm.pid());
+    assert!(!booted.is_empty() && booted.iter().all(|c| *c == libc::SCHED_IDLE), "booted in the background: {booted:?}");
+    vm.to_foreground();
+    let taken = classes(vm.pid());
+    assert!(taken.iter().all(|c| *c == libc::SCHED_OTHER), "taken for a request: {taken:?}");
+    let (outcome, _) = vm.call(&Request::new("idle no more"), std::time::Duration::from_secs(120)).unwrap();
+    assert_eq!(outcome.result.unwrap().body, b"idle no more");
+}
+
 /// `limes serve --auto NAME`: both backends ready; requests go to the one
 /// with the lower measured latency (for the no-op: Wasm, against a microVM
 /// under emulation), and /metrics shows the choice and its figures.

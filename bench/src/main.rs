@@ -138,6 +138,8 @@ pub struct Results {
     pub scaling: Vec<ScalingRow>,
     pub serve_load: Vec<LoadRow>,
     pub backends: Vec<BackendRow>,
+    /// Wasm and `auto` serving one workload for a minute.
+    pub sustained: Vec<BackendRow>,
     pub notes: Vec<String>,
 }
 
@@ -483,8 +485,10 @@ fn main() -> Result<()> {
         .map(|w| (w.name, w.function, w.full.body.clone()))
         .collect();
     let backends = report::backend_choice(&hermit_store, &kernel, &choice, if q { 2 } else { 30 }, if q { 1 } else { 3 })?;
+    let (w, f, body) = choice.iter().find(|c| c.1 == "image").expect("the image workload");
+    let sustained = report::sustained(&hermit_store, &kernel, w, f, body, if q { 1 } else { 60 })?;
 
-    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, backends, notes };
+    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, backends, sustained, notes };
     report::write_all(&a.out, &results)?;
     eprintln!("wrote {}", a.out.join("report.md").display());
     println!("{}", std::fs::read_to_string(a.out.join("report.md"))?);

@@ -68,63 +68,95 @@ fn post_to(addr: SocketAddr, function: &str, body: &[u8]) -> Result<u16> {
     Ok(line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
 }
 
+/// How long one server of [`serve_mode`] is measured.
+enum Until {
+    Requests(usize),
+    Elapsed(Duration),
+}
+
+/// Start `limes serve` for `function` in `mode` (`wasm`, `microvm` or
+/// `auto`), let it settle (a second for its pools to boot and go idle, then
+/// three discarded requests) and time sequential requests until `until`.
+fn serve_mode(store: &limes::Store, kernel: &std::path::Path, function: &str, mode: &str, body: &[u8], until: Until) -> Result<Vec<Duration>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let root = store.root().to_path_buf();
+    let opts = limes::serve::ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        functions: vec![function.to_string()],
+        workers: 2,
+        worker_exe: Some(crate::sibling("limes")?.into()),
+        microvm_functions: if mode == "microvm" { vec![function.to_string()] } else { vec![] },
+        auto_functions: if mode == "auto" { vec![function.to_string()] } else { vec![] },
+        vm_pool: 2,
+        vm: limes::microvm::VmOptions { kernel: Some(kernel.to_path_buf()), ..Default::default() },
+        queue_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let server = std::thread::spawn(move || -> Result<()> {
+        let store = limes::Store::open(root)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(limes::serve::serve(&store, opts, move |a| tx.send(a).unwrap(), async move {
+            let _ = stop_rx.await;
+        }))?;
+        Ok(())
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    for i in 0.. {
+        let done = match until {
+            Until::Requests(n) => i >= n + 3,
+            Until::Elapsed(d) => i >= 3 && started.elapsed() >= d,
+        };
+        if done {
+            break;
+        }
+        let t = Instant::now();
+        anyhow::ensure!(post_to(addr, function, body)? == 200, "non-200 from serve ({function}, {mode})");
+        if i >= 3 {
+            lat.push(t.elapsed());
+        }
+    }
+    let _ = stop_tx.send(());
+    server.join().unwrap()?;
+    Ok(lat)
+}
+
+fn backend_row(workload: &str, mode: &str, lat: &[Duration]) -> crate::BackendRow {
+    let s = crate::Stats::of(lat);
+    crate::BackendRow { workload: workload.to_string(), mode: mode.to_string(), requests: lat.len(), p50_us: s.p50_us, p99_us: s.p99_us, mean_us: s.mean_us }
+}
+
 /// Each workload served by `limes serve` three ways (Wasm workers,
 /// pre-booted microVMs, `auto`), `n` sequential requests each, in `rounds`
 /// rounds that take the modes in turn (a fresh server each), so a slow
 /// spell of the shared machine falls on every mode alike.
 pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads: &[(&str, &str, Vec<u8>)], n: usize, rounds: usize) -> Result<Vec<crate::BackendRow>> {
     const MODES: [&str; 3] = ["wasm", "microvm", "auto"];
-    let worker_exe = crate::sibling("limes")?;
     let mut rows = Vec::new();
     for (workload, function, body) in workloads {
         let mut lat: [Vec<Duration>; 3] = Default::default();
-        for (round, mode) in (0..rounds).flat_map(|r| MODES.iter().enumerate().map(move |m| (r, m))) {
-            let (i, mode) = (mode.0, *mode.1);
+        for round in 0..rounds {
             let per_round = n / rounds + usize::from(round < n % rounds);
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let root = store.root().to_path_buf();
-            let opts = limes::serve::ServeOptions {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                functions: vec![function.to_string()],
-                workers: 2,
-                worker_exe: Some(worker_exe.clone().into()),
-                microvm_functions: if mode == "microvm" { vec![function.to_string()] } else { vec![] },
-                auto_functions: if mode == "auto" { vec![function.to_string()] } else { vec![] },
-                vm_pool: 2,
-                vm: limes::microvm::VmOptions { kernel: Some(kernel.to_path_buf()), ..Default::default() },
-                queue_timeout: Duration::from_secs(60),
-                ..Default::default()
-            };
-            let server = std::thread::spawn(move || -> Result<()> {
-                let store = limes::Store::open(root)?;
-                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-                rt.block_on(limes::serve::serve(&store, opts, move |a| tx.send(a).unwrap(), async move {
-                    let _ = stop_rx.await;
-                }))?;
-                Ok(())
-            });
-            let addr = rx.recv_timeout(Duration::from_secs(120))?;
-            // Steady state, the same for every row: pre-booted VMs end their
-            // first wait and workers are touched once.
-            std::thread::sleep(Duration::from_secs(1));
-            for _ in 0..3 {
-                anyhow::ensure!(post_to(addr, function, body)? == 200, "non-200 from serve ({workload}, {mode})");
+            for (i, mode) in MODES.iter().enumerate() {
+                lat[i].extend(serve_mode(store, kernel, function, mode, body, Until::Requests(per_round))?);
             }
-            for _ in 0..per_round {
-                let t = Instant::now();
-                anyhow::ensure!(post_to(addr, function, body)? == 200, "non-200 from serve ({workload}, {mode})");
-                lat[i].push(t.elapsed());
-            }
-            let _ = stop_tx.send(());
-            server.join().unwrap()?;
         }
-        for (mode, lat) in MODES.iter().zip(&lat) {
-            let s = crate::Stats::of(lat);
-            rows.push(crate::BackendRow { workload: workload.to_string(), mode: mode.to_string(), requests: lat.len(), p50_us: s.p50_us, p99_us: s.p99_us, mean_us: s.mean_us });
-        }
+        rows.extend(MODES.iter().zip(&lat).map(|(mode, lat)| backend_row(workload, mode, lat)));
     }
     Ok(rows)
+}
+
+/// One workload served for `seconds` by Wasm workers and by `auto`, one
+/// client back to back: what `auto`'s tries of a much slower backend cost a
+/// long-running server (its mean), which the short rows cannot show.
+pub fn sustained(store: &limes::Store, kernel: &std::path::Path, workload: &str, function: &str, body: &[u8], seconds: u64) -> Result<Vec<crate::BackendRow>> {
+    ["wasm", "auto"]
+        .iter()
+        .map(|mode| Ok(backend_row(workload, mode, &serve_mode(store, kernel, function, mode, body, Until::Elapsed(Duration::from_secs(seconds)))?)))
+        .collect()
 }
 
 /// `limes serve` (in process, on 127.0.0.1) under 1..N concurrent clients,
@@ -281,6 +313,22 @@ pub fn markdown(r: &Results) -> String {
             let (best, best_mean) = (w.p50_us.min(v.p50_us), w.mean_us.min(v.mean_us));
             let _ = writeln!(s, "| {} | {} | {} | {} | {:.2}x | {:.2}x |", b.workload, us(w.p50_us), us(v.p50_us), us(a.p50_us), a.p50_us / best, a.mean_us / best_mean);
         }
+    }
+    if let [w, a] = &r.sustained[..] {
+        let _ = write!(
+            s,
+            "\nThe same server for {:.0} s, one client back to back ({}: {} requests on Wasm, {} with `auto`): `auto` / Wasm p50 **{:.2}x**, mean **{:.2}x** (p50 {} vs {}, mean {} vs {}). A long-running server pays for its tries of the slower backend in its mean, bounded by the 19x spacing.\n",
+            w.requests as f64 * w.mean_us / 1e6,
+            w.workload,
+            w.requests,
+            a.requests,
+            a.p50_us / w.p50_us,
+            a.mean_us / w.mean_us,
+            us(a.p50_us),
+            us(w.p50_us),
+            us(a.mean_us),
+            us(w.mean_us)
+        );
     }
     s += "\n## Build (limes-pack)\n\n| pack | cold build | no-change build | component | bundle | tiers (precompile ms, bytes) |\n|---|---|---|---|---|---|\n";
     for b in &r.builds {

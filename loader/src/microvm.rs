@@ -238,6 +238,11 @@ pub struct BootedVm {
 }
 
 impl BootedVm {
+    /// The hypervisor's process id.
+    pub fn pid(&self) -> u32 {
+        self.vm.0.id()
+    }
+
     /// Give a VM booted in the background (SCHED_IDLE) the normal CPU
     /// class for the request it is about to run, thread by thread. Leaving
     /// the idle class needs CAP_SYS_NICE: without it the VM runs as it
