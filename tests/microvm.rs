@@ -349,7 +349,11 @@ fn background_vms_boot_idle_and_answer_in_the_normal_class() {
     assert!(!booted.is_empty() && booted.iter().all(|c| *c == libc::SCHED_IDLE), "booted in the background: {booted:?}");
     vm.to_foreground();
     let taken = classes(vm.pid());
-    assert!(taken.iter().all(|c| *c == libc::SCHED_OTHER), "taken for a request: {taken:?}");
+    // Leaving the idle class needs CAP_SYS_NICE (CI runs as root); without
+    // it the VM keeps its class, as documented.
+    // SAFETY: a plain query.
+    let expected = if unsafe { libc::geteuid() } == 0 { libc::SCHED_OTHER } else { libc::SCHED_IDLE };
+    assert!(taken.iter().all(|c| *c == expected), "taken for a request: {taken:?}");
     let (outcome, _) = vm.call(&Request::new("idle no more"), std::time::Duration::from_secs(120)).unwrap();
     assert_eq!(outcome.result.unwrap().body, b"idle no more");
 }
