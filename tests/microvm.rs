@@ -336,19 +336,12 @@ fn background_vms_boot_idle_and_answer_in_the_normal_class() {
     let f = limes::Store::open(&store).unwrap().get("noop").unwrap();
     let opts = limes::microvm::VmOptions { background: true, ..vm_opts(d.path()) };
     let vm = limes::microvm::boot_function(&f, &opts).unwrap();
-    let classes = |pid: u32| -> Vec<i32> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-            .filter_map(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok())
-            // SAFETY: a plain query of a thread of our child.
-            .map(|tid| unsafe { libc::sched_getscheduler(tid) })
-            .collect()
-    };
-    let booted = classes(vm.pid());
+    // SAFETY: a plain query of a thread of our child.
+    let classes = |vm: &limes::microvm::BootedVm| -> Vec<i32> { vm.threads().into_iter().map(|tid| unsafe { libc::sched_getscheduler(tid) }).collect() };
+    let booted = classes(&vm);
     assert!(!booted.is_empty() && booted.iter().all(|c| *c == libc::SCHED_IDLE), "booted in the background: {booted:?}");
     vm.to_foreground();
-    let taken = classes(vm.pid());
+    let taken = classes(&vm);
     // Leaving the idle class needs CAP_SYS_NICE (CI runs as root); without
     // it the VM keeps its class, as documented.
     // SAFETY: a plain query.

@@ -235,6 +235,8 @@ pub struct BootedVm {
     pub hypervisor: String,
     /// The KVM probe, when this boot ran one.
     pub kvm_probe: Option<crate::kvm::Probe>,
+    /// Booted in the idle CPU class (see [`VmOptions::background`]).
+    background: bool,
 }
 
 impl BootedVm {
@@ -243,19 +245,25 @@ impl BootedVm {
         self.vm.0.id()
     }
 
+    /// The hypervisor's thread ids (empty once it has exited).
+    pub fn threads(&self) -> Vec<libc::pid_t> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else { return Vec::new() };
+        tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse().ok()).collect()
+    }
+
     /// Give a VM booted in the background (SCHED_IDLE) the normal CPU
-    /// class for the request it is about to run, thread by thread. Leaving
-    /// the idle class needs CAP_SYS_NICE: without it the VM runs as it
-    /// booted, and says so in the log.
+    /// class for the request it is about to run, thread by thread; a VM
+    /// booted in the normal class is left alone. Leaving the idle class
+    /// needs CAP_SYS_NICE: without it the VM runs as it booted, and says so
+    /// in the log.
     pub fn to_foreground(&self) {
-        let pid = self.vm.0.id();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
+        if !self.background {
+            return;
+        }
         let param = libc::sched_param { sched_priority: 0 };
-        for task in tasks.flatten() {
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else { continue };
-            // SAFETY: plain syscalls on a thread id of our own child.
-            let (class, nice) = unsafe { (libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param), libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0)) };
-            if class != 0 || nice != 0 {
+        for tid in self.threads() {
+            // SAFETY: a plain syscall on a thread id of our own child.
+            if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
                 tracing::debug!(vm = %self.name, tid, error = %std::io::Error::last_os_error(), "a background VM keeps its CPU class");
             }
         }
@@ -271,7 +279,7 @@ impl BootedVm {
     /// ends afterwards: the returned handle finishes when it has been torn
     /// down (a server may leave it running; a one-shot process joins it).
     pub fn call(self, req: &Request, timeout: Duration) -> Result<(VmOutcome, std::thread::JoinHandle<()>), VmError> {
-        let BootedVm { mut vm, mut stdin, rx, err_thread, start, ready_at, name, memory_limit, hypervisor, kvm_probe } = self;
+        let BootedVm { mut vm, mut stdin, rx, err_thread, start, ready_at, name, memory_limit, hypervisor, kvm_probe, background: _ } = self;
         frame::write_frame(&mut stdin, frame::REQUEST_MAGIC, &frame::encode_request(req))?;
         stdin.flush()?;
         let sent = Instant::now();
@@ -367,7 +375,7 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
         Event::Answer(..) => return Err(VmError::Frame("answer before ready".into())),
     };
     let stdin = vm.0.stdin.take().expect("piped");
-    Ok(BootedVm { vm, stdin, rx, err_thread, start, ready_at, name: name.to_string(), memory_limit, hypervisor: String::new(), kvm_probe: None })
+    Ok(BootedVm { vm, stdin, rx, err_thread, start, ready_at, name: name.to_string(), memory_limit, hypervisor: String::new(), kvm_probe: None, background })
 }
 
 /// Bound of the ioctl probe.

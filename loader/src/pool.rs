@@ -197,7 +197,7 @@ impl Pool {
         let spec = self.spec.clone();
         tokio::spawn(async move {
             let _ = w.child.wait().await;
-            for attempt in 0..5u32 {
+            for attempt in 0..REPLACEMENT_ATTEMPTS {
                 match spawn(&spec).await {
                     Ok((fresh, _)) => {
                         if let Some(p) = pool.upgrade() {
@@ -207,12 +207,20 @@ impl Pool {
                     }
                     Err(e) => {
                         tracing::error!(function = %spec.function, attempt, error = %e, "a replacement worker did not start");
-                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        tokio::time::sleep(replacement_backoff(attempt)).await;
                     }
                 }
             }
         });
     }
+}
+
+/// How often a replacement (worker or VM) is started again after failing,
+/// and how long to wait before each new attempt: 0.2 s, doubling.
+const REPLACEMENT_ATTEMPTS: u32 = 5;
+
+fn replacement_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200 << attempt)
 }
 
 /// Start `n` workers concurrently.
@@ -285,7 +293,7 @@ impl VmPool {
             // A boot in the idle CPU class can starve on a saturated host
             // and time out; without another attempt the pool would shrink
             // for good.
-            for attempt in 0..5u32 {
+            for attempt in 0..REPLACEMENT_ATTEMPTS {
                 let Some(p) = pool.upgrade() else { return };
                 let mut opts = p.opts.clone();
                 opts.background = p.background.load(std::sync::atomic::Ordering::Relaxed);
@@ -301,7 +309,7 @@ impl VmPool {
                     }
                 }
                 drop(p);
-                std::thread::sleep(Duration::from_millis(200 << attempt));
+                std::thread::sleep(replacement_backoff(attempt));
             }
         });
     }
