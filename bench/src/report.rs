@@ -68,6 +68,9 @@ fn post_to(addr: SocketAddr, function: &str, body: &[u8]) -> Result<u16> {
     Ok(line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
 }
 
+/// Requests sent and not timed after a server's settling second.
+const WARMUP: usize = 3;
+
 /// How long one server of [`serve_mode`] is measured.
 enum Until {
     Requests(usize),
@@ -107,15 +110,15 @@ fn serve_mode(store: &limes::Store, kernel: &std::path::Path, function: &str, mo
     let started = Instant::now();
     for i in 0.. {
         let done = match until {
-            Until::Requests(n) => i >= n + 3,
-            Until::Elapsed(d) => i >= 3 && started.elapsed() >= d,
+            Until::Requests(n) => i >= n + WARMUP,
+            Until::Elapsed(d) => i >= WARMUP && started.elapsed() >= d,
         };
         if done {
             break;
         }
         let t = Instant::now();
         anyhow::ensure!(post_to(addr, function, body)? == 200, "non-200 from serve ({function}, {mode})");
-        if i >= 3 {
+        if i >= WARMUP {
             lat.push(t.elapsed());
         }
     }
