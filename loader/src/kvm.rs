@@ -125,7 +125,8 @@ pub fn probe(bound: Duration) -> Probe {
 fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: libc::c_ulong) -> Result<i32, String> {
     // SAFETY: every request used here takes an integer or a pointer to a
     // live, correctly sized struct (checked at each call site).
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) };
+    // The request's C type differs between libcs (glibc: c_ulong, musl: c_int).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
     if r < 0 {
         Err(std::io::Error::last_os_error().to_string())
     } else {

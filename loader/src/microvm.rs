@@ -260,7 +260,7 @@ impl BootedVm {
         if !self.background {
             return;
         }
-        let param = libc::sched_param { sched_priority: 0 };
+        let param = priority_zero();
         for tid in self.threads() {
             // SAFETY: a plain syscall on a thread id of our own child.
             if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
@@ -343,7 +343,7 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
         // SAFETY: sched_setscheduler is async-signal-safe and touches only the child.
         unsafe {
             cmd.pre_exec(|| {
-                let param = libc::sched_param { sched_priority: 0 };
+                let param = priority_zero();
                 libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
                 Ok(())
             });
@@ -503,4 +503,11 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
     o.hypervisor = "qemu-tcg".into();
     o.kvm_probe = kvm_probe;
     Ok(o)
+}
+
+/// Priority 0, the only one SCHED_OTHER and SCHED_IDLE take. musl's
+/// `sched_param` has more fields than glibc's, so it starts zeroed.
+fn priority_zero() -> libc::sched_param {
+    // SAFETY: sched_param is plain integers; all zero is a valid value.
+    unsafe { std::mem::zeroed() }
 }
