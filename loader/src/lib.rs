@@ -19,6 +19,10 @@ pub use launch::{load, LoadMode};
 
 /// Whether this build can compile components at load time.
 pub const JIT_ENABLED: bool = cfg!(feature = "jit");
+
+/// The target of the device build of `limes`: a static executable (no
+/// dynamic loader, no glibc start-up; see `main.rs` for its allocator).
+pub const DEVICE_TARGET: &str = "x86_64-unknown-linux-musl";
 pub mod args;
 pub mod kvm;
 pub mod pool;
