@@ -9,6 +9,9 @@ target="${CARGO_TARGET_DIR:-target}"
 # Benchmark smoke run (few iterations, asserts no timings): every method and
 # workload must run and the report must be written.
 cargo build --locked -p limes -p limes-bench
+# The static device build of the loader (its `limes run` rows; the loader
+# tests run it too).
+cargo build --locked -p limes --bin limes --target x86_64-unknown-linux-musl
 "$target/debug/limes-bench" --quick --out "$target/bench-quick" >/dev/null
 for f in report.md results.json results.csv scaling.svg; do
     test -s "$target/bench-quick/$f" || { echo "benchmark smoke run wrote no $f" >&2; exit 1; }

@@ -299,35 +299,73 @@ fn incompatible_artifacts_fall_back_or_fail_with_the_reason() {
     }
 }
 
-/// The device build: default features, built on its own (no workspace
-/// feature unification), must contain no Cranelift, load AOT tiers, and
-/// refuse `--jit` with a clear message.
+/// The device build: the loader alone (no workspace feature unification)
+/// for the static target. It must contain no Cranelift, be a static
+/// executable (no dynamic loader to start), load AOT tiers with the known
+/// answer, refuse `--jit` with a clear message, and serve through worker
+/// processes that are the same static executable.
 #[test]
-fn thin_loader_has_no_cranelift_and_runs_aot() {
+fn device_loader_is_static_without_cranelift_and_runs_aot() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let tree = ok(Command::new(&cargo)
-        .args(["tree", "-p", "limes", "-e", "normal", "--prefix", "none"])
+        .args(["tree", "-p", "limes", "-e", "normal", "--prefix", "none", "--target", limes::DEVICE_TARGET])
         .current_dir(repo()));
     let tree = stdout(&tree);
     assert!(tree.contains("wasmtime v48"), "{tree}");
     for bad in COMPILER_CRATES {
-        assert!(!tree.contains(bad), "the default loader build pulls {bad}");
+        assert!(!tree.contains(bad), "the device loader build pulls {bad}");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target")).join("thin");
+    // scripts/test.sh builds it before the tests; this is then a no-op.
     ok(Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "limes", "--bin", "limes", "--target-dir"])
-        .arg(&target)
+        .args(["build", "--quiet", "-p", "limes", "--bin", "limes", "--target", limes::DEVICE_TARGET])
         .current_dir(repo()));
-    let thin = target.join("debug").join("limes");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
+    let device = target.join(limes::DEVICE_TARGET).join("debug").join("limes");
+    assert_eq!(elf_interpreter(&std::fs::read(&device).unwrap()), None, "{} must be static", device.display());
+    // The test's own loader is dynamically linked, so the check can fail.
+    let own = std::fs::read(env!("CARGO_BIN_EXE_limes")).unwrap();
+    assert!(elf_interpreter(&own).is_some_and(|i| i.contains("ld-linux")), "{:?}", elf_interpreter(&own));
+
     let key = test_key();
     let d = tempdir();
     let built = build_signed(&pack("mandelbrot"), &key, d.path());
     let store = d.path().join("store");
-    ok(Command::new(&thin).arg("--store").arg(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
-    let o = ok(Command::new(&thin).arg("--store").arg(&store).args(["run", "mandelbrot", "--data", "output=checksum"]));
+    let device_cmd = || {
+        let mut c = Command::new(&device);
+        c.arg("--store").arg(&store).env_remove("LIMES_HOME").env_remove("RUST_LOG");
+        c
+    };
+    ok(device_cmd().arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
+    let o = ok(device_cmd().args(["run", "mandelbrot", "--data", "output=checksum"]));
     assert_eq!(stdout(&o).trim(), MANDELBROT_DEFAULT_CHECKSUM);
-    let e = fails(Command::new(&thin).arg("--store").arg(&store).args(["run", "mandelbrot", "--jit"]), 1);
+    let e = fails(device_cmd().args(["run", "mandelbrot", "--jit"]), 1);
     assert!(e.contains("no JIT"), "{e}");
+
+    use std::io::BufRead;
+    let mut server = device_cmd()
+        .args(["serve", "--listen", "127.0.0.1:0", "--function", "mandelbrot", "--workers", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).parse().unwrap();
+    let (status, body) = http(addr, "POST", "/functions/mandelbrot", b"output=checksum");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!((status, String::from_utf8_lossy(&body).trim()), (200, MANDELBROT_DEFAULT_CHECKSUM));
+}
+
+/// The program interpreter an ELF64 executable names (PT_INTERP), if any.
+fn elf_interpreter(elf: &[u8]) -> Option<String> {
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "not an ELF64 file");
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    (0..phnum).map(|i| phoff + i * phentsize).find(|&h| u32::from_le_bytes(elf[h..h + 4].try_into().unwrap()) == 3).map(|h| {
+        let (off, size) = (u64_at(h + 8), u64_at(h + 32));
+        String::from_utf8_lossy(&elf[off..off + size]).trim_end_matches('\0').to_string()
+    })
 }
 
 /// Every `limes` subcommand's --help ends with examples.
