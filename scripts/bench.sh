@@ -9,5 +9,8 @@ target="${CARGO_TARGET_DIR:-target}"
 # The loader alone first, so target/release/limes is the thin device build
 # (no Cranelift); the benchmark itself links Cranelift for compile-at-load.
 cargo build --release --locked -p limes --bin limes
+# The static device build, which the `limes run` rows measure (beside the
+# glibc build above).
+cargo build --release --locked -p limes --bin limes --target x86_64-unknown-linux-musl
 cargo build --release --locked -p limes-bench
 "$target/release/limes-bench" --out "${BENCH_OUT:-bench-results}" "$@"

@@ -164,6 +164,27 @@ pub(crate) fn sibling(bin: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Row names of the whole-process `limes run` measurements.
+pub(crate) const RUN_STATIC: &str = "aot-process (limes run)";
+pub(crate) const RUN_GLIBC: &str = "aot-process (limes run, glibc build)";
+
+/// The device build of the loader: static, for x86_64-unknown-linux-musl,
+/// with the same profile as this benchmark (scripts/bench.sh and
+/// scripts/test.sh build it).
+pub(crate) fn device_loader() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().unwrap();
+    let profile = dir.file_name().unwrap();
+    let p = dir.parent().unwrap().join(limes::DEVICE_TARGET).join(profile).join("limes");
+    anyhow::ensure!(
+        p.is_file(),
+        "{} not found; build the device loader first: cargo build -p limes --bin limes --target {} (scripts/bench.sh does)",
+        p.display(),
+        limes::DEVICE_TARGET
+    );
+    Ok(p)
+}
+
 fn tiny_jpeg() -> Vec<u8> {
     let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 128]));
     let mut out = Vec::new();
@@ -310,6 +331,7 @@ fn main() -> Result<()> {
     let rt = Runtime::new(&RuntimeOptions { max_instances: 4, ..Default::default() })?;
     let profile = limes_bundle::EngineProfile::default();
     let limes_bin = sibling("limes")?;
+    let device_bin = device_loader()?;
     for w in &workloads {
         eprintln!("workload {}", w.name);
         let f = store.get(w.function)?;
@@ -393,21 +415,26 @@ fn main() -> Result<()> {
         // Whole processes: `limes run` (AOT) and the native executable.
         let body = work.path().join("body.bin");
         std::fs::write(&body, &w.full.body)?;
-        let mut total = Vec::new();
+        // The static device build and the glibc build of the same loader,
+        // in turn, so both meet the machine's slow spells alike.
+        let mut totals = [Vec::new(), Vec::new()];
         for _ in 0..process_runs.min(if w.pack == "noop" { usize::MAX } else { exec_runs.max(3) }) {
-            let mut cmd = Command::new(&limes_bin);
-            cmd.arg("--store").arg(store.root()).args(["run", w.function, "--input"]).arg(&body);
-            for (k, v) in &w.full.metadata {
-                cmd.arg("--meta").arg(format!("{k}={v}"));
+            for (exe, total) in [&device_bin, &limes_bin].into_iter().zip(totals.iter_mut()) {
+                let mut cmd = Command::new(exe);
+                cmd.arg("--store").arg(store.root()).args(["run", w.function, "--input"]).arg(&body);
+                for (k, v) in &w.full.metadata {
+                    cmd.arg("--meta").arg(format!("{k}={v}"));
+                }
+                for (n, p) in &w.dirs {
+                    cmd.arg("--dir").arg(format!("{n}={}", p.display()));
+                }
+                let (t, out) = time(|| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status());
+                anyhow::ensure!(out?.success(), "{} run {} failed", exe.display(), w.function);
+                total.push(t);
             }
-            for (n, p) in &w.dirs {
-                cmd.arg("--dir").arg(format!("{n}={}", p.display()));
-            }
-            let (t, out) = time(|| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status());
-            anyhow::ensure!(out?.success(), "limes run {} failed", w.function);
-            total.push(t);
         }
-        push(&mut rows, "aot-process (limes run)", "total", &total);
+        push(&mut rows, RUN_STATIC, "total", &totals[0]);
+        push(&mut rows, RUN_GLIBC, "total", &totals[1]);
 
         // The microVM images of the same function, Linux and Hermit, in
         // turn: launch to ready frame, request to answer, launch to answer.

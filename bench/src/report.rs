@@ -288,12 +288,16 @@ pub fn markdown(r: &Results) -> String {
         }
     }
     s += "\n## Whole process: `limes run` (verify-free start from the store, AOT) vs a native process\n\n";
-    s += "| workload | `limes run` p50 | p99 | native process p50 | p99 | runs |\n|---|---|---|---|---|---|\n";
+    s += "`limes run` is the static device build (x86_64-unknown-linux-musl); the glibc build of the same loader ran in turn with it. The native process is the function's own native build (glibc, dynamically linked, as `cargo build` makes it).\n\n";
+    s += "| workload | `limes run` p50 | p99 | glibc build p50 | native process p50 | p99 | `limes run` / native (p50) | runs |\n|---|---|---|---|---|---|---|---|\n";
     for w in &workloads {
-        if let Some(l) = find(r, w, "aot-process (limes run)", "total") {
+        if let Some(l) = find(r, w, crate::RUN_STATIC, "total") {
+            let g = find(r, w, crate::RUN_GLIBC, "total");
             let n = find(r, w, "native-process", "total");
-            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} |", us(l.p50_us), us(l.p99_us),
-                n.map(|n| us(n.p50_us)).unwrap_or("-".into()), n.map(|n| us(n.p99_us)).unwrap_or("-".into()), l.n);
+            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} | {} | {} |", us(l.p50_us), us(l.p99_us),
+                g.map(|g| us(g.p50_us)).unwrap_or("-".into()),
+                n.map(|n| us(n.p50_us)).unwrap_or("-".into()), n.map(|n| us(n.p99_us)).unwrap_or("-".into()),
+                n.map(|n| format!("{:.2}x", l.p50_us / n.p50_us)).unwrap_or("-".into()), l.n);
         }
     }
     s += "\n## Cold start against component size\n\n![scaling](scaling.svg)\n\n| component size | compile-at-load p50 | AOT (map + instantiate + call) p50 | AOT p99 |\n|---|---|---|---|\n";
