@@ -332,6 +332,13 @@ fn main() -> Result<()> {
     let profile = limes_bundle::EngineProfile::default();
     let limes_bin = sibling("limes")?;
     let device_bin = device_loader()?;
+    // Each pack's native executable (frame protocol on stdin), the baseline
+    // of the whole-process rows.
+    let mut native_exes = std::collections::BTreeMap::new();
+    for pack in ["noop", "mandelbrot", "image"] {
+        let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
+        native_exes.insert(pack, limes_build::compile::build_native(&project, None, &limes_build::CargoOptions { quiet: true, ..Default::default() })?);
+    }
     for w in &workloads {
         eprintln!("workload {}", w.name);
         let f = store.get(w.function)?;
@@ -415,10 +422,28 @@ fn main() -> Result<()> {
         // Whole processes: `limes run` (AOT) and the native executable.
         let body = work.path().join("body.bin");
         std::fs::write(&body, &w.full.body)?;
-        // The static device build and the glibc build of the same loader,
-        // in turn, so both meet the machine's slow spells alike.
+        // The static device build, the glibc build of the same loader and
+        // the native executable answering the same request, in turn, so all
+        // three meet the machine's slow spells alike.
+        let native = (!w.name.contains("file")).then(|| native_exes[w.pack].clone());
+        let frame = {
+            let mut v = Vec::new();
+            limes_sdk::frame::write_frame(&mut v, limes_sdk::frame::REQUEST_MAGIC, &limes_sdk::frame::encode_request(&w.full))?;
+            v
+        };
         let mut totals = [Vec::new(), Vec::new()];
+        let mut native_total = Vec::new();
         for _ in 0..process_runs.min(if w.pack == "noop" { usize::MAX } else { exec_runs.max(3) }) {
+            if let Some(exe) = &native {
+                let (t, ok) = time(|| -> Result<bool> {
+                    use std::io::Write;
+                    let mut c = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+                    c.stdin.take().unwrap().write_all(&frame)?;
+                    Ok(c.wait()?.success())
+                });
+                anyhow::ensure!(ok?, "native {} failed", w.pack);
+                native_total.push(t);
+            }
             for (exe, total) in [&device_bin, &limes_bin].into_iter().zip(totals.iter_mut()) {
                 let mut cmd = Command::new(exe);
                 cmd.arg("--store").arg(store.root()).args(["run", w.function, "--input"]).arg(&body);
@@ -435,6 +460,7 @@ fn main() -> Result<()> {
         }
         push(&mut rows, RUN_STATIC, "total", &totals[0]);
         push(&mut rows, RUN_GLIBC, "total", &totals[1]);
+        push(&mut rows, "native-process", "total", &native_total);
 
         // The microVM images of the same function, Linux and Hermit, in
         // turn: launch to ready frame, request to answer, launch to answer.
@@ -464,32 +490,6 @@ fn main() -> Result<()> {
         }
     }
 
-    // Native process baselines: a hello-world-sized process (the noop
-    // executable on empty input), and each native executable answering the
-    // full request over the frame protocol.
-    for (pack, wl) in [("noop", 0usize), ("mandelbrot", 1), ("image", 2)] {
-        let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
-        let exe = limes_build::compile::build_native(&project, None, &limes_build::CargoOptions { quiet: true, ..Default::default() })?;
-        let w = &workloads[wl];
-        let frame = {
-            let mut v = Vec::new();
-            limes_sdk::frame::write_frame(&mut v, limes_sdk::frame::REQUEST_MAGIC, &limes_sdk::frame::encode_request(&w.full))?;
-            v
-        };
-        let n = if pack == "noop" { process_runs } else { exec_runs.max(3) };
-        let mut total = Vec::new();
-        for _ in 0..n {
-            let (t, ok) = time(|| -> Result<bool> {
-                use std::io::Write;
-                let mut c = Command::new(&exe).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
-                c.stdin.take().unwrap().write_all(&frame)?;
-                Ok(c.wait()?.success())
-            });
-            anyhow::ensure!(ok?, "native {pack} failed");
-            total.push(t);
-        }
-        rows.push(Row { workload: w.name.into(), method: "native-process".into(), phase: "total".into(), stats: Stats::of(&total) });
-    }
     if rows.iter().any(|r| r.method.contains("qemu-tcg")) {
         notes.push("the microVM rows ran under QEMU TCG (software emulation: this machine's KVM does not run guests), so they measure emulation, not Firecracker on KVM; the study's Firecracker cold starts were 30-95 ms".into());
     }
