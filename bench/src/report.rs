@@ -133,13 +133,14 @@ fn backend_row(workload: &str, mode: &str, lat: &[Duration]) -> crate::BackendRo
 }
 
 /// Each workload served by `limes serve` three ways (Wasm workers,
-/// pre-booted microVMs, `auto`), `n` sequential requests each, in `rounds`
+/// pre-booted microVMs, `auto`), `n` sequential requests each (given per
+/// workload), in `rounds`
 /// rounds that take the modes in turn (a fresh server each), so a slow
 /// spell of the shared machine falls on every mode alike.
-pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads: &[(&str, &str, Vec<u8>)], n: usize, rounds: usize) -> Result<Vec<crate::BackendRow>> {
+pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads: &[(&str, &str, Vec<u8>, usize)], rounds: usize) -> Result<Vec<crate::BackendRow>> {
     const MODES: [&str; 3] = ["wasm", "microvm", "auto"];
     let mut rows = Vec::new();
-    for (workload, function, body) in workloads {
+    for &(workload, function, ref body, n) in workloads {
         let mut lat: [Vec<Duration>; 3] = Default::default();
         for round in 0..rounds {
             let per_round = n / rounds + usize::from(round < n % rounds);
@@ -308,7 +309,7 @@ pub fn markdown(r: &Results) -> String {
     for l in &r.serve_load {
         let _ = writeln!(s, "| {} | {} | {} | {:.0} | {} | {} |", l.mode, l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
     }
-    s += "\n## Backend choice: `limes serve` per function as Wasm, as pre-booted microVMs, and `auto` (one client, sequential)\n\n`auto` routes each request to the backend with the lower recent median and tries the other on every 16th request, at most once per gap (250 ms, doubling while the tries confirm the choice), and a losing try delays the next by 19x its own time. Each row is 30 requests in three rounds that take the modes in turn, each round on a fresh server after a settling second (its pools booted and idle) and three discarded requests, so every mode meets the shared machine's slow spells alike; each `auto` round includes its first try of the microVM. microVM rows are the Hermit image under QEMU TCG here: each VM answers one request, so once the pre-booted ones are used a request waits for a boot (about 0.1 s).\n\nThe aim is on the median; the mean shows what the tries cost (a microVM try of the image pipeline takes over a second).\n\n| workload | wasm p50 | microvm p50 | auto p50 | auto / better fixed (p50) | auto / better fixed (mean) |\n|---|---|---|---|---|---|\n";
+    s += "\n## Backend choice: `limes serve` per function as Wasm, as pre-booted microVMs, and `auto` (one client, sequential)\n\n`auto` routes each request to the backend with the lower recent median and tries the other on every 16th request, at most once per gap (250 ms, doubling while the tries confirm the choice), and a losing try delays the next by 19x its own time. Each row is 30 requests (300 for the no-op, whose sub-millisecond median needs more) in three rounds that take the modes in turn, each round on a fresh server after a settling second (its pools booted and idle) and three discarded requests, so every mode meets the shared machine's slow spells alike; each `auto` round includes its first try of the microVM. microVM rows are the Hermit image under QEMU TCG here: each VM answers one request, so once the pre-booted ones are used a request waits for a boot (about 0.1 s).\n\nThe aim is on the median; the mean shows what the tries cost (a microVM try of the image pipeline takes over a second).\n\n| workload | wasm p50 | microvm p50 | auto p50 | auto / better fixed (p50) | auto / better fixed (mean) |\n|---|---|---|---|---|---|\n";
     let mut seen: Vec<&str> = Vec::new();
     for b in &r.backends {
         if seen.contains(&b.workload.as_str()) {
