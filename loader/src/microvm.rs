@@ -240,14 +240,9 @@ pub struct BootedVm {
 }
 
 impl BootedVm {
-    /// The hypervisor's process id.
-    pub fn pid(&self) -> u32 {
-        self.vm.0.id()
-    }
-
     /// The hypervisor's thread ids (empty once it has exited).
     pub fn threads(&self) -> Vec<libc::pid_t> {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else { return Vec::new() };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.vm.0.id())) else { return Vec::new() };
         tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse().ok()).collect()
     }
 
