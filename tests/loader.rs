@@ -330,26 +330,19 @@ fn device_loader_is_static_without_cranelift_and_runs_aot() {
     let d = tempdir();
     let built = build_signed(&pack("mandelbrot"), &key, d.path());
     let store = d.path().join("store");
-    let device_cmd = || {
-        let mut c = Command::new(&device);
-        c.arg("--store").arg(&store).env_remove("LIMES_HOME").env_remove("RUST_LOG");
-        c
-    };
+    let device_cmd = || limes_cmd_at(&device, &store);
     ok(device_cmd().arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
     let o = ok(device_cmd().args(["run", "mandelbrot", "--data", "output=checksum"]));
     assert_eq!(stdout(&o).trim(), MANDELBROT_DEFAULT_CHECKSUM);
     let e = fails(device_cmd().args(["run", "mandelbrot", "--jit"]), 1);
     assert!(e.contains("no JIT"), "{e}");
 
-    use std::io::BufRead;
     let mut server = device_cmd()
         .args(["serve", "--listen", "127.0.0.1:0", "--function", "mandelbrot", "--workers", "1"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).parse().unwrap();
+    let addr = listening_addr(&mut server);
     let (status, body) = http(addr, "POST", "/functions/mandelbrot", b"output=checksum");
     let _ = server.kill();
     let _ = server.wait();

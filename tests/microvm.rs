@@ -284,7 +284,6 @@ fn faults_match_wasm(kind: ImageKind) {
 /// `limes serve` on `store` (TCG, the test kernel) with `extra` flags,
 /// once it listens.
 fn serve(store: &std::path::Path, extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
-    use std::io::BufRead;
     let mut child = limes_cmd(store)
         .args(["serve", "--listen", "127.0.0.1:0", "--accel", "tcg", "--kernel"])
         .arg(test_kernel())
@@ -293,9 +292,8 @@ fn serve(store: &std::path::Path, extra: &[&str]) -> (std::process::Child, std::
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    (child, line.trim().strip_prefix("listening on ").unwrap().parse().unwrap())
+    let addr = listening_addr(&mut child);
+    (child, addr)
 }
 
 /// `limes serve --microvm NAME`: requests are answered by VMs already

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -28,10 +28,8 @@ fn start(store: &std::path::Path, extra: &[&str]) -> Server {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    Server { addr: addr.parse().unwrap(), child }
+    let addr = listening_addr(&mut child);
+    Server { addr, child }
 }
 
 /// A store (under the returned directory, `store/`) with the no-op pack and

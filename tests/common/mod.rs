@@ -209,6 +209,11 @@ impl TestRegistry {
 /// setting inherited from the environment (tests of the loader package only).
 pub fn limes_cmd(store: &Path) -> Command {
     let exe = option_env!("CARGO_BIN_EXE_limes").expect("only the loader package's tests run the limes binary");
+    limes_cmd_at(Path::new(exe), store)
+}
+
+/// [`limes_cmd`] for another build of the loader (the static device build).
+pub fn limes_cmd_at(exe: &Path, store: &Path) -> Command {
     let mut c = Command::new(exe);
     c.arg("--store").arg(store);
     for var in ["LIMES_HOME", "RUST_LOG", "LIMES_REGISTRY_USERNAME", "LIMES_REGISTRY_PASSWORD", "DOCKER_CONFIG"] {
@@ -220,6 +225,16 @@ pub fn limes_cmd(store: &Path) -> Command {
 /// `limes install BUNDLE --trust KEY` into `store`, which must succeed.
 pub fn install(store: &Path, bundle: &Path, key: &TestKey) -> Output {
     ok(limes_cmd(store).arg("install").arg(bundle).arg("--trust").arg(&key.public))
+}
+
+/// The address a spawned `limes serve` (stdout piped) listens on: its
+/// first line, printed once it accepts connections.
+pub fn listening_addr(server: &mut std::process::Child) -> std::net::SocketAddr {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("stdout piped")).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    addr.parse().unwrap()
 }
 
 /// Minimal HTTP/1.1 client: one request per connection.
