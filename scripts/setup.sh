@@ -23,7 +23,7 @@ fi
 # command -> Debian package
 declare -A pkgs=(
     [minisign]=minisign        # independent check of bundle signatures
-    [musl-gcc]=musl-tools      # static native builds for microVM images
+    [musl-gcc]=musl-tools      # static builds: microVM images, the device loader (its C: aws-lc, mimalloc)
     [qemu-system-x86_64]=qemu-system-x86   # boots microVM images (TCG when KVM cannot)
     [docker-registry]=docker-registry      # a real OCI registry for push/pull tests
     [htpasswd]=apache2-utils               # its basic-auth variant
