@@ -107,7 +107,8 @@ fn the_store_is_private_and_refused_when_others_can_write_it() {
         .arg(&store)
         .arg(bundle)
         .arg(&key.public)
-        .env_remove("LIMES_HOME"));
+        .env_remove("LIMES_HOME")
+        .env("LIMES_TRUST_DIR", trust_dir(&store)));
     assert_eq!(mode(&store), 0o700);
     fn walk(p: &Path) {
         for e in std::fs::read_dir(p).unwrap() {
@@ -223,6 +224,7 @@ fn install_bytes(store: &Path, bytes: &[u8], name: &str) -> std::process::Output
         .arg(&f)
         .arg(&key.public)
         .env_remove("LIMES_HOME")
+        .env("LIMES_TRUST_DIR", trust_dir(store))
         .output()
         .unwrap()
 }
@@ -427,4 +429,130 @@ fn version_order_is_semver() {
         assert_eq!(version_cmp(b, a), o.reverse(), "{b} vs {a}");
     }
     let _ = SIGNATURE_PATH;
+}
+
+/// Copy a store object to a new name, with `edit` applied to its files
+/// (path, bytes) while writable; returns the copy's directory.
+fn copy_object(from: &Path, to: &Path, edit: &mut dyn FnMut(&str, &mut Vec<u8>)) {
+    fn walk(from: &Path, to: &Path, rel: &str, edit: &mut dyn FnMut(&str, &mut Vec<u8>)) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
+            let r = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), &to.join(&name), &r, edit);
+            } else {
+                let mut b = std::fs::read(e.path()).unwrap();
+                edit(&r, &mut b);
+                std::fs::write(to.join(&name), b).unwrap();
+            }
+        }
+    }
+    walk(from, to, "", edit);
+}
+
+/// Point `name`'s record at `object` as an attacker with write access to
+/// the store would: the manifest digest of the object, fresh stamps of
+/// every file, and the given signer; everything made read-only first.
+fn repoint(store: &Path, name: &str, object: &str, signer: Option<&str>) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = store.join("objects").join(object);
+    fn seal(p: &Path) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                seal(&p);
+                chmod(&p, 0o500);
+            } else {
+                chmod(&p, 0o400);
+            }
+        }
+    }
+    seal(&dir);
+    chmod(&dir, 0o500);
+    let rec_path = store.join(format!("functions/{name}.json"));
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    let manifest_sha = limes_bundle::sha256_hex(&std::fs::read(dir.join(MANIFEST_PATH)).unwrap());
+    let mut stamps = serde_json::Map::new();
+    for rel in rec["stamps"].as_object().unwrap().keys() {
+        let m = std::fs::symlink_metadata(dir.join(rel)).unwrap();
+        stamps.insert(rel.clone(), serde_json::json!({"dev": m.dev(), "ino": m.ino(), "size": m.len(), "ctime": m.ctime(), "ctime_nsec": m.ctime_nsec()}));
+    }
+    rec["object"] = object.into();
+    rec["manifest_sha256"] = manifest_sha.into();
+    rec["stamps"] = stamps.into();
+    if let Some(s) = signer {
+        rec["signer"] = s.into();
+    }
+    std::fs::write(&rec_path, serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
+}
+
+/// Attack (file writes to the store, no key): copy the installed object,
+/// replace machine code in every tier, rewrite those files' digests in the
+/// copy's manifest, and point the record at the copy with the matching
+/// manifest digest and fresh stamps, so that everything the store can check
+/// against itself agrees. Its signature does not: the loader checks it on
+/// every load against keys outside the store, so `run` and `serve` refuse
+/// the function and `list` shows it unverified.
+#[test]
+fn a_writable_store_cannot_run_native_code_no_trusted_key_signed() {
+    let d = tempdir();
+    let store = installed(d.path());
+    let object = object_dir(&store, "noop");
+    let staging = store.join("objects").join("forging");
+    let mut new_digests = Vec::new();
+    copy_object(&object, &staging, &mut |rel, b| {
+        if rel.ends_with(".cwasm") {
+            let mid = b.len() / 2;
+            for x in &mut b[mid..mid + 64] {
+                *x ^= 0x90;
+            }
+            new_digests.push((rel.to_string(), limes_bundle::sha256_hex(b)));
+        }
+    });
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(staging.join(MANIFEST_PATH)).unwrap()).unwrap();
+    for f in m["files"].as_array_mut().unwrap() {
+        if let Some((_, sha)) = new_digests.iter().find(|(p, _)| f["path"] == p.as_str()) {
+            f["sha256"] = sha.clone().into();
+        }
+    }
+    std::fs::write(staging.join(MANIFEST_PATH), serde_json::to_vec(&m).unwrap()).unwrap();
+    let forged = limes_bundle::sha256_hex(&std::fs::read(staging.join(MANIFEST_PATH)).unwrap());
+    std::fs::rename(&staging, store.join("objects").join(&forged)).unwrap();
+    repoint(&store, "noop", &forged, None);
+
+    let e = fails(limes_cmd(&store).args(["run", "noop", "--data", "x"]), EXIT_VERIFY);
+    assert!(e.contains("signature is invalid"), "{e}");
+    let e = fails(limes_cmd(&store).args(["serve", "--listen", "127.0.0.1:0"]), EXIT_VERIFY);
+    assert!(e.contains("signature is invalid"), "{e}");
+    let o = ok(limes_cmd(&store).arg("list"));
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(listed.contains("UNVERIFIED") && listed.contains("signature is invalid"), "{listed}");
+    // A trust directory inside the store is refused: the store's writer
+    // would choose the keys.
+    let e = fails(limes_cmd(&store).args(["run", "noop"]).env("LIMES_TRUST_DIR", store.join("tmp")), EXIT_VERIFY);
+    assert!(e.contains("inside the store"), "{e}");
+}
+
+/// Attack (file writes to the store): point a function's record at an
+/// object another trusted key signed for the same name. The publisher pinned
+/// in the trust directory, which the store's writer cannot move, refuses it.
+#[test]
+fn a_writable_store_cannot_switch_a_function_to_another_publisher() {
+    let d = tempdir();
+    let store = installed(d.path());
+    let other = test_key();
+    let built = build_signed(&pack("noop"), &other, &d.path().join("other-out"));
+    let other_store = d.path().join("other-store");
+    ok(limes_cmd(&other_store).arg("install").arg(&built.bundle).arg("--trust").arg(&other.public));
+    // Both keys are trusted on this device.
+    std::fs::copy(&other.public, trust_dir(&store).join("other.pub")).unwrap();
+    let theirs = object_dir(&other_store, "noop");
+    let name = theirs.file_name().unwrap().to_string_lossy().to_string();
+    copy_object(&theirs, &store.join("objects").join(&name), &mut |_, _| {});
+    let signer = limes_bundle::keys::PublicKey::from_file(&other.public).unwrap().id().to_string();
+    repoint(&store, "noop", &name, Some(&signer));
+    let e = fails(limes_cmd(&store).args(["run", "noop", "--data", "x"]), EXIT_VERIFY);
+    assert!(e.contains("refusing a change of publisher"), "{e}");
 }

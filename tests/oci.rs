@@ -127,6 +127,9 @@ enum Answer {
     Endless(u64),
     /// Read the request, then say nothing.
     Stall,
+    /// Announce these bytes, then send one every 200 ms (never silent for
+    /// long: a read deadline alone does not end it).
+    Drip(&'static str, Vec<u8>),
     Redirect(String),
 }
 
@@ -186,6 +189,15 @@ impl FakeRegistry {
                                 sent += chunk.len() as u64;
                             }
                         }
+                        Some(Answer::Drip(ct, body)) => {
+                            let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-type: {ct}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                            for b in body {
+                                if st.load(std::sync::atomic::Ordering::SeqCst) || s.write_all(&[b]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(std::time::Duration::from_millis(200));
+                            }
+                        }
                         Some(Answer::Stall) => {
                             while !st.load(std::sync::atomic::Ordering::SeqCst) {
                                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -243,6 +255,7 @@ fn a_lying_registry_cannot_exhaust_or_hang_a_pull() {
     routes.insert("/v2/fns/noop/manifests/good".into(), Answer::Bytes(ct, oci.clone()));
     routes.insert("/v2/fns/noop/manifests/huge".into(), Answer::Endless(256 << 20));
     routes.insert("/v2/fns/noop/manifests/stall".into(), Answer::Stall);
+    routes.insert("/v2/fns/noop/manifests/drip".into(), Answer::Drip(ct, oci.clone()));
     let reg = FakeRegistry::start(routes.clone());
     let pull = |tag: &str, store: &str| {
         let mut c = limes_cmd(&d.path().join(store));
@@ -260,6 +273,19 @@ fn a_lying_registry_cannot_exhaust_or_hang_a_pull() {
     let e = fails(&mut pull("stall", "s2"), 1);
     assert!(e.contains("no answer within the deadline"), "{e}");
     assert!(t.elapsed() < std::time::Duration::from_secs(10), "the stalled pull took {:?}", t.elapsed());
+    // A registry that drips its answer (5 bytes/s, never silent for the
+    // 1.5 s read deadline) is cut off by the minimum transfer rate after
+    // its grace period ...
+    let t = std::time::Instant::now();
+    let e = fails(&mut pull("drip", "s2"), 1);
+    assert!(e.contains("sent slower than 1024 bytes/s"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(15), "the dripped pull took {:?}", t.elapsed());
+    // ... and by the pull's own deadline, whatever rate is accepted.
+    let t = std::time::Instant::now();
+    let e = fails(pull("drip", "s2").args(["--min-transfer-rate", "0", "--pull-timeout-ms", "3000"]), 1);
+    assert!(e.contains("did not finish within 3000 ms"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "the dripped pull took {:?}", t.elapsed());
+    assert!(std::fs::read_dir(d.path().join("s2/functions")).unwrap().next().is_none(), "a pull that failed installed something");
     drop(reg);
 
     // The signature layer (a few hundred bytes) answered with 512 MiB: cut

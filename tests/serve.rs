@@ -43,6 +43,7 @@ fn store_with_noop_and_faulty() -> (TestKey, tempfile::TempDir) {
         let b = build_signed(&krate, &key, d.path());
         st.install(&b.bundle, &keys, Default::default()).unwrap();
     }
+    trust(&d.path().join("store"), &key);
     (key, d)
 }
 
@@ -201,6 +202,7 @@ fn hostile_clients_are_bounded() {
     let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
     let b = build_signed(&pack("noop"), &key, &d.path().join("out"));
     limes::Store::open(&store).unwrap().install(&b.bundle, &keys, Default::default()).unwrap();
+    trust(&store, &key);
     let server = start(
         &store,
         &["--max-connections", "250", "--header-timeout-ms", "1500", "--body-timeout-ms", "2500", "--queue-timeout-ms", "500", "--body-budget-mib", "32"],
@@ -349,4 +351,115 @@ fn runaway_requests_end_their_worker_only() {
     let (_, m) = http(a, "GET", "/metrics", b"");
     let m = String::from_utf8(m).unwrap();
     assert!(m.contains("limes_worker_replacements_total{function=\"noop\",reason=\"crash\"} 2"), "{m}");
+}
+
+/// The value of a Prometheus sample (the first line starting with `series`).
+fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (status, body) = http(addr, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    String::from_utf8_lossy(&body).lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Attack: clients that send a request and close the connection at once
+/// (400 of them, 8 at a time). Each abandoned request used to take its
+/// worker with it, until no worker was left and every later request hung.
+/// Now the exchange finishes without the client: every worker is still
+/// live (none had to be replaced: each one's state was known), and
+/// requests get answers.
+#[test]
+fn clients_that_abandon_requests_cost_no_worker() {
+    let (_key, d) = store_with_noop_and_faulty();
+    let server = start(&d.path().join("store"), &["--function", "noop", "--workers", "4", "--queue-timeout-ms", "2000"]);
+    let addr = server.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    let _ = s.write_all(b"POST /functions/noop HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let live = r#"limes_workers_live{function="noop",backend="wasm"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(addr, live) != Some(4.0) {
+        assert!(std::time::Instant::now() < deadline, "workers live: {:?}", metric(addr, live));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..20 {
+        let body = format!("after-{i}");
+        assert_eq!(http(addr, "POST", "/functions/noop", body.as_bytes()), (200, body.into_bytes()));
+    }
+    assert_eq!(http(addr, "GET", "/healthz", b"").0, 200);
+    assert_eq!(metric(addr, r#"limes_worker_replacements_total{function="noop",reason="crash"}"#), Some(0.0));
+}
+
+/// Attack: 8 connections declare 4 MiB bodies and send a byte every half
+/// second, against a 16 MiB body budget. Declared sizes used to be reserved
+/// up front, so 4 of them held the whole budget and legitimate requests got
+/// 503. A body now holds only what has arrived, and one that arrives slower
+/// than the minimum rate is cut off with 408.
+#[test]
+fn dripping_bodies_cannot_reserve_the_body_budget() {
+    let (_key, d) = store_with_noop_and_faulty();
+    let server = start(&d.path().join("store"), &["--function", "noop", "--body-budget-mib", "16", "--queue-timeout-ms", "500"]);
+    let addr = server.addr;
+    let mut hogs: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(format!("POST /functions/noop HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\nx", 4 << 20).as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..10 {
+        let body = format!("legit-{i}");
+        assert_eq!(http(addr, "POST", "/functions/noop", body.as_bytes()), (200, body.into_bytes()), "request {i} beside the hogs");
+        for h in &mut hogs {
+            let _ = h.write_all(b"x");
+        }
+    }
+    // The hogs are cut off once past the grace period, slower than the rate.
+    let t = std::time::Instant::now();
+    let mut hog = hogs.pop().unwrap();
+    hog.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut answer = Vec::new();
+    let _ = hog.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body-too-slow"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+/// Attack: a function writes text that looks like serve's own log lines
+/// (newlines, a carriage return, ANSI escapes) to its stderr. Each line of
+/// guest output is one escaped field of a `guest output` event: nothing it
+/// writes starts a line of the log, moves the cursor or clears it.
+#[test]
+fn guest_output_cannot_forge_log_lines() {
+    let (_key, d) = store_with_noop_and_faulty();
+    let mut child = limes_cmd(&d.path().join("store"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--function", "faulty"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut child);
+    let forged = "stderr:first\n2026-12-03T00:00:00.000000Z  WARN limes::access: FORGED request function=noop status=200\r\x1b[2K\x1b[1ASPOOFED";
+    assert_eq!(http(addr, "POST", "/functions/faulty", forged.as_bytes()), (200, b"logged".to_vec()));
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "raw control characters in the log:\n{log}");
+    let forged_lines: Vec<&str> = log.lines().filter(|l| l.contains("FORGED") || l.contains("SPOOFED")).collect();
+    assert!(!forged_lines.is_empty(), "the guest output was not logged:\n{log}");
+    for l in forged_lines {
+        assert!(l.contains("guest output") && l.contains("function=\"faulty\"") || l.contains("guest output") && l.contains("function=faulty"), "a forged line: {l}\n{log}");
+        assert!(!l.trim_start().starts_with("2026-12-03T00:00:00"), "{l}");
+    }
+    assert!(log.contains(r"\u{1b}[2K"), "the escape is shown escaped:\n{log}");
 }

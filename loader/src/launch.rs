@@ -40,11 +40,13 @@ pub fn load(rt: &Runtime, f: &InstalledFunction, mode: LoadMode, integrity: Inte
                 let (best, skipped) = select::best_tier_of(&f.manifest, |p| f.has(p));
                 reasons.extend(skipped.into_iter().map(|s| format!("{}: {}", s.tier, s.reason)));
                 if let Some(a) = best {
-                    let mapped = if integrity == Integrity::Stamp && f.stamp_unchanged(&a.path)? {
-                        // SAFETY: the file is the inode that was hashed against
-                        // the signed manifest at install, unchanged since, in a
-                        // store only this user can write (checked on open).
-                        unsafe { rt.load_precompiled(spec.clone(), &f.path_of(&a.path), &a.tier) }
+                    let unchanged = if integrity == Integrity::Stamp { f.open_if_unchanged(&a.path)? } else { None };
+                    let mapped = if let Some(file) = unchanged {
+                        // SAFETY: the descriptor is the inode that was hashed
+                        // against the signed manifest at install, unchanged
+                        // since, in a store only this user can write (checked
+                        // on open); the caller checked the manifest's signature.
+                        unsafe { rt.load_precompiled(spec.clone(), &file, &a.tier) }
                     } else {
                         let bytes = f.read_verified(&a.path)?;
                         // SAFETY: these bytes were just hashed against the

@@ -14,6 +14,7 @@ pub use runtime::{Invocation, LoadedFunction, RunError, Runtime, RuntimeOptions}
 
 pub mod store;
 pub use store::Store;
+pub mod trust;
 pub mod launch;
 pub use launch::{load, LoadMode};
 

@@ -30,6 +30,11 @@ struct Cli {
     /// Store directory [default: $LIMES_HOME, else $XDG_DATA_HOME/limes, else ~/.local/share/limes].
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<std::path::PathBuf>,
+    /// Trusted keys and publisher pins, checked on every load [default:
+    /// $LIMES_TRUST_DIR, else $XDG_CONFIG_HOME/limes/trusted, else
+    /// ~/.config/limes/trusted]. Must lie outside the store.
+    #[arg(long, global = true, value_name = "DIR")]
+    trust_dir: Option<std::path::PathBuf>,
     /// Machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -46,7 +51,12 @@ struct Cli {
 fn main() -> ExitCode {
     let c = Cli::parse();
     limes::args::init_logging(c.verbose, c.quiet);
-    let ctx = cli::Ctx { store: c.store.unwrap_or_else(limes::store::default_root), json: c.json, quiet: c.quiet };
+    let ctx = cli::Ctx {
+        store: c.store.unwrap_or_else(limes::store::default_root),
+        trust_dir: c.trust_dir.unwrap_or_else(limes::trust::default_dir),
+        json: c.json,
+        quiet: c.quiet,
+    };
     match c.command.execute(&ctx) {
         Ok(code) => code,
         Err(e) => {

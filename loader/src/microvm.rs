@@ -86,6 +86,8 @@ pub enum VmError {
     Ended { detail: String },
     #[error("bad frame from the VM: {0}")]
     Frame(String),
+    #[error("the VM wrote more than {0} bytes to its console outside frames; it was killed")]
+    Flood(u64),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -95,6 +97,8 @@ impl VmError {
         match self {
             VmError::Store(s) => s.kind(),
             VmError::Run(r) => r.kind(),
+            // The guest's own misbehaviour: a fault of the function.
+            VmError::Flood(_) => crate::ErrorKind::Trap,
             VmError::NoImage(_)
             | VmError::NotFetched(_)
             | VmError::NoKernel
@@ -131,15 +135,29 @@ enum Event {
     Answer(Instant, Vec<u8>),
     Eof(Vec<u8>),
     Error(String),
+    /// The guest wrote more than this many bytes outside frames; killed.
+    Flood(u64),
 }
 
-/// Read the VM's serial output: ready frame, then the response frame;
-/// anything else (boot noise) is skipped but kept for error messages.
-fn reader(mut out: impl Read + Send + 'static, tx: mpsc::Sender<Event>) {
+/// Console bytes a guest may write before its ready frame (a Linux boot
+/// log is tens of KiB).
+pub const MAX_BOOT_NOISE: u64 = 4 << 20;
+/// Console bytes a guest may write between its ready frame and its answer
+/// (the function's own output included), and after the answer.
+pub const MAX_RUN_NOISE: u64 = 1 << 20;
+
+/// Read the VM's serial output through a 64 KiB buffer: ready frame, then
+/// the response frame; anything else (boot noise) is skipped, its tail kept
+/// for error messages. A guest that writes more than [`MAX_BOOT_NOISE`]
+/// before its ready frame or [`MAX_RUN_NOISE`] after it is killed at once
+/// (`pid`, our unreaped child) and reported as [`Event::Flood`]: the
+/// host's memory never depends on what a guest writes.
+fn reader(out: impl Read + Send + 'static, pid: Option<u32>, tx: mpsc::Sender<Event>) {
     std::thread::spawn(move || {
+        let mut out = std::io::BufReader::with_capacity(64 << 10, out);
         let mut noise = Vec::new();
-        for (magic, ready) in [(limes_sdk::native::READY_MAGIC, true), (frame::RESPONSE_MAGIC, false)] {
-            match frame::scan_for_magic(&mut out, magic) {
+        for (magic, ready, max) in [(limes_sdk::native::READY_MAGIC, true, MAX_BOOT_NOISE), (frame::RESPONSE_MAGIC, false, MAX_RUN_NOISE)] {
+            match frame::scan_for_magic(&mut out, magic, max) {
                 Ok((Frame::Payload(p), skipped)) => {
                     noise.extend(skipped);
                     let now = Instant::now();
@@ -150,13 +168,25 @@ fn reader(mut out: impl Read + Send + 'static, tx: mpsc::Sender<Event>) {
                     let _ = tx.send(Event::Eof(noise));
                     return;
                 }
+                Err(frame::FrameError::Noise(n)) => {
+                    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()).filter(|p| *p > 0) {
+                        // SAFETY: kill takes plain integers; `pid` is the VM's
+                        // process, not reaped before its `Vm` is dropped, so
+                        // the number cannot belong to another process yet.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    let _ = tx.send(Event::Flood(n));
+                    return;
+                }
                 Err(e) => {
                     let _ = tx.send(Event::Error(e.to_string()));
                     return;
                 }
             }
         }
-        let _ = std::io::copy(&mut out, &mut std::io::sink());
+        // After the answer the VM is torn down; read at most this much of
+        // what it still writes (a full pipe then blocks the guest).
+        let _ = std::io::copy(&mut (&mut out).take(MAX_RUN_NOISE), &mut std::io::sink());
     });
 }
 
@@ -265,6 +295,19 @@ impl BootedVm {
     }
 
     /// Launch to ready frame.
+    /// What went wrong with this VM while it waited for a request (it
+    /// flooded its console and was killed, or it ended), if anything: a VM
+    /// must say nothing between its ready frame and its request.
+    pub fn fault(&self) -> Option<String> {
+        match self.rx.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => None,
+            Ok(Event::Flood(n)) => Some(VmError::Flood(n).to_string()),
+            Ok(Event::Eof(_)) | Err(mpsc::TryRecvError::Disconnected) => Some("it ended while waiting".into()),
+            Ok(Event::Error(e)) => Some(e),
+            Ok(Event::Ready(_) | Event::Answer(..)) => Some("it sent a frame while waiting".into()),
+        }
+    }
+
     pub fn boot_time(&self) -> Duration {
         self.ready_at - self.start
     }
@@ -288,6 +331,7 @@ impl BootedVm {
                 return Err(crate::runtime::RunError::Trap { function: name, message: format!("it ended its VM without answering{detail}") }.into());
             }
             Event::Error(e) => return Err(VmError::Frame(e)),
+            Event::Flood(n) => return Err(VmError::Flood(n)),
             Event::Ready(_) => return Err(VmError::Frame("second ready frame".into())),
         };
         let total = start.elapsed();
@@ -359,7 +403,7 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
         v
     });
     let (tx, rx) = mpsc::channel();
-    reader(vm.0.stdout.take().expect("piped"), tx);
+    reader(vm.0.stdout.take().expect("piped"), Some(vm.0.id()), tx);
     let booted = rx
         .recv_timeout(boot_timeout)
         .map_err(|_| VmError::BootTimeout { secs: boot_timeout.as_secs(), detail: String::new() })?;
@@ -367,6 +411,7 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
         Event::Ready(t) => t,
         Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
         Event::Error(e) => return Err(VmError::Frame(e)),
+        Event::Flood(n) => return Err(VmError::Flood(n)),
         Event::Answer(..) => return Err(VmError::Frame("answer before ready".into())),
     };
     let stdin = vm.0.stdin.take().expect("piped");
@@ -505,4 +550,41 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
 fn priority_zero() -> libc::sched_param {
     // SAFETY: sched_param is plain integers; all zero is a valid value.
     unsafe { std::mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest that floods its console (here `yes`, a real process writing
+    /// as fast as it can) is cut off at the bound and killed: the host reads
+    /// in chunks and keeps a bounded tail, whatever the guest writes.
+    #[test]
+    fn a_console_flood_is_bounded_and_kills_the_guest() {
+        let mut child = Command::new("yes").arg("flood").stdout(Stdio::piped()).spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let t = Instant::now();
+        reader(child.stdout.take().unwrap(), Some(child.id()), tx);
+        match rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            Event::Flood(n) => assert_eq!(n, MAX_BOOT_NOISE),
+            _ => panic!("expected a flood"),
+        }
+        // Killed by the reader, not by us.
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "{status:?}");
+        assert!(t.elapsed() < Duration::from_secs(30));
+    }
+
+    /// Noise within the bounds is skipped, and the frames still arrive.
+    #[test]
+    fn noise_within_bounds_is_skipped() {
+        let mut out = vec![b'.'; 100_000];
+        frame::write_frame(&mut out, limes_sdk::native::READY_MAGIC, b"").unwrap();
+        out.extend(vec![b'-'; 100_000]);
+        frame::write_frame(&mut out, frame::RESPONSE_MAGIC, b"answer").unwrap();
+        let (tx, rx) = mpsc::channel();
+        reader(std::io::Cursor::new(out), None, tx);
+        assert!(matches!(rx.recv().unwrap(), Event::Ready(_)));
+        assert!(matches!(rx.recv().unwrap(), Event::Answer(_, p) if p == b"answer"));
+    }
 }

@@ -25,6 +25,9 @@ pub struct WorkerSpec {
     pub dirs: Vec<(String, PathBuf)>,
     /// How long a worker may take to load and say ready.
     pub start_timeout: Duration,
+    /// The keys (on its command line: public, and out of the store's reach)
+    /// and trust directory the worker checks the function's signature with.
+    pub anchors: crate::trust::Anchors,
 }
 
 /// A worker is started as `EXE [PREFIX...] --store STORE worker NAME`. The
@@ -82,6 +85,10 @@ pub struct Pool {
     idle_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Worker>>,
     /// Workers replaced, by reason (`timeout`, `crash`).
     pub replaced: Mutex<BTreeMap<&'static str, u64>>,
+    /// Workers alive: idle or answering (not those being replaced).
+    pub live: std::sync::atomic::AtomicUsize,
+    /// Requests that found no free worker within the queue timeout.
+    pub queue_timeouts: std::sync::atomic::AtomicU64,
     /// What the first worker reported.
     pub ready: Ready,
 }
@@ -109,6 +116,12 @@ async fn spawn(spec: &WorkerSpec) -> Result<(Worker, Ready), PoolError> {
     let start_err = |m: String| PoolError::Start { function: spec.function.clone(), message: m };
     let mut cmd = Command::new(&spec.exe.exe);
     cmd.args(&spec.exe.prefix).arg("--store").arg(&spec.store).arg("worker").arg(&spec.function);
+    for k in spec.anchors.keys().keys() {
+        cmd.arg("--trusted-key").arg(k.to_base64());
+    }
+    if !spec.anchors.dir().as_os_str().is_empty() {
+        cmd.arg("--trust-dir").arg(spec.anchors.dir());
+    }
     for (n, p) in &spec.dirs {
         cmd.arg("--dir").arg(format!("{n}={}", p.display()));
     }
@@ -136,28 +149,49 @@ impl Pool {
         let started = futures_join(&spec, size.max(1)).await;
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         let mut ready = None;
+        let mut live = 0;
         for r in started {
             let (w, rd) = r?;
             ready.get_or_insert(rd);
             let _ = idle_tx.send(w);
+            live += 1;
         }
         Ok(Arc::new(Pool {
             spec,
             idle_tx,
             idle_rx: tokio::sync::Mutex::new(idle_rx),
             replaced: Mutex::default(),
+            live: live.into(),
+            queue_timeouts: 0.into(),
             ready: ready.expect("at least one worker"),
         }))
     }
 
-    /// Run one request on a free worker within `deadline`.
-    pub async fn call(self: &Arc<Self>, request: &[u8], deadline: Duration, queue_timeout: Duration) -> Result<Reply, CallError> {
+    /// Run one request on a free worker within `deadline`: at most
+    /// `queue_timeout` waiting for one (then [`CallError::Busy`], counted).
+    ///
+    /// Once a worker is taken, the exchange runs in a task of its own: a
+    /// client that goes away drops this future, but not the exchange, which
+    /// ends with an answer (the worker goes back to the pool, its state
+    /// known) or at the deadline (the worker is killed and replaced). A
+    /// dropped exchange would take a worker out of the pool for good.
+    pub async fn call(self: &Arc<Self>, request: Vec<u8>, deadline: Duration, queue_timeout: Duration) -> Result<Reply, CallError> {
         let taken = tokio::time::timeout(queue_timeout, async { self.idle_rx.lock().await.recv().await }).await;
-        let mut w = match taken {
+        let w = match taken {
             Ok(Some(w)) => w,
             Ok(None) => return Err(CallError::Crashed("the pool is closed".into())),
-            Err(_) => return Err(CallError::Busy),
+            Err(_) => {
+                self.queue_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(CallError::Busy);
+            }
         };
+        let pool = self.clone();
+        tokio::spawn(async move { pool.exchange(w, &request, deadline).await })
+            .await
+            .unwrap_or_else(|e| Err(CallError::Crashed(format!("the exchange with the worker failed: {e}"))))
+    }
+
+    async fn exchange(self: &Arc<Self>, mut w: Worker, request: &[u8], deadline: Duration) -> Result<Reply, CallError> {
         if let Err(e) = write_frame(&mut w.stdin, frame::REQUEST_MAGIC, request).await {
             self.replace(w, "crash");
             return Err(CallError::Crashed(format!("writing to the worker: {e}")));
@@ -191,6 +225,7 @@ impl Pool {
     /// Kill `w` and start a replacement in the background.
     fn replace(self: &Arc<Self>, mut w: Worker, reason: &'static str) {
         let _ = w.child.start_kill();
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         *self.replaced.lock().unwrap().entry(reason).or_default() += 1;
         tracing::warn!(function = %self.spec.function, reason, "replacing a worker");
         let pool = Arc::downgrade(self);
@@ -201,6 +236,7 @@ impl Pool {
                 match spawn(&spec).await {
                     Ok((fresh, _)) => {
                         if let Some(p) = pool.upgrade() {
+                            p.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let _ = p.idle_tx.send(fresh);
                         }
                         return;
@@ -249,6 +285,9 @@ pub struct VmPool {
     /// VMs booted, and boots that failed.
     pub boots: std::sync::atomic::AtomicU64,
     pub boot_failures: std::sync::atomic::AtomicU64,
+    /// VMs that faulted: flooded their console or ended while waiting, or
+    /// while answering.
+    pub faults: std::sync::atomic::AtomicU64,
     /// The hypervisor the first VM booted under.
     pub hypervisor: String,
     /// Boot replacements at the lowest CPU priority (set by `auto` while it
@@ -281,6 +320,7 @@ impl VmPool {
             idle_rx: Mutex::new(idle_rx),
             boots: n.into(),
             boot_failures: 0.into(),
+            faults: 0.into(),
             hypervisor,
             background: false.into(),
         }))
@@ -318,11 +358,29 @@ impl VmPool {
     /// `queue_timeout` waiting for a VM, then at most `timeout` for the
     /// answer, measured from the request reaching the function.
     pub fn call(self: &Arc<Self>, req: &limes_sdk::Request, timeout: Duration, queue_timeout: Duration) -> Result<crate::microvm::VmOutcome, VmCallError> {
-        let vm = self.idle_rx.lock().unwrap().recv_timeout(queue_timeout).map_err(|_| VmCallError::Busy)?;
+        let until = std::time::Instant::now() + queue_timeout;
+        let vm = loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let vm = self.idle_rx.lock().unwrap().recv_timeout(left).map_err(|_| VmCallError::Busy)?;
+            self.refill();
+            // A VM that faulted while it waited (flooded its console, ended)
+            // is dropped (killed and reaped), counted, and replaced.
+            match vm.fault() {
+                None => break vm,
+                Some(why) => {
+                    self.faults.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(function = %self.function.manifest.function.name, reason = %why, "a pre-booted microVM faulted while waiting; replaced");
+                }
+            }
+        };
         vm.to_foreground();
-        self.refill();
         // The VM's teardown runs on beside the server.
-        vm.call(req, timeout).map(|(outcome, _teardown)| outcome).map_err(VmCallError::Vm)
+        vm.call(req, timeout).map(|(outcome, _teardown)| outcome).map_err(|e| {
+            if matches!(e, crate::microvm::VmError::Flood(_) | crate::microvm::VmError::Ended { .. }) {
+                self.faults.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            VmCallError::Vm(e)
+        })
     }
 }
 

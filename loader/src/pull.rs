@@ -39,6 +39,8 @@ pub enum PullError {
     Bundle(#[from] limes_bundle::BundleError),
     #[error("registry layer for {path} does not match the signed manifest (layer {layer}, manifest sha256:{signed})")]
     LayerMismatch { path: String, layer: String, signed: String },
+    #[error("the pull did not finish within {} ms (--pull-timeout-ms); nothing was installed", .0.as_millis())]
+    Deadline(std::time::Duration),
 }
 
 impl PullError {
@@ -57,11 +59,19 @@ impl PullError {
             PullError::Store(s) => s.is_verification(),
             PullError::Bundle(b) => b.is_verification(),
             PullError::LayerMismatch { .. } => true,
+            PullError::Deadline(_) => false,
         }
     }
 }
 
+/// Pull `reference` and install it, all within `opts.timeouts.total`
+/// (nothing is installed when the deadline passes first).
 pub async fn pull(store: &Store, reference: &str, keys: &TrustedKeys, opts: &PullOptions) -> Result<PullReport, PullError> {
+    let total = opts.timeouts.total;
+    tokio::time::timeout(total, pull_within(store, reference, keys, opts)).await.unwrap_or(Err(PullError::Deadline(total)))
+}
+
+async fn pull_within(store: &Store, reference: &str, keys: &TrustedKeys, opts: &PullOptions) -> Result<PullReport, PullError> {
     let reg = Puller::new(reference, opts.insecure, &opts.credentials, opts.timeouts)?;
     let (oci, digest) = reg.manifest().await?;
     let layer = |title: &str| {

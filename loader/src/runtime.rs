@@ -6,7 +6,7 @@
 use limes_bundle::manifest::{Limits, Manifest, Preopen, WorldKind};
 use limes_bundle::profile::EngineProfile;
 use limes_sdk::{Request, Response};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
@@ -242,15 +242,21 @@ impl Runtime {
         Ok(Runtime { engine, linker })
     }
 
-    /// Map a precompiled artifact.
+    /// Map a precompiled artifact from an open file: the very descriptor
+    /// whose inode was checked, never its store path again (which a store
+    /// writer could point elsewhere after the check).
     ///
     /// # Safety
     /// `cwasm` must be a file whose content was verified against a trusted
     /// signature (the store guarantees this for its entries): deserializing
     /// native code is arbitrary code execution otherwise.
-    pub unsafe fn load_precompiled(&self, spec: FunctionSpec, cwasm: &Path, tier: &str) -> Result<LoadedFunction, RunError> {
+    pub unsafe fn load_precompiled(&self, spec: FunctionSpec, cwasm: &std::fs::File, tier: &str) -> Result<LoadedFunction, RunError> {
+        use std::os::fd::AsRawFd;
+        // Wasmtime 48 maps a component only by path; /proc/self/fd/N opens
+        // this open file's own inode, not whatever the store path holds now.
+        let by_fd = format!("/proc/self/fd/{}", cwasm.as_raw_fd());
         // SAFETY: forwarded to the caller (see above).
-        self.map_and_link(spec, tier, || unsafe { Component::deserialize_file(&self.engine, cwasm) })
+        self.map_and_link(spec, tier, || unsafe { Component::deserialize_file(&self.engine, &by_fd) })
     }
 
     /// Time `deserialize`, then link what it mapped.

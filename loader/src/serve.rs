@@ -55,7 +55,13 @@ pub struct ServeOptions {
     /// A request's body must arrive within this.
     pub body_timeout: Duration,
     /// Bytes of request bodies being received at once, over all requests.
+    /// A body holds only what has arrived of it, and one client address at
+    /// most a quarter ([`CLIENT_SHARE`]).
     pub body_budget: usize,
+    /// A body must arrive at this many bytes per second on average, after
+    /// [`BODY_RATE_GRACE`] (else 408): a client dripping a byte a second
+    /// cannot hold a request open until the body deadline.
+    pub min_body_rate: u64,
     /// Pre-warmed worker processes per function.
     pub workers: usize,
     /// The `limes` executable workers run [default: this executable].
@@ -74,6 +80,8 @@ pub struct ServeOptions {
     /// How microVMs boot (kernel, acceleration, boot limit); the call limit
     /// is each function's.
     pub vm: crate::microvm::VmOptions,
+    /// What every load checks signatures against (none: nothing loads).
+    pub anchors: crate::trust::Anchors,
 }
 
 impl Default for ServeOptions {
@@ -90,6 +98,7 @@ impl Default for ServeOptions {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             body_budget: 256 << 20,
+            min_body_rate: 4 << 10,
             workers: 4,
             worker_exe: None,
             in_process: false,
@@ -97,6 +106,7 @@ impl Default for ServeOptions {
             auto_functions: Vec::new(),
             vm_pool: 2,
             vm: crate::microvm::VmOptions::default(),
+            anchors: crate::trust::Anchors::from_keys(Default::default()),
         }
     }
 }
@@ -149,16 +159,20 @@ impl prometheus_client::collector::Collector for PoolCounters {
         let mut names: Vec<&String> = functions.keys().collect();
         names.sort();
         let (mut replaced, mut boots, mut choice, mut p50) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut live, mut queue_timeouts) = (Vec::new(), Vec::new());
         for n in names {
             let exec = &functions[n].exec;
             if let Executor::Workers(pool) | Executor::Auto { wasm: pool, .. } = exec {
                 for reason in ["timeout", "crash"] {
                     replaced.push((n.as_str(), reason, ConstCounter::new(pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0))));
                 }
+                live.push((n.as_str(), "wasm", ConstGauge::new(pool.live.load(Ordering::Relaxed) as i64)));
+                queue_timeouts.push((n.as_str(), "wasm", ConstCounter::new(pool.queue_timeouts.load(Ordering::Relaxed))));
             }
             if let Executor::MicroVm(pool) | Executor::Auto { vm: pool, .. } = exec {
                 boots.push((n.as_str(), "ok", ConstCounter::new(pool.boots.load(Ordering::Relaxed))));
                 boots.push((n.as_str(), "failed", ConstCounter::new(pool.boot_failures.load(Ordering::Relaxed))));
+                boots.push((n.as_str(), "faulted", ConstCounter::new(pool.faults.load(Ordering::Relaxed))));
             }
             if let Executor::Auto { router, .. } = exec {
                 let r = router.lock().unwrap();
@@ -170,7 +184,9 @@ impl prometheus_client::collector::Collector for PoolCounters {
         }
         const REPLACED: &str = "Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).";
         encode_rows(&mut encoder, "limes_worker_replacements", REPLACED, Counter, "reason", replaced)?;
-        encode_rows(&mut encoder, "limes_microvm_boots", "microVMs booted for the pre-booted pool, by outcome.", Counter, "outcome", boots)?;
+        encode_rows(&mut encoder, "limes_workers_live", "Worker processes alive (idle or answering), per function.", Gauge, "backend", live)?;
+        encode_rows(&mut encoder, "limes_queue_timeouts", "Requests answered 503 because no worker became free within the queue timeout.", Counter, "backend", queue_timeouts)?;
+        encode_rows(&mut encoder, "limes_microvm_boots", "microVMs of the pre-booted pool, by outcome (ok: booted; failed: did not boot; faulted: flooded its console or ended unasked, killed and replaced).", Counter, "outcome", boots)?;
         encode_rows(&mut encoder, "limes_auto_backend", "For functions served with --auto: 1 for the backend requests are routed to.", Gauge, "backend", choice)?;
         encode_rows(&mut encoder, "limes_auto_p50_seconds", "For --auto functions: median latency per backend over its recent window.", Gauge, "backend", p50)
     }
@@ -241,6 +257,8 @@ struct AppState {
     permits: Semaphore,
     /// In KiB, so that any body size fits a permit count.
     body_budget: Semaphore,
+    /// KiB of the body budget held per client address (see [`CLIENT_SHARE`]).
+    client_kib: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
     opts: ServeOptions,
     started: Instant,
     /// Request ids for the logs.
@@ -301,17 +319,119 @@ fn json_str(s: &str) -> String {
     out
 }
 
-/// Read a request body of at most `limit` bytes within the body deadline.
-async fn read_body(app: &AppState, body: Body, limit: usize) -> Result<Bytes, Response> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(app.opts.body_timeout, http_body_util::BodyExt::collect(limited)).await {
-        Err(_) => Err(error_response(StatusCode::REQUEST_TIMEOUT, "body-timeout", &format!("the request body did not arrive within {} ms", app.opts.body_timeout.as_millis()))),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body exceeds {limit} bytes")))
-        }
-        Ok(Err(e)) => Err(error_response(StatusCode::BAD_REQUEST, "bad-body", &format!("reading the request body: {e}"))),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+/// The most of the body budget one client address may hold, as a fraction.
+pub const CLIENT_SHARE: usize = 4;
+/// How long a body may take before [`ServeOptions::min_body_rate`] applies.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
+
+/// The client's address, set per connection by the accept loop.
+#[derive(Clone, Copy)]
+struct ClientAddr(std::net::IpAddr);
+
+/// Put `client` into each request of its connection (whatever its body type).
+fn tag_client<B>(client: ClientAddr) -> impl Fn(axum::http::Request<B>) -> axum::http::Request<B> + Clone {
+    move |mut r| {
+        r.extensions_mut().insert(client);
+        r
     }
+}
+
+/// The part of the body budget (in KiB) one request holds: what has
+/// arrived of its body, never what it declared. Given back on drop.
+struct BodyReservation<'a> {
+    app: &'a AppState,
+    client: std::net::IpAddr,
+    kib: u32,
+}
+
+impl BodyReservation<'_> {
+    /// Hold enough for `bytes` received so far.
+    fn grow_to(&mut self, bytes: usize) -> Result<(), Response> {
+        let need = bytes.div_ceil(1024).max(1).min(u32::MAX as usize) as u32;
+        if need <= self.kib {
+            return Ok(());
+        }
+        let more = need - self.kib;
+        let share = (self.app.opts.body_budget / 1024 / CLIENT_SHARE).max(1);
+        {
+            let mut held = self.app.client_kib.lock().unwrap();
+            let h = held.entry(self.client).or_default();
+            if *h + more as usize > share {
+                return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, "busy", "this client has too many request bodies in flight; retry later"));
+            }
+            *h += more as usize;
+        }
+        match self.app.body_budget.try_acquire_many(more) {
+            Ok(p) => {
+                // Given back by hand in `drop`, with the per-client count.
+                p.forget();
+                self.kib = need;
+                Ok(())
+            }
+            Err(_) => {
+                self.release(more);
+                Err(error_response(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many request bodies in flight; retry later"))
+            }
+        }
+    }
+
+    fn release(&self, kib: u32) {
+        let mut held = self.app.client_kib.lock().unwrap();
+        if let Some(h) = held.get_mut(&self.client) {
+            *h = h.saturating_sub(kib as usize);
+            if *h == 0 {
+                held.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Drop for BodyReservation<'_> {
+    fn drop(&mut self) {
+        self.release(self.kib);
+        self.app.body_budget.add_permits(self.kib as usize);
+    }
+}
+
+/// Read a request body of at most `limit` bytes within the body deadline
+/// and at the minimum rate, holding budget only for what has arrived.
+async fn read_body(app: &AppState, client: std::net::IpAddr, mut body: Body, limit: usize) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt;
+    let started = tokio::time::Instant::now();
+    let deadline = started + app.opts.body_timeout;
+    let mut reservation = BodyReservation { app, client, kib: 0 };
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Wake at least once a second to check the rate.
+        let wake = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        match tokio::time::timeout_at(wake, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(error_response(StatusCode::BAD_REQUEST, "bad-body", &format!("reading the request body: {e}"))),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body exceeds {limit} bytes")));
+                    }
+                    reservation.grow_to(buf.len() + data.len())?;
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Err(_) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(error_response(StatusCode::REQUEST_TIMEOUT, "body-timeout", &format!("the request body did not arrive within {} ms", app.opts.body_timeout.as_millis())));
+        }
+        let late = now.duration_since(started).saturating_sub(BODY_RATE_GRACE);
+        if (buf.len() as f64) < app.opts.min_body_rate as f64 * late.as_secs_f64() {
+            return Err(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-too-slow",
+                &format!("the request body arrived slower than {} bytes/s", app.opts.min_body_rate),
+            ));
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 async fn invoke(
@@ -336,6 +456,7 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
     };
     let limit = (f.spec.limits.max_input_bytes as usize).min(app.opts.max_body);
     let (parts, body) = request.into_parts();
+    let client = parts.extensions.get::<ClientAddr>().map(|c| c.0).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     let headers: HeaderMap = parts.headers;
     let declared = match headers.get(axum::http::header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok())) {
         Some(None) => return error_response(StatusCode::BAD_REQUEST, "bad-request", "invalid Content-Length"),
@@ -345,14 +466,9 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
     if declared.is_some_and(|n| n > limit as u64) {
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body of {} bytes exceeds {limit} bytes", declared.unwrap_or(0)));
     }
-    // Reserve the body's bytes (all of the limit when the size is not
-    // declared) from the shared budget before reading it.
-    let reserve = (declared.map(|n| n as usize).unwrap_or(limit).div_ceil(1024)).max(1).min(u32::MAX as usize) as u32;
-    let budget = match tokio::time::timeout(app.opts.queue_timeout, app.body_budget.acquire_many(reserve)).await {
-        Ok(Ok(p)) => p,
-        _ => return error_response(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many request bodies in flight; retry later"),
-    };
-    let body = match read_body(&app, body, limit).await {
+    // The body holds budget as it arrives (a declared size reserves
+    // nothing: a client could declare 32 MiB and send a byte a second).
+    let body = match read_body(&app, client, body, limit).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -370,7 +486,6 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
     for (k, v) in query {
         req.metadata.push((k.to_ascii_lowercase(), v));
     }
-    drop(budget);
     if req.body.len() > limit {
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body exceeds {limit} bytes"));
     }
@@ -444,7 +559,7 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
     };
     let resp = match outcome {
         Err((status, kind, message)) => {
-            tracing::warn!(function = %name, kind, error = %message, "invocation failed");
+            tracing::warn!(function = %name, kind, error = %escape_log(&message), "invocation failed");
             error_response(status, kind, &message)
         }
         Ok(result) => match result {
@@ -475,7 +590,7 @@ type Outcome = Result<Result<limes_sdk::Response, limes_sdk::Error>, (StatusCode
 
 async fn call_workers(pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Duration, queue: Duration, name: &str) -> Outcome {
     let payload = limes_sdk::frame::encode_request(req);
-    match pool.call(&payload, deadline, queue).await {
+    match pool.call(payload, deadline, queue).await {
         Err(CallError::Busy) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "all workers are busy; retry later".into())),
         Err(CallError::Timeout) => Err((
             StatusCode::GATEWAY_TIMEOUT,
@@ -644,24 +759,53 @@ fn leak_kind(kind: &str) -> &'static str {
     }
 }
 
-/// Guest stdout/stderr go to the server's log, bounded, tagged with the
-/// function.
+/// Guest stdout/stderr go to the server's log, bounded (4 KiB, 64 lines
+/// per stream and request), one event per line with the line as one
+/// escaped field (see [`escape_log`]), tagged with the function.
 fn log_guest_output(function: &str, stdout: &[u8], stderr: &[u8]) {
+    const MAX_BYTES: usize = 4096;
+    const MAX_LINES: usize = 64;
     for (stream, bytes) in [("stdout", stdout), ("stderr", stderr)] {
-        if !bytes.is_empty() {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
-            tracing::info!(function, stream, truncated = bytes.len() > 4096, "guest output: {}", text.trim_end());
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_BYTES)]);
+        let lines: Vec<&str> = text.split('\n').collect();
+        let shown = lines.len().min(MAX_LINES);
+        for (i, line) in lines[..shown].iter().enumerate() {
+            if i + 1 == lines.len() && line.is_empty() {
+                break;
+            }
+            let truncated = i + 1 == shown && (bytes.len() > MAX_BYTES || lines.len() > MAX_LINES);
+            tracing::info!(function, stream, truncated, line = %escape_log(line), "guest output");
         }
     }
 }
 
+/// Text a guest or client controls, made safe for one log field: control
+/// characters (newline, carriage return, ANSI escape, ...) and quotes come
+/// out escaped, so it can neither end a log line nor redraw one.
+pub fn escape_log(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_control() || c == '"' || c == '\\' { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+}
+
+/// `ok` (200) while every served function has a live worker; otherwise
+/// `unhealthy` (503) with the functions that have none (their requests
+/// can only wait for a replacement).
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     let functions = app.functions.read().unwrap().clone();
     let mut names: Vec<&String> = functions.keys().collect();
     names.sort();
-    let list = names.iter().map(|n| json_str(n)).collect::<Vec<_>>().join(",");
-    let body = format!("{{\"status\":\"ok\",\"uptime_s\":{:.3},\"functions\":[{list}]}}\n", app.started.elapsed().as_secs_f64());
-    ([("content-type", "application/json")], body).into_response()
+    let dead: Vec<&String> = names
+        .iter()
+        .copied()
+        .filter(|n| matches!(&functions[*n].exec, Executor::Workers(p) | Executor::Auto { wasm: p, .. } if p.live.load(Ordering::Relaxed) == 0))
+        .collect();
+    let body = serde_json::json!({
+        "status": if dead.is_empty() { "ok" } else { "unhealthy" },
+        "uptime_s": (app.started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
+        "functions": names,
+        "no_live_worker": dead,
+    });
+    let status = if dead.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [("content-type", "application/json")], format!("{body}\n")).into_response()
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
@@ -699,6 +843,7 @@ pub async fn serve(
         functions,
         permits: Semaphore::new(opts.concurrency.max(1)),
         body_budget,
+        client_kib: Default::default(),
         opts,
         started: Instant::now(),
         next_request: AtomicU64::new(1),
@@ -791,6 +936,8 @@ const STORE_POLL: Duration = Duration::from_millis(250);
 /// it is logged and that function is not served.
 async fn reconcile(app: &Arc<AppState>, strict: bool) -> Result<(), ServeError> {
     let store = Store::open(&app.store_root)?;
+    // Keys added to the trust directory since (by `limes install`) count.
+    let anchors = app.opts.anchors.reload()?;
     let records: Vec<crate::store::Installed> =
         store.list()?.into_iter().filter(|r| app.opts.functions.is_empty() || app.opts.functions.contains(&r.name)).collect();
     let current: HashMap<String, String> = app.functions.read().unwrap().iter().map(|(n, f)| (n.clone(), f.object.clone())).collect();
@@ -798,7 +945,7 @@ async fn reconcile(app: &Arc<AppState>, strict: bool) -> Result<(), ServeError> 
         if current.get(&r.name) == Some(&r.object) {
             continue;
         }
-        match load_function(app, &store, &r.name).await {
+        match load_function(app, &store, &anchors, &r.name).await {
             Ok(served) => {
                 tracing::info!(function = %r.name, version = %r.version, "serving");
                 app.functions.write().unwrap().insert(r.name.clone(), served);
@@ -819,8 +966,8 @@ async fn reconcile(app: &Arc<AppState>, strict: bool) -> Result<(), ServeError> 
 }
 
 /// Load one installed function: in this process, or as a pool of workers.
-async fn load_function(app: &Arc<AppState>, store: &Store, name: &str) -> Result<Arc<Served>, ServeError> {
-    let f = store.get(name)?;
+async fn load_function(app: &Arc<AppState>, store: &Store, anchors: &crate::trust::Anchors, name: &str) -> Result<Arc<Served>, ServeError> {
+    let f = store.load(name, anchors)?;
     // Serve re-hashes each artifact once per load: a long-lived process
     // must not depend on the store staying untouched since install.
     // (Workers re-hash what they map too; checking here first makes a
@@ -842,6 +989,7 @@ async fn load_function(app: &Arc<AppState>, store: &Store, name: &str) -> Result
         function: name.to_string(),
         dirs: app.opts.dirs.clone(),
         start_timeout: Duration::from_secs(30),
+        anchors: anchors.clone(),
     };
     let exec = match &app.runtime {
         _ if app.opts.auto_functions.iter().any(|m| m == name) => {
@@ -914,7 +1062,7 @@ async fn accept_loop(
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -957,7 +1105,10 @@ async fn accept_loop(
             });
             continue;
         };
-        let svc = TowerToHyperService::new(router.clone());
+        // Each request learns its client's address (the body budget's
+        // per-client share).
+        let client = ClientAddr(peer.ip());
+        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(router.clone(), tag_client(client)));
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             let _slot = slot;

@@ -54,6 +54,11 @@ pub enum StoreError {
     Tampered { path: PathBuf, detail: String },
     #[error("refusing to use the store: {path} {problem}; {fix}")]
     Unsafe { path: PathBuf, problem: String, fix: String },
+    #[error(
+        "no trusted key to check {name}'s signature against: pass --trust KEY|DIR, or put the publisher's .pub file in {} \
+         (`limes install --trust KEY` does)", dir.display()
+    )]
+    NoTrust { name: String, dir: PathBuf },
 }
 
 impl StoreError {
@@ -71,7 +76,7 @@ impl StoreError {
     pub fn is_verification(&self) -> bool {
         match self {
             StoreError::Bundle(b) => b.is_verification(),
-            StoreError::Tampered { .. } | StoreError::Unsafe { .. } | StoreError::SignerChanged { .. } => true,
+            StoreError::Tampered { .. } | StoreError::Unsafe { .. } | StoreError::SignerChanged { .. } | StoreError::NoTrust { .. } => true,
             StoreError::Io { .. }
             | StoreError::NotInstalled { .. }
             | StoreError::InvalidName(_)
@@ -183,17 +188,18 @@ impl InstalledFunction {
         Ok(data)
     }
 
-    /// Whether `rel` is still exactly the inode that was verified at install.
-    pub fn stamp_unchanged(&self, rel: &str) -> Result<bool, StoreError> {
-        let (_, m) = self.open_checked(rel)?;
-        Ok(self.record.stamps.get(rel) == Some(&FileStamp::of(&m)))
+    /// `rel`, opened, if it is still exactly the inode that was verified at
+    /// install: the caller maps this descriptor, not the path again.
+    pub fn open_if_unchanged(&self, rel: &str) -> Result<Option<File>, StoreError> {
+        let (f, m) = self.open_checked(rel)?;
+        Ok((self.record.stamps.get(rel) == Some(&FileStamp::of(&m))).then_some(f))
     }
 
     /// Check that the files the caller is about to hand to something that
     /// maps or boots them are the signed bytes, by `integrity`.
     pub fn check_files(&self, rels: &[&str], integrity: Integrity) -> Result<(), StoreError> {
         for rel in rels {
-            if integrity == Integrity::Stamp && self.stamp_unchanged(rel)? {
+            if integrity == Integrity::Stamp && self.open_if_unchanged(rel)?.is_some() {
                 continue;
             }
             self.read_verified(rel)?;
@@ -799,7 +805,37 @@ impl Store {
     /// must be the one the record names, and artifact sizes must match.
     /// Callers check artifact bytes with [`InstalledFunction::check_files`]
     /// before mapping or booting them.
+    ///
+    /// This does not check the signature: the record and the manifest are
+    /// only checked against each other, and both live in the store. Anything
+    /// that maps or boots a function loads it with [`Store::load`].
     pub fn get(&self, name: &str) -> Result<InstalledFunction, StoreError> {
+        self.get_with_manifest(name).map(|(f, _)| f)
+    }
+
+    /// Resolve an installed function as [`Store::get`] does, then check its
+    /// manifest's signature against `anchors`, which live outside the store:
+    /// a store writer who rewrites an artifact, the manifest that hashes it
+    /// and the record that names it still has no trusted signature for it.
+    /// The record's signer must be the key that signed (so `limes list` can
+    /// not be told another name).
+    pub fn load(&self, name: &str, anchors: &crate::trust::Anchors) -> Result<InstalledFunction, StoreError> {
+        let (f, manifest_bytes) = self.get_with_manifest(name)?;
+        let sig_path = f.path_of(SIGNATURE_PATH);
+        let (sf, _) = open_checked(&sig_path)?;
+        let mut sig = Vec::new();
+        sf.take(64 << 10).read_to_end(&mut sig).map_err(io_err(&sig_path))?;
+        let signer = anchors.verify(name, &f.path_of(MANIFEST_PATH), &manifest_bytes, &String::from_utf8_lossy(&sig))?;
+        if f.record.signer != signer.to_string() {
+            return Err(StoreError::Tampered {
+                path: self.root.join(format!("functions/{name}.json")),
+                detail: format!("the record names signer {} but key {signer} signed the manifest", limes_bundle::untrusted(&f.record.signer)),
+            });
+        }
+        Ok(f)
+    }
+
+    fn get_with_manifest(&self, name: &str) -> Result<(InstalledFunction, Vec<u8>), StoreError> {
         let record = self.record(name)?.ok_or_else(|| self.not_installed(name))?;
         let corrupted = |detail: String| StoreError::Corrupted { name: name.into(), detail };
         if record.object.contains('/') || record.object.starts_with('.') {
@@ -833,7 +869,7 @@ impl Store {
                 });
             }
         }
-        Ok(f)
+        Ok((f, bytes))
     }
 
     /// The error for a name that is not installed, with the closest

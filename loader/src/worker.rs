@@ -122,6 +122,9 @@ pub fn decode_reply(p: &[u8]) -> Result<Reply, String> {
 pub struct WorkerOptions {
     pub function: String,
     pub dirs: Vec<(String, PathBuf)>,
+    /// What the function's signature is checked against before its code is
+    /// mapped (the server's anchors, passed on the command line).
+    pub anchors: crate::trust::Anchors,
 }
 
 /// The worker's main loop: load the function (re-hashing its artifact), say
@@ -131,7 +134,7 @@ pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, ou
     let loaded = (|| -> anyhow::Result<_> {
         let t = std::time::Instant::now();
         let rt = Runtime::new(&RuntimeOptions { pooling: true, max_instances: 1 })?;
-        let f = store.get(&opts.function)?;
+        let f = store.load(&opts.function, &opts.anchors)?;
         let loaded = launch::load(&rt, &f, LoadMode::Auto, Integrity::Rehash)?;
         Ok((rt, loaded, t.elapsed()))
     })();

@@ -214,6 +214,9 @@ fn serve(node: &Node, store: Store, f: &InstalledFunction, a: &ServeArgs) -> i32
         // Workers are this binary (see `main`), started through descriptors
         // opened on the node.
         worker_exe: Some(node.worker_exe()),
+        // Every load, here and in each worker, checks the signature against
+        // the node's keys (never anything in the store or the pod).
+        anchors: limes::trust::Anchors::from_keys(node.keys.clone()),
         ..Default::default()
     };
     // Our own runtime on a thread of its own: this code is called from

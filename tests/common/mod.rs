@@ -108,7 +108,7 @@ pub fn build_signed_with(crate_dir: &Path, key: &TestKey, out: &Path, image: Opt
         image: image.unwrap_or_default(),
         path: crate_dir.to_path_buf(),
         out_dir: Some(out.to_path_buf()),
-        signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap()),
+        signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap().into()),
         cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
         ..Default::default()
     };
@@ -213,13 +213,30 @@ pub fn limes_cmd(store: &Path) -> Command {
 }
 
 /// [`limes_cmd`] for another build of the loader (the static device build).
+/// Each store gets its own trust directory beside it ([`trust_dir`]).
 pub fn limes_cmd_at(exe: &Path, store: &Path) -> Command {
     let mut c = Command::new(exe);
     c.arg("--store").arg(store);
     for var in ["LIMES_HOME", "RUST_LOG", "LIMES_REGISTRY_USERNAME", "LIMES_REGISTRY_PASSWORD", "DOCKER_CONFIG"] {
         c.env_remove(var);
     }
+    c.env("LIMES_TRUST_DIR", trust_dir(store));
     c
+}
+
+/// Trust `key` for loads from `store` (what `limes install --trust` does,
+/// for stores the tests fill through the library).
+pub fn trust(store: &Path, key: &TestKey) {
+    let dir = trust_dir(store);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&key.public, dir.join("test.pub")).unwrap();
+}
+
+/// The trust directory the tests use for `store`: `STORE.trust`, beside it.
+pub fn trust_dir(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(".trust");
+    store.with_file_name(name)
 }
 
 /// `limes install BUNDLE --trust KEY` into `store`, which must succeed.

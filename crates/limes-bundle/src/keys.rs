@@ -90,11 +90,16 @@ impl PublicKey {
 
     /// The `.pub` file text, readable by `minisign -p`.
     pub fn to_text(&self) -> String {
+        format!("untrusted comment: limes-pack public key {}\n{}\n", self.id, self.to_base64())
+    }
+
+    /// The key's one base64 line (what [`PublicKey::from_text`] also reads).
+    pub fn to_base64(&self) -> String {
         let mut b = Vec::with_capacity(42);
         b.extend_from_slice(b"Ed");
         b.extend_from_slice(&self.id.0);
         b.extend_from_slice(&self.raw);
-        format!("untrusted comment: limes-pack public key {}\n{}\n", self.id, B64.encode(b))
+        B64.encode(b)
     }
 }
 
@@ -162,6 +167,21 @@ impl TrustedKeys {
 
     pub fn keys(&self) -> &[PublicKey] {
         &self.keys
+    }
+
+    /// These keys and `other`'s, each once (by key id).
+    pub fn merged(mut self, other: &TrustedKeys) -> TrustedKeys {
+        for k in &other.keys {
+            if !self.keys.iter().any(|m| m.id == k.id) {
+                self.keys.push(k.clone());
+            }
+        }
+        self
+    }
+
+    /// The trusted key with this id.
+    pub fn key(&self, id: KeyId) -> Option<&PublicKey> {
+        self.keys.iter().find(|k| k.id == id)
     }
 
     /// Verify `sig` over `data`; returns the key that signed it.

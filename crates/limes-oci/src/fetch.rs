@@ -25,11 +25,20 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Longest silence while a response is awaited or read.
     pub read: Duration,
+    /// Slowest accepted transfer of a response body, in bytes per second on
+    /// average after [`RATE_GRACE`]: a registry that drips a byte a second
+    /// never falls silent, so silence alone does not end it.
+    pub min_rate: u64,
+    /// The whole pull (every request, retries included), and so each request.
+    pub total: Duration,
 }
+
+/// How long a response body may take before [`Timeouts::min_rate`] applies.
+pub const RATE_GRACE: Duration = Duration::from_secs(5);
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(10), read: Duration::from_secs(30) }
+        Timeouts { connect: Duration::from_secs(10), read: Duration::from_secs(30), min_rate: 1024, total: Duration::from_secs(300) }
     }
 }
 
@@ -42,12 +51,15 @@ pub struct Puller {
     reference: String,
     credentials: Option<(String, String)>,
     authorization: tokio::sync::Mutex<Option<String>>,
+    min_rate: u64,
 }
 
 /// A response body read whole, or why it was not.
 enum Body {
     Ok(Vec<u8>),
     TooLarge,
+    /// Slower than the minimum rate after the grace period.
+    TooSlow,
 }
 
 impl Puller {
@@ -77,6 +89,7 @@ impl Puller {
         let http = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.read)
+            .timeout(timeouts.total)
             .redirect(policy)
             .user_agent(concat!("limes/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -95,6 +108,7 @@ impl Puller {
             reference: parsed.digest().or(parsed.tag()).unwrap_or("latest").to_string(),
             credentials,
             authorization: tokio::sync::Mutex::new(None),
+            min_rate: timeouts.min_rate,
         })
     }
 
@@ -121,7 +135,7 @@ impl Puller {
                 continue;
             }
             if !status.is_success() {
-                let body = match read_capped(resp, MAX_ERROR_BODY).await {
+                let body = match read_capped(resp, MAX_ERROR_BODY, self.min_rate).await {
                     Ok(Body::Ok(b)) => String::from_utf8_lossy(&b).to_string(),
                     _ => String::new(),
                 };
@@ -135,7 +149,10 @@ impl Puller {
             if resp.content_length().is_some_and(|n| n > limit) {
                 return Ok(Body::TooLarge);
             }
-            return read_capped(resp, limit).await.map_err(|e| self.transport(e));
+            return match read_capped(resp, limit, self.min_rate).await.map_err(|e| self.transport(e))? {
+                Body::TooSlow => Err(self.err(format!("{} sent slower than {} bytes/s", crate::host_only_str(url), self.min_rate))),
+                b => Ok(b),
+            };
         }
         Err(OciError::Auth { registry: self.registry.clone(), message: "the registry refused the credentials".into() })
     }
@@ -189,8 +206,8 @@ impl Puller {
         if !resp.status().is_success() {
             return Err(denied(&format!("the token service answered {}", resp.status())));
         }
-        let Body::Ok(bytes) = read_capped(resp, MAX_TOKEN_ANSWER).await.map_err(|e| self.transport(e))? else {
-            return Err(denied("the token service answered more than 64 KiB"));
+        let Body::Ok(bytes) = read_capped(resp, MAX_TOKEN_ANSWER, self.min_rate).await.map_err(|e| self.transport(e))? else {
+            return Err(denied("the token service answered more than 64 KiB, or too slowly"));
         };
         let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| denied("the token service answered no JSON"))?;
         let token = v.get("token").or_else(|| v.get("access_token")).and_then(|t| t.as_str()).ok_or_else(|| denied("no token in the answer"))?;
@@ -203,6 +220,7 @@ impl Puller {
     pub async fn manifest(&self) -> Result<(OciImageManifest, String), OciError> {
         let url = format!("{}/v2/{}/manifests/{}", self.base, self.repository, self.reference);
         let Body::Ok(bytes) = self.get(&url, Some("application/vnd.oci.image.manifest.v1+json"), MAX_OCI_MANIFEST).await? else {
+            // (`get` reports a slow answer itself.)
             return Err(OciError::TooLarge { what: "the OCI manifest".into(), limit: MAX_OCI_MANIFEST });
         };
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
@@ -241,7 +259,7 @@ impl Puller {
                     *out = bytes;
                     return Ok(());
                 }
-                Ok(Body::TooLarge) => return Err(OciError::TooLarge { what, limit: size }),
+                Ok(Body::TooLarge | Body::TooSlow) => return Err(OciError::TooLarge { what, limit: size }),
                 Err(e @ OciError::Registry { .. }) => {
                     tracing::warn!(attempt, blob = %what, error = %e, "blob download failed");
                     last = Some(e);
@@ -274,14 +292,20 @@ fn error_text(body: &str) -> String {
 }
 
 /// Read a response body, at most `limit` bytes: one byte more is
-/// [`Body::TooLarge`] and the connection is dropped.
-async fn read_capped(mut resp: reqwest::Response, limit: u64) -> Result<Body, reqwest::Error> {
+/// [`Body::TooLarge`] and the connection is dropped; so is a body that
+/// arrives slower than `min_rate` bytes/s after [`RATE_GRACE`].
+async fn read_capped(mut resp: reqwest::Response, limit: u64, min_rate: u64) -> Result<Body, reqwest::Error> {
+    let started = std::time::Instant::now();
     let mut out = Vec::with_capacity(limit.min(1 << 20) as usize);
     while let Some(chunk) = resp.chunk().await? {
         if out.len() as u64 + chunk.len() as u64 > limit {
             return Ok(Body::TooLarge);
         }
         out.extend_from_slice(&chunk);
+        let late = started.elapsed().saturating_sub(RATE_GRACE);
+        if (out.len() as f64) < min_rate as f64 * late.as_secs_f64() {
+            return Ok(Body::TooSlow);
+        }
     }
     Ok(Body::Ok(out))
 }

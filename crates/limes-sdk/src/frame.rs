@@ -23,6 +23,8 @@ pub enum FrameError {
     BadMagic([u8; 4]),
     TooLarge(u32),
     Malformed(&'static str),
+    /// More than the allowed bytes arrived outside frames.
+    Noise(u64),
 }
 
 impl std::fmt::Display for FrameError {
@@ -34,6 +36,7 @@ impl std::fmt::Display for FrameError {
                 write!(f, "frame payload of {n} bytes exceeds the {MAX_PAYLOAD}-byte limit")
             }
             FrameError::Malformed(what) => write!(f, "malformed frame: {what}"),
+            FrameError::Noise(n) => write!(f, "more than {n} bytes outside frames"),
         }
     }
 }
@@ -314,11 +317,19 @@ fn read_body(r: &mut impl Read, len: u32) -> Result<Frame, FrameError> {
     Ok(Frame::Payload(payload))
 }
 
+/// The most skipped bytes [`scan_for_magic`] keeps (the last ones), for
+/// error messages.
+pub const KEPT_NOISE: usize = 4096;
+
 /// Skip bytes until `magic` is seen, then read the rest of that frame.
 /// Used by hosts reading a serial console, where boot messages may precede
-/// the answer. Returns the skipped bytes too (useful in error messages).
-pub fn scan_for_magic(r: &mut impl Read, magic: &[u8; 4]) -> Result<(Frame, Vec<u8>), FrameError> {
+/// the answer. More than `max_skip` skipped bytes is [`FrameError::Noise`]
+/// (a guest that floods its console); only the last [`KEPT_NOISE`] skipped
+/// bytes are returned (for error messages), so memory stays bounded. Reads
+/// byte by byte: give it a buffered reader.
+pub fn scan_for_magic(r: &mut impl Read, magic: &[u8; 4], max_skip: u64) -> Result<(Frame, Vec<u8>), FrameError> {
     let mut skipped = Vec::new();
+    let mut skipped_total = 0u64;
     let mut window = [0u8; 4];
     let mut filled = 0usize;
     let mut byte = [0u8; 1];
@@ -333,6 +344,13 @@ pub fn scan_for_magic(r: &mut impl Read, magic: &[u8; 4]) -> Result<(Frame, Vec<
             window[filled] = byte[0];
             filled += 1;
         } else {
+            skipped_total += 1;
+            if skipped_total > max_skip {
+                return Err(FrameError::Noise(max_skip));
+            }
+            if skipped.len() == 2 * KEPT_NOISE {
+                skipped.drain(..KEPT_NOISE);
+            }
             skipped.push(window[0]);
             window.rotate_left(1);
             window[3] = byte[0];
@@ -341,6 +359,9 @@ pub fn scan_for_magic(r: &mut impl Read, magic: &[u8; 4]) -> Result<(Frame, Vec<
             let mut len = [0u8; 4];
             r.read_exact(&mut len)?;
             let frame = read_body(r, u32::from_le_bytes(len))?;
+            if skipped.len() > KEPT_NOISE {
+                skipped.drain(..skipped.len() - KEPT_NOISE);
+            }
             return Ok((frame, skipped));
         }
     }
@@ -402,9 +423,17 @@ mod tests {
     fn frames_and_scan() {
         let mut buf = b"[    0.1] kernel noise LM".to_vec();
         write_frame(&mut buf, RESPONSE_MAGIC, b"payload").unwrap();
-        let (f, skipped) = scan_for_magic(&mut &buf[..], RESPONSE_MAGIC).unwrap();
+        let (f, skipped) = scan_for_magic(&mut &buf[..], RESPONSE_MAGIC, 1 << 20).unwrap();
         assert_eq!(f, Frame::Payload(b"payload".to_vec()));
         assert_eq!(skipped, b"[    0.1] kernel noise LM");
+        // A flood is an error past its bound, and only its tail is kept.
+        let mut flood = vec![b'x'; 3 * KEPT_NOISE];
+        flood.extend_from_slice(b"tail");
+        write_frame(&mut flood, RESPONSE_MAGIC, b"p").unwrap();
+        let (_, kept) = scan_for_magic(&mut &flood[..], RESPONSE_MAGIC, 1 << 20).unwrap();
+        assert_eq!(kept.len(), KEPT_NOISE);
+        assert!(kept.ends_with(b"xtail"));
+        assert!(matches!(scan_for_magic(&mut &flood[..], RESPONSE_MAGIC, 1000), Err(FrameError::Noise(1000))));
         let mut sd = Vec::new();
         sd.extend_from_slice(REQUEST_MAGIC);
         sd.extend_from_slice(&SHUTDOWN_LEN.to_le_bytes());

@@ -41,7 +41,7 @@ pub struct PolicyArgs {
     /// Accept a signer other than the key pinned for this function name
     /// (the key that first installed it): a planned key rotation.
     #[arg(long)]
-    rotate_key: bool,
+    pub rotate_key: bool,
 }
 
 impl PolicyArgs {
@@ -61,6 +61,7 @@ impl InstallCommand {
         let f = store
             .install(&self.bundle, &keys, self.policy.policy())
             .with_context(|| format!("installing {}", self.bundle.display()))?;
+        super::adopt(ctx, &store, &keys, &f, self.policy.rotate_key)?;
         if ctx.json {
             println!(
                 "{}",

@@ -1,17 +1,28 @@
 use super::Ctx;
 use clap::Args;
 use limes::Store;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// List installed functions.
+///
+/// Each function's signature is checked as a load would check it; the
+/// signer shown is the key that signed, and a function that would not load
+/// is shown as UNVERIFIED with the reason.
 #[derive(Args)]
 #[command(after_help = "Examples:\n  limes list\n  limes --json list")]
-pub struct ListCommand {}
+pub struct ListCommand {
+    /// Trusted keys (repeatable) besides the trust directory's.
+    #[arg(long, value_name = "KEY|DIR")]
+    trust: Vec<PathBuf>,
+}
 
 impl ListCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let store = Store::open(&ctx.store)?;
+        let anchors = super::anchors(ctx, &self.trust, &store)?;
         let all = store.list()?;
+        let verified: Vec<Result<(), String>> = all.iter().map(|r| store.load(&r.name, &anchors).map(|_| ()).map_err(|e| e.to_string())).collect();
         // How a running `limes serve` serves each function, if one runs.
         let serving: serde_json::Value = store
             .read_file(limes::serve::SERVE_STATE, 1 << 20)?
@@ -31,16 +42,20 @@ impl ListCommand {
         if ctx.json {
             let rows: Vec<_> = all
                 .iter()
-                .map(|r| serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files,
-                    "serving": serving.get(&r.name).cloned()}))
+                .zip(&verified)
+                .map(|(r, v)| serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files,
+                    "verified": v.is_ok(), "error": v.as_ref().err(), "serving": serving.get(&r.name).cloned()}))
                 .collect();
             println!("{}", serde_json::json!({"ok": true, "functions": rows}));
         } else if all.is_empty() {
             eprintln!("no functions installed in {} (install one with `limes install BUNDLE --trust KEY`)", ctx.store.display());
         } else {
-            for r in all {
+            for (r, v) in all.iter().zip(&verified) {
                 let served = describe(&r.name).map(|s| format!("  {s}")).unwrap_or_default();
-                println!("{:<24} {:<12} signer {}  object {}{served}", r.name, r.version, r.signer, &r.object[..16]);
+                match v {
+                    Ok(()) => println!("{:<24} {:<12} signer {}  object {}{served}", r.name, r.version, r.signer, &r.object[..16.min(r.object.len())]),
+                    Err(e) => println!("{:<24} {:<12} UNVERIFIED: {e}", r.name, r.version),
+                }
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -14,6 +14,8 @@ use std::process::ExitCode;
 
 pub struct Ctx {
     pub store: PathBuf,
+    /// Trusted keys and publisher pins, outside the store (see `limes::trust`).
+    pub trust_dir: PathBuf,
     pub json: bool,
     /// No confirmation lines on stdout.
     pub quiet: bool,
@@ -46,6 +48,26 @@ impl Command {
 }
 
 pub use limes::error::{EXIT_FAULT, EXIT_FUNCTION_ERROR};
+
+/// What loads check signatures against: the `--trust` keys given plus the
+/// trust directory's.
+pub fn anchors(ctx: &Ctx, explicit: &[PathBuf], store: &limes::Store) -> anyhow::Result<limes::trust::Anchors> {
+    Ok(limes::trust::Anchors::load(explicit, ctx.trust_dir.clone(), store.root())?)
+}
+
+/// After an install from `keys`: keep the signer's key, pinned as the
+/// function's publisher, in the trust directory, so loads accept it (and
+/// only it) without `--trust`.
+pub fn adopt(ctx: &Ctx, store: &limes::Store, keys: &limes_bundle::TrustedKeys, f: &limes::store::InstalledFunction, rotate: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let Some(signer) = keys.keys().iter().find(|k| k.id().to_string() == f.record.signer) else {
+        anyhow::bail!("installed {} but its signer {} is not among the --trust keys", f.record.name, f.record.signer);
+    };
+    anchors(ctx, &[], store)?
+        .adopt(&f.record.name, signer, rotate)
+        .with_context(|| format!("recording {}'s publisher in the trust directory {}", f.record.name, ctx.trust_dir.display()))?;
+    Ok(())
+}
 
 /// The `kind` of an error in JSON output: what failed, by type.
 pub fn error_kind(e: &anyhow::Error) -> &'static str {

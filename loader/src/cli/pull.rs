@@ -48,6 +48,13 @@ pub struct RegistryArgs {
     /// awaited or read) before the pull fails, in ms.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     registry_timeout_ms: u64,
+    /// The whole pull (every request and retry) must finish within this, in ms.
+    #[arg(long, default_value_t = limes_oci::Timeouts::default().total.as_millis() as u64, value_name = "MS")]
+    pull_timeout_ms: u64,
+    /// Slowest accepted download, in bytes per second on average after its
+    /// first 5 s: a registry that drips its answer is cut off.
+    #[arg(long, default_value_t = limes_oci::Timeouts::default().min_rate, value_name = "BYTES_PER_S")]
+    min_transfer_rate: u64,
 }
 
 impl PullCommand {
@@ -70,6 +77,8 @@ impl PullCommand {
             timeouts: limes_oci::Timeouts {
                 connect: std::time::Duration::from_millis(self.registry.registry_timeout_ms.min(10_000)),
                 read: std::time::Duration::from_millis(self.registry.registry_timeout_ms),
+                min_rate: self.registry.min_transfer_rate,
+                total: std::time::Duration::from_millis(self.registry.pull_timeout_ms),
             },
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -77,6 +86,7 @@ impl PullCommand {
             .block_on(pull(&store, &self.reference, &keys, &opts))
             .with_context(|| format!("pulling {}", self.reference))?;
         let f = &r.function;
+        super::adopt(ctx, &store, &keys, f, self.policy.rotate_key)?;
         if ctx.json {
             println!(
                 "{}",

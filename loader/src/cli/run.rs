@@ -28,7 +28,9 @@ pub struct RunCommand {
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
     #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
     dir: Vec<(String, PathBuf)>,
-    /// Trusted keys, required when running a bundle file directly.
+    /// Trusted keys (repeatable): required to run a bundle file; an installed
+    /// function's signature is checked against these and the trust
+    /// directory's (see --trust-dir).
     #[arg(long, value_name = "KEY|DIR")]
     trust: Vec<PathBuf>,
     /// Memory limit in MiB (overrides the manifest).
@@ -194,7 +196,7 @@ impl RunCommand {
         };
         let f = match &staged {
             Some(s) => s.function().clone(),
-            None => store.get(&self.target)?,
+            None => store.load(&self.target, &super::anchors(ctx, &self.trust, &store)?)?,
         };
         let verify_time = t.elapsed();
 

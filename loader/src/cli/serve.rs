@@ -57,6 +57,11 @@ pub struct ServeCommand {
     /// MiB of request bodies being received at once, over all requests.
     #[arg(long, default_value_t = 256)]
     body_budget_mib: usize,
+    /// Slowest accepted request body, in bytes per second on average after
+    /// its first 2 s (else 408): a client that drips its body is cut off
+    /// instead of holding a request open until the body deadline.
+    #[arg(long, value_name = "BYTES_PER_S", default_value_t = ServeOptions::default().min_body_rate)]
+    min_body_rate: u64,
     /// Pre-warmed worker processes per function (each runs one request at a
     /// time; a worker past its deadline is killed and replaced).
     #[arg(long, default_value_t = 4)]
@@ -86,6 +91,10 @@ pub struct ServeCommand {
     /// Hardware acceleration for microVMs (see `limes run --help`).
     #[arg(long, value_enum, default_value = "auto")]
     accel: limes::microvm::Accel,
+    /// Trusted keys (repeatable) besides the trust directory's: every load,
+    /// in the server and in each worker, checks the function's signature.
+    #[arg(long, value_name = "KEY|DIR")]
+    trust: Vec<PathBuf>,
 }
 
 impl ServeCommand {
@@ -103,6 +112,7 @@ impl ServeCommand {
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             body_budget: self.body_budget_mib << 20,
+            min_body_rate: self.min_body_rate,
             workers: self.workers,
             worker_exe: None,
             in_process: self.in_process,
@@ -110,8 +120,10 @@ impl ServeCommand {
             auto_functions: self.auto.clone(),
             vm_pool: self.vm_pool,
             vm: limes::microvm::VmOptions { kernel: self.kernel.clone(), accel: self.accel, ..Default::default() },
+            anchors: limes::trust::Anchors::from_keys(Default::default()),
         };
         let store = Store::open(&ctx.store)?;
+        let opts = ServeOptions { anchors: super::anchors(ctx, &self.trust, &store)?, ..opts };
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
         rt.block_on(async move {
             let shutdown = async {

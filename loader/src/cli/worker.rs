@@ -16,12 +16,16 @@ pub struct WorkerCommand {
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
     #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
     dir: Vec<(String, PathBuf)>,
+    /// A trusted public key (base64 line), as the server passes it (repeatable).
+    #[arg(long, value_name = "BASE64")]
+    trusted_key: Vec<String>,
 }
 
 impl WorkerCommand {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let store = Store::open(&ctx.store)?;
-        let opts = WorkerOptions { function: self.name, dirs: self.dir.clone() };
+        let anchors = super::anchors(ctx, &[], &store)?.with_keys(&limes::trust::keys_from_args(&self.trusted_key)?);
+        let opts = WorkerOptions { function: self.name, dirs: self.dir.clone(), anchors };
         let stdin = std::io::stdin();
         let stdout = std::io::stdout();
         match run_worker(&store, &opts, &mut stdin.lock(), &mut std::io::BufWriter::new(stdout.lock())) {
