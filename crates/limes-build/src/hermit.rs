@@ -57,6 +57,8 @@ pub enum HermitError {
     MissingToolchain,
     #[error(transparent)]
     Compile(#[from] CompileError),
+    #[error(transparent)]
+    Home(#[from] crate::templates::TemplateError),
     #[error("could not run `{cmd}`")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` failed: {stderr}")]
@@ -367,7 +369,7 @@ pub fn target_dir(home: &Path) -> PathBuf {
 /// Build `project`'s Hermit image (kernel and loader from the cache).
 pub fn build_image(project: &Project, opts: &CargoOptions) -> Result<HermitImage, HermitError> {
     let tc = Toolchain::find()?;
-    let home = crate::templates::sdk_home();
+    let home = crate::templates::sdk_home()?;
     let lib = kernel(&home, &tc, opts.quiet)?;
     let loader_path = loader(&home, opts.quiet)?;
     let mut cmd = tc.cargo();

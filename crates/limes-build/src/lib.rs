@@ -8,6 +8,7 @@
 pub mod aot;
 pub mod compile;
 pub mod hermit;
+pub mod isolate;
 pub mod microvm;
 pub mod pipeline;
 pub mod project;

@@ -33,6 +33,31 @@ impl Progress for NoProgress {
     fn step(&self, _msg: &str) {}
 }
 
+/// The key a build signs with. A key from a file or a variable is read only
+/// in the signing phase, after every process the build started has ended
+/// (see [`crate::isolate`]).
+pub enum SigningKey {
+    /// Already in memory (library callers that hold their own key).
+    Key(SecretKey),
+    /// Read when the signing phase starts.
+    Deferred(Box<dyn Fn() -> Result<SecretKey, BundleError> + Send + Sync>),
+}
+
+impl From<SecretKey> for SigningKey {
+    fn from(k: SecretKey) -> Self {
+        SigningKey::Key(k)
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SigningKey::Key(k) => write!(f, "{k:?}"),
+            SigningKey::Deferred(_) => f.write_str("SigningKey(deferred)"),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct BuildOptions {
     /// Crate directory or Cargo.toml.
@@ -42,7 +67,15 @@ pub struct BuildOptions {
     /// Tier names; empty means metadata or the defaults.
     pub tiers: Vec<String>,
     pub out_dir: Option<PathBuf>,
-    pub signing_key: Option<SecretKey>,
+    /// Sign with this key. A signed build never takes native code from the
+    /// AOT cache (a dependency's build script could have written it).
+    pub signing_key: Option<SigningKey>,
+    /// This process runs this one build and nothing else (the `limes-pack`
+    /// CLI): before a signed build reads its key, end every process the
+    /// build left running and stop being dumpable (see [`crate::isolate`]).
+    /// Never in a process with other children (a test harness, a server):
+    /// they would be killed as strays.
+    pub isolate: bool,
     /// Overrides `SOURCE_DATE_EPOCH` from the environment.
     pub source_date_epoch: Option<u64>,
     /// Recompile every tier instead of reusing the AOT cache.
@@ -111,6 +144,18 @@ pub enum BuildError {
     BadEpoch(String),
     #[error("{} holds a signed bundle; an unsigned build would replace it. Sign this build (--sign KEY), write it elsewhere (--out-dir), or use `limes-pack run` for local runs", .0.display())]
     WouldUnsign(PathBuf),
+    #[error("isolating the build from the signing phase")]
+    Isolate(#[source] std::io::Error),
+    #[error(
+        "refusing to sign {bundle}: its {tier} tier is not what this limes-pack compiles from the bundle's own component \
+         (sha256 {actual}, compiled {expected}); something changed the native code after it was built. Rebuild it"
+    )]
+    ForeignNativeCode { bundle: PathBuf, tier: String, actual: String, expected: String },
+    #[error(
+        "refusing to sign {bundle}: it was built for Wasmtime {wasmtime} with engine profile {profile}, and this limes-pack \
+         can only vouch for native code it compiles itself; rebuild it with this limes-pack"
+    )]
+    ForeignEngine { bundle: PathBuf, wasmtime: String, profile: String },
 }
 
 impl BuildError {
@@ -128,7 +173,10 @@ impl BuildError {
             | BuildError::Hermit(_)
             | BuildError::KernelForHermit
             | BuildError::BadEpoch(_)
-            | BuildError::WouldUnsign(_) => false,
+            | BuildError::WouldUnsign(_)
+            | BuildError::Isolate(_)
+            | BuildError::ForeignEngine { .. } => false,
+            BuildError::ForeignNativeCode { .. } => true,
         }
     }
 }
@@ -207,6 +255,11 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
     let mut timings = Timings::default();
     let epoch = source_date_epoch(opts.source_date_epoch)?;
     let tiers = project.tiers(&opts.tiers)?;
+    // Phase 1, cargo: whatever it leaves running comes back to us.
+    let isolate = opts.isolate && opts.signing_key.is_some();
+    if isolate {
+        crate::isolate::become_subreaper().map_err(BuildError::Isolate)?;
+    }
 
     progress.step(&format!("compiling {} for {}", project.package_name, compile::WASM_TARGET));
     let t = Instant::now();
@@ -227,17 +280,6 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
     if std::fs::read(&component_out).ok().as_deref() != Some(&wasm[..]) {
         aot::write_atomic(&component_out, &wasm).map_err(io_err(&component_out))?;
     }
-
-    progress.step(&format!(
-        "precompiling {} tier(s): {}",
-        tiers.len(),
-        tiers.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
-    ));
-    let t = Instant::now();
-    let profile = EngineProfile::default();
-    let cache = project.target_dir.join("limes").join("cache").join("aot");
-    let aot_out = aot::precompile(&wasm, &tiers, &profile, &cache, !opts.no_cache)?;
-    timings.aot = t.elapsed();
 
     let image = match (opts.microvm, opts.image) {
         (false, _) => None,
@@ -263,6 +305,40 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
             Some(BuiltImage::Hermit(image))
         }
     };
+
+    // Phase 2, sign: nothing the build started is alive, this process can
+    // no longer be inspected by the same user, and only now is the key read.
+    let loaded: Option<SecretKey>;
+    let signing_key: Option<&SecretKey> = match &opts.signing_key {
+        None => None,
+        Some(k) => {
+            if isolate {
+                crate::isolate::end_strays().map_err(BuildError::Isolate)?;
+                crate::isolate::not_dumpable().map_err(BuildError::Isolate)?;
+            }
+            match k {
+                SigningKey::Key(k) => Some(k),
+                SigningKey::Deferred(load) => {
+                    loaded = Some(load()?);
+                    loaded.as_ref()
+                }
+            }
+        }
+    };
+
+    progress.step(&format!(
+        "precompiling {} tier(s): {}",
+        tiers.len(),
+        tiers.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+    ));
+    let t = Instant::now();
+    let profile = EngineProfile::default();
+    let cache = project.target_dir.join("limes").join("cache").join("aot");
+    // Native code that is signed comes from the component in memory, never
+    // from the cache, which the build's own code could have rewritten.
+    let reuse = !opts.no_cache && signing_key.is_none();
+    let aot_out = aot::precompile(&wasm, &tiers, &profile, &cache, reuse)?;
+    timings.aot = t.elapsed();
 
     progress.step("assembling bundle");
     let t = Instant::now();
@@ -347,7 +423,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
     };
     manifest.validate()?;
     let manifest_json = manifest.to_json();
-    let signature = opts.signing_key.as_ref().map(|k| k.sign(&manifest_json, &trusted_comment(&manifest)));
+    let signature = signing_key.as_ref().map(|k| k.sign(&manifest_json, &trusted_comment(&manifest)));
 
     let bundle = out_dir.join(manifest.bundle_file_name());
     if signature.is_none() && is_signed_bundle(&bundle) {
@@ -366,7 +442,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
         component: component_out,
         manifest,
         aot: aot_out,
-        signed_by: opts.signing_key.as_ref().map(|k| k.id()),
+        signed_by: signing_key.as_ref().map(|k| k.id()),
         bundle_unchanged: unchanged,
         bundle_size,
         timings,
@@ -394,10 +470,45 @@ fn is_same_bundle(path: &Path, manifest_json: &[u8], signature: Option<&str>) ->
 }
 
 /// Sign an existing bundle in place (or into `out`). The bundle is fully
-/// verified first, so signing never blesses a damaged bundle.
+/// verified first, so signing never blesses a damaged bundle, and its
+/// native code is compiled again here from its own component and must be
+/// the same bytes: a bundle built unsigned (by a build that ran third-party
+/// code) gets a signature only for native code that this process vouches
+/// for. The bytes written are the bytes checked (read once).
 pub fn sign_bundle(bundle: &Path, out: &Path, key: &SecretKey) -> Result<Manifest, BuildError> {
-    let v = archive::resign(bundle, out, &BundleLimits::default(), |v| {
-        key.sign(&v.manifest_bytes, &trusted_comment(&v.manifest))
-    })?;
+    let mut mem = archive::InMemory::default();
+    let v = archive::read_bundle(bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem)?;
+    check_native_code(bundle, &v.manifest, &mem.0)?;
+    let signature = key.sign(&v.manifest_bytes, &trusted_comment(&v.manifest));
+    let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b.as_slice()))).collect();
+    archive::write_bundle(out, &v.manifest_bytes, Some(&signature), &files, v.manifest.provenance.source_date_epoch)?;
     Ok(v.manifest)
+}
+
+/// Every AOT tier of `manifest` must be exactly what this limes-pack
+/// compiles from the bundle's component (compilation is deterministic).
+fn check_native_code(bundle: &Path, manifest: &Manifest, files: &[(String, Vec<u8>)]) -> Result<(), BuildError> {
+    let profile = EngineProfile::default();
+    let foreign = || BuildError::ForeignEngine {
+        bundle: bundle.to_path_buf(),
+        wasmtime: manifest.engine.wasmtime.clone(),
+        profile: manifest.engine.profile.name.clone(),
+    };
+    if manifest.engine.wasmtime != WASMTIME_VERSION || manifest.engine.profile_digest != profile.digest() {
+        return Err(foreign());
+    }
+    let file = |p: &str| files.iter().find(|(n, _)| n == p).map(|(_, b)| b.as_slice()).ok_or_else(|| BundleError::MissingFile(p.to_string()));
+    let wasm = file(&manifest.component)?;
+    validate::validate_component(wasm, &format!("{}:{}", bundle.display(), manifest.component))?;
+    let tiers = manifest.aot.iter().map(|a| limes_bundle::profile::Tier::by_name(&a.tier).ok_or_else(foreign)).collect::<Result<Vec<_>, _>>()?;
+    let scratch = tempfile::tempdir().map_err(io_err(Path::new("temporary directory")))?;
+    let compiled = aot::precompile(wasm, &tiers, &profile, scratch.path(), false)?;
+    for (a, c) in manifest.aot.iter().zip(&compiled) {
+        let actual = limes_bundle::sha256_hex(file(&a.path)?);
+        let expected = limes_bundle::sha256_hex(&c.bytes);
+        if actual != expected {
+            return Err(BuildError::ForeignNativeCode { bundle: bundle.to_path_buf(), tier: a.tier.clone(), actual, expected });
+        }
+    }
+    Ok(())
 }

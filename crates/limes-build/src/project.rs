@@ -194,6 +194,14 @@ impl Project {
 
     fn check_meta(&self) -> Result<(), ProjectError> {
         let bad = |m: String| Err(ProjectError::BadMetadata(self.package_name.clone(), m));
+        // The name and version become file names (NAME.wasm,
+        // NAME-VERSION.limes): checked here, before anything is written.
+        if !limes_bundle::manifest::is_name(&self.function_name) {
+            return bad(format!("name {:?} is not a function name ([A-Za-z0-9._-], 1-64 characters, not starting with `.`)", limes_bundle::untrusted(&self.function_name)));
+        }
+        if !limes_bundle::manifest::is_name(&self.version) {
+            return bad(format!("version {:?} is not a plain version", limes_bundle::untrusted(&self.version)));
+        }
         self.tiers(&[])?;
         for p in &self.meta.preopens {
             if !p.guest_path.starts_with('/') {

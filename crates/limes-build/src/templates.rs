@@ -53,6 +53,10 @@ pub enum TemplateError {
     Exists(PathBuf),
     #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("no home for limes-pack's SDK and caches: set HOME, XDG_DATA_HOME or LIMES_PACK_HOME (there is no shared fallback: another user could plant code there)")]
+    NoHome,
+    #[error("refusing to use {path}: it {problem} (another user could have planted code there); {fix}")]
+    Unsafe { path: PathBuf, problem: String, fix: String },
 }
 
 /// The SDK's sources and the WIT world, embedded in this binary, laid out
@@ -79,17 +83,65 @@ fn sdk_manifest() -> String {
     )
 }
 
-/// Where SDK copies live: `$LIMES_PACK_HOME`, else `$XDG_DATA_HOME/limes-pack`,
-/// else `~/.local/share/limes-pack`.
-pub fn sdk_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("LIMES_PACK_HOME") {
-        return h.into();
+/// Where SDK copies and the Hermit build cache live: `$LIMES_PACK_HOME`,
+/// else `$XDG_DATA_HOME/limes-pack`, else `~/.local/share/limes-pack`.
+/// With none of those set there is no home: never a shared directory such
+/// as `/tmp`, where another user could plant a crate whose `build.rs` runs
+/// as us. An existing home must be ours and writable by nobody else.
+pub fn sdk_home() -> Result<PathBuf, TemplateError> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let home = if let Some(h) = var("LIMES_PACK_HOME") {
+        PathBuf::from(h)
+    } else if let Some(x) = var("XDG_DATA_HOME") {
+        Path::new(&x).join("limes-pack")
+    } else if let Some(h) = var("HOME") {
+        Path::new(&h).join(".local/share/limes-pack")
+    } else {
+        return Err(TemplateError::NoHome);
+    };
+    if std::fs::symlink_metadata(&home).is_ok() {
+        check_private(&home)?;
     }
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
-        return Path::new(&x).join("limes-pack");
+    Ok(home)
+}
+
+/// `p` is no symlink, is owned by this user and nobody else may write it.
+pub fn check_private(p: &Path) -> Result<(), TemplateError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).map_err(|source| TemplateError::Io { path: p.into(), source })?;
+    let unsafe_path = |problem: String, fix: String| TemplateError::Unsafe { path: p.into(), problem, fix };
+    if m.file_type().is_symlink() {
+        return Err(unsafe_path("is a symlink".into(), "remove it".into()));
     }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    Path::new(&home).join(".local/share/limes-pack")
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return Err(unsafe_path(format!("is owned by uid {}, not by this user (uid {me})", m.uid()), "remove it, or set LIMES_PACK_HOME to a directory of your own".into()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(unsafe_path(format!("is writable by its group or others (mode {:o})", m.mode() & 0o7777), format!("`chmod go-w {}`", p.display())));
+    }
+    Ok(())
+}
+
+/// Whether the SDK copy at `root` is exactly the embedded one, in files of
+/// this user that nobody else can write (anything else is refused or
+/// replaced, never built).
+fn sdk_copy_intact(root: &Path, manifest: &str) -> Result<bool, TemplateError> {
+    for dir in [root.parent().expect("root has a parent"), root] {
+        check_private(dir)?;
+    }
+    for (p, text) in SDK_FILES.iter().copied().chain([("crates/limes-sdk/Cargo.toml", manifest)]) {
+        let f = root.join(p);
+        if std::fs::symlink_metadata(&f).is_err() {
+            return Ok(false);
+        }
+        check_private(&f)?;
+        if std::fs::read(&f).map_err(|source| TemplateError::Io { path: f.clone(), source })? != text.as_bytes() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Write the embedded SDK into `home/sdk/VERSION-DIGEST/` (once: the
@@ -108,15 +160,23 @@ pub fn materialize_sdk(home: &Path) -> Result<PathBuf, TemplateError> {
     let digest = hex::encode(h.finalize());
     let root = home.join("sdk").join(format!("{}-{}", env!("CARGO_PKG_VERSION"), &digest[..16]));
     let krate = root.join("crates/limes-sdk");
-    if krate.join("Cargo.toml").is_file() {
-        return Ok(krate);
-    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| TemplateError::Io { path, source }
     };
+    if std::fs::symlink_metadata(&root).is_ok() {
+        if sdk_copy_intact(&root, &manifest)? {
+            return Ok(krate);
+        }
+        // Ours but changed (an edit, a crash): replaced by a fresh copy.
+        tracing::warn!(path = %root.display(), "the SDK copy differs from the one limes-pack carries; writing it again");
+        let aside = root.with_extension(format!("stale-{}", std::process::id()));
+        std::fs::rename(&root, &aside).map_err(io(&root))?;
+        let _ = std::fs::remove_dir_all(&aside);
+    }
     let parent = root.parent().expect("root has a parent");
     std::fs::create_dir_all(parent).map_err(io(parent))?;
+    check_private(parent)?;
     let tmp = tempfile::Builder::new().prefix(".sdk-").tempdir_in(parent).map_err(io(parent))?;
     for (p, text) in SDK_FILES.iter().copied().chain([("crates/limes-sdk/Cargo.toml", manifest.as_str())]) {
         let f = tmp.path().join(p);
@@ -137,7 +197,7 @@ pub fn materialize_sdk(home: &Path) -> Result<PathBuf, TemplateError> {
 /// How the generated crate depends on the SDK: a copy of the SDK this
 /// limes-pack carries, materialised under [`sdk_home`].
 pub fn default_sdk_dependency() -> Result<String, TemplateError> {
-    let krate = materialize_sdk(&sdk_home())?;
+    let krate = materialize_sdk(&sdk_home()?)?;
     Ok(format!("{{ path = {:?} }}", krate.display().to_string()))
 }
 

@@ -231,8 +231,10 @@ pub fn is_safe_path(p: &str) -> bool {
         })
 }
 
-fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+/// A function name or version as it may become a file name: 1-64 of
+/// `[A-Za-z0-9._-]`, not starting with `.` (so never `.` or `..`).
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && !s.starts_with('.') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn is_sha256(s: &str) -> bool {
