@@ -59,11 +59,14 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn of(samples: &[Duration]) -> Stats {
+    /// Statistics of `samples`; an empty set is an error naming `what` (a
+    /// loop that measured nothing must say so, not panic or print zeros).
+    pub fn of(samples: &[Duration], what: &str) -> anyhow::Result<Stats> {
+        anyhow::ensure!(!samples.is_empty(), "no sample was measured for {what}");
         let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.sort_by(|a, b| a.total_cmp(b));
         let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-        Stats { n: v.len(), p50_us: q(0.5), p99_us: q(0.99), min_us: v[0], max_us: v[v.len() - 1], mean_us: v.iter().sum::<f64>() / v.len() as f64 }
+        Ok(Stats { n: v.len(), p50_us: q(0.5), p99_us: q(0.99), min_us: v[0], max_us: v[v.len() - 1], mean_us: v.iter().sum::<f64>() / v.len() as f64 })
     }
 }
 
@@ -200,7 +203,7 @@ fn clean_hermit_build(project: &limes_build::Project, pkg: &str) {
     if !shim.is_file() {
         return;
     }
-    let home = limes_build::templates::sdk_home();
+    let Ok(home) = limes_build::templates::sdk_home() else { return };
     let _ = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["clean", "--quiet", "--release", "--target", limes_build::hermit::TARGET, "-p", pkg, "-p", &format!("limes-native-{pkg}")])
         .arg("--manifest-path")
@@ -238,8 +241,14 @@ fn main() -> Result<()> {
 
     // --- Build: cold and no-change, per pack; sizes; precompile per tier.
     let key = limes_bundle::keys::SecretKey::generate()?;
-    let pubkey = work.path().join("bench.pub");
+    // Loads check signatures against a trust directory outside the store:
+    // the benchmark's own, for the servers here and the `limes run`s it spawns.
+    let trust = work.path().join("trust");
+    std::fs::create_dir(&trust)?;
+    let pubkey = trust.join("bench.pub");
     std::fs::write(&pubkey, key.public().to_text())?;
+    // No thread has started yet.
+    std::env::set_var(limes::trust::TRUST_DIR_ENV, &trust);
     let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&pubkey))?;
     let store = Store::open(work.path().join("store"))?;
     let hermit_store = Store::open(work.path().join("store-hermit"))?;
@@ -257,7 +266,7 @@ fn main() -> Result<()> {
         let opts = |no_cache| limes_build::BuildOptions {
             path: path.clone(),
             out_dir: Some(work.path().join("out")),
-            signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap()),
+            signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
             cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
             no_cache,
             microvm: true,
@@ -346,7 +355,7 @@ fn main() -> Result<()> {
         let wasm = &components.iter().find(|(n, _)| n == w.function).unwrap().1;
         let push = |rows: &mut Vec<Row>, method: &str, phase: &str, s: &[Duration]| {
             if !s.is_empty() {
-                rows.push(Row { workload: w.name.into(), method: method.into(), phase: phase.into(), stats: Stats::of(s) });
+                rows.push(Row { workload: w.name.into(), method: method.into(), phase: phase.into(), stats: Stats::of(s, method).expect("not empty") });
             }
         };
 

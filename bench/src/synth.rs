@@ -88,7 +88,7 @@ pub fn scaling(sizes: &[u64], profile: &EngineProfile, compile_runs: usize, aot_
             aot.push(t.elapsed());
             anyhow::ensure!(Some(r) == expect, "AOT and JIT disagree");
         }
-        rows.push(ScalingRow { size_bytes: wasm.len() as u64, compile_at_load: Stats::of(&jit), aot: Stats::of(&aot) });
+        rows.push(ScalingRow { size_bytes: wasm.len() as u64, compile_at_load: Stats::of(&jit, "compile at load")?, aot: Stats::of(&aot, "AOT cold start")? });
     }
     Ok(rows)
 }
