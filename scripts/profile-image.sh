@@ -11,6 +11,7 @@ runs="${RUNS:-20}"
 target="${CARGO_TARGET_DIR:-target}"
 out="$(pwd)/${BENCH_OUT:-bench-results}"
 work=$(mktemp -d)
+export LIMES_TRUST_DIR="$work/trust"
 trap 'rm -rf "$work"' EXIT
 cargo build --release --locked -p limes -p limes-pack
 limes="$target/release/limes"

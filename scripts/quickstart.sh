@@ -8,6 +8,8 @@ cargo build -p limes-pack -p limes
 bin="${CARGO_TARGET_DIR:-target}/debug"
 work="${CARGO_TARGET_DIR:-target}/quickstart"
 mkdir -p "$work"
+# The device's trusted keys and publisher pins, kept outside its store.
+export LIMES_TRUST_DIR="$work/trust"
 [ -f "$work/limes.key" ] || "$bin/limes-pack" keygen --dir "$work" --name limes
 "$bin/limes-pack" build packs/mandelbrot --sign "$work/limes.key" --out-dir "$work"
 "$bin/limes-pack" verify "$work/mandelbrot-0.1.0.limes" --key "$work/limes.pub"
