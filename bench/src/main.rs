@@ -118,6 +118,9 @@ pub struct LoadRow {
     pub requests_per_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Workers alive after every client dropped its connection with a
+    /// request in flight (`workers` mode), of how many the pool keeps.
+    pub pool_after_abrupt_stop: Option<(u64, u64)>,
 }
 
 /// One function served one way by `limes serve` (one client, sequential).
@@ -348,6 +351,7 @@ fn main() -> Result<()> {
         let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
         native_exes.insert(pack, limes_build::compile::build_native(&project, None, &limes_build::CargoOptions { quiet: true, ..Default::default() })?);
     }
+    let anchors = limes::trust::Anchors::load(&[], limes::trust::default_dir(), store.root())?;
     for w in &workloads {
         eprintln!("workload {}", w.name);
         let f = store.get(w.function)?;
@@ -365,8 +369,14 @@ fn main() -> Result<()> {
         // re-hashes the artifact against the signed manifest on every load.
         // Both are measured here, so the cost of re-hashing is on record
         // (cold start = check + map + link + instantiate).
+        // And what `limes run` adds before that, taking turns with both: the
+        // store lookup (record, object tree, manifest), without and with the
+        // manifest's signature checked against the trust directory's keys
+        // (every load does the latter since #23).
         let mut cold = Vec::new();
         let mut cold_rehash = Vec::new();
+        let mut cold_lookup = Vec::new();
+        let mut cold_signed = Vec::new();
         for _ in 0..runs {
             for (integrity, out) in [(Integrity::Stamp, &mut cold), (Integrity::Rehash, &mut cold_rehash)] {
                 let t = Instant::now();
@@ -376,8 +386,19 @@ fn main() -> Result<()> {
                 inv.result.map_err(|e| anyhow::anyhow!("{e}"))?;
                 out.push(checked + inv.instantiate_time);
             }
+            for (signed, out) in [(false, &mut cold_lookup), (true, &mut cold_signed)] {
+                let t = Instant::now();
+                let found = if signed { store.load(w.function, &anchors)? } else { store.get(w.function)? };
+                let l = limes::load(&rt, &found, LoadMode::Auto, Integrity::Stamp)?;
+                let checked = t.elapsed();
+                let inv = rt.invoke(&l, w.light.clone(), &opts)?;
+                inv.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+                out.push(checked + inv.instantiate_time);
+            }
         }
         push(&mut rows, "aot-rehash", "cold_start", &cold_rehash);
+        push(&mut rows, "aot-lookup", "cold_start", &cold_lookup);
+        push(&mut rows, "aot-signature", "cold_start", &cold_signed);
         let mut exec = Vec::new();
         let mut total = Vec::new();
         for _ in 0..exec_runs {

@@ -53,8 +53,50 @@ impl Machine {
     }
 }
 
-fn post(addr: SocketAddr, body: &[u8]) -> Result<u16> {
-    post_to(addr, "noop", body)
+/// A keep-alive HTTP/1.1 client on one connection (as `wrk`'s are).
+struct KeepAlive {
+    s: std::io::BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn connect(addr: SocketAddr) -> Result<KeepAlive> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.set_nodelay(true)?;
+        Ok(KeepAlive { s: std::io::BufReader::new(s) })
+    }
+
+    fn send(&mut self, path: &str, body: &[u8]) -> Result<()> {
+        let s = self.s.get_mut();
+        write!(s, "POST {path} HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n", body.len())?;
+        s.write_all(body)?;
+        Ok(())
+    }
+
+    /// POST and read the whole answer; returns its status.
+    fn post(&mut self, path: &str, body: &[u8]) -> Result<u16> {
+        use std::io::BufRead;
+        self.send(path, body)?;
+        let (mut line, mut status, mut len) = (String::new(), 0u16, 0usize);
+        loop {
+            line.clear();
+            anyhow::ensure!(self.s.read_line(&mut line)? > 0, "serve closed the connection");
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if status == 0 {
+                status = l.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            } else if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.s.read_exact(&mut body)?;
+        Ok(status)
+    }
 }
 
 fn post_to(addr: SocketAddr, function: &str, body: &[u8]) -> Result<u16> {
@@ -100,7 +142,7 @@ fn serve_mode(store: &limes::Store, kernel: &std::path::Path, function: &str, mo
     let server = std::thread::spawn(move || -> Result<()> {
         let store = limes::Store::open(root)?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        rt.block_on(limes::serve::serve(&store, opts, move |a| tx.send(a).unwrap(), async move {
+        rt.block_on(limes::serve::serve(&store, opts, move |a, _| tx.send(a).unwrap(), async move {
             let _ = stop_rx.await;
         }))?;
         Ok(())
@@ -173,6 +215,30 @@ pub fn sustained(store: &limes::Store, kernel: &std::path::Path, workload: &str,
         .collect()
 }
 
+/// Worker processes of the load test's server.
+const WORKERS: u64 = 4;
+
+/// `limes_workers_live` of the no-op once it reaches `want` (or after 10 s,
+/// whatever it is then).
+fn workers_live_after(addr: SocketAddr, want: u64) -> Result<u64> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(addr)?;
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        let live = raw
+            .lines()
+            .find(|l| l.starts_with("limes_workers_live{function=\"noop\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        if live == want || Instant::now() > until {
+            return Ok(live);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `limes serve` (in process, on 127.0.0.1) under 1..N concurrent clients,
 /// a bounded number of requests per level.
 pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_process: bool) -> Result<Vec<LoadRow>> {
@@ -191,12 +257,12 @@ pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_p
                 listen: "127.0.0.1:0".parse().unwrap(),
                 functions: vec!["noop".into()],
                 concurrency: 64,
-                workers: 4,
+                workers: WORKERS as usize,
                 worker_exe: Some(worker_exe.into()),
                 in_process,
                 ..Default::default()
             },
-            move |a| tx.send(a).unwrap(),
+            move |a, _| tx.send(a).unwrap(),
             async move {
                 let _ = stop_rx.await;
             },
@@ -208,15 +274,20 @@ pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_p
     for &clients in levels {
         let per = (per_level / clients).max(1);
         let t = Instant::now();
+        // Keep-alive clients, then an abrupt stop: each sends one more request
+        // and drops its connection without reading the answer (as `wrk` does
+        // when its time is up).
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 std::thread::spawn(move || -> Result<Vec<Duration>> {
+                    let mut c = KeepAlive::connect(addr)?;
                     let mut lat = Vec::with_capacity(per);
                     for _ in 0..per {
                         let t = Instant::now();
-                        anyhow::ensure!(post(addr, b"ping")? == 200, "non-200 from serve");
+                        anyhow::ensure!(c.post("/functions/noop", b"ping")? == 200, "non-200 from serve");
                         lat.push(t.elapsed());
                     }
+                    c.send("/functions/noop", b"abandoned")?;
                     Ok(lat)
                 })
             })
@@ -227,7 +298,20 @@ pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_p
         }
         let wall = t.elapsed().as_secs_f64();
         let s = crate::Stats::of(&all, &format!("serve load at {clients} clients"))?;
-        rows.push(LoadRow { mode: if in_process { "in-process" } else { "workers" }.into(), clients, requests: all.len(), requests_per_s: all.len() as f64 / wall, p50_us: s.p50_us, p99_us: s.p99_us });
+        // Every pool must be full again after the abrupt stop.
+        let pool_after_abrupt_stop = if in_process { None } else { Some((workers_live_after(addr, WORKERS)?, WORKERS)) };
+        if let Some((live, of)) = pool_after_abrupt_stop {
+            anyhow::ensure!(live == of, "only {live} of {of} workers alive after {clients} clients stopped abruptly");
+        }
+        rows.push(LoadRow {
+            mode: if in_process { "in-process" } else { "workers" }.into(),
+            clients,
+            requests: all.len(),
+            requests_per_s: all.len() as f64 / wall,
+            p50_us: s.p50_us,
+            p99_us: s.p99_us,
+            pool_after_abrupt_stop,
+        });
     }
     let _ = stop_tx.send(());
     server.join().unwrap()?;
@@ -279,6 +363,14 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(s, "| {w} | {} | {} | {} | +{} ({:.1}x) |", us(a.p50_us), us(h.p50_us), us(h.p99_us), us(h.p50_us - a.p50_us), h.p50_us / a.p50_us);
         }
     }
+    s += "\n## Signature check at load (every load since #23)\n\n";
+    s += "What `limes run NAME` does before mapping, taking turns in one loop: the store lookup (record, object tree, manifest) and then the stamp check, map, link and instantiate, without and with the installed manifest's Ed25519 signature checked against the trust directory's keys. The first column is the cold start above (no lookup), the figure before #23's check.\n\n";
+    s += "| workload | cold start (no lookup) p50 | lookup, no signature check p50 | lookup + signature check p50 | p99 | cost of the signature check (p50) |\n|---|---|---|---|---|---|\n";
+    for w in &workloads {
+        if let (Some(a), Some(l), Some(g)) = (find(r, w, "aot-in-process", "cold_start"), find(r, w, "aot-lookup", "cold_start"), find(r, w, "aot-signature", "cold_start")) {
+            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {:+.0} µs |", us(a.p50_us), us(l.p50_us), us(g.p50_us), us(g.p99_us), g.p50_us - l.p50_us);
+        }
+    }
     s += "\n## Execution: Wasm (AOT) against the same function compiled natively\n\n";
     s += "| workload | native p50 | AOT p50 | AOT / native | compile-at-load p50 | AOT p99 |\n|---|---|---|---|---|---|\n";
     for w in &workloads {
@@ -317,9 +409,10 @@ pub fn markdown(r: &Results) -> String {
     for x in &r.scaling {
         let _ = writeln!(s, "| {:.0} KB | {} | {} | {} |", x.size_bytes as f64 / 1e3, us(x.compile_at_load.p50_us), us(x.aot.p50_us), us(x.aot.p99_us));
     }
-    s += "\n## `limes serve` under concurrent load (noop, 127.0.0.1, one connection per request)\n\n`workers` is the design (4 pre-warmed worker processes, requests over a pipe, deadlines by killing the worker); `in-process` is the previous design, measured in the same run for comparison (it cannot enforce deadlines without epoch checks).\n\n| mode | clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|---|\n";
+    s += "\n## `limes serve` under concurrent load (noop, 127.0.0.1, keep-alive clients, stopped abruptly)\n\n`workers` is the design (4 pre-warmed worker processes, requests over a pipe, deadlines by killing the worker); `in-process` is the previous design, measured in the same run for comparison (it cannot enforce deadlines without epoch checks). Each client keeps one connection (as `wrk` does); at the end every client sends one more request and drops its connection without reading the answer. The last column is the workers alive afterwards: before #23, each abandoned request cost a worker for good.\n\n| mode | clients | requests | requests/s | p50 | p99 | workers alive after the abrupt stop |\n|---|---|---|---|---|---|---|\n";
     for l in &r.serve_load {
-        let _ = writeln!(s, "| {} | {} | {} | {:.0} | {} | {} |", l.mode, l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
+        let pool = l.pool_after_abrupt_stop.map(|(live, of)| format!("{live} of {of}")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(s, "| {} | {} | {} | {:.0} | {} | {} | {pool} |", l.mode, l.clients, l.requests, l.requests_per_s, us(l.p50_us), us(l.p99_us));
     }
     s += "\n## Backend choice: `limes serve` per function as Wasm, as pre-booted microVMs, and `auto` (one client, sequential)\n\n`auto` routes each request to the backend with the lower recent median and tries the other on every 16th request, at most once per gap (250 ms, doubling while the tries confirm the choice), and a losing try delays the next by 19x its own time. Each row is 30 requests (300 for the no-op, whose sub-millisecond median needs more) in three rounds that take the modes in turn, each round on a fresh server after a settling second (its pools booted and idle) and three discarded requests, so every mode meets the shared machine's slow spells alike; each `auto` round includes its first try of the microVM. microVM rows are the Hermit image under QEMU TCG here: each VM answers one request, so once the pre-booted ones are used a request waits for a boot (about 0.1 s).\n\nThe aim is on the median; the mean shows what the tries cost (a microVM try of the image pipeline takes over a second).\n\n| workload | wasm p50 | microvm p50 | auto p50 | auto / better fixed (p50) | auto / better fixed (mean) |\n|---|---|---|---|---|---|\n";
     let mut seen: Vec<&str> = Vec::new();
