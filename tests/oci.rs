@@ -59,6 +59,9 @@ fn bad_references_keys_and_blobs_fail_clearly() {
     assert!(e.contains("manifest unknown"), "{e}");
     let e = fails(limes_cmd(&store).args(["pull", "127.0.0.1:9/fn/noop:1", "--insecure", "--trust"]).arg(&key.public), 1);
     assert!(e.contains("cannot reach the registry"), "{e}");
+    // A local plain-HTTP registry reached over HTTPS: the fix is named.
+    let e = fails(limes_cmd(&store).args(["pull", &reference, "--trust"]).arg(&key.public), 1);
+    assert!(e.contains("pass --insecure"), "{e}");
     let e = fails(limes_cmd(&store).args(["pull", "registry.example.com/fn/noop:1", "--insecure", "--trust"]).arg(&key.public), 1);
     assert!(e.contains("only allowed for registries on loopback"), "{e}");
     let other = test_key();

@@ -62,7 +62,13 @@ fn serves_functions_and_survives_faults_under_load() {
     assert_eq!(http(a, "POST", "/functions/noop", b"hello"), (200, b"hello".to_vec()));
     assert_eq!(http(a, "POST", "/functions/nope", b"").0, 404);
     assert_eq!(http(a, "POST", "/functions/faulty", b"loop").0, 504);
-    assert_eq!(http(a, "POST", "/functions/faulty", b"oom").0, 507);
+    // A memory limit is the function's failure (500, kind memory-limit),
+    // not the server's storage (507).
+    let (status, body) = http(a, "POST", "/functions/faulty", b"oom");
+    assert_eq!(status, 500);
+    assert!(String::from_utf8_lossy(&body).contains("\"kind\":\"memory-limit\""), "{}", String::from_utf8_lossy(&body));
+    // GET is a request with an empty body.
+    assert_eq!(http(a, "GET", "/functions/faulty", b""), (200, Vec::new()));
     let (s, body) = http(a, "POST", "/functions/faulty", b"panic");
     assert_eq!(s, 500);
     assert!(String::from_utf8_lossy(&body).contains("asked to panic"));
@@ -84,7 +90,7 @@ fn serves_functions_and_survives_faults_under_load() {
                 for i in 0..1250 {
                     let n = t * 1250 + i;
                     if n % 100 == 7 || n % 100 == 57 {
-                        let (what, want): (&[u8], u16) = if n % 100 == 7 { (b"loop", 504) } else { (b"oom", 507) };
+                        let (what, want): (&[u8], u16) = if n % 100 == 7 { (b"loop", 504) } else { (b"oom", 500) };
                         let (s, _) = http(a, "POST", "/functions/faulty", what);
                         assert_eq!(s, want, "fault {} answered {s}", String::from_utf8_lossy(what));
                     } else {
@@ -462,4 +468,6 @@ fn guest_output_cannot_forge_log_lines() {
         assert!(!l.trim_start().starts_with("2026-12-03T00:00:00"), "{l}");
     }
     assert!(log.contains(r"\u{1b}[2K"), "the escape is shown escaped:\n{log}");
+    // At start, serve said where each function answers.
+    assert!(log.contains(&format!("faulty: POST http://{addr}/functions/faulty")), "{log}");
 }

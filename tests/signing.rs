@@ -269,6 +269,9 @@ fn wrong_files_are_named_for_what_they_are() {
     assert!(e.contains("not a limes bundle: the file is a WebAssembly component"), "{e}");
     let e = fails(&mut verify(&key.public, &key.public), 3);
     assert!(e.contains("not a limes bundle: the file is a minisign public key"), "{e}");
+    // A directory (say, the build's output directory) is named as one.
+    let e = fails(limes_pack_cmd().arg("inspect").arg(d.path()), 1);
+    assert!(e.contains("is a directory, not a bundle") && !e.contains("zstd"), "{e}");
     // The secret key where the public key belongs.
     let e = fails(&mut verify(&built.bundle, &key.secret), 1);
     assert!(e.contains("is a secret key") && e.contains(".pub"), "{e}");

@@ -533,7 +533,7 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
                 Ok(Err(e)) => {
                     let (status, kind) = match &e {
                         RunError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-                        RunError::MemoryLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "memory-limit"),
+                        RunError::MemoryLimit { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "memory-limit"),
                         RunError::Trap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
                         RunError::InputTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
                         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -603,7 +603,7 @@ async fn call_workers(pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Dura
             match reply.meta.error {
                 Some(e) => {
                     let status = match e.kind.as_str() {
-                        "memory-limit" => StatusCode::INSUFFICIENT_STORAGE,
+                        "memory-limit" => StatusCode::INTERNAL_SERVER_ERROR,
                         "too-large" => StatusCode::PAYLOAD_TOO_LARGE,
                         _ => StatusCode::INTERNAL_SERVER_ERROR,
                     };
@@ -623,7 +623,7 @@ async fn call_vm(pool: &Arc<crate::pool::VmPool>, req: limes_sdk::Request, deadl
         Ok(Err(crate::pool::VmCallError::Busy)) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "no pre-booted microVM is free; retry later".into())),
         Ok(Err(crate::pool::VmCallError::Vm(crate::microvm::VmError::Run(e)))) => Err(match &e {
             RunError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string()),
-            RunError::MemoryLimit { .. } => (StatusCode::INSUFFICIENT_STORAGE, "memory-limit", e.to_string()),
+            RunError::MemoryLimit { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "memory-limit", e.to_string()),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "trap", e.to_string()),
         }),
         Ok(Err(crate::pool::VmCallError::Vm(e))) => Err((StatusCode::INTERNAL_SERVER_ERROR, "microvm", format!("{name}: {e}"))),
@@ -821,7 +821,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 pub async fn serve(
     store: &Store,
     opts: ServeOptions,
-    on_ready: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(SocketAddr, &[String]),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let runtime = if opts.in_process {
@@ -881,12 +881,15 @@ pub async fn serve(
             }
         })
     };
+    let mut served: Vec<String> = app.functions.read().unwrap().keys().cloned().collect();
+    served.sort();
     let router = Router::new()
-        .route("/functions/{name}", post(invoke))
+        // GET: an empty body (a function that needs no input, from a browser).
+        .route("/functions/{name}", post(invoke).get(invoke))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(app);
-    on_ready(addr);
+    on_ready(addr, &served);
     accept_loop(listener, router, max_connections, header_timeout, shutdown).await;
     follower.abort();
     Ok(())

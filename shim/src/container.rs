@@ -231,7 +231,7 @@ fn serve(node: &Node, store: Store, f: &InstalledFunction, a: &ServeArgs) -> i32
                     _ = tokio::signal::ctrl_c() => {}
                 }
             };
-            limes::serve::serve(&store, opts, |addr| eprintln!("listening on {addr}"), shutdown).await?;
+            limes::serve::serve(&store, opts, |addr, _| eprintln!("listening on {addr}"), shutdown).await?;
             Ok(())
         })
     })

@@ -506,7 +506,11 @@ pub fn read_bundle(
     sink: &mut dyn FileSink,
 ) -> Result<VerifiedBundle, BundleError> {
     let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
-    let compressed_size = file.metadata().map_err(|e| BundleError::io(path, e))?.len();
+    let meta = file.metadata().map_err(|e| BundleError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(BundleError::IsDirectory(path.display().to_string()));
+    }
+    let compressed_size = meta.len();
     if compressed_size > limits.max_compressed {
         return Err(BundleError::TooLarge(format!(
             "bundle is {compressed_size} bytes (limit {})",

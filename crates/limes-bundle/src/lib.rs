@@ -49,6 +49,8 @@ pub enum BundleError {
     Io { path: String, source: std::io::Error },
     #[error("not a limes bundle: the file is {0} (a bundle is NAME-VERSION.limes, written by `limes-pack build`)")]
     NotABundle(String),
+    #[error("{0} is a directory, not a bundle (a bundle is NAME-VERSION.limes, written by `limes-pack build`)")]
+    IsDirectory(String),
     #[error("bundle is not a valid zstd stream: {0}")]
     Compression(String),
     #[error("bundle archive is malformed: {0}")]
@@ -82,7 +84,7 @@ impl BundleError {
     /// failing to read them, or a key that could not be loaded).
     pub fn is_verification(&self) -> bool {
         match self {
-            BundleError::Io { .. } | BundleError::Key(_) => false,
+            BundleError::Io { .. } | BundleError::Key(_) | BundleError::IsDirectory(_) => false,
             BundleError::NotABundle(_)
             | BundleError::Compression(_)
             | BundleError::Archive(_)

@@ -163,9 +163,19 @@ impl Puller {
         } else if e.is_redirect() {
             self.err(format!("redirect refused: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string())))
         } else if e.is_connect() {
-            self.err(format!("cannot reach the registry ({e})"))
+            self.err(format!("cannot reach the registry ({e}){}", self.plain_http_hint()))
         } else {
-            self.err(e)
+            self.err(format!("{e}{}", self.plain_http_hint()))
+        }
+    }
+
+    /// A local registry (docker-registry on loopback) usually speaks plain
+    /// HTTP, which an HTTPS connection meets as a TLS failure.
+    fn plain_http_hint(&self) -> &'static str {
+        if self.base.starts_with("https://") && crate::is_loopback(&self.registry) {
+            "; a registry on this machine usually speaks plain HTTP: pass --insecure"
+        } else {
+            ""
         }
     }
 

@@ -134,9 +134,17 @@ impl ServeCommand {
                 }
                 tracing::info!("shutting down: finishing requests in flight");
             };
-            serve(&store, opts, |addr| {
+            serve(&store, opts, |addr, served| {
                 println!("listening on {addr}");
                 let _ = std::io::stdout().flush();
+                // Where each function answers (stderr: stdout's first line is
+                // the address, which scripts read).
+                if served.is_empty() {
+                    eprintln!("no function is installed yet; installs are picked up while serving");
+                }
+                for name in served {
+                    eprintln!("  {name}: POST http://{addr}/functions/{name}");
+                }
             }, shutdown)
             .await
         })?;
