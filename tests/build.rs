@@ -515,7 +515,7 @@ fn a_hostile_build_script_gets_neither_key_nor_signed_code() {
     };
     let kill_left = |run: &str| {
         if let Ok(pid) = std::fs::read_to_string(w.join(format!("{run}.alive.pid"))) {
-            let _ = std::process::Command::new("kill").arg("-9").arg(pid.trim()).status();
+            let _ = std::process::Command::new("kill").arg("-9").arg(pid.trim()).stderr(std::process::Stdio::null()).status();
         }
     };
     // 1. An unsigned build: its left process poisons the cache (the attack

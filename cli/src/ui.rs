@@ -28,9 +28,6 @@ pub struct Ui {
     spinner: Option<ProgressBar>,
 }
 
-/// Exit code for a bundle that failed verification.
-pub const EXIT_VERIFY: u8 = 3;
-
 impl Ui {
     pub fn new(args: &GlobalArgs) -> Ui {
         limes::args::init_logging(args.verbose, args.quiet);
@@ -69,7 +66,8 @@ impl Ui {
                 || c.downcast_ref::<limes_build::pipeline::BuildError>().is_some_and(|b| b.is_verification())
         });
         limes::args::report_error(self.json, if verify { "verification" } else { "error" }, e);
-        ExitCode::from(if verify { EXIT_VERIFY } else { 1 })
+        // The same exit codes as `limes` (one definition, in the loader).
+        ExitCode::from(if verify { limes::error::EXIT_VERIFY } else { limes::error::EXIT_ERROR })
     }
 }
 

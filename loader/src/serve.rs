@@ -299,24 +299,8 @@ impl ServeError {
 }
 
 fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = format!("{{\"error\":{},\"kind\":{}}}\n", json_str(message), json_str(kind));
+    let body = format!("{}\n", serde_json::json!({"error": message, "kind": kind}));
     (status, [("content-type", "application/json")], body).into_response()
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The most of the body budget one client address may hold, as a fraction.

@@ -3,15 +3,20 @@
 //! ```text
 //! ROOT/objects/<sha256 of manifest>/   verified bundle contents, read-only
 //! ROOT/functions/<name>.json           which object a name points to
+//! ROOT/pins/<name>                     the key id that first installed <name>
 //! ROOT/tmp/                            staging; never read by the runtime
 //! ROOT/lock                            serialises installs and removals
+//! ROOT/serve-state.json                how a running `limes serve` serves each function
+//! ROOT/microvm-accel                   whether KVM runs guests here (the probe's answer)
 //! ```
 //!
 //! A bundle is streamed into a staging directory while every digest is
 //! checked, and only renamed into `objects/` after the whole bundle verified
-//! against a trusted key. The runtime maps native code only from `objects/`,
-//! so no unverified byte is ever mapped. Every publication step is a rename,
-//! so a crash at any point leaves either the old state or the new one.
+//! against a trusted key. Every publication step is a rename, so a crash at
+//! any point leaves either the old state or the new one. Nothing in the
+//! store is trusted by itself: [`Store::load`] checks an object's signed
+//! manifest against keys outside the store ([`crate::trust`]) before any of
+//! its native code is mapped.
 
 use limes_bundle::archive::{read_bundle, BundleLimits, FileSink, SignaturePolicy, VerifiedBundle};
 use limes_bundle::manifest::{FileEntry, Manifest, MANIFEST_PATH, SIGNATURE_PATH};
@@ -208,12 +213,25 @@ impl InstalledFunction {
     }
 }
 
+/// Who may own a path limes reads: the store is the loader's user's alone;
+/// a trust anchor ([`crate::trust`]) may also be root's (a device whose keys
+/// the service's user cannot change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owners {
+    Me,
+    MeOrRoot,
+}
+
 /// Open a store file without following a symlink, and check it is a
 /// regular file of this user that nobody else can write.
 fn open_checked(p: &Path) -> Result<(File, std::fs::Metadata), StoreError> {
+    open_checked_by(p, Owners::Me)
+}
+
+fn open_checked_by(p: &Path, owners: Owners) -> Result<(File, std::fs::Metadata), StoreError> {
     let f = open_nofollow(p)?;
     let m = f.metadata().map_err(io_err(p))?;
-    check_owned(p, &m, false)?;
+    check_owner(p, &m, false, owners)?;
     if !m.is_file() {
         return Err(unsafe_path(p, "is not a regular file", "reinstall the function"));
     }
@@ -246,14 +264,20 @@ fn open_nofollow(p: &Path) -> Result<File, StoreError> {
 
 /// Who may write a store path: only the loader's user.
 fn check_owned(p: &Path, m: &std::fs::Metadata, dir: bool) -> Result<(), StoreError> {
+    check_owner(p, m, dir, Owners::Me)
+}
+
+/// `p` (a directory if `dir`) is no symlink, is owned by `owners` and
+/// nobody else can write it.
+pub(crate) fn check_owner(p: &Path, m: &std::fs::Metadata, dir: bool, owners: Owners) -> Result<(), StoreError> {
     if m.file_type().is_symlink() {
-        return Err(unsafe_path(p, "is a symlink", "remove it; nothing in the store may be a symlink"));
+        return Err(unsafe_path(p, "is a symlink", "remove it; limes follows no symlink in its store or trust directory"));
     }
     if dir && !m.is_dir() {
         return Err(unsafe_path(p, "is not a directory", "remove it"));
     }
     let me = euid();
-    if m.uid() != me {
+    if m.uid() != me && !(owners == Owners::MeOrRoot && m.uid() == 0) {
         return Err(unsafe_path(
             p,
             &format!("is owned by uid {}, not by this user (uid {me})", m.uid()),
@@ -307,7 +331,11 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<(), StoreError> {
 /// Read at most `limit` bytes of a store file this user owns and nobody
 /// else can write (`None` if absent), never through a symlink.
 pub fn read_nofollow(p: &Path, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
-    let f = match open_checked(p) {
+    read_nofollow_by(p, limit, Owners::Me)
+}
+
+pub(crate) fn read_nofollow_by(p: &Path, limit: u64, owners: Owners) -> Result<Option<Vec<u8>>, StoreError> {
+    let f = match open_checked_by(p, owners) {
         Ok((f, _)) => f,
         Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),

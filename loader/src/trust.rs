@@ -17,10 +17,10 @@
 //!
 //! Must not touch: the store's contents (see [`crate::store`]).
 
-use crate::store::{self, StoreError};
+use crate::store::{self, Owners, StoreError};
 use limes_bundle::keys::{KeyId, PublicKey};
 use limes_bundle::TrustedKeys;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Overrides the default trust directory.
@@ -151,7 +151,7 @@ impl Anchors {
                 Ok(()) => {}
                 Err(e) => return Err(StoreError::Io { path: d.clone(), source: e }),
             }
-            check_anchor(d, &std::fs::symlink_metadata(d).map_err(|e| StoreError::Io { path: d.clone(), source: e })?, true)?;
+            exists_checked(d)?;
         }
         let id = signer.id().to_string();
         if let Some(p) = self.pin(name)?.filter(|p| *p != id) {
@@ -176,30 +176,10 @@ pub fn keys_from_args(lines: &[String]) -> Result<TrustedKeys, StoreError> {
     Ok(TrustedKeys::new(keys))
 }
 
-/// Who may write a trust anchor: this user or root, and nobody else.
-fn check_anchor(p: &Path, m: &std::fs::Metadata, dir: bool) -> Result<(), StoreError> {
-    let unsafe_path = |problem: String, fix: String| StoreError::Unsafe { path: p.to_path_buf(), problem, fix };
-    if m.file_type().is_symlink() {
-        return Err(unsafe_path("is a symlink".into(), "replace it with the real file or directory".into()));
-    }
-    if dir != m.is_dir() || (!dir && !m.is_file()) {
-        return Err(unsafe_path(format!("is not a {}", if dir { "directory" } else { "regular file" }), "remove it".into()));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if m.uid() != me && m.uid() != 0 {
-        return Err(unsafe_path(format!("is owned by uid {}, not by this user (uid {me}) or root", m.uid()), format!("`chown {me} {}`", p.display())));
-    }
-    if m.mode() & 0o022 != 0 {
-        return Err(unsafe_path(format!("is writable by its group or others (mode {:o})", m.mode() & 0o7777), format!("`chmod go-w {}`", p.display())));
-    }
-    Ok(())
-}
-
 /// Whether the directory `p` exists (and is a safe anchor).
 fn exists_checked(p: &Path) -> Result<bool, StoreError> {
     match std::fs::symlink_metadata(p) {
-        Ok(m) => check_anchor(p, &m, true).map(|_| true),
+        Ok(m) => store::check_owner(p, &m, true, Owners::MeOrRoot).map(|_| true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(StoreError::Io { path: p.to_path_buf(), source: e }),
     }
@@ -207,20 +187,7 @@ fn exists_checked(p: &Path) -> Result<bool, StoreError> {
 
 /// Read at most `limit` bytes of a safe anchor file (`None` if absent).
 fn read_checked(p: &Path, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(p) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(StoreError::Unsafe { path: p.to_path_buf(), problem: "is a symlink".into(), fix: "replace it with the real file".into() })
-        }
-        Err(e) => return Err(StoreError::Io { path: p.to_path_buf(), source: e }),
-    };
-    check_anchor(p, &f.metadata().map_err(|e| StoreError::Io { path: p.to_path_buf(), source: e })?, false)?;
-    let mut v = Vec::new();
-    f.take(limit).read_to_end(&mut v).map_err(|e| StoreError::Io { path: p.to_path_buf(), source: e })?;
-    Ok(Some(v))
+    store::read_nofollow_by(p, limit, Owners::MeOrRoot)
 }
 
 /// The `.pub` keys of the trust directory `dir` (`None` if it does not exist).

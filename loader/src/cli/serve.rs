@@ -11,7 +11,9 @@ use std::time::Duration;
 /// Serve installed functions over HTTP, following the store.
 ///
 /// Functions installed or removed while serve runs are picked up within a
-/// second (SIGHUP reloads at once); serve starts on an empty store. Each
+/// quarter second (SIGHUP reloads at once); serve starts on an empty store.
+/// Every load checks the function's signature against the trust directory
+/// and any --trust keys (keys added to the directory count at once). Each
 /// function runs in pre-warmed worker processes; a request past its
 /// deadline is answered 504 and its worker replaced.
 ///
