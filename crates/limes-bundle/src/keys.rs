@@ -41,7 +41,6 @@ fn payload_line(text: &str) -> Option<&str> {
 pub struct PublicKey {
     id: KeyId,
     raw: [u8; 32],
-    verifier: minisign_verify::PublicKey,
     /// Where it came from, for messages.
     pub source: String,
 }
@@ -69,12 +68,12 @@ impl PublicKey {
                 "{source}: not a minisign Ed25519 public key (expected 42 bytes starting with \"Ed\")"
             )));
         }
-        let verifier = minisign_verify::PublicKey::from_base64(line)
+        // The format's own parser validates the line (its errors).
+        minisign_verify::PublicKey::from_base64(line)
             .map_err(|e| key_err(format!("{source}: {e}")))?;
         Ok(PublicKey {
             id: KeyId(bytes[2..10].try_into().unwrap()),
             raw: bytes[10..42].try_into().unwrap(),
-            verifier,
             source: source.to_string(),
         })
     }
@@ -107,12 +106,17 @@ impl PublicKey {
 pub struct SignatureInfo {
     pub key_id: KeyId,
     pub trusted_comment: String,
-    parsed: minisign_verify::Signature,
+    /// Ed25519 over BLAKE2b-512 of the signed data ("ED", prehashed).
+    signature: [u8; 64],
+    /// Ed25519 over `signature` and the trusted comment (minisign's global
+    /// signature: the comment is signed too).
+    global: [u8; 64],
 }
 
 impl SignatureInfo {
     pub fn parse(text: &str) -> Result<SignatureInfo, BundleError> {
         let bad = |m: &str| BundleError::Signature(m.to_string());
+        // The format's own parser first (its errors for malformed text).
         let parsed = minisign_verify::Signature::decode(text).map_err(|e| BundleError::Signature(e.to_string()))?;
         let line = payload_line(text).ok_or_else(|| bad("no signature line"))?;
         let bytes = B64.decode(line).map_err(|_| bad("signature is not valid base64"))?;
@@ -122,10 +126,18 @@ impl SignatureInfo {
         if &bytes[..2] != b"ED" {
             return Err(bad("signature is not a prehashed Ed25519 (\"ED\") signature"));
         }
+        let global_line = text
+            .lines()
+            .map(str::trim)
+            .skip_while(|l| !l.starts_with("trusted comment:"))
+            .nth(1)
+            .ok_or_else(|| bad("no global signature line"))?;
+        let global = B64.decode(global_line).map_err(|_| bad("global signature is not valid base64"))?;
         Ok(SignatureInfo {
             key_id: KeyId(bytes[2..10].try_into().unwrap()),
             trusted_comment: parsed.trusted_comment().to_string(),
-            parsed,
+            signature: bytes[10..74].try_into().unwrap(),
+            global: global.try_into().map_err(|_| bad("global signature has the wrong length"))?,
         })
     }
 }
@@ -184,16 +196,26 @@ impl TrustedKeys {
         self.keys.iter().find(|k| k.id == id)
     }
 
-    /// Verify `sig` over `data`; returns the key that signed it.
+    /// Verify `sig` over `data`, as minisign does for a prehashed ("ED")
+    /// signature: Ed25519 over BLAKE2b-512 of `data`, and the global
+    /// signature over the signature and its trusted comment. Returns the key
+    /// that signed it. (ed25519-dalek: every load verifies, and it is about
+    /// three times faster than minisign-verify's portable code.)
     pub fn verify(&self, data: &[u8], sig: &SignatureInfo) -> Result<&PublicKey, BundleError> {
+        use blake2::Digest as _;
         let key = self
             .keys
             .iter()
             .find(|k| k.id == sig.key_id)
             .ok_or(BundleError::UntrustedKey(sig.key_id))?;
-        key.verifier.verify(data, &sig.parsed, false).map_err(|e| {
-            BundleError::Signature(format!("does not match the manifest under key {} ({e})", key.id))
-        })?;
+        let fail = |what: &str| BundleError::Signature(format!("does not match the manifest under key {} ({what})", key.id));
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.raw).map_err(|_| fail("the public key is not a valid Ed25519 point"))?;
+        let prehash = blake2::Blake2b512::digest(data);
+        vk.verify_strict(&prehash, &ed25519_dalek::Signature::from_bytes(&sig.signature)).map_err(|_| fail("signature verification failed"))?;
+        let mut global = Vec::with_capacity(64 + sig.trusted_comment.len());
+        global.extend_from_slice(&sig.signature);
+        global.extend_from_slice(sig.trusted_comment.as_bytes());
+        vk.verify_strict(&global, &ed25519_dalek::Signature::from_bytes(&sig.global)).map_err(|_| fail("the trusted comment's signature does not verify"))?;
         Ok(key)
     }
 
