@@ -853,7 +853,7 @@ impl Store {
         let (sf, _) = open_checked(&sig_path)?;
         let mut sig = Vec::new();
         sf.take(64 << 10).read_to_end(&mut sig).map_err(io_err(&sig_path))?;
-        let signer = anchors.verify(name, &f.path_of(MANIFEST_PATH), &manifest_bytes, &String::from_utf8_lossy(&sig))?;
+        let signer = anchors.verify(name, &f.path_of(MANIFEST_PATH), &manifest_bytes, &f.manifest, &String::from_utf8_lossy(&sig))?;
         if f.record.signer != signer.to_string() {
             return Err(StoreError::Tampered {
                 path: self.root.join(format!("functions/{name}.json")),

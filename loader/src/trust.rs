@@ -18,7 +18,8 @@
 //! Must not touch: the store's contents (see [`crate::store`]).
 
 use crate::store::{self, Owners, StoreError};
-use limes_bundle::keys::{KeyId, PublicKey};
+use limes_bundle::keys::{KeyId, PublicKey, SignatureInfo};
+use limes_bundle::manifest::Manifest;
 use limes_bundle::TrustedKeys;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -120,12 +121,16 @@ impl Anchors {
 
     /// Check a manifest and its signature as found in the store: signed by a
     /// trusted key, for the function `name`, by its pinned publisher.
-    /// Returns the signer.
-    pub fn verify(&self, name: &str, manifest_path: &Path, manifest: &[u8], signature: &str) -> Result<KeyId, StoreError> {
+    /// `m` is `manifest` already parsed (by the store, from these bytes), so
+    /// a load parses it once. Returns the signer.
+    pub fn verify(&self, name: &str, manifest_path: &Path, manifest: &[u8], m: &Manifest, signature: &str) -> Result<KeyId, StoreError> {
         if self.keys.keys().is_empty() {
             return Err(StoreError::NoTrust { name: name.into(), dir: self.dir.clone() });
         }
-        let (signer, m) = self.keys.verify_manifest(manifest, signature)?;
+        // What `TrustedKeys::verify_manifest` checks, on the parsed manifest.
+        let info = SignatureInfo::parse(signature)?;
+        let signer = self.keys.verify(manifest, &info)?.id();
+        limes_bundle::archive::check_trusted_comment(m, &info.trusted_comment)?;
         if m.function.name != name {
             return Err(StoreError::Tampered {
                 path: manifest_path.to_path_buf(),
