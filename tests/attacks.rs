@@ -268,8 +268,23 @@ fn no_header_byte_can_change_while_verify_says_ok() {
     let hs = headers(&raw);
     // ustar fields: (offset, length).
     let fields = [
-        (0, 100), (100, 8), (108, 8), (116, 8), (124, 12), (136, 12), (148, 8), (156, 1),
-        (157, 100), (257, 6), (263, 2), (265, 32), (297, 32), (329, 8), (337, 8), (345, 155), (500, 12),
+        (0, 100),
+        (100, 8),
+        (108, 8),
+        (116, 8),
+        (124, 12),
+        (136, 12),
+        (148, 8),
+        (156, 1),
+        (157, 100),
+        (257, 6),
+        (263, 2),
+        (265, 32),
+        (297, 32),
+        (329, 8),
+        (337, 8),
+        (345, 155),
+        (500, 12),
     ];
     let mut variants = Vec::new();
     for &(at, size) in &hs {
@@ -369,8 +384,24 @@ fn rollback_and_publisher_games_are_refused() {
     let e = fails(&mut install(&rc9, &[]), 1);
     assert!(e.contains("rollback") && e.contains("1.0.0-rc.10"), "{e}");
     // The same version with other content is refused unless forced.
-    let a = resigned(&sk, &d.path().join("a.limes"), |m| { m.function.version = "2.0.0".into(); m.function.description = Some("a".into()) }, None);
-    let b = resigned(&sk, &d.path().join("b.limes"), |m| { m.function.version = "2.0.0".into(); m.function.description = Some("b".into()) }, None);
+    let a = resigned(
+        &sk,
+        &d.path().join("a.limes"),
+        |m| {
+            m.function.version = "2.0.0".into();
+            m.function.description = Some("a".into())
+        },
+        None,
+    );
+    let b = resigned(
+        &sk,
+        &d.path().join("b.limes"),
+        |m| {
+            m.function.version = "2.0.0".into();
+            m.function.description = Some("b".into())
+        },
+        None,
+    );
     ok(&mut install(&a, &[]));
     ok(&mut install(&a, &[]));
     let e = fails(&mut install(&b, &[]), 1);

@@ -116,11 +116,7 @@ fn new_templates_build_and_run() {
         let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         assert!(!toml.contains(&common::repo().display().to_string()), "{toml}");
         assert!(toml.contains(&work.path().join("home/sdk").display().to_string()), "{toml}");
-        let out = ok(limes_pack_cmd()
-            .args(["build", "--json", "--sign"])
-            .arg(&key.secret)
-            .arg(&dir)
-            .env("CARGO_TARGET_DIR", target_dir(work.path())));
+        let out = ok(limes_pack_cmd().args(["build", "--json", "--sign"]).arg(&key.secret).arg(&dir).env("CARGO_TARGET_DIR", target_dir(work.path())));
         let j = json(&out);
         assert_eq!(j["world"]["kind"], "limes", "{template}");
         let bundle = std::path::PathBuf::from(j["bundle"].as_str().unwrap());
@@ -216,12 +212,8 @@ fn killed_builds_never_leave_a_broken_bundle() {
     for _ in 0..8 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         let delay = std::time::Duration::from_millis(100 + (seed >> 33) % 900);
-        let mut child = limes_pack_cmd()
-            .args(["build", "--quiet", "--no-cache", "--no-microvm", "--out-dir"])
-            .arg(out.path())
-            .arg(pack("noop"))
-            .spawn()
-            .unwrap();
+        let mut child =
+            limes_pack_cmd().args(["build", "--quiet", "--no-cache", "--no-microvm", "--out-dir"]).arg(out.path()).arg(pack("noop")).spawn().unwrap();
         std::thread::sleep(delay);
         let _ = child.kill();
         let _ = child.wait();
@@ -321,7 +313,9 @@ fn run_builds_runs_and_watches() {
     assert!(target.join("limes/dev/dev-0.1.0.limes").is_file());
     assert!(!target.join("limes/dev-0.1.0.limes").exists(), "the dev build replaced the release bundle path");
     println!("first limes-pack run: {:?}", t.elapsed());
-    let faulty = |data: &str, code: i32| fails(limes_pack_cmd().args(["run", "--timeout-ms", "300", "--data", data]).arg(fixture("faulty")).env("CARGO_TARGET_DIR", &target), code);
+    let faulty = |data: &str, code: i32| {
+        fails(limes_pack_cmd().args(["run", "--timeout-ms", "300", "--data", data]).arg(fixture("faulty")).env("CARGO_TARGET_DIR", &target), code)
+    };
     assert!(faulty("loop", 5).contains("timed out after 300 ms"));
     assert!(faulty("bad", 4).contains("bad-request: bad on purpose"));
 
@@ -365,7 +359,11 @@ fn conventions_parent_discovery_and_help_examples() {
     let work = tempdir();
     let src = new_crate(work.path(), "nested", "noop").join("src");
     let target = target_dir(work.path());
-    let o = ok(limes_pack_cmd().args(["build", "--json", "--no-microvm", "--out-dir"]).arg(work.path().join("out")).current_dir(&src).env("CARGO_TARGET_DIR", &target));
+    let o = ok(limes_pack_cmd()
+        .args(["build", "--json", "--no-microvm", "--out-dir"])
+        .arg(work.path().join("out"))
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &target));
     let j = json(&o);
     assert_eq!(j["function"], "nested");
     // The documented JSON: integer microseconds.

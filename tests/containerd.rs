@@ -158,9 +158,7 @@ async fn run_pod(node: &Node, image: &str, name: &str, args: &[&str]) -> (i32, S
     let spec = ImageSpec { image: image.into(), ..Default::default() };
     let present = img.image_status(ImageStatusRequest { image: Some(spec.clone()), verbose: false }).await.unwrap().into_inner().image.is_some();
     if !present {
-        img.pull_image(PullImageRequest { image: Some(spec), ..Default::default() })
-            .await
-            .unwrap_or_else(|e| panic!("PullImage {image}: {e}\n{}", node.log()));
+        img.pull_image(PullImageRequest { image: Some(spec), ..Default::default() }).await.unwrap_or_else(|e| panic!("PullImage {image}: {e}\n{}", node.log()));
     }
     let logs = node.dir.path().join("pods").join(name);
     std::fs::create_dir_all(&logs).unwrap();
@@ -202,13 +200,7 @@ async fn run_pod(node: &Node, image: &str, name: &str, args: &[&str]) -> (i32, S
     rt.start_container(StartContainerRequest { container_id: container.clone() }).await.unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", node.log()));
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        let s = rt
-            .container_status(ContainerStatusRequest { container_id: container.clone(), verbose: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let s = rt.container_status(ContainerStatusRequest { container_id: container.clone(), verbose: false }).await.unwrap().into_inner().status.unwrap();
         if s.state == ContainerState::ContainerExited as i32 {
             break s;
         }

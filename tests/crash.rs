@@ -29,7 +29,8 @@ fn killed_installs_leave_the_store_consistent() {
     for _ in 0..16 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         let delay = (seed >> 33) % full;
-        let mut child = limes_cmd(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            limes_cmd(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_micros(delay));
         let _ = child.kill();
         let _ = child.wait();
@@ -47,9 +48,8 @@ fn concurrent_installs_of_one_bundle_are_safe() {
     let d = tempdir();
     let built = build_signed(&pack("noop"), &key, d.path());
     let store = d.path().join("store");
-    let children: Vec<_> = (0..6)
-        .map(|_| limes_cmd(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public).stdout(Stdio::null()).spawn().unwrap())
-        .collect();
+    let children: Vec<_> =
+        (0..6).map(|_| limes_cmd(&store).arg("install").arg(&built.bundle).arg("--trust").arg(&key.public).stdout(Stdio::null()).spawn().unwrap()).collect();
     for mut c in children {
         assert!(c.wait().unwrap().success());
     }

@@ -307,18 +307,14 @@ fn incompatible_artifacts_fall_back_or_fail_with_the_reason() {
 #[test]
 fn device_loader_is_static_without_cranelift_and_runs_aot() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let tree = ok(Command::new(&cargo)
-        .args(["tree", "-p", "limes", "-e", "normal", "--prefix", "none", "--target", limes::DEVICE_TARGET])
-        .current_dir(repo()));
+    let tree = ok(Command::new(&cargo).args(["tree", "-p", "limes", "-e", "normal", "--prefix", "none", "--target", limes::DEVICE_TARGET]).current_dir(repo()));
     let tree = stdout(&tree);
     assert!(tree.contains("wasmtime v48"), "{tree}");
     for bad in COMPILER_CRATES {
         assert!(!tree.contains(bad), "the device loader build pulls {bad}");
     }
     // scripts/test.sh builds it before the tests; this is then a no-op.
-    ok(Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "limes", "--bin", "limes", "--target", limes::DEVICE_TARGET])
-        .current_dir(repo()));
+    ok(Command::new(&cargo).args(["build", "--quiet", "-p", "limes", "--bin", "limes", "--target", limes::DEVICE_TARGET]).current_dir(repo()));
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
     let device = target.join(limes::DEVICE_TARGET).join("debug").join("limes");
     assert_eq!(elf_interpreter(&std::fs::read(&device).unwrap()), None, "{} must be static", device.display());

@@ -81,25 +81,18 @@ fn every_pack_boots_and_answers_like_wasm() {
 fn limes_run_boots_the_image() {
     let d = tempdir();
     let (key, store) = noop_with_image_installed(d.path(), ImageKind::Linux);
-    let o = ok(limes_cmd(&store)
-        .args(["run", "noop", "--backend", "microvm", "--timings", "--data", "from the VM", "--kernel"])
-        .arg(test_kernel()));
+    let o = ok(limes_cmd(&store).args(["run", "noop", "--backend", "microvm", "--timings", "--data", "from the VM", "--kernel"]).arg(test_kernel()));
     assert_eq!(o.stdout, b"from the VM");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("boot") && err.contains("execution"), "{err}");
     // The first microVM run of a store probes KVM (bounded) and says so; the
     // answer is remembered, so the next run does not probe again.
     assert!(err.contains("KVM probe"), "{err}");
-    let o = ok(limes_cmd(&store)
-        .args(["run", "noop", "--backend", "microvm", "--timings", "--data", "again", "--kernel"])
-        .arg(test_kernel()));
+    let o = ok(limes_cmd(&store).args(["run", "noop", "--backend", "microvm", "--timings", "--data", "again", "--kernel"]).arg(test_kernel()));
     assert_eq!(o.stdout, b"again");
     assert!(!String::from_utf8_lossy(&o.stderr).contains("KVM probe"), "{}", String::from_utf8_lossy(&o.stderr));
     // No kernel anywhere: a clear error naming the fix.
-    let e = fails(
-        limes_cmd(&store).args(["run", "noop", "--backend", "microvm"]).env_remove("LIMES_KERNEL"),
-        1,
-    );
+    let e = fails(limes_cmd(&store).args(["run", "noop", "--backend", "microvm"]).env_remove("LIMES_KERNEL"), 1);
     assert!(e.contains("no kernel to boot") && e.contains("LIMES_KERNEL"), "{e}");
     // A bundle without an image says so.
     let plain = build_signed(&pack("noop"), &key, &d.path().join("plain"));
@@ -178,7 +171,8 @@ fn firecracker_config_follows_the_documented_schema() {
         limes_bundle::archive::read_bundle(&out.bundle, &Default::default(), limes_bundle::archive::SignaturePolicy::Unverified, &mut mem).unwrap();
         let file = |p: &str| mem.0.iter().find(|(n, _)| n == p).map(|(_, b)| b.clone());
         let cfg: serde_json::Value = serde_json::from_slice(&file("microvm/firecracker.json").unwrap()).unwrap();
-        let top = ["boot-source", "drives", "machine-config", "network-interfaces", "vsock", "logger", "metrics", "mmds-config", "balloon", "entropy", "cpu-config"];
+        let top =
+            ["boot-source", "drives", "machine-config", "network-interfaces", "vsock", "logger", "metrics", "mmds-config", "balloon", "entropy", "cpu-config"];
         for k in cfg.as_object().unwrap().keys() {
             assert!(top.contains(&k.as_str()), "unknown top-level key {k}");
         }
@@ -249,9 +243,7 @@ fn faults_match_wasm(kind: ImageKind) {
     let d = tempdir();
     let built = build_signed_with(&fixture("faulty"), &key, d.path(), Some(kind));
     let store = d.path().join("store");
-    let limes = || {
-        limes_cmd(&store)
-    };
+    let limes = || limes_cmd(&store);
     ok(limes().arg("install").arg(&built.bundle).arg("--trust").arg(&key.public));
     // Under TCG the boot alone takes longer than this limit.
     for backend in ["wasm", "microvm"] {
@@ -277,7 +269,8 @@ fn faults_match_wasm(kind: ImageKind) {
         let e = fails(&mut abort, 5);
         assert!(e.contains("faulty trapped"), "{backend} {kind:?}: {e}");
     }
-    let o = ok(limes().args(["run", "faulty", "--data", "echo", "--timeout-ms", "1500", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
+    let o =
+        ok(limes().args(["run", "faulty", "--data", "echo", "--timeout-ms", "1500", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
     assert_eq!(o.stdout, b"echo");
 }
 

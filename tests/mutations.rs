@@ -74,13 +74,7 @@ struct Original {
 fn original(bundle: &Path) -> Original {
     let mut mem = InMemory::default();
     let v = read_bundle(bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
-    Original {
-        manifest: v.manifest,
-        manifest_bytes: v.manifest_bytes,
-        signature: v.signature.unwrap(),
-        files: mem.0,
-        bytes: std::fs::read(bundle).unwrap(),
-    }
+    Original { manifest: v.manifest, manifest_bytes: v.manifest_bytes, signature: v.signature.unwrap(), files: mem.0, bytes: std::fs::read(bundle).unwrap() }
 }
 
 impl Original {
@@ -124,10 +118,7 @@ fn no_mutated_bundle_is_accepted() {
     let per_pack: usize = std::env::var("LIMES_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
     let mut variants: Vec<(String, Vec<u8>)> = Vec::new();
     let mut rng = Lcg(0x5eed);
-    let originals: Vec<Original> = ["noop", "mandelbrot", "image"]
-        .iter()
-        .map(|p| original(&build_signed(&pack(p), &key, &d.path().join(p)).bundle))
-        .collect();
+    let originals: Vec<Original> = ["noop", "mandelbrot", "image"].iter().map(|p| original(&build_signed(&pack(p), &key, &d.path().join(p)).bundle)).collect();
 
     for (idx, o) in originals.iter().enumerate() {
         let n = o.bytes.len();
@@ -219,7 +210,14 @@ fn no_mutated_bundle_is_accepted() {
         variants.push(("unknown schema".into(), o.resigned(&sk, |m| m.schema = "limes.bundle/v2".into())));
         variants.push(("unsafe file path in manifest".into(), o.resigned(&sk, |m| m.files[0].path = "../x".into())));
         variants.push(("bad digest in manifest".into(), o.resigned(&sk, |m| m.files[0].sha256 = "f".repeat(64))));
-        variants.push(("unknown tier".into(), o.resigned(&sk, |m| if let Some(a) = m.aot.first_mut() { a.tier = "x86-64-v9".into() })));
+        variants.push((
+            "unknown tier".into(),
+            o.resigned(&sk, |m| {
+                if let Some(a) = m.aot.first_mut() {
+                    a.tier = "x86-64-v9".into()
+                }
+            }),
+        ));
         variants.push(("profile digest mismatch".into(), o.resigned(&sk, |m| m.engine.profile.consume_fuel = true)));
         variants.push(("unlisted component".into(), o.resigned(&sk, |m| m.component = "nope.wasm".into())));
         variants.push(("signed by an untrusted key".into(), o.resigned(&other, |_| {})));

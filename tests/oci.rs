@@ -69,7 +69,13 @@ fn bad_references_keys_and_blobs_fail_clearly() {
     assert!(e.contains("not trusted"), "{e}");
 
     // The registry serves a tampered tier: caught, nothing installed.
-    let tier = built.manifest.files.iter().find(|f| f.path.starts_with("aot/x86-64-v3")).or_else(|| built.manifest.files.iter().find(|f| f.path.starts_with("aot/"))).unwrap();
+    let tier = built
+        .manifest
+        .files
+        .iter()
+        .find(|f| f.path.starts_with("aot/x86-64-v3"))
+        .or_else(|| built.manifest.files.iter().find(|f| f.path.starts_with("aot/")))
+        .unwrap();
     let blob = reg.blob_path(&tier.sha256);
     let mut data = std::fs::read(&blob).unwrap();
     data[100] ^= 0xff;
@@ -80,7 +86,12 @@ fn bad_references_keys_and_blobs_fail_clearly() {
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0);
     // Unsigned bundles are not pushed.
     let unsigned = limes_build::build(
-        &limes_build::BuildOptions { path: pack("noop"), out_dir: Some(d.path().join("u")), cargo: limes_build::CargoOptions { quiet: true, ..Default::default() }, ..Default::default() },
+        &limes_build::BuildOptions {
+            path: pack("noop"),
+            out_dir: Some(d.path().join("u")),
+            cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+            ..Default::default()
+        },
         &limes_build::pipeline::NoProgress,
     )
     .unwrap();
@@ -230,8 +241,10 @@ fn artifact(files: &[(String, Vec<u8>)]) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
     let digest = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
     let layers: Vec<serde_json::Value> = files
         .iter()
-        .map(|(p, b)| serde_json::json!({"mediaType": "application/octet-stream", "digest": digest(b), "size": b.len(),
-            "annotations": {"org.opencontainers.image.title": p}}))
+        .map(|(p, b)| {
+            serde_json::json!({"mediaType": "application/octet-stream", "digest": digest(b), "size": b.len(),
+            "annotations": {"org.opencontainers.image.title": p}})
+        })
         .collect();
     let m = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "artifactType": limes_oci::ARTIFACT_TYPE,
@@ -248,13 +261,15 @@ fn a_lying_registry_cannot_exhaust_or_hang_a_pull() {
     let built = build_signed(&pack("noop"), &key, d.path());
     let mut mem = InMemory::default();
     let v = read_bundle(&built.bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
-    let mut files = vec![("manifest.json".to_string(), v.manifest_bytes.clone()), ("manifest.json.minisig".to_string(), v.signature.clone().unwrap().into_bytes())];
+    let mut files =
+        vec![("manifest.json".to_string(), v.manifest_bytes.clone()), ("manifest.json.minisig".to_string(), v.signature.clone().unwrap().into_bytes())];
     files.extend(mem.0);
     let (oci, blobs) = artifact(&files);
     let sig_path = blobs[1].0.clone();
     let comp = blobs[files.iter().position(|(n, _)| n == "component.wasm").unwrap()].0.clone();
     let ct = "application/vnd.oci.image.manifest.v1+json";
-    let mut routes: std::collections::HashMap<String, Answer> = blobs.iter().map(|(p, b)| (p.clone(), Answer::Bytes("application/octet-stream", b.clone()))).collect();
+    let mut routes: std::collections::HashMap<String, Answer> =
+        blobs.iter().map(|(p, b)| (p.clone(), Answer::Bytes("application/octet-stream", b.clone()))).collect();
     routes.insert("/v2/fns/noop/manifests/good".into(), Answer::Bytes(ct, oci.clone()));
     routes.insert("/v2/fns/noop/manifests/huge".into(), Answer::Endless(256 << 20));
     routes.insert("/v2/fns/noop/manifests/stall".into(), Answer::Stall);

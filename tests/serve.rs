@@ -21,13 +21,7 @@ impl Drop for Server {
 }
 
 fn start(store: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = limes_cmd(store)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = limes_cmd(store).args(["serve", "--listen", "127.0.0.1:0"]).args(extra).env("RUST_LOG", "error").stdout(Stdio::piped()).spawn().unwrap();
     let addr = listening_addr(&mut child);
     Server { addr, child }
 }
@@ -123,7 +117,11 @@ fn serves_functions_and_survives_faults_under_load() {
     assert!(m.contains("limes_worker_replacements_total{function=\"noop\",reason=\"timeout\"} 0"), "{m}");
     // A histogram (prometheus-client) of every warm request.
     assert!(m.contains("limes_request_duration_seconds_count{function=\"noop\",phase=\"warm\"} 9800"), "{m}");
-    assert!(m.contains("limes_request_duration_seconds_bucket{le=\"0.0001\",function=\"noop\",phase=\"warm\"}") || m.contains("limes_request_duration_seconds_bucket{function=\"noop\",phase=\"warm\",le="), "{m}");
+    assert!(
+        m.contains("limes_request_duration_seconds_bucket{le=\"0.0001\",function=\"noop\",phase=\"warm\"}")
+            || m.contains("limes_request_duration_seconds_bucket{function=\"noop\",phase=\"warm\",le="),
+        "{m}"
+    );
 
     // Graceful shutdown on SIGTERM: exit 0.
     let mut server = server;
@@ -148,9 +146,7 @@ fn serve_follows_the_store() {
     assert_eq!(s, 200);
     assert!(String::from_utf8_lossy(&body).contains("\"functions\":[]"), "{}", String::from_utf8_lossy(&body));
     assert_eq!(http(a, "POST", "/functions/noop", b"x").0, 404);
-    let limes = || {
-        limes_cmd(&store)
-    };
+    let limes = || limes_cmd(&store);
     ok(limes().arg("install").arg(&b.bundle).arg("--trust").arg(&key.public));
     let installed = std::time::Instant::now();
     let waited = loop {
@@ -464,7 +460,10 @@ fn guest_output_cannot_forge_log_lines() {
     let forged_lines: Vec<&str> = log.lines().filter(|l| l.contains("FORGED") || l.contains("SPOOFED")).collect();
     assert!(!forged_lines.is_empty(), "the guest output was not logged:\n{log}");
     for l in forged_lines {
-        assert!(l.contains("guest output") && l.contains("function=\"faulty\"") || l.contains("guest output") && l.contains("function=faulty"), "a forged line: {l}\n{log}");
+        assert!(
+            l.contains("guest output") && l.contains("function=\"faulty\"") || l.contains("guest output") && l.contains("function=faulty"),
+            "a forged line: {l}\n{log}"
+        );
         assert!(!l.trim_start().starts_with("2026-12-03T00:00:00"), "{l}");
     }
     assert!(log.contains(r"\u{1b}[2K"), "the escape is shown escaped:\n{log}");

@@ -9,10 +9,7 @@ use std::process::Command;
 fn minisign() -> Command {
     // CI installs Debian's minisign (scripts/setup.sh); its absence is a
     // failure, not a skip, so the interop check can never silently vanish.
-    assert!(
-        Command::new("minisign").arg("-v").output().is_ok(),
-        "the minisign tool is required (apt-get install minisign, or run scripts/setup.sh)"
-    );
+    assert!(Command::new("minisign").arg("-v").output().is_ok(), "the minisign tool is required (apt-get install minisign, or run scripts/setup.sh)");
     Command::new("minisign")
 }
 
@@ -92,11 +89,7 @@ fn keys_from_the_minisign_tool_sign_bundles() {
     // Key from an environment variable (CI secrets).
     let text = std::fs::read_to_string(&sk).unwrap();
     let out2 = d.path().join("env");
-    let o = ok(limes_pack_cmd()
-        .args(["build", "--json", "--sign", "env:MY_LIMES_KEY", "--out-dir"])
-        .arg(&out2)
-        .arg(pack("noop"))
-        .env("MY_LIMES_KEY", text));
+    let o = ok(limes_pack_cmd().args(["build", "--json", "--sign", "env:MY_LIMES_KEY", "--out-dir"]).arg(&out2).arg(pack("noop")).env("MY_LIMES_KEY", text));
     assert!(json(&o)["signed_by"].is_string());
     assert_eq!(std::fs::read(&bundle).unwrap(), std::fs::read(out2.join("noop-0.1.0.limes")).unwrap());
 }
@@ -180,11 +173,7 @@ fn builds_are_byte_identical_and_honour_source_date_epoch() {
     let a = build(&pack("mandelbrot"), &d.path().join("a"), &["--no-cache", "--sign", sk.to_str().unwrap()]);
     let b = build(&pack("mandelbrot"), &d.path().join("b"), &["--no-cache", "--sign", sk.to_str().unwrap()]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "two builds differ");
-    let o = ok(limes_pack_cmd()
-        .args(["build", "--json", "--out-dir"])
-        .arg(d.path().join("c"))
-        .arg(pack("mandelbrot"))
-        .env("SOURCE_DATE_EPOCH", "1700000000"));
+    let o = ok(limes_pack_cmd().args(["build", "--json", "--out-dir"]).arg(d.path().join("c")).arg(pack("mandelbrot")).env("SOURCE_DATE_EPOCH", "1700000000"));
     let c = PathBuf::from(json(&o)["bundle"].as_str().unwrap());
     let x = d.path().join("xc");
     std::fs::create_dir(&x).unwrap();

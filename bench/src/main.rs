@@ -230,11 +230,8 @@ fn main() -> Result<()> {
     let compile_runs = a.compile_runs.unwrap_or(if q { 2 } else { 20 });
     let process_runs = a.process_runs.unwrap_or(if q { 3 } else { 200 });
     let vm_runs = a.vm_runs.unwrap_or(if q { 1 } else { 5 });
-    let kernel = a
-        .kernel
-        .clone()
-        .or_else(|| std::env::var_os("LIMES_KERNEL").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/limes-kernel/vmlinuz"));
+    let kernel =
+        a.kernel.clone().or_else(|| std::env::var_os("LIMES_KERNEL").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/var/tmp/limes-kernel/vmlinuz"));
     anyhow::ensure!(kernel.is_file(), "no kernel at {} for the microVM backend (scripts/fetch-kernel.sh fetches one)", kernel.display());
     std::fs::create_dir_all(&a.out)?;
     let work = tempfile::tempdir()?;
@@ -328,7 +325,15 @@ fn main() -> Result<()> {
             dirs: vec![],
             native: mandelbrot::handle,
         },
-        Workload { name: "image (body)", pack: "image", function: "image", full: Request::new(jpeg.clone()), light: Request::new(tiny_jpeg()), dirs: img_dirs.clone(), native: image_pipeline::handle },
+        Workload {
+            name: "image (body)",
+            pack: "image",
+            function: "image",
+            full: Request::new(jpeg.clone()),
+            light: Request::new(tiny_jpeg()),
+            dirs: img_dirs.clone(),
+            native: image_pipeline::handle,
+        },
         Workload {
             name: "image (file)",
             pack: "image",
@@ -495,11 +500,7 @@ fn main() -> Result<()> {
         // The microVM images of the same function, Linux and Hermit, in
         // turn: launch to ready frame, request to answer, launch to answer.
         if !w.name.contains("file") {
-            let opts = limes::microvm::VmOptions {
-                kernel: Some(kernel.clone()),
-                probe_cache: Some(work.path().join("accel")),
-                ..Default::default()
-            };
+            let opts = limes::microvm::VmOptions { kernel: Some(kernel.clone()), probe_cache: Some(work.path().join("accel")), ..Default::default() };
             let hermit_f = hermit_store.get(w.function)?;
             for (kind, image) in [("linux", &f), ("hermit", &hermit_f)] {
                 let (mut boot, mut exec, mut total) = (Vec::new(), Vec::new(), Vec::new());
@@ -542,7 +543,20 @@ fn main() -> Result<()> {
         // A no-op request takes a third of a millisecond, where the
         // machine's noise moves a median of 30 by a third either way (0.77x
         // and 1.36x in two runs): it gets ten times the requests.
-        .map(|w| (w.name, w.function, w.full.body.clone(), if q { 2 } else if w.pack == "noop" { 300 } else { 30 }))
+        .map(|w| {
+            (
+                w.name,
+                w.function,
+                w.full.body.clone(),
+                if q {
+                    2
+                } else if w.pack == "noop" {
+                    300
+                } else {
+                    30
+                },
+            )
+        })
         .collect();
     let backends = report::backend_choice(&hermit_store, &kernel, &choice, if q { 1 } else { 3 })?;
     let (w, f, body, _) = choice.iter().find(|c| c.1 == "image").expect("the image workload");

@@ -23,11 +23,7 @@ pub struct Machine {
 }
 
 fn cmd(c: &str, args: &[&str]) -> String {
-    std::process::Command::new(c)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
+    std::process::Command::new(c).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
 }
 
 impl Machine {
@@ -179,7 +175,14 @@ fn serve_mode(store: &limes::Store, kernel: &std::path::Path, function: &str, mo
 
 fn backend_row(workload: &str, mode: &str, lat: &[Duration]) -> Result<crate::BackendRow> {
     let s = crate::Stats::of(lat, &format!("{workload} served by {mode}"))?;
-    Ok(crate::BackendRow { workload: workload.to_string(), mode: mode.to_string(), requests: lat.len(), p50_us: s.p50_us, p99_us: s.p99_us, mean_us: s.mean_us })
+    Ok(crate::BackendRow {
+        workload: workload.to_string(),
+        mode: mode.to_string(),
+        requests: lat.len(),
+        p50_us: s.p50_us,
+        p99_us: s.p99_us,
+        mean_us: s.mean_us,
+    })
 }
 
 /// Each workload served by `limes serve` three ways (Wasm workers,
@@ -187,7 +190,12 @@ fn backend_row(workload: &str, mode: &str, lat: &[Duration]) -> Result<crate::Ba
 /// workload), in `rounds`
 /// rounds that take the modes in turn (a fresh server each), so a slow
 /// spell of the shared machine falls on every mode alike.
-pub fn backend_choice(store: &limes::Store, kernel: &std::path::Path, workloads: &[(&str, &str, Vec<u8>, usize)], rounds: usize) -> Result<Vec<crate::BackendRow>> {
+pub fn backend_choice(
+    store: &limes::Store,
+    kernel: &std::path::Path,
+    workloads: &[(&str, &str, Vec<u8>, usize)],
+    rounds: usize,
+) -> Result<Vec<crate::BackendRow>> {
     const MODES: [&str; 3] = ["wasm", "microvm", "auto"];
     let mut rows = Vec::new();
     for &(workload, function, ref body, n) in workloads {
@@ -227,11 +235,7 @@ fn workers_live_after(addr: SocketAddr, want: u64) -> Result<u64> {
         write!(s, "GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
         let mut raw = String::new();
         s.read_to_string(&mut raw)?;
-        let live = raw
-            .lines()
-            .find(|l| l.starts_with("limes_workers_live{function=\"noop\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0);
+        let live = raw.lines().find(|l| l.starts_with("limes_workers_live{function=\"noop\"")).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0);
         if live == want || Instant::now() > until {
             return Ok(live);
         }
@@ -336,8 +340,18 @@ pub fn markdown(r: &Results) -> String {
     let m = &r.machine;
     let mut s = String::new();
     let _ = writeln!(s, "# limes benchmark report{}\n", if r.quick { " (quick smoke run: too few iterations to quote)" } else { "" });
-    let _ = writeln!(s, "Machine: {} ({} cores), {}, kernel {}, {}, Wasmtime {}; /dev/kvm {}. Measured {}.\n",
-        m.cpu, m.cores, m.os, m.kernel, m.rustc, m.wasmtime, if m.kvm_device { "present" } else { "absent" }, m.date_utc);
+    let _ = writeln!(
+        s,
+        "Machine: {} ({} cores), {}, kernel {}, {}, Wasmtime {}; /dev/kvm {}. Measured {}.\n",
+        m.cpu,
+        m.cores,
+        m.os,
+        m.kernel,
+        m.rustc,
+        m.wasmtime,
+        if m.kvm_device { "present" } else { "absent" },
+        m.date_utc
+    );
     let workloads: Vec<String> = {
         let mut v: Vec<String> = Vec::new();
         for row in &r.rows {
@@ -352,7 +366,18 @@ pub fn markdown(r: &Results) -> String {
     s += "| workload | compile-at-load p50 | p99 | AOT p50 | AOT p99 | AOT min / max | runs (AOT) | speed-up (p50) |\n|---|---|---|---|---|---|---|---|\n";
     for w in &workloads {
         if let (Some(c), Some(a)) = (find(r, w, "compile-at-load", "cold_start"), find(r, w, "aot-in-process", "cold_start")) {
-            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} / {} | {} | {:.0}x |", us(c.p50_us), us(c.p99_us), us(a.p50_us), us(a.p99_us), us(a.min_us), us(a.max_us), a.n, c.p50_us / a.p50_us);
+            let _ = writeln!(
+                s,
+                "| {w} | {} | {} | {} | {} | {} / {} | {} | {:.0}x |",
+                us(c.p50_us),
+                us(c.p99_us),
+                us(a.p50_us),
+                us(a.p99_us),
+                us(a.min_us),
+                us(a.max_us),
+                a.n,
+                c.p50_us / a.p50_us
+            );
         }
     }
     s += "\n## Integrity check at load: install-time stamp (`limes run`) vs re-hashing the artifact (`limes serve`)\n\n";
@@ -360,14 +385,17 @@ pub fn markdown(r: &Results) -> String {
     s += "| workload | stamp p50 | re-hash p50 | re-hash p99 | cost of re-hashing (p50) |\n|---|---|---|---|---|\n";
     for w in &workloads {
         if let (Some(a), Some(h)) = (find(r, w, "aot-in-process", "cold_start"), find(r, w, "aot-rehash", "cold_start")) {
-            let _ = writeln!(s, "| {w} | {} | {} | {} | +{} ({:.1}x) |", us(a.p50_us), us(h.p50_us), us(h.p99_us), us(h.p50_us - a.p50_us), h.p50_us / a.p50_us);
+            let _ =
+                writeln!(s, "| {w} | {} | {} | {} | +{} ({:.1}x) |", us(a.p50_us), us(h.p50_us), us(h.p99_us), us(h.p50_us - a.p50_us), h.p50_us / a.p50_us);
         }
     }
     s += "\n## Signature check at load (every load since #23)\n\n";
     s += "What `limes run NAME` does before mapping, taking turns in one loop: the store lookup (record, object tree, manifest) and then the stamp check, map, link and instantiate, without and with the installed manifest's Ed25519 signature checked against the trust directory's keys. The first column is the cold start above (no lookup), the figure before #23's check.\n\n";
     s += "| workload | cold start (no lookup) p50 | lookup, no signature check p50 | lookup + signature check p50 | p99 | cost of the signature check (p50) |\n|---|---|---|---|---|---|\n";
     for w in &workloads {
-        if let (Some(a), Some(l), Some(g)) = (find(r, w, "aot-in-process", "cold_start"), find(r, w, "aot-lookup", "cold_start"), find(r, w, "aot-signature", "cold_start")) {
+        if let (Some(a), Some(l), Some(g)) =
+            (find(r, w, "aot-in-process", "cold_start"), find(r, w, "aot-lookup", "cold_start"), find(r, w, "aot-signature", "cold_start"))
+        {
             let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {:+.0} µs |", us(a.p50_us), us(l.p50_us), us(g.p50_us), us(g.p99_us), g.p50_us - l.p50_us);
         }
     }
@@ -377,10 +405,15 @@ pub fn markdown(r: &Results) -> String {
         if let Some(a) = find(r, w, "aot-in-process", "execution") {
             let n = find(r, w, "native-in-process", "execution");
             let c = find(r, w, "compile-at-load", "execution");
-            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} |",
-                n.map(|n| us(n.p50_us)).unwrap_or("-".into()), us(a.p50_us),
+            let _ = writeln!(
+                s,
+                "| {w} | {} | {} | {} | {} | {} |",
+                n.map(|n| us(n.p50_us)).unwrap_or("-".into()),
+                us(a.p50_us),
                 n.filter(|n| n.p50_us >= 50.0).map(|n| format!("{:.2}x", a.p50_us / n.p50_us)).unwrap_or("-".into()),
-                c.map(|c| us(c.p50_us)).unwrap_or("-".into()), us(a.p99_us));
+                c.map(|c| us(c.p50_us)).unwrap_or("-".into()),
+                us(a.p99_us)
+            );
         }
     }
     s += "\n## microVM image of the same function (boot-to-answer)\n\n| workload | backend | boot p50 | execution p50 | boot-to-answer p50 | runs |\n|---|---|---|---|---|---|\n";
@@ -388,8 +421,15 @@ pub fn markdown(r: &Results) -> String {
         for row in r.rows.iter().filter(|x| &x.workload == w && x.method.starts_with("microvm") && x.phase == "total") {
             let boot = find(r, w, &row.method, "cold_start");
             let exec = find(r, w, &row.method, "execution");
-            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} |", row.method.trim_start_matches("microvm-").trim_matches(|c| c == '(' || c == ')'),
-                boot.map(|b| us(b.p50_us)).unwrap_or("-".into()), exec.map(|b| us(b.p50_us)).unwrap_or("-".into()), us(row.stats.p50_us), row.stats.n);
+            let _ = writeln!(
+                s,
+                "| {w} | {} | {} | {} | {} | {} |",
+                row.method.trim_start_matches("microvm-").trim_matches(|c| c == '(' || c == ')'),
+                boot.map(|b| us(b.p50_us)).unwrap_or("-".into()),
+                exec.map(|b| us(b.p50_us)).unwrap_or("-".into()),
+                us(row.stats.p50_us),
+                row.stats.n
+            );
         }
     }
     s += "\n## Whole process: `limes run` (verify-free start from the store, AOT) vs a native process\n\n";
@@ -399,10 +439,17 @@ pub fn markdown(r: &Results) -> String {
         if let Some(l) = find(r, w, crate::RUN_STATIC, "total") {
             let g = find(r, w, crate::RUN_GLIBC, "total");
             let n = find(r, w, "native-process", "total");
-            let _ = writeln!(s, "| {w} | {} | {} | {} | {} | {} | {} | {} |", us(l.p50_us), us(l.p99_us),
+            let _ = writeln!(
+                s,
+                "| {w} | {} | {} | {} | {} | {} | {} | {} |",
+                us(l.p50_us),
+                us(l.p99_us),
                 g.map(|g| us(g.p50_us)).unwrap_or("-".into()),
-                n.map(|n| us(n.p50_us)).unwrap_or("-".into()), n.map(|n| us(n.p99_us)).unwrap_or("-".into()),
-                n.map(|n| format!("{:.2}x", l.p50_us / n.p50_us)).unwrap_or("-".into()), l.n);
+                n.map(|n| us(n.p50_us)).unwrap_or("-".into()),
+                n.map(|n| us(n.p99_us)).unwrap_or("-".into()),
+                n.map(|n| format!("{:.2}x", l.p50_us / n.p50_us)).unwrap_or("-".into()),
+                l.n
+            );
         }
     }
     s += "\n## Cold start against component size\n\n![scaling](scaling.svg)\n\n| component size | compile-at-load p50 | AOT (map + instantiate + call) p50 | AOT p99 |\n|---|---|---|---|\n";
@@ -424,7 +471,16 @@ pub fn markdown(r: &Results) -> String {
         let get = |m: &str| r.backends.iter().find(|x| x.workload == b.workload && x.mode == m);
         if let (Some(w), Some(v), Some(a)) = (get("wasm"), get("microvm"), get("auto")) {
             let (best, best_mean) = (w.p50_us.min(v.p50_us), w.mean_us.min(v.mean_us));
-            let _ = writeln!(s, "| {} | {} | {} | {} | {:.2}x | {:.2}x |", b.workload, us(w.p50_us), us(v.p50_us), us(a.p50_us), a.p50_us / best, a.mean_us / best_mean);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2}x | {:.2}x |",
+                b.workload,
+                us(w.p50_us),
+                us(v.p50_us),
+                us(a.p50_us),
+                a.p50_us / best,
+                a.mean_us / best_mean
+            );
         }
     }
     if let [w, a] = &r.sustained[..] {
@@ -446,7 +502,16 @@ pub fn markdown(r: &Results) -> String {
     s += "\n## Build (limes-pack)\n\n| pack | cold build | no-change build | component | bundle | tiers (precompile ms, bytes) |\n|---|---|---|---|---|---|\n";
     for b in &r.builds {
         let tiers: Vec<String> = b.tiers.iter().map(|(t, ms, sz)| format!("{t}: {ms:.0} ms, {sz} B")).collect();
-        let _ = writeln!(s, "| {} | {:.0} ms | {:.0} ms | {} B | {} B | {} |", b.pack, b.cold_build_ms, b.no_change_build_ms, b.component_bytes, b.bundle_bytes, tiers.join("; "));
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} ms | {:.0} ms | {} B | {} B | {} |",
+            b.pack,
+            b.cold_build_ms,
+            b.no_change_build_ms,
+            b.component_bytes,
+            b.bundle_bytes,
+            tiers.join("; ")
+        );
     }
     s += "\n## microVM images: Hermit unikernel beside the Linux initrd (same run)\n\n\
           Image build: the microVM step of `limes-pack build`; for Hermit after the function's own crates were cleaned \
@@ -504,11 +569,23 @@ pub fn svg(r: &Results) -> String {
     let _ = writeln!(s, "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">Cold start vs component size (log-log, p50)</text>", w / 2.0);
     for e in lx0 as i32..=lx1 as i32 {
         let x = sx(10f64.powi(e));
-        let _ = writeln!(s, "<line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">1e{e} B</text>", pad, h - pad, h - pad + 16.0);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">1e{e} B</text>",
+            pad,
+            h - pad,
+            h - pad + 16.0
+        );
     }
     for e in ly0 as i32..=ly1 as i32 {
         let y = sy(10f64.powi(e));
-        let _ = writeln!(s, "<line x1=\"{pad}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">1e{e} µs</text>", w - pad, pad - 4.0, y + 4.0);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{pad}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">1e{e} µs</text>",
+            w - pad,
+            pad - 4.0,
+            y + 4.0
+        );
     }
     for (pts, color, label, ly) in [(&jit, "#c0392b", "compile-at-load (study)", 40.0), (&aot, "#2471a3", "AOT map + instantiate + call", 56.0)] {
         let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
@@ -526,7 +603,11 @@ pub fn write_all(out: &Path, r: &Results) -> Result<()> {
     std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(r)?)?;
     let mut csv = String::from("workload,method,phase,n,p50_us,p99_us,min_us,max_us,mean_us\n");
     for x in &r.rows {
-        let _ = writeln!(csv, "{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1}", x.workload, x.method, x.phase, x.stats.n, x.stats.p50_us, x.stats.p99_us, x.stats.min_us, x.stats.max_us, x.stats.mean_us);
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1}",
+            x.workload, x.method, x.phase, x.stats.n, x.stats.p50_us, x.stats.p99_us, x.stats.min_us, x.stats.max_us, x.stats.mean_us
+        );
     }
     std::fs::write(out.join("results.csv"), csv)?;
     std::fs::write(out.join("report.md"), markdown(r))?;

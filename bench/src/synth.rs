@@ -1,7 +1,7 @@
 //! Synthetic components from ~10 KB to ~10 MB of code: cold start against
 //! component size, compile-at-load vs mapping a precompiled artifact.
 
-use crate::{Stats, ScalingRow};
+use crate::{ScalingRow, Stats};
 use anyhow::Result;
 use limes_bundle::profile::{EngineProfile, TIERS};
 use std::fmt::Write as _;

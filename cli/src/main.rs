@@ -61,7 +61,13 @@ mod tests {
             let cmd = line.split('>').next().unwrap();
             let words: Vec<String> = cmd
                 .split_whitespace()
-                .map(|w| if w.contains('$') { w.replace(|c: char| !c.is_ascii_alphanumeric() && c != '/' && c != '-' && c != '.' && c != ':', "x") } else { w.to_string() })
+                .map(|w| {
+                    if w.contains('$') {
+                        w.replace(|c: char| !c.is_ascii_alphanumeric() && c != '/' && c != '-' && c != '.' && c != ':', "x")
+                    } else {
+                        w.to_string()
+                    }
+                })
                 .collect();
             super::Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{line}: {e}"));
             checked += 1;
@@ -69,9 +75,6 @@ mod tests {
         assert!(checked >= 4, "only {checked} commands found in the recipe");
         // A build runs third-party code as the CI user: the key must only
         // exist in a step of its own (README, Trust model).
-        assert!(
-            !recipe.lines().any(|l| l.contains("limes-pack build") && l.contains("--sign")),
-            "the recipe must sign in a step separate from the build"
-        );
+        assert!(!recipe.lines().any(|l| l.contains("limes-pack build") && l.contains("--sign")), "the recipe must sign in a step separate from the build");
     }
 }

@@ -71,7 +71,6 @@ impl Ui {
     }
 }
 
-
 impl limes_build::Progress for Ui {
     fn step(&self, msg: &str) {
         match &self.spinner {

@@ -50,12 +50,7 @@ impl RequestArgs {
 /// The request a `run` command sends: the body from `--data`, else from
 /// `--input FILE` (`-` for stdin), else empty; content type and metadata
 /// as given.
-pub fn request(
-    data: Option<&str>,
-    input: Option<&str>,
-    content_type: Option<&str>,
-    meta: &[(String, String)],
-) -> anyhow::Result<limes_sdk::Request> {
+pub fn request(data: Option<&str>, input: Option<&str>, content_type: Option<&str>, meta: &[(String, String)]) -> anyhow::Result<limes_sdk::Request> {
     use anyhow::Context;
     use std::io::Read;
     let body = match (input, data) {

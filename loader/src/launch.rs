@@ -89,9 +89,7 @@ impl LoadError {
 #[cfg(feature = "jit")]
 fn jit_fallback(rt: &Runtime, f: &InstalledFunction, spec: FunctionSpec, reasons: Vec<String>) -> Result<LoadedFunction, RunError> {
     tracing::info!(function = %spec.name, reasons = %reasons.join("; "), "compiling at load (JIT)");
-    let wasm = f
-        .read_verified(&f.manifest.component)
-        .map_err(|e| RunError::Load { function: spec.name.clone(), reason: format!("component: {e}") })?;
+    let wasm = f.read_verified(&f.manifest.component).map_err(|e| RunError::Load { function: spec.name.clone(), reason: format!("component: {e}") })?;
     rt.load_jit(spec, &wasm)
 }
 

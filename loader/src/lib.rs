@@ -9,13 +9,12 @@ pub use error::ErrorKind;
 pub mod runtime;
 pub mod select;
 
-
 pub use runtime::{Invocation, LoadedFunction, RunError, Runtime, RuntimeOptions};
 
 pub mod store;
 pub use store::Store;
-pub mod trust;
 pub mod launch;
+pub mod trust;
 pub use launch::{load, LoadMode};
 
 /// Whether this build can compile components at load time.
@@ -26,9 +25,9 @@ pub const JIT_ENABLED: bool = cfg!(feature = "jit");
 pub const DEVICE_TARGET: &str = "x86_64-unknown-linux-musl";
 pub mod args;
 pub mod kvm;
-pub mod pool;
-pub mod serve;
-pub mod worker;
 pub mod microvm;
+pub mod pool;
 pub mod pull;
+pub mod serve;
 pub mod watchdog;
+pub mod worker;

@@ -43,7 +43,15 @@ pub struct VmOptions {
 
 impl Default for VmOptions {
     fn default() -> Self {
-        VmOptions { kernel: None, boot_timeout: Duration::from_secs(60), timeout: Duration::from_secs(10), accel: Accel::Auto, probe_cache: None, memory_limit: None, background: false }
+        VmOptions {
+            kernel: None,
+            boot_timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            accel: Accel::Auto,
+            probe_cache: None,
+            memory_limit: None,
+            background: false,
+        }
     }
 }
 
@@ -192,7 +200,11 @@ fn reader(out: impl Read + Send + 'static, pid: Option<u32>, tx: mpsc::Sender<Ev
 
 fn tail(noise: &[u8]) -> String {
     let t = String::from_utf8_lossy(&noise[noise.len().saturating_sub(800)..]).trim().to_string();
-    if t.is_empty() { String::new() } else { format!("; console: {t}") }
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("; console: {t}")
+    }
 }
 
 struct Launch<'a> {
@@ -389,12 +401,7 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
         }
     }
     let start = Instant::now();
-    let child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| VmError::Spawn { cmd: shown, source })?;
+    let child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|source| VmError::Spawn { cmd: shown, source })?;
     let mut vm = Vm(child);
     let mut stderr = vm.0.stderr.take().expect("piped");
     let err_thread = std::thread::spawn(move || {
@@ -404,9 +411,7 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
     });
     let (tx, rx) = mpsc::channel();
     reader(vm.0.stdout.take().expect("piped"), Some(vm.0.id()), tx);
-    let booted = rx
-        .recv_timeout(boot_timeout)
-        .map_err(|_| VmError::BootTimeout { secs: boot_timeout.as_secs(), detail: String::new() })?;
+    let booted = rx.recv_timeout(boot_timeout).map_err(|_| VmError::BootTimeout { secs: boot_timeout.as_secs(), detail: String::new() })?;
     let ready_at = match booted {
         Event::Ready(t) => t,
         Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
@@ -477,11 +482,8 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
     // then, since some nested setups run that but hang a real kernel, the
     // first KVM boot gets a short deadline and falls back to TCG. Only a
     // boot that reached the function confirms KVM.
-    let remembered = opts
-        .probe_cache
-        .as_ref()
-        .and_then(|p| crate::store::read_nofollow(p, 16).ok().flatten())
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let remembered =
+        opts.probe_cache.as_ref().and_then(|p| crate::store::read_nofollow(p, 16).ok().flatten()).map(|b| String::from_utf8_lossy(&b).trim().to_string());
     let remember = |answer: &[u8]| {
         if let Some(c) = &opts.probe_cache {
             let _ = crate::store::write_atomic(c, answer);

@@ -136,7 +136,10 @@ pub struct Runtime {
 enum Entry {
     Limes(bindings::FunctionPre<Host>),
     /// The Limes study's world (`WorldKind::ComponentRun`).
-    ComponentRun { pre: InstancePre<Host>, run: ComponentExportIndex },
+    ComponentRun {
+        pre: InstancePre<Host>,
+        run: ComponentExportIndex,
+    },
 }
 
 /// What a function is, as far as running it goes.
@@ -151,13 +154,7 @@ pub struct FunctionSpec {
 
 impl FunctionSpec {
     pub fn from_manifest(m: &Manifest) -> FunctionSpec {
-        FunctionSpec {
-            name: m.function.name.clone(),
-            kind: m.world.kind,
-            export: m.world.export.clone(),
-            limits: m.limits,
-            preopens: m.preopens.clone(),
-        }
+        FunctionSpec { name: m.function.name.clone(), kind: m.world.kind, export: m.world.export.clone(), limits: m.limits, preopens: m.preopens.clone() }
     }
 }
 
@@ -262,10 +259,8 @@ impl Runtime {
     /// Time `deserialize`, then link what it mapped.
     fn map_and_link(&self, spec: FunctionSpec, tier: &str, deserialize: impl FnOnce() -> wasmtime::Result<Component>) -> Result<LoadedFunction, RunError> {
         let t = Instant::now();
-        let component = deserialize().map_err(|e| RunError::Load {
-            function: spec.name.clone(),
-            reason: format!("Wasmtime refused the {tier} artifact: {e:#}"),
-        })?;
+        let component =
+            deserialize().map_err(|e| RunError::Load { function: spec.name.clone(), reason: format!("Wasmtime refused the {tier} artifact: {e:#}") })?;
         let load_time = t.elapsed();
         self.link(spec, component, Some(tier.to_string()), false, load_time)
     }
@@ -286,32 +281,21 @@ impl Runtime {
     #[cfg(feature = "jit")]
     pub fn load_jit(&self, spec: FunctionSpec, wasm: &[u8]) -> Result<LoadedFunction, RunError> {
         let t = Instant::now();
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| RunError::Load { function: spec.name.clone(), reason: format!("compiling: {e:#}") })?;
+        let component = Component::new(&self.engine, wasm).map_err(|e| RunError::Load { function: spec.name.clone(), reason: format!("compiling: {e:#}") })?;
         let load_time = t.elapsed();
         self.link(spec, component, None, true, load_time)
     }
 
-    fn link(
-        &self,
-        spec: FunctionSpec,
-        component: Component,
-        tier: Option<String>,
-        jit: bool,
-        load_time: Duration,
-    ) -> Result<LoadedFunction, RunError> {
+    fn link(&self, spec: FunctionSpec, component: Component, tier: Option<String>, jit: bool, load_time: Duration) -> Result<LoadedFunction, RunError> {
         let t = Instant::now();
         let load_err = |e: wasmtime::Error| RunError::Load { function: spec.name.clone(), reason: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(load_err)?;
         let entry = match spec.kind {
             WorldKind::Limes => Entry::Limes(bindings::FunctionPre::new(pre).map_err(load_err)?),
             WorldKind::ComponentRun => {
-                let (_, iface) = component
-                    .get_export(None, &spec.export)
-                    .ok_or_else(|| load_err(wasmtime::Error::msg(format!("no export {}", spec.export))))?;
-                let (_, run) = component
-                    .get_export(Some(&iface), "run")
-                    .ok_or_else(|| load_err(wasmtime::Error::msg("no `run` function")))?;
+                let (_, iface) =
+                    component.get_export(None, &spec.export).ok_or_else(|| load_err(wasmtime::Error::msg(format!("no export {}", spec.export))))?;
+                let (_, run) = component.get_export(Some(&iface), "run").ok_or_else(|| load_err(wasmtime::Error::msg("no `run` function")))?;
                 Entry::ComponentRun { pre, run }
             }
         };
@@ -395,17 +379,12 @@ impl Runtime {
                 let instantiate_time = t.elapsed();
                 let t = Instant::now();
                 let wreq = wit::Request { body: req.body, content_type: req.content_type, metadata: req.metadata };
-                let out = inst
-                    .limes_function_handler()
-                    .call_handle(&mut store, &wreq)
-                    .map_err(|e| classify(e, "call", store.data().limits.hit))?;
+                let out = inst.limes_function_handler().call_handle(&mut store, &wreq).map_err(|e| classify(e, "call", store.data().limits.hit))?;
                 (instantiate_time, t.elapsed(), from_wit(out))
             }
             Entry::ComponentRun { pre, run } => {
                 let inst = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
-                let func = inst
-                    .get_typed_func::<(String,), (String,)>(&mut store, run)
-                    .map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
+                let func = inst.get_typed_func::<(String,), (String,)>(&mut store, run).map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
                 let instantiate_time = t.elapsed();
                 let t = Instant::now();
                 match String::from_utf8(req.body) {
@@ -420,13 +399,7 @@ impl Runtime {
         };
         let (instantiate_time, call_time, result) = result;
         drop(store);
-        Ok(Invocation {
-            result,
-            stdout: stdout.contents().to_vec(),
-            stderr: stderr.contents().to_vec(),
-            instantiate_time,
-            call_time,
-        })
+        Ok(Invocation { result, stdout: stdout.contents().to_vec(), stderr: stderr.contents().to_vec(), instantiate_time, call_time })
     }
 }
 
@@ -438,7 +411,6 @@ fn from_wit(r: Result<wit::Response, wit::Error>) -> Result<Response, limes_sdk:
         Err(wit::Error::Internal(m)) => Err(limes_sdk::Error::Internal(m)),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

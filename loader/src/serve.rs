@@ -23,16 +23,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone)]
@@ -185,9 +185,23 @@ impl prometheus_client::collector::Collector for PoolCounters {
         const REPLACED: &str = "Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).";
         encode_rows(&mut encoder, "limes_worker_replacements", REPLACED, Counter, "reason", replaced)?;
         encode_rows(&mut encoder, "limes_workers_live", "Worker processes alive (idle or answering), per function.", Gauge, "backend", live)?;
-        encode_rows(&mut encoder, "limes_queue_timeouts", "Requests answered 503 because no worker became free within the queue timeout.", Counter, "backend", queue_timeouts)?;
+        encode_rows(
+            &mut encoder,
+            "limes_queue_timeouts",
+            "Requests answered 503 because no worker became free within the queue timeout.",
+            Counter,
+            "backend",
+            queue_timeouts,
+        )?;
         encode_rows(&mut encoder, "limes_microvm_boots", "microVMs of the pre-booted pool, by outcome (ok: booted; failed: did not boot; faulted: flooded its console or ended unasked, killed and replaced).", Counter, "outcome", boots)?;
-        encode_rows(&mut encoder, "limes_auto_backend", "For functions served with --auto: 1 for the backend requests are routed to.", Gauge, "backend", choice)?;
+        encode_rows(
+            &mut encoder,
+            "limes_auto_backend",
+            "For functions served with --auto: 1 for the backend requests are routed to.",
+            Gauge,
+            "backend",
+            choice,
+        )?;
         encode_rows(&mut encoder, "limes_auto_p50_seconds", "For --auto functions: median latency per backend over its recent window.", Gauge, "backend", p50)
     }
 }
@@ -404,7 +418,11 @@ async fn read_body(app: &AppState, client: std::net::IpAddr, mut body: Body, lim
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(error_response(StatusCode::REQUEST_TIMEOUT, "body-timeout", &format!("the request body did not arrive within {} ms", app.opts.body_timeout.as_millis())));
+            return Err(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                &format!("the request body did not arrive within {} ms", app.opts.body_timeout.as_millis()),
+            ));
         }
         let late = now.duration_since(started).saturating_sub(BODY_RATE_GRACE);
         if (buf.len() as f64) < app.opts.min_body_rate as f64 * late.as_secs_f64() {
@@ -576,12 +594,12 @@ async fn call_workers(pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Dura
     let payload = limes_sdk::frame::encode_request(req);
     match pool.call(payload, deadline, queue).await {
         Err(CallError::Busy) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "all workers are busy; retry later".into())),
-        Err(CallError::Timeout) => Err((
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            RunError::Timeout { function: name.to_string(), ms: deadline.as_millis() as u64 }.to_string(),
-        )),
-        Err(CallError::Crashed(why)) => Err((StatusCode::INTERNAL_SERVER_ERROR, "worker-crashed", format!("{name}: the worker crashed ({why}); it was replaced"))),
+        Err(CallError::Timeout) => {
+            Err((StatusCode::GATEWAY_TIMEOUT, "timeout", RunError::Timeout { function: name.to_string(), ms: deadline.as_millis() as u64 }.to_string()))
+        }
+        Err(CallError::Crashed(why)) => {
+            Err((StatusCode::INTERNAL_SERVER_ERROR, "worker-crashed", format!("{name}: the worker crashed ({why}); it was replaced")))
+        }
         Ok(reply) => {
             log_guest_output(name, &reply.stdout, &reply.stderr);
             match reply.meta.error {
@@ -716,7 +734,13 @@ impl AutoRouter {
         }
         if let Some(alt) = self.p50(other) {
             if self.window(other).len() >= 3 && alt < cur * 0.9 {
-                tracing::info!(from = self.current.name(), to = other.name(), current_p50_us = (cur * 1e6) as u64, other_p50_us = (alt * 1e6) as u64, "auto backend switch");
+                tracing::info!(
+                    from = self.current.name(),
+                    to = other.name(),
+                    current_p50_us = (cur * 1e6) as u64,
+                    other_p50_us = (alt * 1e6) as u64,
+                    "auto backend switch"
+                );
                 self.current = other;
                 self.gap = AUTO_GAP_MIN;
             }
@@ -808,11 +832,8 @@ pub async fn serve(
     on_ready: impl FnOnce(SocketAddr, &[String]),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let runtime = if opts.in_process {
-        Some(Runtime::new(&RuntimeOptions { max_instances: opts.concurrency as u32 + 1, ..Default::default() })?)
-    } else {
-        None
-    };
+    let runtime =
+        if opts.in_process { Some(Runtime::new(&RuntimeOptions { max_instances: opts.concurrency as u32 + 1, ..Default::default() })?) } else { None };
     let worker_exe = match &opts.worker_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.into(),
@@ -838,9 +859,7 @@ pub async fn serve(
     // and not served).
     reconcile(&app, true).await?;
     publish_state(&app);
-    let listener = tokio::net::TcpListener::bind(app.opts.listen)
-        .await
-        .map_err(|source| ServeError::Bind { addr: app.opts.listen, source })?;
+    let listener = tokio::net::TcpListener::bind(app.opts.listen).await.map_err(|source| ServeError::Bind { addr: app.opts.listen, source })?;
     let addr = listener.local_addr()?;
     let max_connections = app.opts.max_connections.min(connection_ceiling()).max(1);
     let header_timeout = app.opts.header_timeout;
@@ -1003,12 +1022,7 @@ async fn load_function(app: &Arc<AppState>, store: &Store, anchors: &crate::trus
             Executor::Workers(pool)
         }
     };
-    Ok(Arc::new(Served {
-        spec,
-        exec,
-        object: f.record.object.clone(),
-        served: AtomicU64::new(0),
-    }))
+    Ok(Arc::new(Served { spec, exec, object: f.record.object.clone(), served: AtomicU64::new(0) }))
 }
 
 /// Raise the soft open-file limit to the hard one and return how many

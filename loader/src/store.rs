@@ -165,10 +165,7 @@ impl InstalledFunction {
     }
 
     fn entry(&self, rel: &str) -> Result<&FileEntry, StoreError> {
-        self.manifest.file(rel).ok_or_else(|| StoreError::Corrupted {
-            name: self.record.name.clone(),
-            detail: format!("{rel} is not listed in its manifest"),
-        })
+        self.manifest.file(rel).ok_or_else(|| StoreError::Corrupted { name: self.record.name.clone(), detail: format!("{rel} is not listed in its manifest") })
     }
 
     fn open_checked(&self, rel: &str) -> Result<(File, std::fs::Metadata), StoreError> {
@@ -249,17 +246,13 @@ fn euid() -> u32 {
 
 /// Open a file for reading; a symlink in the last component is an error.
 fn open_nofollow(p: &Path) -> Result<File, StoreError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(p)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                unsafe_path(p, "is a symlink", "remove it; nothing in the store may be a symlink")
-            } else {
-                StoreError::Io { path: p.to_path_buf(), source: e }
-            }
-        })
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(p).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            unsafe_path(p, "is a symlink", "remove it; nothing in the store may be a symlink")
+        } else {
+            StoreError::Io { path: p.to_path_buf(), source: e }
+        }
+    })
 }
 
 /// Who may write a store path: only the loader's user.
@@ -285,11 +278,7 @@ pub(crate) fn check_owner(p: &Path, m: &std::fs::Metadata, dir: bool, owners: Ow
         ));
     }
     if m.mode() & 0o022 != 0 {
-        return Err(unsafe_path(
-            p,
-            &format!("is writable by its group or others (mode {:o})", m.mode() & 0o7777),
-            &format!("`chmod -R go-w {}`", p.display()),
-        ));
+        return Err(unsafe_path(p, &format!("is writable by its group or others (mode {:o})", m.mode() & 0o7777), &format!("`chmod -R go-w {}`", p.display())));
     }
     Ok(())
 }
@@ -367,12 +356,7 @@ impl FileSink for DirSink<'_> {
         if let Some(parent) = path.parent() {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&path)?;
         io::copy(data, &mut f)?;
         f.sync_all()
     }
@@ -433,11 +417,7 @@ fn make_read_only(dir: &Path) -> io::Result<()> {
             make_read_only(&p)?;
             open_dir_nofollow(&p)?.set_permissions(std::fs::Permissions::from_mode(0o500))?;
         } else if ty.is_file() {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&p)?
-                .set_permissions(std::fs::Permissions::from_mode(0o400))?;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&p)?.set_permissions(std::fs::Permissions::from_mode(0o400))?;
         } else {
             return Err(io::Error::other(format!("{} is not a regular file or directory", p.display())));
         }
@@ -785,15 +765,8 @@ impl Store {
             std::fs::rename(staging, &dest).map_err(io_err(&dest))?;
         }
         let all_files: Vec<String> = if files.is_empty() { manifest.files.iter().map(|f| f.path.clone()).collect() } else { files.clone() };
-        let record = Installed {
-            name: name.clone(),
-            version,
-            object,
-            signer: signer.clone(),
-            files,
-            manifest_sha256,
-            stamps: stamps(&dest, all_files.into_iter())?,
-        };
+        let record =
+            Installed { name: name.clone(), version, object, signer: signer.clone(), files, manifest_sha256, stamps: stamps(&dest, all_files.into_iter())? };
         self.write_file(&format!("functions/{name}.json"), &serde_json::to_vec_pretty(&record).expect("record serializes"))?;
         if pinned.as_deref() != Some(signer.as_str()) {
             self.write_file(&pin_rel, format!("{signer}\n").as_bytes())?;
@@ -822,10 +795,7 @@ impl Store {
         }
         let rel = format!("functions/{name}.json");
         let Some(b) = self.read_file(&rel, 1 << 20)? else { return Ok(None) };
-        serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupted {
-            name: name.into(),
-            detail: format!("{}: {e}", self.root.join(rel).display()),
-        })
+        serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupted { name: name.into(), detail: format!("{}: {e}", self.root.join(rel).display()) })
     }
 
     /// Resolve an installed function: the object directory must be a real
@@ -891,10 +861,7 @@ impl Store {
                 return Err(unsafe_path(&p, "is not a regular file", "reinstall the function"));
             }
             if m.len() != e.size {
-                return Err(StoreError::Tampered {
-                    path: f.path_of(&e.path),
-                    detail: format!("{} bytes, manifest says {}", m.len(), e.size),
-                });
+                return Err(StoreError::Tampered { path: f.path_of(&e.path), detail: format!("{} bytes, manifest says {}", m.len(), e.size) });
             }
         }
         Ok((f, bytes))

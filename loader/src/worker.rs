@@ -67,11 +67,7 @@ impl WorkerError {
             RunError::Trap { .. } | RunError::Instantiate { .. } => "trap",
             RunError::InputTooLarge { .. } => "too-large",
             RunError::Timeout { .. } => "timeout",
-            RunError::Engine(_)
-            | RunError::Load { .. }
-            | RunError::NoUsableTier { .. }
-            | RunError::UndeclaredDir { .. }
-            | RunError::Dir { .. } => "internal",
+            RunError::Engine(_) | RunError::Load { .. } | RunError::NoUsableTier { .. } | RunError::UndeclaredDir { .. } | RunError::Dir { .. } => "internal",
         };
         WorkerError { kind: kind.into(), message: e.to_string() }
     }
@@ -156,11 +152,8 @@ pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, ou
         };
         let payload = match rt.invoke(&loaded, req, &invoke) {
             Ok(inv) => {
-                let meta = ReplyMeta {
-                    instantiate_us: inv.instantiate_time.as_micros() as u64,
-                    call_us: inv.call_time.as_micros() as u64,
-                    ..Default::default()
-                };
+                let meta =
+                    ReplyMeta { instantiate_us: inv.instantiate_time.as_micros() as u64, call_us: inv.call_time.as_micros() as u64, ..Default::default() };
                 encode_reply(&meta, &frame::encode_response(&inv.result), &inv.stdout, &inv.stderr)
             }
             Err(e) => encode_reply(&ReplyMeta { error: Some(WorkerError::of(&e)), ..Default::default() }, &[], &[], &[]),

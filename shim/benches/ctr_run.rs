@@ -80,7 +80,14 @@ fn main() {
            from start to exit, including task create/start/delete. Same containerd, same run, alternating.\n\n";
     md += "| method | n | p50 ms | p90 ms | min ms |\n|---|---|---|---|---|\n";
     for r in &rows {
-        md += &format!("| {} | {} | {:.1} | {:.1} | {:.1} |\n", r["method"].as_str().unwrap(), r["n"], r["p50_ms"].as_f64().unwrap(), r["p90_ms"].as_f64().unwrap(), r["min_ms"].as_f64().unwrap());
+        md += &format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} |\n",
+            r["method"].as_str().unwrap(),
+            r["n"],
+            r["p50_ms"].as_f64().unwrap(),
+            r["p90_ms"].as_f64().unwrap(),
+            r["min_ms"].as_f64().unwrap()
+        );
     }
     md += &format!("\nAim: limes p50 <= 300 ms. Ratio limes/runc p50: {:.2}x.\n", percentile(&limes, 0.5) / percentile(&native, 0.5));
     print!("{md}");

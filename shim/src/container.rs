@@ -167,11 +167,7 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
             return EXIT_USAGE.into();
         }
     };
-    let opts = InvokeOptions {
-        memory_limit: a.memory_limit_mib.map(|m| m << 20),
-        timeout: a.timeout_ms.map(Duration::from_millis),
-        ..Default::default()
-    };
+    let opts = InvokeOptions { memory_limit: a.memory_limit_mib.map(|m| m << 20), timeout: a.timeout_ms.map(Duration::from_millis), ..Default::default() };
     let outcome = (|| -> Result<_, anyhow::Error> {
         let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1 })?;
         // Re-hash: the bytes mapped are the bytes just checked.

@@ -99,10 +99,7 @@ impl SelfExec {
             None => fd(&self.exe).into(),
             Some(ld) => {
                 let dirs: Vec<String> = self.lib_dirs.iter().map(|d| fd(d).display().to_string()).collect();
-                limes::pool::WorkerExe {
-                    exe: fd(ld),
-                    prefix: vec!["--library-path".into(), dirs.join(":").into(), fd(&self.exe).into()],
-                }
+                limes::pool::WorkerExe { exe: fd(ld), prefix: vec!["--library-path".into(), dirs.join(":").into(), fd(&self.exe).into()] }
             }
         }
     }
@@ -137,8 +134,8 @@ pub fn get() -> Result<&'static Node, &'static str> {
 impl Node {
     pub fn load(path: &Path) -> Result<Node, NodeError> {
         // Small by construction; a larger file is not a configuration.
-        let text = limes::store::read_nofollow(path, 64 << 10)?
-            .ok_or_else(|| NodeError::Read { path: path.into(), source: std::io::ErrorKind::NotFound.into() })?;
+        let text =
+            limes::store::read_nofollow(path, 64 << 10)?.ok_or_else(|| NodeError::Read { path: path.into(), source: std::io::ErrorKind::NotFound.into() })?;
         let file: ConfigFile = serde_json::from_slice(&text).map_err(|source| NodeError::Parse { path: path.into(), source })?;
         if file.trusted_keys.is_empty() {
             return Err(NodeError::NoKeys { path: path.into() });

@@ -40,11 +40,7 @@ impl Node {
         let registry = TestRegistry::start(None);
         // The node's shim configuration: the only source of trust.
         let node_config = d.join("limes-shim.json");
-        std::fs::write(
-            &node_config,
-            serde_json::json!({"trusted_keys": [key.public], "store": d.join("node-store")}).to_string(),
-        )
-        .unwrap();
+        std::fs::write(&node_config, serde_json::json!({"trusted_keys": [key.public], "store": d.join("node-store")}).to_string()).unwrap();
         let config = format!(
             r#"version = 2
 root = "{root}"

@@ -42,30 +42,19 @@ pub fn ok(cmd: &mut Command) -> Output {
 pub fn fails(cmd: &mut Command, code: i32) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{cmd:?}: expected exit {code}\n--- stdout\n{}\n--- stderr\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(out.status.code(), Some(code), "{cmd:?}: expected exit {code}\n--- stdout\n{}\n--- stderr\n{stderr}", String::from_utf8_lossy(&out.stdout));
     stderr
 }
 
 pub fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
-    })
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Send one request to a native frame-protocol executable, return the answer.
 pub fn run_native(exe: &Path, req: &limes_sdk::Request) -> Result<limes_sdk::Response, limes_sdk::Error> {
     use limes_sdk::frame;
     use std::io::Write;
-    let mut child = Command::new(exe)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
     {
         let mut stdin = child.stdin.take().unwrap();
         frame::write_frame(&mut stdin, frame::REQUEST_MAGIC, &frame::encode_request(req)).unwrap();
@@ -112,8 +101,7 @@ pub fn build_signed_with(crate_dir: &Path, key: &TestKey, out: &Path, image: Opt
         cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
         ..Default::default()
     };
-    limes_build::build(&opts, &limes_build::pipeline::NoProgress)
-        .unwrap_or_else(|e| panic!("building {}: {e}", crate_dir.display()))
+    limes_build::build(&opts, &limes_build::pipeline::NoProgress).unwrap_or_else(|e| panic!("building {}: {e}", crate_dir.display()))
 }
 
 /// Install `bundle` into a fresh store and invoke it once through the AOT
@@ -139,15 +127,12 @@ pub fn run_installed(
 /// Known answer for the default Mandelbrot render (800x800, 256 iterations,
 /// f32, x in [-2,1], y in [-1.5,1.5]): pinned so that a change in either the
 /// native or the Wasm build shows up, not only a difference between them.
-pub const MANDELBROT_DEFAULT_CHECKSUM: &str =
-    r#"{"width":800,"height":800,"iterations":256,"fnv1a64":"4663184a2b054bbc","sum":2711483}"#;
+pub const MANDELBROT_DEFAULT_CHECKSUM: &str = r#"{"width":800,"height":800,"iterations":256,"fnv1a64":"4663184a2b054bbc","sum":2711483}"#;
 
 /// The kernel microVM tests boot: `$LIMES_KERNEL`, else what
 /// `scripts/fetch-kernel.sh` fetched. Missing is a failure, not a skip.
 pub fn test_kernel() -> PathBuf {
-    let k = std::env::var_os("LIMES_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/limes-kernel/vmlinuz"));
+    let k = std::env::var_os("LIMES_KERNEL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/limes-kernel/vmlinuz"));
     assert!(k.is_file(), "no kernel at {}: run scripts/fetch-kernel.sh (scripts/setup.sh does)", k.display());
     k
 }

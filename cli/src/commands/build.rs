@@ -14,7 +14,9 @@ use std::path::PathBuf;
 /// Builds are reproducible (SOURCE_DATE_EPOCH is honoured, default 0) and
 /// cached: a build with no change rewrites nothing.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  limes-pack build hello --sign limes.key\n  limes-pack build --manifest-path fns/Cargo.toml -p hello --tier x86-64-v3\n  LIMES_SIGN=env:LIMES_KEY limes-pack build --locked --json")]
+#[command(
+    after_help = "Examples:\n  limes-pack build hello --sign limes.key\n  limes-pack build --manifest-path fns/Cargo.toml -p hello --tier x86-64-v3\n  LIMES_SIGN=env:LIMES_KEY limes-pack build --locked --json"
+)]
 pub struct BuildCommand {
     #[command(flatten)]
     krate: CrateArgs,
@@ -138,8 +140,13 @@ impl BuildCommand {
                     limes_bundle::manifest::ImageKind::Hermit => "Hermit unikernel",
                     limes_bundle::manifest::ImageKind::Linux => "Linux initrd",
                 };
-                s += &format!("  microvm   {what} {} bytes, {} vCPU, {} MiB{}\n", size, vm.vcpus, vm.memory_mib,
-                    if vm.kind == limes_bundle::manifest::ImageKind::Linux && vm.kernel.is_some() { ", kernel embedded" } else { "" });
+                s += &format!(
+                    "  microvm   {what} {} bytes, {} vCPU, {} MiB{}\n",
+                    size,
+                    vm.vcpus,
+                    vm.memory_mib,
+                    if vm.kind == limes_bundle::manifest::ImageKind::Linux && vm.kernel.is_some() { ", kernel embedded" } else { "" }
+                );
             }
             s += &format!("  component {}\n", out.component.display());
             s += &format!(

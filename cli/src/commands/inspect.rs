@@ -38,10 +38,7 @@ impl InspectCommand {
                 s += &format!(" - {}", t(d));
             }
             s += &format!("\n  bundle     {} bytes, schema {}\n", v.compressed_size, m.schema);
-            s += &format!(
-                "  signer     {}\n",
-                v.signer.map(|k| format!("key {k} (not checked; use verify --key)")).unwrap_or_else(|| "unsigned".into())
-            );
+            s += &format!("  signer     {}\n", v.signer.map(|k| format!("key {k} (not checked; use verify --key)")).unwrap_or_else(|| "unsigned".into()));
             s += &format!("  world      {:?}: {}\n", m.world.kind, t(&m.world.export));
             s += &format!("  imports    {}\n", t(&m.world.imports.join(", ")));
             s += &format!("  engine     wasmtime {}, profile {}\n", t(&m.engine.wasmtime), t(&m.engine.profile.name));
@@ -59,7 +56,14 @@ impl InspectCommand {
                 s += &format!("  tier       {:<10} {:>9} bytes  {}\n", t(&a.tier), size, t(&a.path));
             }
             if let Some(vm) = &m.microvm {
-                s += &format!("  microvm    {} image ({}), {} vCPU, {} MiB, boot args {:?}\n", vm.kind.name(), t(&vm.target), vm.vcpus, vm.memory_mib, vm.boot_args);
+                s += &format!(
+                    "  microvm    {} image ({}), {} vCPU, {} MiB, boot args {:?}\n",
+                    vm.kind.name(),
+                    t(&vm.target),
+                    vm.vcpus,
+                    vm.memory_mib,
+                    vm.boot_args
+                );
             }
             for f in &m.files {
                 s += &format!("  file       {:<24} {:>9} bytes  sha256 {}\n", t(&f.path), f.size, short(&f.sha256));

@@ -37,10 +37,9 @@ impl KeygenCommand {
         let sk = SecretKey::generate()?;
         write_private(&sk_path, sk.to_text().as_bytes())?;
         std::fs::write(&pk_path, sk.public().to_text()).with_context(|| format!("writing {}", pk_path.display()))?;
-        ui.result(
-            serde_json::json!({"ok": true, "key_id": sk.id().to_string(), "secret_key": sk_path, "public_key": pk_path}),
-            || format!("key {}\n  secret {}\n  public {}\n", sk.id(), sk_path.display(), pk_path.display()),
-        );
+        ui.result(serde_json::json!({"ok": true, "key_id": sk.id().to_string(), "secret_key": sk_path, "public_key": pk_path}), || {
+            format!("key {}\n  secret {}\n  public {}\n", sk.id(), sk_path.display(), pk_path.display())
+        });
         Ok(())
     }
 }
@@ -48,12 +47,7 @@ impl KeygenCommand {
 fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("creating {}", path.display()))?;
     f.write_all(data)?;
     f.sync_all()?;
     Ok(())

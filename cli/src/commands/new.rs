@@ -32,12 +32,10 @@ impl NewCommand {
             Some(s) => s,
             None => limes_build::templates::default_sdk_dependency()?,
         };
-        let dir = limes_build::templates::generate(&self.dir, &self.name, &self.template, &sdk)
-            .with_context(|| format!("creating crate {}", self.name))?;
-        ui.result(
-            serde_json::json!({"ok": true, "crate": dir, "template": self.template}),
-            || format!("created {} (template {}); next: limes-pack build {}\n", dir.display(), self.template, dir.display()),
-        );
+        let dir = limes_build::templates::generate(&self.dir, &self.name, &self.template, &sdk).with_context(|| format!("creating crate {}", self.name))?;
+        ui.result(serde_json::json!({"ok": true, "crate": dir, "template": self.template}), || {
+            format!("created {} (template {}); next: limes-pack build {}\n", dir.display(), self.template, dir.display())
+        });
         Ok(())
     }
 }

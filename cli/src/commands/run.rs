@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// out or runs out of memory. With --watch, every change under the crate
 /// (outside target/) rebuilds and reruns it.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  limes-pack run hello --data world\n  limes-pack run render --data output=checksum --watch\n  limes-pack run image --input photo.jpg > out.jpg")]
+#[command(
+    after_help = "Examples:\n  limes-pack run hello --data world\n  limes-pack run render --data output=checksum --watch\n  limes-pack run image --input photo.jpg > out.jpg"
+)]
 pub struct RunCommand {
     #[command(flatten)]
     krate: CrateArgs,
@@ -53,11 +55,8 @@ impl RunCommand {
     fn run_once(&self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
         let location = self.krate.location();
         let project = limes_build::Project::discover(&location, self.krate.package.as_deref(), &self.cargo.options(true).global_flags())?;
-        let tier = limes_bundle::profile::TIERS
-            .iter()
-            .filter(|t| t.missing_on_host().is_empty())
-            .max_by_key(|t| t.rank)
-            .context("no CPU tier fits this host")?;
+        let tier =
+            limes_bundle::profile::TIERS.iter().filter(|t| t.missing_on_host().is_empty()).max_by_key(|t| t.rank).context("no CPU tier fits this host")?;
         let t = Instant::now();
         let opts = limes_build::BuildOptions {
             path: location,

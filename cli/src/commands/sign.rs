@@ -26,12 +26,10 @@ impl SignCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
         let key = load_secret_key(&self.key).context("loading the signing key")?;
         let out = self.out.clone().unwrap_or_else(|| self.bundle.clone());
-        let m = limes_build::pipeline::sign_bundle(&self.bundle, &out, &key)
-            .with_context(|| format!("signing {}", self.bundle.display()))?;
-        ui.result(
-            serde_json::json!({"ok": true, "bundle": out, "function": m.function.name, "key_id": key.id().to_string()}),
-            || format!("signed {} with key {}\n", out.display(), key.id()),
-        );
+        let m = limes_build::pipeline::sign_bundle(&self.bundle, &out, &key).with_context(|| format!("signing {}", self.bundle.display()))?;
+        ui.result(serde_json::json!({"ok": true, "bundle": out, "function": m.function.name, "key_id": key.id().to_string()}), || {
+            format!("signed {} with key {}\n", out.display(), key.id())
+        });
         Ok(())
     }
 }

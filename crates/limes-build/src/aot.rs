@@ -104,13 +104,7 @@ fn cache_key(component_sha: &str, tier: &Tier, profile: &EngineProfile) -> Strin
 /// Precompile `component` for every tier (in parallel), reusing artifacts
 /// from `cache_dir` when the same component was compiled before (unless
 /// `reuse` is false; fresh results are stored either way).
-pub fn precompile(
-    component: &[u8],
-    tiers: &[Tier],
-    profile: &EngineProfile,
-    cache_dir: &Path,
-    reuse: bool,
-) -> Result<Vec<AotOutput>, AotError> {
+pub fn precompile(component: &[u8], tiers: &[Tier], profile: &EngineProfile, cache_dir: &Path, reuse: bool) -> Result<Vec<AotOutput>, AotError> {
     let component_sha = limes_bundle::sha256_hex(component);
     std::fs::create_dir_all(cache_dir).map_err(|source| AotError::Cache { path: cache_dir.into(), source })?;
     let results: Vec<Result<AotOutput, AotError>> = std::thread::scope(|s| {
@@ -123,21 +117,11 @@ pub fn precompile(
                     let path = cache_dir.join(format!("{key}.cwasm"));
                     let meta_path = cache_dir.join(format!("{key}.meta.json"));
                     if let Some((bytes, compat_hash)) = reuse.then(|| cached(&path, &meta_path)).flatten() {
-                        return Ok(AotOutput {
-                            tier: *tier,
-                            path,
-                            size: bytes.len() as u64,
-                            compat_hash,
-                            compile_time: Duration::ZERO,
-                            cached: true,
-                            bytes,
-                        });
+                        return Ok(AotOutput { tier: *tier, path, size: bytes.len() as u64, compat_hash, compile_time: Duration::ZERO, cached: true, bytes });
                     }
                     let start = Instant::now();
                     let engine = engine_for(tier, profile)?;
-                    let bytes = engine
-                        .precompile_component(component)
-                        .map_err(|e| AotError::Compile { tier: tier.name.into(), msg: format!("{e:#}") })?;
+                    let bytes = engine.precompile_component(component).map_err(|e| AotError::Compile { tier: tier.name.into(), msg: format!("{e:#}") })?;
                     let compile_time = start.elapsed();
                     let hash = compat_hash(&engine);
                     let cache_err = |source| AotError::Cache { path: path.clone(), source };

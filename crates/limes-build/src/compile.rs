@@ -45,9 +45,7 @@ impl CargoOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    #[error(
-        "the Rust target `{target}` is not installed for the toolchain at {sysroot}; install it with:\n\n    rustup target add {target}\n"
-    )]
+    #[error("the Rust target `{target}` is not installed for the toolchain at {sysroot}; install it with:\n\n    rustup target add {target}\n")]
     MissingTarget { target: String, sysroot: String },
     #[error("could not run `{cmd}`")]
     Spawn { cmd: String, source: std::io::Error },
@@ -73,9 +71,7 @@ pub fn ensure_target_installed(target: &str, cwd: &Path) -> Result<(), CompileEr
         .map_err(|source| CompileError::Spawn { cmd: format!("{rustc} --print target-libdir"), source })?;
     let libdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let present = out.status.success()
-        && std::fs::read_dir(&libdir)
-            .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
-            .unwrap_or(false);
+        && std::fs::read_dir(&libdir).map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))).unwrap_or(false);
     if present {
         return Ok(());
     }
@@ -113,11 +109,7 @@ fn run_cargo_json(
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         cmd.args(["--color", "always"]);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CompileError::Spawn { cmd: shown.clone(), source })?;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|source| CompileError::Spawn { cmd: shown.clone(), source })?;
     let stderr = child.stderr.take().expect("piped");
     let relay = std::thread::spawn(move || {
         use std::io::{BufRead, Write};
@@ -195,10 +187,8 @@ pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf
     if opts.no_default_features {
         cmd.arg("--no-default-features");
     }
-    run_cargo_json(cmd, &project.package_name, WASM_TARGET, &project.manifest_path, |p| {
-        p.extension().is_some_and(|e| e == "wasm")
-    })?
-    .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: WASM_TARGET.into(), what: ".wasm component" })
+    run_cargo_json(cmd, &project.package_name, WASM_TARGET, &project.manifest_path, |p| p.extension().is_some_and(|e| e == "wasm"))?
+        .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: WASM_TARGET.into(), what: ".wasm component" })
 }
 
 /// Where native shim builds put their output: apart from the function's
@@ -293,8 +283,6 @@ pub fn build_native_with(
         cmd.args(["--target", t]);
     }
     let target_name = target.unwrap_or("host").to_string();
-    run_cargo_json(cmd, &project.package_name, &target_name, &manifest, |p| {
-        p.file_name().is_some_and(|n| n.to_string_lossy() == bin)
-    })?
-    .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: target_name, what: "native executable" })
+    run_cargo_json(cmd, &project.package_name, &target_name, &manifest, |p| p.file_name().is_some_and(|n| n.to_string_lossy() == bin))?
+        .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: target_name, what: "native executable" })
 }

@@ -202,7 +202,8 @@ fn kernel_source(home: &Path, quiet: bool) -> Result<PathBuf, HermitError> {
     if quiet {
         cmd.arg("--quiet");
     }
-    let meta: serde_json::Value = serde_json::from_slice(&run(cmd)?).map_err(|e| HermitError::Failed { cmd: "cargo metadata".into(), stderr: e.to_string() })?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&run(cmd)?).map_err(|e| HermitError::Failed { cmd: "cargo metadata".into(), stderr: e.to_string() })?;
     meta["packages"]
         .as_array()
         .into_iter()
@@ -251,10 +252,8 @@ pub fn set_standalone_osabi(ar: &mut [u8]) -> Result<(), String> {
     }
     let mut at = 8;
     while at + 60 <= ar.len() {
-        let size: usize = std::str::from_utf8(&ar[at + 48..at + 58])
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| format!("bad member size at offset {at}"))?;
+        let size: usize =
+            std::str::from_utf8(&ar[at + 48..at + 58]).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| format!("bad member size at offset {at}"))?;
         let data = at + 60;
         if data + size > ar.len() {
             return Err(format!("member at offset {at} runs past the end"));

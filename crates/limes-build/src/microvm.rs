@@ -134,13 +134,7 @@ pub fn build_image(project: &Project, cargo: &CargoOptions, mtime: u64, kernel_e
     // Room for the unpacked initramfs, the function's memory limit, and the kernel.
     let default_mem = ((project.limits().memory_bytes >> 20) as u32 + 64).max(128);
     let memory_mib = project.meta.microvm.as_ref().and_then(|m| m.memory_mib).unwrap_or(default_mem);
-    Ok(Image {
-        initrd: initrd(&init, mtime),
-        firecracker_config: firecracker_config(vcpus, memory_mib, kernel_embedded),
-        executable: exe,
-        vcpus,
-        memory_mib,
-    })
+    Ok(Image { initrd: initrd(&init, mtime), firecracker_config: firecracker_config(vcpus, memory_mib, kernel_embedded), executable: exe, vcpus, memory_mib })
 }
 
 #[cfg(test)]

@@ -8,9 +8,7 @@ use crate::project::{Project, ProjectError};
 use crate::validate::{self, ValidateError};
 use limes_bundle::archive::{self, BundleLimits, Discard, SignaturePolicy, Source};
 use limes_bundle::keys::{KeyId, SecretKey};
-use limes_bundle::manifest::{
-    AotArtifact, EngineInfo, FunctionInfo, ImageKind, Manifest, Provenance, WorldInfo, COMPONENT_PATH, SCHEMA,
-};
+use limes_bundle::manifest::{AotArtifact, EngineInfo, FunctionInfo, ImageKind, Manifest, Provenance, WorldInfo, COMPONENT_PATH, SCHEMA};
 use limes_bundle::profile::{EngineProfile, TARGET_TRIPLE, WASMTIME_VERSION};
 use limes_bundle::BundleError;
 use sha2::{Digest, Sha256};
@@ -326,11 +324,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
         }
     };
 
-    progress.step(&format!(
-        "precompiling {} tier(s): {}",
-        tiers.len(),
-        tiers.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
-    ));
+    progress.step(&format!("precompiling {} tier(s): {}", tiers.len(), tiers.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")));
     let t = Instant::now();
     let profile = EngineProfile::default();
     let cache = project.target_dir.join("limes").join("cache").join("aot");
@@ -366,11 +360,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
     files.sort_by(|a, b| a.0.cmp(&b.0));
     let manifest = Manifest {
         schema: SCHEMA.into(),
-        function: FunctionInfo {
-            name: project.function_name.clone(),
-            version: project.version.clone(),
-            description: project.description.clone(),
-        },
+        function: FunctionInfo { name: project.function_name.clone(), version: project.version.clone(), description: project.description.clone() },
         world: WorldInfo { kind: info.kind, export: info.export.clone(), imports: info.imports.clone() },
         engine: EngineInfo { wasmtime: WASMTIME_VERSION.into(), profile_digest: profile.digest(), profile },
         limits: project.limits(),

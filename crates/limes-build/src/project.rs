@@ -78,9 +78,7 @@ pub enum ProjectError {
          or start from `limes-pack new NAME`"
     )]
     NotAFunction(String),
-    #[error(
-        "`{0}` has no library target built as a cdylib; add to its Cargo.toml:\n\n    [lib]\n    crate-type = [\"cdylib\", \"rlib\"]\n"
-    )]
+    #[error("`{0}` has no library target built as a cdylib; add to its Cargo.toml:\n\n    [lib]\n    crate-type = [\"cdylib\", \"rlib\"]\n")]
     NotCdylib(String),
     #[error("[package.metadata.limes] of `{0}` is invalid: {1}")]
     BadMetadata(String, String),
@@ -103,11 +101,7 @@ fn dependency_closure(md: &Metadata, root: &cargo_metadata::PackageId) -> Vec<St
             }
         }
     }
-    let mut out: Vec<String> = seen
-        .iter()
-        .filter_map(|id| md.packages.iter().find(|p| &p.id == id))
-        .map(|p| format!("{} {}", p.name, p.version))
-        .collect();
+    let mut out: Vec<String> = seen.iter().filter_map(|id| md.packages.iter().find(|p| &p.id == id)).map(|p| format!("{} {}", p.name, p.version)).collect();
     out.sort();
     out.dedup();
     out
@@ -130,8 +124,7 @@ impl Project {
         let manifest = manifest.canonicalize().map_err(|_| ProjectError::NoManifest(manifest.clone()))?;
         let mut cmd = MetadataCommand::new();
         cmd.manifest_path(&manifest);
-        let passthrough: Vec<String> =
-            cargo_args.iter().filter(|a| *a == "--locked" || *a == "--offline" || *a == "--frozen").cloned().collect();
+        let passthrough: Vec<String> = cargo_args.iter().filter(|a| *a == "--locked" || *a == "--offline" || *a == "--frozen").cloned().collect();
         cmd.other_options(passthrough);
         let md = cmd.exec().map_err(|e| ProjectError::Metadata {
             path: manifest.clone(),
@@ -147,11 +140,7 @@ impl Project {
         let members: Vec<&Package> = md.workspace_packages();
         let names = || members.iter().map(|p| p.name.to_string()).collect::<Vec<_>>().join(", ");
         let pkg = match package {
-            Some(name) => members
-                .iter()
-                .find(|p| p.name.as_str() == name)
-                .copied()
-                .ok_or_else(|| ProjectError::UnknownPackage(name.into(), names()))?,
+            Some(name) => members.iter().find(|p| p.name.as_str() == name).copied().ok_or_else(|| ProjectError::UnknownPackage(name.into(), names()))?,
             None => members
                 .iter()
                 .find(|p| p.manifest_path.as_std_path() == manifest)
@@ -169,8 +158,7 @@ impl Project {
             None => LimesMetadata::default(),
         };
         // A function crate must build a cdylib (the component).
-        pkg
-            .targets
+        pkg.targets
             .iter()
             .find(|t| t.crate_types.iter().any(|c| *c == cargo_metadata::CrateType::CDyLib))
             .ok_or_else(|| ProjectError::NotCdylib(name.clone()))?;
@@ -197,7 +185,10 @@ impl Project {
         // The name and version become file names (NAME.wasm,
         // NAME-VERSION.limes): checked here, before anything is written.
         if !limes_bundle::manifest::is_name(&self.function_name) {
-            return bad(format!("name {:?} is not a function name ([A-Za-z0-9._-], 1-64 characters, not starting with `.`)", limes_bundle::untrusted(&self.function_name)));
+            return bad(format!(
+                "name {:?} is not a function name ([A-Za-z0-9._-], 1-64 characters, not starting with `.`)",
+                limes_bundle::untrusted(&self.function_name)
+            ));
         }
         if !limes_bundle::manifest::is_name(&self.version) {
             return bad(format!("version {:?} is not a plain version", limes_bundle::untrusted(&self.version)));
@@ -245,10 +236,6 @@ impl Project {
     }
 
     pub fn preopens(&self) -> Vec<Preopen> {
-        self.meta
-            .preopens
-            .iter()
-            .map(|p| Preopen { name: p.name.clone(), guest_path: p.guest_path.clone(), writable: p.writable })
-            .collect()
+        self.meta.preopens.iter().map(|p| Preopen { name: p.name.clone(), guest_path: p.guest_path.clone(), writable: p.writable }).collect()
     }
 }

@@ -11,17 +11,11 @@ struct Template {
 const TEMPLATES: &[Template] = &[
     Template {
         name: "blank",
-        files: &[
-            ("Cargo.toml", include_str!("../../../templates/blank/Cargo.toml.tmpl")),
-            ("src/lib.rs", include_str!("../../../templates/blank/src/lib.rs")),
-        ],
+        files: &[("Cargo.toml", include_str!("../../../templates/blank/Cargo.toml.tmpl")), ("src/lib.rs", include_str!("../../../templates/blank/src/lib.rs"))],
     },
     Template {
         name: "noop",
-        files: &[
-            ("Cargo.toml", include_str!("../../../templates/noop/Cargo.toml.tmpl")),
-            ("src/lib.rs", include_str!("../../../templates/noop/src/lib.rs")),
-        ],
+        files: &[("Cargo.toml", include_str!("../../../templates/noop/Cargo.toml.tmpl")), ("src/lib.rs", include_str!("../../../templates/noop/src/lib.rs"))],
     },
     Template {
         name: "mandelbrot",
@@ -32,10 +26,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "image",
-        files: &[
-            ("Cargo.toml", include_str!("../../../templates/image/Cargo.toml.tmpl")),
-            ("src/lib.rs", include_str!("../../../packs/image/src/lib.rs")),
-        ],
+        files: &[("Cargo.toml", include_str!("../../../templates/image/Cargo.toml.tmpl")), ("src/lib.rs", include_str!("../../../packs/image/src/lib.rs"))],
     },
 ];
 
@@ -116,7 +107,10 @@ pub fn check_private(p: &Path) -> Result<(), TemplateError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if m.uid() != me {
-        return Err(unsafe_path(format!("is owned by uid {}, not by this user (uid {me})", m.uid()), "remove it, or set LIMES_PACK_HOME to a directory of your own".into()));
+        return Err(unsafe_path(
+            format!("is owned by uid {}, not by this user (uid {me})", m.uid()),
+            "remove it, or set LIMES_PACK_HOME to a directory of your own".into(),
+        ));
     }
     if m.mode() & 0o022 != 0 {
         return Err(unsafe_path(format!("is writable by its group or others (mode {:o})", m.mode() & 0o7777), format!("`chmod go-w {}`", p.display())));
@@ -204,10 +198,7 @@ pub fn default_sdk_dependency() -> Result<String, TemplateError> {
 /// Create crate `name` in `parent/name` from template `template`.
 /// `sdk` is the dependency spec for `limes-sdk` (TOML value).
 pub fn generate(parent: &Path, name: &str, template: &str, sdk: &str) -> Result<PathBuf, TemplateError> {
-    let t = TEMPLATES
-        .iter()
-        .find(|t| t.name == template)
-        .ok_or_else(|| TemplateError::Unknown(template.into(), template_names().join(", ")))?;
+    let t = TEMPLATES.iter().find(|t| t.name == template).ok_or_else(|| TemplateError::Unknown(template.into(), template_names().join(", ")))?;
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -219,19 +210,11 @@ pub fn generate(parent: &Path, name: &str, template: &str, sdk: &str) -> Result<
         return Err(TemplateError::Exists(dir));
     }
     // Build in a sibling temp dir and rename: a failure leaves nothing behind.
-    let tmp = tempfile::Builder::new()
-        .prefix(".limes-new-")
-        .tempdir_in(parent)
-        .map_err(|source| TemplateError::Io { path: parent.into(), source })?;
+    let tmp = tempfile::Builder::new().prefix(".limes-new-").tempdir_in(parent).map_err(|source| TemplateError::Io { path: parent.into(), source })?;
     for (rel, text) in t.files {
-        let text = text
-            .replace("{{name}}", name)
-            .replace("{{crate_name}}", &name.replace('-', "_"))
-            .replace("{{sdk}}", sdk);
+        let text = text.replace("{{name}}", name).replace("{{crate_name}}", &name.replace('-', "_")).replace("{{sdk}}", sdk);
         let p = tmp.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap())
-            .and_then(|_| std::fs::write(&p, text))
-            .map_err(|source| TemplateError::Io { path: p.clone(), source })?;
+        std::fs::create_dir_all(p.parent().unwrap()).and_then(|_| std::fs::write(&p, text)).map_err(|source| TemplateError::Io { path: p.clone(), source })?;
     }
     let _ = std::fs::write(tmp.path().join(".gitignore"), "/target\n");
     let kept = tmp.keep();

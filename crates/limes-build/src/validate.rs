@@ -74,11 +74,8 @@ pub fn validate_component(wasm: &[u8], what: &str) -> Result<ComponentInfo, Vali
         return Err(ValidateError::NotAComponent(what.into(), why.into()));
     }
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
-    validator
-        .validate_all(wasm)
-        .map_err(|e| ValidateError::NotAComponent(what.into(), format!("invalid: {e}")))?;
-    let decoded = wit_parser::decoding::decode(wasm)
-        .map_err(|e| ValidateError::NotAComponent(what.into(), format!("cannot decode: {e:#}")))?;
+    validator.validate_all(wasm).map_err(|e| ValidateError::NotAComponent(what.into(), format!("invalid: {e}")))?;
+    let decoded = wit_parser::decoding::decode(wasm).map_err(|e| ValidateError::NotAComponent(what.into(), format!("cannot decode: {e:#}")))?;
     let (resolve, world) = match decoded {
         wit_parser::decoding::DecodedWasm::Component(r, w) => (r, w),
         wit_parser::decoding::DecodedWasm::WitPackage(..) => {
@@ -94,61 +91,39 @@ pub fn validate_component(wasm: &[u8], what: &str) -> Result<ComponentInfo, Vali
         return Err(ValidateError::ForbiddenImports { what: what.into(), imports: forbidden });
     }
 
-    let exports: Vec<(String, &WorldItem)> =
-        w.exports.iter().filter_map(|(k, i)| interface_name(&resolve, k, i).map(|n| (n, i))).collect();
+    let exports: Vec<(String, &WorldItem)> = w.exports.iter().filter_map(|(k, i)| interface_name(&resolve, k, i).map(|n| (n, i))).collect();
     for (name, item) in &exports {
         let (base, version) = split_version(name);
         let WorldItem::Interface { id, .. } = item else { continue };
         if base == HANDLER_INTERFACE && version.is_some_and(|v| v.starts_with("0.1.")) {
-            check_handler(&resolve, *id).map_err(|detail| ValidateError::IncompatibleTypes {
-                what: what.into(),
-                export: name.clone(),
-                detail,
-            })?;
+            check_handler(&resolve, *id).map_err(|detail| ValidateError::IncompatibleTypes { what: what.into(), export: name.clone(), detail })?;
             return Ok(ComponentInfo { kind: WorldKind::Limes, export: name.clone(), imports });
         }
         if base == STUDY_INTERFACE {
-            check_study(&resolve, *id).map_err(|detail| ValidateError::IncompatibleTypes {
-                what: what.into(),
-                export: name.clone(),
-                detail,
-            })?;
+            check_study(&resolve, *id).map_err(|detail| ValidateError::IncompatibleTypes { what: what.into(), export: name.clone(), detail })?;
             return Ok(ComponentInfo { kind: WorldKind::ComponentRun, export: name.clone(), imports });
         }
     }
-    Err(ValidateError::WrongWorld {
-        what: what.into(),
-        found: exports.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-    })
+    Err(ValidateError::WrongWorld { what: what.into(), found: exports.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ") })
 }
 
 fn reference() -> (Resolve, wit_parser::InterfaceId) {
     let mut r = Resolve::default();
     r.push_str("function.wit", FUNCTION_WIT).expect("shipped WIT parses");
-    let id = r
-        .interfaces
-        .iter()
-        .find(|(_, i)| i.name.as_deref() == Some("handler"))
-        .map(|(id, _)| id)
-        .expect("handler interface");
+    let id = r.interfaces.iter().find(|(_, i)| i.name.as_deref() == Some("handler")).map(|(id, _)| id).expect("handler interface");
     (r, id)
 }
 
 fn check_handler(resolve: &Resolve, id: wit_parser::InterfaceId) -> Result<(), String> {
     let (rr, rid) = reference();
     let want = &rr.interfaces[rid].functions["handle"];
-    let got = resolve.interfaces[id]
-        .functions
-        .get("handle")
-        .ok_or("it has no `handle` function")?;
+    let got = resolve.interfaces[id].functions.get("handle").ok_or("it has no `handle` function")?;
     compare_funcs(&rr, want, resolve, got)
 }
 
 fn check_study(resolve: &Resolve, id: wit_parser::InterfaceId) -> Result<(), String> {
     let f = resolve.interfaces[id].functions.get("run").ok_or("it has no `run` function")?;
-    let ok = f.params.len() == 1
-        && f.params[0].ty == Type::String
-        && f.result == Some(Type::String);
+    let ok = f.params.len() == 1 && f.params[0].ty == Type::String && f.result == Some(Type::String);
     if ok {
         Ok(())
     } else {
@@ -226,12 +201,20 @@ fn same_type(ra: &Resolve, a: &Type, rb: &Resolve, b: &Type) -> Result<(), Strin
         (K::Enum(x), K::Enum(y)) => {
             let na: Vec<_> = x.cases.iter().map(|c| &c.name).collect();
             let nb: Vec<_> = y.cases.iter().map(|c| &c.name).collect();
-            if na == nb { Ok(()) } else { Err(format!("enum cases {nb:?}, expected {na:?}")) }
+            if na == nb {
+                Ok(())
+            } else {
+                Err(format!("enum cases {nb:?}, expected {na:?}"))
+            }
         }
         (K::Flags(x), K::Flags(y)) => {
             let na: Vec<_> = x.flags.iter().map(|c| &c.name).collect();
             let nb: Vec<_> = y.flags.iter().map(|c| &c.name).collect();
-            if na == nb { Ok(()) } else { Err(format!("flags {nb:?}, expected {na:?}")) }
+            if na == nb {
+                Ok(())
+            } else {
+                Err(format!("flags {nb:?}, expected {na:?}"))
+            }
         }
         (K::Tuple(x), K::Tuple(y)) => {
             if x.types.len() != y.types.len() {

@@ -38,13 +38,7 @@ pub struct BundleLimits {
 
 impl Default for BundleLimits {
     fn default() -> Self {
-        BundleLimits {
-            max_compressed: 1 << 30,
-            max_unpacked: 2 << 30,
-            max_manifest: 1 << 20,
-            max_signature: 4 << 10,
-            max_entries: 256,
-        }
+        BundleLimits { max_compressed: 1 << 30, max_unpacked: 2 << 30, max_manifest: 1 << 20, max_signature: 4 << 10, max_entries: 256 }
     }
 }
 
@@ -113,8 +107,7 @@ pub fn canonical_header(path: &str, size: u64, mtime: u64) -> Result<tar::Header
     h.set_mtime(mtime);
     h.set_username("").ok();
     h.set_groupname("").ok();
-    h.set_path(path)
-        .map_err(|_| BundleError::UnsafeEntry(format!("{} does not fit a ustar header", crate::untrusted(path))))?;
+    h.set_path(path).map_err(|_| BundleError::UnsafeEntry(format!("{} does not fit a ustar header", crate::untrusted(path))))?;
     h.set_cksum();
     Ok(h)
 }
@@ -124,19 +117,10 @@ pub fn canonical_header(path: &str, size: u64, mtime: u64) -> Result<tar::Header
 /// failure or an interruption never leaves a partial bundle.
 ///
 /// `files` must be exactly the manifest's files, with matching content.
-pub fn write_bundle(
-    out: &Path,
-    manifest_json: &[u8],
-    signature: Option<&str>,
-    files: &[(String, Source<'_>)],
-    mtime: u64,
-) -> Result<(), BundleError> {
+pub fn write_bundle(out: &Path, manifest_json: &[u8], signature: Option<&str>, files: &[(String, Source<'_>)], mtime: u64) -> Result<(), BundleError> {
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| BundleError::io(dir, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".limes-tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| BundleError::io(dir, e))?;
+    let tmp = tempfile::Builder::new().prefix(".limes-tmp-").tempfile_in(dir).map_err(|e| BundleError::io(dir, e))?;
     let io_err = |e: io::Error| BundleError::io(tmp.path(), e);
 
     let manifest = Manifest::from_json(manifest_json)?;
@@ -164,11 +148,7 @@ pub fn write_bundle(
                     let mut f = std::fs::File::open(p).map_err(|e| BundleError::io(p, e))?;
                     let size = f.metadata().map_err(|e| BundleError::io(p, e))?.len();
                     if size != entry.size {
-                        return Err(BundleError::SizeMismatch {
-                            path: path.clone(),
-                            expected: entry.size,
-                            actual: size,
-                        });
+                        return Err(BundleError::SizeMismatch { path: path.clone(), expected: entry.size, actual: size });
                     }
                     add(path, size, &mut f).map_err(io_err)?
                 }
@@ -397,7 +377,11 @@ fn read_small(entry: &mut dyn Read, size: u64, max: u64, what: &str) -> Result<V
 fn describe_file(head: &[u8]) -> &'static str {
     let text = std::str::from_utf8(&head[..head.len().min(256)]).unwrap_or("");
     if head.starts_with(b"\0asm") {
-        if head.get(4..8) == Some(&[1, 0, 0, 0]) { "a WebAssembly module" } else { "a WebAssembly component" }
+        if head.get(4..8) == Some(&[1, 0, 0, 0]) {
+            "a WebAssembly module"
+        } else {
+            "a WebAssembly component"
+        }
     } else if text.starts_with("untrusted comment:") && text.contains("secret key") {
         "a minisign secret key"
     } else if text.starts_with("untrusted comment:") && text.contains("public key") {
@@ -466,10 +450,7 @@ fn parse_header(block: &[u8; BLOCK]) -> Result<Option<EntryHead>, BundleError> {
     let mtime = h.mtime().map_err(|_| field("mtime"))?;
     let want = canonical_header(path, size, mtime)?;
     if let Some(i) = want.as_bytes().iter().zip(block.iter()).position(|(a, b)| a != b) {
-        return Err(BundleError::Archive(format!(
-            "header of {name} differs from the canonical limes header at byte {i} ({})",
-            header_field(i)
-        )));
+        return Err(BundleError::Archive(format!("header of {name} differs from the canonical limes header at byte {i} ({})", header_field(i))));
     }
     Ok(Some(EntryHead { path: path.to_string(), size, mtime }))
 }
@@ -477,9 +458,22 @@ fn parse_header(block: &[u8; BLOCK]) -> Result<Option<EntryHead>, BundleError> {
 /// Name of the ustar header field holding byte `i`.
 fn header_field(i: usize) -> &'static str {
     const FIELDS: [(usize, &str); 16] = [
-        (100, "name"), (108, "mode"), (116, "uid"), (124, "gid"), (136, "size"), (148, "mtime"),
-        (156, "checksum"), (157, "type"), (257, "link name"), (263, "magic"), (265, "version"),
-        (297, "user name"), (329, "group name"), (337, "device major"), (345, "device minor"), (500, "prefix"),
+        (100, "name"),
+        (108, "mode"),
+        (116, "uid"),
+        (124, "gid"),
+        (136, "size"),
+        (148, "mtime"),
+        (156, "checksum"),
+        (157, "type"),
+        (257, "link name"),
+        (263, "magic"),
+        (265, "version"),
+        (297, "user name"),
+        (329, "group name"),
+        (337, "device major"),
+        (345, "device minor"),
+        (500, "prefix"),
     ];
     FIELDS.iter().find(|(end, _)| i < *end).map(|(_, n)| *n).unwrap_or("padding")
 }
@@ -499,12 +493,7 @@ fn read_padding(r: &mut impl Read, size: u64, what: &str) -> Result<(), BundleEr
 /// `sink`. The manifest and signature are checked before any other entry is
 /// read; each file's size and SHA-256 are checked as it streams; the archive
 /// must end exactly after the listed files.
-pub fn read_bundle(
-    path: &Path,
-    limits: &BundleLimits,
-    policy: SignaturePolicy<'_>,
-    sink: &mut dyn FileSink,
-) -> Result<VerifiedBundle, BundleError> {
+pub fn read_bundle(path: &Path, limits: &BundleLimits, policy: SignaturePolicy<'_>, sink: &mut dyn FileSink) -> Result<VerifiedBundle, BundleError> {
     let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
     let meta = file.metadata().map_err(|e| BundleError::io(path, e))?;
     if meta.is_dir() {
@@ -512,10 +501,7 @@ pub fn read_bundle(
     }
     let compressed_size = meta.len();
     if compressed_size > limits.max_compressed {
-        return Err(BundleError::TooLarge(format!(
-            "bundle is {compressed_size} bytes (limit {})",
-            limits.max_compressed
-        )));
+        return Err(BundleError::TooLarge(format!("bundle is {compressed_size} bytes (limit {})", limits.max_compressed)));
     }
     read_stream(Tagged(Origin::Stored, file), compressed_size, limits, policy, sink)
 }
@@ -538,22 +524,15 @@ pub fn read_stream(
     }
     let want = canonical_frame_header();
     if head.len() < want.len() || head[..want.len()] != want[..] {
-        return Err(BundleError::Compression(format!(
-            "zstd frame header is not the canonical limes header {want:02x?}"
-        )));
+        return Err(BundleError::Compression(format!("zstd frame header is not the canonical limes header {want:02x?}")));
     }
-    let mut dec = zstd::stream::read::Decoder::with_buffer(raw)
-        .map_err(|e| BundleError::Compression(e.to_string()))?
-        .single_frame();
+    let mut dec = zstd::stream::read::Decoder::with_buffer(raw).map_err(|e| BundleError::Compression(e.to_string()))?.single_frame();
     dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| BundleError::Compression(e.to_string()))?;
     // Everything decompressed is compressed again with the writer's settings:
     // the result must be the input, byte for byte. zstd can encode the same
     // content in many ways; only the canonical one is a limes bundle, so no
     // altered byte goes unnoticed even when it decodes to the same content.
-    let tee = ReEncode {
-        inner: dec,
-        enc: encoder(HashWriter(Sha256::new())).map_err(|e| BundleError::Compression(e.to_string()))?,
-    };
+    let tee = ReEncode { inner: dec, enc: encoder(HashWriter(Sha256::new())).map_err(|e| BundleError::Compression(e.to_string()))? };
     let mut unpacked = Bounded { inner: Tagged(Origin::Stream, tee), left: limits.max_unpacked, what: "unpacked size" };
 
     let next = |r: &mut _, what: &str| -> Result<Option<EntryHead>, BundleError> { parse_header(&read_block(r, what)?) };
@@ -600,24 +579,14 @@ pub fn read_stream(
         check_trusted_comment(&manifest, tc)?;
     }
     if mtime != manifest.provenance.source_date_epoch {
-        return Err(BundleError::Archive(format!(
-            "entry mtime {mtime} is not the manifest's source_date_epoch {}",
-            manifest.provenance.source_date_epoch
-        )));
+        return Err(BundleError::Archive(format!("entry mtime {mtime} is not the manifest's source_date_epoch {}", manifest.provenance.source_date_epoch)));
     }
     if manifest.files.len() > limits.max_entries {
-        return Err(BundleError::TooLarge(format!(
-            "manifest lists {} files (limit {})",
-            manifest.files.len(),
-            limits.max_entries
-        )));
+        return Err(BundleError::TooLarge(format!("manifest lists {} files (limit {})", manifest.files.len(), limits.max_entries)));
     }
     let declared: u64 = manifest.files.iter().map(|f| f.size).sum();
     if declared > limits.max_unpacked {
-        return Err(BundleError::TooLarge(format!(
-            "manifest declares {declared} bytes of files (limit {})",
-            limits.max_unpacked
-        )));
+        return Err(BundleError::TooLarge(format!("manifest declares {declared} bytes of files (limit {})", limits.max_unpacked)));
     }
 
     // 3. Exactly the listed files, in order.
@@ -690,20 +659,10 @@ pub fn read_stream(
     let original = raw.into_inner().hasher.finalize();
     let reencoded = enc.finish().map_err(|e| BundleError::Compression(e.to_string()))?.0.finalize();
     if original != reencoded {
-        return Err(BundleError::Compression(
-            "compressed stream is not in canonical form: it was altered (or written by another tool)".into(),
-        ));
+        return Err(BundleError::Compression("compressed stream is not in canonical form: it was altered (or written by another tool)".into()));
     }
 
-    Ok(VerifiedBundle {
-        manifest,
-        manifest_bytes,
-        signature,
-        signer,
-        signature_verified,
-        trusted_comment,
-        compressed_size,
-    })
+    Ok(VerifiedBundle { manifest, manifest_bytes, signature, signer, signature_verified, trusted_comment, compressed_size })
 }
 
 /// A verified signature's trusted comment must name this manifest.
@@ -721,21 +680,14 @@ pub fn check_trusted_comment(manifest: &Manifest, comment: &str) -> Result<(), B
 /// Rewrite `out` (atomically) with `signature` added or replaced, keeping the
 /// manifest and files. The input is fully verified first (without trusting
 /// any key), so signing never blesses a damaged bundle.
-pub fn resign(
-    bundle: &Path,
-    out: &Path,
-    limits: &BundleLimits,
-    sign: impl FnOnce(&VerifiedBundle) -> String,
-) -> Result<VerifiedBundle, BundleError> {
+pub fn resign(bundle: &Path, out: &Path, limits: &BundleLimits, sign: impl FnOnce(&VerifiedBundle) -> String) -> Result<VerifiedBundle, BundleError> {
     let mut mem = InMemory::default();
     let v = read_bundle(bundle, limits, SignaturePolicy::Unverified, &mut mem)?;
     let signature = sign(&v);
-    let files: Vec<(String, Source<'_>)> =
-        mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b.as_slice()))).collect();
+    let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b.as_slice()))).collect();
     write_bundle(out, &v.manifest_bytes, Some(&signature), &files, v.manifest.provenance.source_date_epoch)?;
     Ok(v)
 }
-
 
 #[cfg(all(test, feature = "sign"))]
 mod tests {

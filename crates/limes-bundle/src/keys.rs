@@ -31,9 +31,7 @@ fn key_err(m: impl Into<String>) -> BundleError {
 /// The base64 payload line of a minisign text file: the first non-empty line
 /// that is not a comment.
 fn payload_line(text: &str) -> Option<&str> {
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:") && !l.starts_with("trusted comment:"))
+    text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("untrusted comment:") && !l.starts_with("trusted comment:"))
 }
 
 /// A public key that may sign bundles.
@@ -55,27 +53,18 @@ impl PublicKey {
     /// Parse a minisign public key: a `.pub` file's text or its bare base64 line.
     pub fn from_text(text: &str, source: &str) -> Result<PublicKey, BundleError> {
         let line = payload_line(text).ok_or_else(|| key_err(format!("{source}: no key in file")))?;
-        let bytes = B64
-            .decode(line)
-            .map_err(|_| key_err(format!("{source}: public key is not valid base64")))?;
+        let bytes = B64.decode(line).map_err(|_| key_err(format!("{source}: public key is not valid base64")))?;
         if bytes.len() > 42 && &bytes[..2] == b"Ed" && text.contains("secret key") {
             return Err(key_err(format!(
                 "{source} is a secret key; pass the public key (the .pub file `limes-pack keygen` wrote beside it) and keep this one private"
             )));
         }
         if bytes.len() != 42 || &bytes[..2] != b"Ed" {
-            return Err(key_err(format!(
-                "{source}: not a minisign Ed25519 public key (expected 42 bytes starting with \"Ed\")"
-            )));
+            return Err(key_err(format!("{source}: not a minisign Ed25519 public key (expected 42 bytes starting with \"Ed\")")));
         }
         // The format's own parser validates the line (its errors).
-        minisign_verify::PublicKey::from_base64(line)
-            .map_err(|e| key_err(format!("{source}: {e}")))?;
-        Ok(PublicKey {
-            id: KeyId(bytes[2..10].try_into().unwrap()),
-            raw: bytes[10..42].try_into().unwrap(),
-            source: source.to_string(),
-        })
+        minisign_verify::PublicKey::from_base64(line).map_err(|e| key_err(format!("{source}: {e}")))?;
+        Ok(PublicKey { id: KeyId(bytes[2..10].try_into().unwrap()), raw: bytes[10..42].try_into().unwrap(), source: source.to_string() })
     }
 
     pub fn from_file(path: &Path) -> Result<PublicKey, BundleError> {
@@ -126,12 +115,8 @@ impl SignatureInfo {
         if &bytes[..2] != b"ED" {
             return Err(bad("signature is not a prehashed Ed25519 (\"ED\") signature"));
         }
-        let global_line = text
-            .lines()
-            .map(str::trim)
-            .skip_while(|l| !l.starts_with("trusted comment:"))
-            .nth(1)
-            .ok_or_else(|| bad("no global signature line"))?;
+        let global_line =
+            text.lines().map(str::trim).skip_while(|l| !l.starts_with("trusted comment:")).nth(1).ok_or_else(|| bad("no global signature line"))?;
         let global = B64.decode(global_line).map_err(|_| bad("global signature is not valid base64"))?;
         Ok(SignatureInfo {
             key_id: KeyId(bytes[2..10].try_into().unwrap()),
@@ -203,11 +188,7 @@ impl TrustedKeys {
     /// three times faster than minisign-verify's portable code.)
     pub fn verify(&self, data: &[u8], sig: &SignatureInfo) -> Result<&PublicKey, BundleError> {
         use blake2::Digest as _;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == sig.key_id)
-            .ok_or(BundleError::UntrustedKey(sig.key_id))?;
+        let key = self.keys.iter().find(|k| k.id == sig.key_id).ok_or(BundleError::UntrustedKey(sig.key_id))?;
         let fail = |what: &str| BundleError::Signature(format!("does not match the manifest under key {} ({what})", key.id));
         let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.raw).map_err(|_| fail("the public key is not a valid Ed25519 point"))?;
         let prehash = blake2::Blake2b512::digest(data);
@@ -279,13 +260,9 @@ mod signing {
         /// Parse a minisign secret key file's text.
         pub fn from_text(text: &str, source: &str) -> Result<SecretKey, BundleError> {
             let line = payload_line(text).ok_or_else(|| key_err(format!("{source}: no key in file")))?;
-            let b = B64
-                .decode(line)
-                .map_err(|_| key_err(format!("{source}: secret key is not valid base64")))?;
+            let b = B64.decode(line).map_err(|_| key_err(format!("{source}: secret key is not valid base64")))?;
             if b.len() != SK_LEN || &b[..2] != b"Ed" {
-                return Err(key_err(format!(
-                    "{source}: not a minisign Ed25519 secret key (is this the .pub file?)"
-                )));
+                return Err(key_err(format!("{source}: not a minisign Ed25519 secret key (is this the .pub file?)")));
             }
             if &b[2..4] != [0, 0] {
                 return Err(key_err(format!(

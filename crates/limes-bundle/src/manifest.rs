@@ -223,12 +223,7 @@ pub fn is_safe_path(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 100
         && p.split('/').count() <= 3
-        && p.split('/').all(|c| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        })
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'))
 }
 
 /// A function name or version as it may become a file name: 1-64 of
@@ -397,26 +392,14 @@ pub(crate) mod tests {
         Manifest {
             schema: SCHEMA.into(),
             function: FunctionInfo { name: "noop".into(), version: "0.1.0".into(), description: None },
-            world: WorldInfo {
-                kind: WorldKind::Limes,
-                export: "limes:function/handler@0.1.0".into(),
-                imports: vec![],
-            },
-            engine: EngineInfo {
-                wasmtime: crate::profile::WASMTIME_VERSION.into(),
-                profile_digest: profile.digest(),
-                profile,
-            },
+            world: WorldInfo { kind: WorldKind::Limes, export: "limes:function/handler@0.1.0".into(), imports: vec![] },
+            engine: EngineInfo { wasmtime: crate::profile::WASMTIME_VERSION.into(), profile_digest: profile.digest(), profile },
             limits: Limits::default(),
             preopens: vec![],
             component: COMPONENT_PATH.into(),
             aot: vec![],
             microvm: None,
-            files: vec![FileEntry {
-                path: COMPONENT_PATH.into(),
-                sha256: crate::sha256_hex(b"x"),
-                size: 1,
-            }],
+            files: vec![FileEntry { path: COMPONENT_PATH.into(), sha256: crate::sha256_hex(b"x"), size: 1 }],
             provenance: Provenance {
                 source_digest: "0".repeat(64),
                 rustc: "rustc".into(),

@@ -94,14 +94,9 @@ pub struct Tier {
 
 const V2_FLAGS: &[&str] = &["has_sse3", "has_ssse3", "has_cmpxchg16b", "has_sse41", "has_sse42", "has_popcnt"];
 const V2_CPU: &[&str] = &["sse3", "ssse3", "cmpxchg16b", "sse4.1", "sse4.2", "popcnt"];
-const V3_FLAGS: &[&str] = &[
-    "has_sse3", "has_ssse3", "has_cmpxchg16b", "has_sse41", "has_sse42", "has_popcnt",
-    "has_avx", "has_avx2", "has_bmi1", "has_bmi2", "has_fma", "has_lzcnt",
-];
-const V3_CPU: &[&str] = &[
-    "sse3", "ssse3", "cmpxchg16b", "sse4.1", "sse4.2", "popcnt",
-    "avx", "avx2", "bmi1", "bmi2", "fma", "lzcnt",
-];
+const V3_FLAGS: &[&str] =
+    &["has_sse3", "has_ssse3", "has_cmpxchg16b", "has_sse41", "has_sse42", "has_popcnt", "has_avx", "has_avx2", "has_bmi1", "has_bmi2", "has_fma", "has_lzcnt"];
+const V3_CPU: &[&str] = &["sse3", "ssse3", "cmpxchg16b", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "bmi1", "bmi2", "fma", "lzcnt"];
 
 /// Every tier limes knows, lowest first.
 pub const TIERS: &[Tier] = &[

@@ -64,8 +64,7 @@ enum Body {
 
 impl Puller {
     pub fn new(reference: &str, insecure: bool, creds: &Credentials, timeouts: Timeouts) -> Result<Puller, OciError> {
-        let parsed: oci_client::Reference =
-            reference.parse().map_err(|e: oci_client::ParseError| OciError::Reference(reference.into(), e.to_string()))?;
+        let parsed: oci_client::Reference = reference.parse().map_err(|e: oci_client::ParseError| OciError::Reference(reference.into(), e.to_string()))?;
         let registry = parsed.resolve_registry().to_string();
         if insecure && !is_loopback(&registry) {
             return Err(OciError::InsecureRemote(registry));
@@ -239,7 +238,10 @@ impl Puller {
         }
         let m: OciImageManifest = serde_json::from_slice(&bytes).map_err(|e| self.err(format!("OCI manifest is not an image manifest: {e}")))?;
         if m.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
-            return Err(OciError::NotLimes(format!("{}/{}:{}", self.registry, self.repository, self.reference), m.artifact_type.map(|t| limes_bundle::untrusted(&t))));
+            return Err(OciError::NotLimes(
+                format!("{}/{}:{}", self.registry, self.repository, self.reference),
+                m.artifact_type.map(|t| limes_bundle::untrusted(&t)),
+            ));
         }
         Ok((m, digest))
     }

@@ -140,15 +140,10 @@ pub fn registry_auth(registry: &str, explicit: &Credentials) -> RegistryAuth {
 
 fn docker_config_auth(registry: &str) -> Option<RegistryAuth> {
     use base64::Engine as _;
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
+    let dir = std::env::var_os("DOCKER_CONFIG").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
     let auths = cfg.get("auths")?.as_object()?;
-    let entry = auths
-        .iter()
-        .find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/') == registry)?
-        .1;
+    let entry = auths.iter().find(|(k, _)| k.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/') == registry)?.1;
     let raw = base64::engine::general_purpose::STANDARD.decode(entry.get("auth")?.as_str()?).ok()?;
     let (u, p) = String::from_utf8(raw).ok()?.split_once(':').map(|(u, p)| (u.to_string(), p.to_string()))?;
     Some(RegistryAuth::Basic(u, p))
@@ -182,16 +177,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(reference: &str, insecure: bool, creds: &Credentials) -> Result<Registry, OciError> {
-        let reference: Reference =
-            reference.parse().map_err(|e: oci_client::ParseError| OciError::Reference(reference.into(), e.to_string()))?;
+        let reference: Reference = reference.parse().map_err(|e: oci_client::ParseError| OciError::Reference(reference.into(), e.to_string()))?;
         let registry = reference.resolve_registry().to_string();
         if insecure && !is_loopback(&registry) {
             return Err(OciError::InsecureRemote(registry));
         }
-        let config = ClientConfig {
-            protocol: if insecure { ClientProtocol::Http } else { ClientProtocol::Https },
-            ..Default::default()
-        };
+        let config = ClientConfig { protocol: if insecure { ClientProtocol::Http } else { ClientProtocol::Https }, ..Default::default() };
         Ok(Registry { client: Client::new(config), auth: registry_auth(&registry, creds), reference })
     }
 
@@ -208,7 +199,9 @@ impl Registry {
                 OciError::Auth { registry, message }
             }
             E::RequestError(r) if matches!(r.status().map(|c| c.as_u16()), Some(401 | 403)) => OciError::Auth { registry, message },
-            E::RequestError(r) if r.is_connect() || r.is_timeout() => OciError::Registry { registry, message: format!("cannot reach the registry ({message})") },
+            E::RequestError(r) if r.is_connect() || r.is_timeout() => {
+                OciError::Registry { registry, message: format!("cannot reach the registry ({message})") }
+            }
             _ => OciError::Registry { registry, message },
         }
     }
@@ -318,11 +311,7 @@ pub async fn push(bundle: &Path, reference: &str, insecure: bool, creds: &Creden
         subject: None,
         annotations: Some(annotations),
     };
-    let url = reg
-        .client
-        .push_manifest(&reg.reference, &OciManifest::Image(manifest))
-        .await
-        .map_err(|e| reg.err(e))?;
+    let url = reg.client.push_manifest(&reg.reference, &OciManifest::Image(manifest)).await.map_err(|e| reg.err(e))?;
     uploaded.retain(|p| p != "(config)");
     skipped.retain(|p| p != "(config)");
     Ok(PushReport { reference: reg.reference.to_string(), manifest_url: url, uploaded, skipped })

@@ -96,9 +96,7 @@ impl<'a> Cursor<'a> {
     fn opt_string(&mut self) -> Result<Option<String>, FrameError> {
         match self.u32()? {
             NONE => Ok(None),
-            n => String::from_utf8(self.bytes_of(n)?.to_vec())
-                .map(Some)
-                .map_err(|_| FrameError::Malformed("string is not UTF-8")),
+            n => String::from_utf8(self.bytes_of(n)?.to_vec()).map(Some).map_err(|_| FrameError::Malformed("string is not UTF-8")),
         }
     }
     fn finish(&self) -> Result<(), FrameError> {

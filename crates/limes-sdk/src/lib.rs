@@ -33,10 +33,7 @@ impl Request {
 
     /// First value of metadata key `key` (compared case-insensitively).
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.metadata
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+        self.metadata.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
     }
 
     pub fn with_meta(mut self, key: &str, value: &str) -> Self {
@@ -119,13 +116,11 @@ macro_rules! export {
         const _: () = {
             struct __LimesFunction;
             impl $crate::__private::Guest for __LimesFunction {
-                fn handle(
-                    req: $crate::__private::WitRequest,
-                ) -> ::core::result::Result<$crate::__private::WitResponse, $crate::__private::WitError> {
+                fn handle(req: $crate::__private::WitRequest) -> ::core::result::Result<$crate::__private::WitResponse, $crate::__private::WitError> {
                     $crate::__private::dispatch(req, $handler)
                 }
             }
-            $crate::__private::export_function!(__LimesFunction with_types_in $crate::__private::bindings);
+    $crate::__private::export_function!(__LimesFunction with_types_in $crate::__private::bindings);
         };
 
         /// The function's handler, for the native frame runner.
@@ -167,16 +162,10 @@ pub mod __private {
 
     pub use bindings::__limes_export_function as export_function;
     pub use bindings::exports::limes::function::handler::Guest;
-    pub use bindings::limes::function::types::{
-        Error as WitError, Request as WitRequest, Response as WitResponse,
-    };
+    pub use bindings::limes::function::types::{Error as WitError, Request as WitRequest, Response as WitResponse};
 
     pub fn dispatch(req: WitRequest, handler: crate::Handler) -> Result<WitResponse, WitError> {
-        let req = crate::Request {
-            body: req.body,
-            content_type: req.content_type,
-            metadata: req.metadata,
-        };
+        let req = crate::Request { body: req.body, content_type: req.content_type, metadata: req.metadata };
         match handler(req) {
             Ok(r) => Ok(WitResponse { body: r.body, content_type: r.content_type }),
             Err(crate::Error::BadRequest(m)) => Err(WitError::BadRequest(m)),

@@ -16,11 +16,8 @@ pub fn call(handler: Handler, req: Request) -> frame::Answer {
 
 /// The trap fault for a panic with this payload.
 fn panic_fault(payload: &(dyn std::any::Any + Send)) -> frame::Fault {
-    let msg = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
+    let msg =
+        payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
     frame::Fault::Trap(format!("function panicked: {msg}"))
 }
 

@@ -15,7 +15,9 @@ use std::process::ExitCode;
 /// is not a file but an OCI reference installs from the registry (see
 /// `limes pull`, whose options apply).
 #[derive(Args)]
-#[command(after_help = "Examples:\n  limes install hello-0.1.0.limes --trust limes.pub\n  limes install hello-0.2.0.limes --trust /etc/limes/keys/\n  limes install registry.example.com/fns/hello:0.1.0 --trust limes.pub\n  limes install hello-0.1.0.limes --trust new.pub --rotate-key")]
+#[command(
+    after_help = "Examples:\n  limes install hello-0.1.0.limes --trust limes.pub\n  limes install hello-0.2.0.limes --trust /etc/limes/keys/\n  limes install registry.example.com/fns/hello:0.1.0 --trust limes.pub\n  limes install hello-0.1.0.limes --trust new.pub --rotate-key"
+)]
 pub struct InstallCommand {
     /// The bundle file, or an OCI reference.
     bundle: PathBuf,
@@ -58,9 +60,7 @@ impl InstallCommand {
         }
         let keys = TrustedKeys::load(&self.trust)?;
         let store = Store::open(&ctx.store)?;
-        let f = store
-            .install(&self.bundle, &keys, self.policy.policy())
-            .with_context(|| format!("installing {}", self.bundle.display()))?;
+        let f = store.install(&self.bundle, &keys, self.policy.policy()).with_context(|| format!("installing {}", self.bundle.display()))?;
         super::adopt(ctx, &store, &keys, &f, self.policy.rotate_key)?;
         if ctx.json {
             println!(

@@ -43,8 +43,10 @@ impl ListCommand {
             let rows: Vec<_> = all
                 .iter()
                 .zip(&verified)
-                .map(|(r, v)| serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files,
-                    "verified": v.is_ok(), "error": v.as_ref().err(), "serving": serving.get(&r.name).cloned()}))
+                .map(|(r, v)| {
+                    serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files,
+                    "verified": v.is_ok(), "error": v.as_ref().err(), "serving": serving.get(&r.name).cloned()})
+                })
                 .collect();
             println!("{}", serde_json::json!({"ok": true, "functions": rows}));
         } else if all.is_empty() {

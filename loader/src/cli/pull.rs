@@ -16,7 +16,9 @@ use std::process::ExitCode;
 /// Credentials: --username with LIMES_REGISTRY_PASSWORD, or
 /// LIMES_REGISTRY_USERNAME/PASSWORD, or Docker's config.json; else anonymous.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  limes pull registry.example.com/fns/hello:0.1.0 --trust limes.pub\n  limes pull 127.0.0.1:5000/fns/hello:0.1.0 --insecure --trust limes.pub --with-microvm")]
+#[command(
+    after_help = "Examples:\n  limes pull registry.example.com/fns/hello:0.1.0 --trust limes.pub\n  limes pull 127.0.0.1:5000/fns/hello:0.1.0 --insecure --trust limes.pub --with-microvm"
+)]
 pub struct PullCommand {
     /// OCI reference.
     reference: String,
@@ -67,10 +69,7 @@ impl PullCommand {
         let store = Store::open(&ctx.store)?;
         let opts = PullOptions {
             insecure: self.registry.insecure,
-            credentials: limes_oci::Credentials {
-                username: self.registry.username.clone(),
-                password: std::env::var("LIMES_REGISTRY_PASSWORD").ok(),
-            },
+            credentials: limes_oci::Credentials { username: self.registry.username.clone(), password: std::env::var("LIMES_REGISTRY_PASSWORD").ok() },
             with_microvm: self.registry.with_microvm,
             all_tiers: self.all_tiers,
             policy: self.policy.policy(),
@@ -82,9 +81,7 @@ impl PullCommand {
             },
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let r = rt
-            .block_on(pull(&store, &self.reference, &keys, &opts))
-            .with_context(|| format!("pulling {}", self.reference))?;
+        let r = rt.block_on(pull(&store, &self.reference, &keys, &opts)).with_context(|| format!("pulling {}", self.reference))?;
         let f = &r.function;
         super::adopt(ctx, &store, &keys, f, self.policy.rotate_key)?;
         if ctx.json {

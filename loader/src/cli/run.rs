@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 /// stderr. An error answer from the function exits 4; a trap, timeout or
 /// memory-limit hit exits 5.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  limes run hello --data world --timings\n  limes run mandelbrot --data output=checksum --json\n  limes run image --input photo.jpg > out.jpg\n  limes run image --meta file=in.jpg --dir images=/srv/images\n  limes run hello-0.1.0.limes --trust limes.pub --data x\n  limes run hello --backend microvm --kernel /boot/vmlinuz --accel tcg")]
+#[command(
+    after_help = "Examples:\n  limes run hello --data world --timings\n  limes run mandelbrot --data output=checksum --json\n  limes run image --input photo.jpg > out.jpg\n  limes run image --meta file=in.jpg --dir images=/srv/images\n  limes run hello-0.1.0.limes --trust limes.pub --data x\n  limes run hello --backend microvm --kernel /boot/vmlinuz --accel tcg"
+)]
 pub struct RunCommand {
     /// Installed function name, or path to a `.limes` bundle.
     target: String,
@@ -71,10 +73,14 @@ enum Backend {
     Microvm,
 }
 
-
 /// The JSON answer of `limes run --json` (documented in the README, "JSON
 /// output"): the body always as base64, also as text when it is UTF-8.
-fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>, timings: serde_json::Value, hint: Option<String>) -> anyhow::Result<ExitCode> {
+fn print_result(
+    ctx: &Ctx,
+    result: Result<limes_sdk::Response, limes_sdk::Error>,
+    timings: serde_json::Value,
+    hint: Option<String>,
+) -> anyhow::Result<ExitCode> {
     use base64::Engine as _;
     match result {
         Ok(resp) => {
@@ -94,8 +100,11 @@ fn print_result(ctx: &Ctx, result: Result<limes_sdk::Response, limes_sdk::Error>
         }
         Err(e) => {
             if ctx.json {
-                println!("{}", serde_json::json!({"ok": false, "kind": "function-error", "error": e.to_string(),
-                    "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "kind": "function-error", "error": e.to_string(),
+                    "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings})
+                );
             }
             eprintln!("function error: {e}");
             if let (limes_sdk::Error::NotFound(_), Some(h)) = (&e, hint) {
@@ -128,7 +137,9 @@ impl RunCommand {
             eprintln!(
                 "timings ({}): {}{}boot {:.1} ms, execution {:.1} ms, total {:.1} ms",
                 o.hypervisor,
-                o.kvm_probe.map(|p| format!("KVM probe {:.1} ms ({}), ", ms(p.took), if p.runs_guests { "runs guests" } else { "runs no guests: TCG" })).unwrap_or_default(),
+                o.kvm_probe
+                    .map(|p| format!("KVM probe {:.1} ms ({}), ", ms(p.took), if p.runs_guests { "runs guests" } else { "runs no guests: TCG" }))
+                    .unwrap_or_default(),
                 verify.map(|v| format!("verify {:.1} ms, ", ms(v))).unwrap_or_default(),
                 ms(o.boot_time),
                 ms(o.exec_time),
@@ -255,9 +266,8 @@ impl RunCommand {
         // A function that reads a declared preopen and answers not-found
         // may simply not have been given the directory.
         let unbound: Vec<&str> = f.manifest.preopens.iter().map(|p| p.name.as_str()).filter(|n| !opts.dirs.iter().any(|(d, _)| d == n)).collect();
-        let hint = (!unbound.is_empty()).then(|| {
-            format!("{} declares preopen(s) {} that this run did not bind; pass --dir NAME=PATH", f.manifest.function.name, unbound.join(", "))
-        });
+        let hint = (!unbound.is_empty())
+            .then(|| format!("{} declares preopen(s) {} that this run did not bind; pass --dir NAME=PATH", f.manifest.function.name, unbound.join(", ")));
         let code = print_result(ctx, inv.result, timings, hint);
         // The process ends next: the kernel frees the mapped code, memories
         // and engine at once, where dropping them would unmap and deregister

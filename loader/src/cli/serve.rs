@@ -1,10 +1,10 @@
 use super::Ctx;
 use anyhow::Context;
 use clap::Args;
-use std::path::PathBuf;
 use limes::serve::{serve, ServeOptions};
 use limes::Store;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,7 +23,9 @@ use std::time::Duration;
 /// Prints `listening on ADDR` once ready; SIGINT/SIGTERM stop accepting and
 /// finish the requests in flight.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  limes serve --listen 127.0.0.1:8080\n  limes serve --function hello --workers 8 --timeout-ms 2000\n  curl -X POST --data-binary @photo.jpg http://127.0.0.1:8080/functions/image > out.jpg")]
+#[command(
+    after_help = "Examples:\n  limes serve --listen 127.0.0.1:8080\n  limes serve --function hello --workers 8 --timeout-ms 2000\n  curl -X POST --data-binary @photo.jpg http://127.0.0.1:8080/functions/image > out.jpg"
+)]
 pub struct ServeCommand {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -136,18 +138,23 @@ impl ServeCommand {
                 }
                 tracing::info!("shutting down: finishing requests in flight");
             };
-            serve(&store, opts, |addr, served| {
-                println!("listening on {addr}");
-                let _ = std::io::stdout().flush();
-                // Where each function answers (stderr: stdout's first line is
-                // the address, which scripts read).
-                if served.is_empty() {
-                    eprintln!("no function is installed yet; installs are picked up while serving");
-                }
-                for name in served {
-                    eprintln!("  {name}: POST http://{addr}/functions/{name}");
-                }
-            }, shutdown)
+            serve(
+                &store,
+                opts,
+                |addr, served| {
+                    println!("listening on {addr}");
+                    let _ = std::io::stdout().flush();
+                    // Where each function answers (stderr: stdout's first line is
+                    // the address, which scripts read).
+                    if served.is_empty() {
+                        eprintln!("no function is installed yet; installs are picked up while serving");
+                    }
+                    for name in served {
+                        eprintln!("  {name}: POST http://{addr}/functions/{name}");
+                    }
+                },
+                shutdown,
+            )
             .await
         })?;
         Ok(ExitCode::SUCCESS)

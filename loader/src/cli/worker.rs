@@ -1,8 +1,8 @@
 use super::Ctx;
 use clap::Args;
-use std::path::PathBuf;
 use limes::worker::{run_worker, WorkerOptions};
 use limes::Store;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Internal: serve one function over stdin/stdout for `limes serve`.

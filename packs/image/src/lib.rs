@@ -13,9 +13,7 @@ pub const JPEG_QUALITY: u8 = 90;
 
 /// Run the pipeline on encoded image bytes.
 pub fn process(input: &[u8], png: bool) -> Result<Vec<u8>, Error> {
-    let mut reader = image::ImageReader::new(Cursor::new(input))
-        .with_guessed_format()
-        .map_err(Error::internal)?;
+    let mut reader = image::ImageReader::new(Cursor::new(input)).with_guessed_format().map_err(Error::internal)?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(8192);
     limits.max_image_height = Some(8192);
@@ -39,11 +37,7 @@ fn param<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
 
 pub fn handle(req: Request) -> Result<Response, Error> {
     // A small text body may name the file instead of metadata (CLI friendliness).
-    let body_file = std::str::from_utf8(&req.body)
-        .ok()
-        .filter(|s| s.len() < 256)
-        .and_then(|s| s.trim().strip_prefix("file="))
-        .map(str::to_string);
+    let body_file = std::str::from_utf8(&req.body).ok().filter(|s| s.len() < 256).and_then(|s| s.trim().strip_prefix("file=")).map(str::to_string);
     let png = param(&req, "format") == Some("png");
     let input = match param(&req, "file").map(str::to_string).or(body_file) {
         Some(name) => {

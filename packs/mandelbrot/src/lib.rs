@@ -110,15 +110,17 @@ pub fn handle(req: Request) -> Result<Response, Error> {
             let sum: u64 = pixels.iter().map(|&b| b as u64).sum();
             let json = format!(
                 "{{\"width\":{},\"height\":{},\"iterations\":{},\"fnv1a64\":\"{:016x}\",\"sum\":{}}}\n",
-                p.width, p.height, p.iterations, fnv1a64(&pixels), sum
+                p.width,
+                p.height,
+                p.iterations,
+                fnv1a64(&pixels),
+                sum
             );
             Ok(Response::new(json).with_content_type("application/json"))
         }
         "png" => {
             let mut png = Vec::new();
-            image::codecs::png::PngEncoder::new(&mut png)
-                .write_image(&pixels, p.width, p.height, image::ExtendedColorType::L8)
-                .map_err(Error::internal)?;
+            image::codecs::png::PngEncoder::new(&mut png).write_image(&pixels, p.width, p.height, image::ExtendedColorType::L8).map_err(Error::internal)?;
             Ok(Response::new(png).with_content_type("image/png"))
         }
         other => Err(Error::bad_request(format!("output must be png, checksum or raw, not {other:?}"))),
@@ -150,8 +152,7 @@ mod tests {
     fn parameters_and_errors() {
         let r = handle(Request::new("width=4&height=2&output=raw")).unwrap();
         assert_eq!(r.body.len(), 8);
-        let r = handle(Request::new("").with_meta("output", "checksum").with_meta("width", "10").with_meta("height", "10"))
-            .unwrap();
+        let r = handle(Request::new("").with_meta("output", "checksum").with_meta("width", "10").with_meta("height", "10")).unwrap();
         assert!(String::from_utf8(r.body).unwrap().starts_with("{\"width\":10,\"height\":10,"));
         assert!(matches!(handle(Request::new("width=abc")), Err(Error::BadRequest(_))));
         assert!(matches!(handle(Request::new("output=gif")), Err(Error::BadRequest(_))));
