@@ -29,5 +29,6 @@ pub mod microvm;
 pub mod pool;
 pub mod pull;
 pub mod serve;
+pub mod wasi_http;
 pub mod watchdog;
 pub mod worker;

@@ -78,6 +78,14 @@ pub struct Host {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: TotalMemory,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    outbound: crate::wasi_http::Outbound,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Host {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
 }
 
 /// The memory limit of one instance, over all its linear memories together
@@ -140,6 +148,8 @@ enum Entry {
         pre: InstancePre<Host>,
         run: ComponentExportIndex,
     },
+    /// `wasi:http/incoming-handler` (`WorldKind::WasiHttp`).
+    Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre<Host>),
 }
 
 /// What a function is, as far as running it goes.
@@ -150,11 +160,21 @@ pub struct FunctionSpec {
     pub export: String,
     pub limits: Limits,
     pub preopens: Vec<Preopen>,
+    /// Origins its outbound HTTP may reach (parsed from the signed manifest).
+    pub outbound: std::sync::Arc<Vec<limes_bundle::outbound::Origin>>,
 }
 
 impl FunctionSpec {
     pub fn from_manifest(m: &Manifest) -> FunctionSpec {
-        FunctionSpec { name: m.function.name.clone(), kind: m.world.kind, export: m.world.export.clone(), limits: m.limits, preopens: m.preopens.clone() }
+        FunctionSpec {
+            name: m.function.name.clone(),
+            kind: m.world.kind,
+            export: m.world.export.clone(),
+            limits: m.limits,
+            preopens: m.preopens.clone(),
+            // Checked when the manifest was parsed: a bad entry never gets here.
+            outbound: std::sync::Arc::new(limes_bundle::outbound::parse_list(&m.allowed_outbound_hosts).unwrap_or_default()),
+        }
     }
 }
 
@@ -198,6 +218,10 @@ pub struct InvokeOptions {
 #[derive(Debug)]
 pub struct Invocation {
     pub result: Result<Response, limes_sdk::Error>,
+    /// A `wasi:http` function's status and headers (its body is `result`'s).
+    pub http: Option<crate::wasi_http::HttpHead>,
+    /// Outbound HTTP requests the policy denied during the call.
+    pub outbound_denied: u32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub instantiate_time: Duration,
@@ -233,6 +257,9 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        // wasi:http for every world: a limes function may call out too (only
+        // to its manifest's origins, see `outbound`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(engine_err)?;
         // The limes types interface carries only types; components import it
         // as an empty instance.
         linker.instance("limes:function/types@0.1.0").map_err(engine_err)?;
@@ -298,20 +325,15 @@ impl Runtime {
                 let (_, run) = component.get_export(Some(&iface), "run").ok_or_else(|| load_err(wasmtime::Error::msg("no `run` function")))?;
                 Entry::ComponentRun { pre, run }
             }
+            WorldKind::WasiHttp => Entry::Http(wasmtime_wasi_http::p2::bindings::sync::ProxyPre::new(pre).map_err(load_err)?),
         };
         Ok(LoadedFunction { spec, entry, tier, jit, load_time, link_time: t.elapsed() })
     }
 
-    /// Invoke `f` once on a fresh instance.
-    pub fn invoke(&self, f: &LoadedFunction, req: Request, opts: &InvokeOptions) -> Result<Invocation, RunError> {
+    /// A fresh store for one call of `f`: WASI context (captured stdio,
+    /// the declared preopens), memory limit, outbound policy.
+    fn new_store(&self, f: &LoadedFunction, opts: &InvokeOptions, memory_limit: u64) -> Result<(wasmtime::Store<Host>, MemoryOutputPipe, MemoryOutputPipe), RunError> {
         let name = &f.spec.name;
-        let max_input = opts.max_input.unwrap_or(f.spec.limits.max_input_bytes);
-        if req.body.len() as u64 > max_input {
-            return Err(RunError::InputTooLarge { function: name.clone(), size: req.body.len() as u64, limit: max_input });
-        }
-        let memory_limit = opts.memory_limit.unwrap_or(f.spec.limits.memory_bytes);
-        let timeout = f.deadline(opts);
-
         let stdout = MemoryOutputPipe::new(STDIO_CAPTURE_LIMIT);
         let stderr = MemoryOutputPipe::new(STDIO_CAPTURE_LIMIT);
         let mut wasi = WasiCtxBuilder::new();
@@ -333,10 +355,26 @@ impl Runtime {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: TotalMemory { limit: memory_limit.min(usize::MAX as u64) as usize, used: 0, hit: false },
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound: crate::wasi_http::Outbound::new(f.spec.outbound.clone()),
         };
         let mut store = wasmtime::Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limits);
+        Ok((store, stdout, stderr))
+    }
 
+    /// Invoke `f` once on a fresh instance.
+    pub fn invoke(&self, f: &LoadedFunction, req: Request, opts: &InvokeOptions) -> Result<Invocation, RunError> {
+        let name = &f.spec.name;
+        let max_input = opts.max_input.unwrap_or(f.spec.limits.max_input_bytes);
+        if req.body.len() as u64 > max_input {
+            return Err(RunError::InputTooLarge { function: name.clone(), size: req.body.len() as u64, limit: max_input });
+        }
+        let memory_limit = opts.memory_limit.unwrap_or(f.spec.limits.memory_bytes);
+        let timeout = f.deadline(opts);
+
+        let (mut store, stdout, stderr) = self.new_store(f, opts, memory_limit)?;
+        let denied = store.data().outbound.denied();
         let classify = |e: wasmtime::Error, stage: &str, limit_hit: bool| -> RunError {
             let trap = e.downcast_ref::<wasmtime::Trap>().copied();
             if trap == Some(wasmtime::Trap::Interrupt) {
@@ -396,10 +434,79 @@ impl Runtime {
                     }
                 }
             }
+            Entry::Http(pre) => {
+                let proxy = pre.instantiate(&mut store).map_err(|e| classify(e, "instantiate", store.data().limits.hit))?;
+                let instantiate_time = t.elapsed();
+                let t = Instant::now();
+                let (hreq, scheme) = match crate::wasi_http::to_hyper(req) {
+                    Ok(r) => r,
+                    Err(m) => {
+                        let inv = Invocation {
+                            result: Err(limes_sdk::Error::bad_request(m)),
+                            http: None,
+                            outbound_denied: 0,
+                            stdout: Vec::new(),
+                            stderr: Vec::new(),
+                            instantiate_time,
+                            call_time: Duration::ZERO,
+                        };
+                        return Ok(inv);
+                    }
+                };
+                use wasmtime_wasi_http::p2::bindings::http::types::Scheme as S;
+                use wasmtime_wasi_http::WasiHttpView;
+                let scheme = match scheme {
+                    limes_bundle::outbound::Scheme::Http => S::Http,
+                    limes_bundle::outbound::Scheme::Https => S::Https,
+                };
+                let internal = |e: wasmtime::Error| RunError::Trap { function: name.clone(), message: format!("{e:#}") };
+                // The body is drained while the guest writes it (a sync
+                // guest blocks once the body channel is full), by a task on
+                // wasmtime-wasi's runtime that the outparam starts.
+                type Pending = wasmtime_wasi::runtime::AbortOnDropJoinHandle<crate::wasi_http::Collected>;
+                let slot: std::sync::Arc<std::sync::Mutex<Option<Pending>>> = Default::default();
+                let slot2 = slot.clone();
+                let incoming = store.data_mut().http().new_incoming_request(scheme, hreq).map_err(internal)?;
+                let out = store
+                    .data_mut()
+                    .http()
+                    .new_response_outparam_from_callback(move |r| {
+                        *slot2.lock().unwrap() = Some(wasmtime_wasi::runtime::spawn(crate::wasi_http::collect(r)));
+                    })
+                    .map_err(internal)?;
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).map_err(|e| classify(e, "call", store.data().limits.hit))?;
+                // The store goes first: a body the guest never finished ends
+                // when its resources are dropped.
+                drop(store);
+                let pending = slot.lock().unwrap().take();
+                let collected = match pending {
+                    None => Err("the function returned without setting a response".to_string()),
+                    Some(p) => wasmtime_wasi::runtime::in_tokio(p),
+                };
+                let call_time = t.elapsed();
+                let (head, body) = collected.map_err(|message| RunError::Trap { function: name.clone(), message })?;
+                return Ok(Invocation {
+                    result: Ok(Response::new(body)),
+                    http: Some(head),
+                    outbound_denied: denied.load(std::sync::atomic::Ordering::Relaxed),
+                    stdout: stdout.contents().to_vec(),
+                    stderr: stderr.contents().to_vec(),
+                    instantiate_time,
+                    call_time,
+                });
+            }
         };
         let (instantiate_time, call_time, result) = result;
         drop(store);
-        Ok(Invocation { result, stdout: stdout.contents().to_vec(), stderr: stderr.contents().to_vec(), instantiate_time, call_time })
+        Ok(Invocation {
+            result,
+            http: None,
+            outbound_denied: denied.load(std::sync::atomic::Ordering::Relaxed),
+            stdout: stdout.contents().to_vec(),
+            stderr: stderr.contents().to_vec(),
+            instantiate_time,
+            call_time,
+        })
     }
 }
 
@@ -458,6 +565,7 @@ mod tests {
             export: "component:run/run".into(),
             limits: Limits { memory_bytes: 100 << 20, timeout_ms: 5000, max_input_bytes: 1024 },
             preopens: Vec::new(),
+            outbound: Default::default(),
         };
         let f = rt.link(spec, component, None, true, Duration::ZERO).unwrap();
         // Each memory (40 MiB) is under 100 MiB; together (160 MiB) they are not.

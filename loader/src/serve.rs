@@ -18,10 +18,10 @@ use crate::pool::{CallError, Pool, WorkerSpec};
 use crate::runtime::{FunctionSpec, InvokeOptions, LoadedFunction, RunError, Runtime, RuntimeOptions};
 use crate::store::Store;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get};
 use axum::Router;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -82,6 +82,50 @@ pub struct ServeOptions {
     pub vm: crate::microvm::VmOptions,
     /// What every load checks signatures against (none: nothing loads).
     pub anchors: crate::trust::Anchors,
+    /// Extra routes: a path prefix served by a function (`/` serves one
+    /// function at the root, as `wasmtime serve` does). The longest
+    /// matching prefix wins; `/functions/...`, `/healthz` and `/metrics`
+    /// keep their meaning.
+    pub routes: Vec<Route>,
+}
+
+/// `PREFIX=NAME` of `limes serve --route`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Starts with `/`, no trailing `/` except for the root itself.
+    pub prefix: String,
+    pub function: String,
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Route, String> {
+        let (prefix, function) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected PREFIX=NAME, e.g. /=hello or /api=hello"))?;
+        if !prefix.starts_with('/') || prefix.contains(['?', '#', '{', '}', '*']) {
+            return Err(format!("{prefix:?}: a route prefix is a path starting with `/`"));
+        }
+        if !limes_bundle::manifest::is_name(function) {
+            return Err(format!("{function:?} is not a function name"));
+        }
+        let prefix = if prefix.len() > 1 { prefix.trim_end_matches('/') } else { prefix };
+        Ok(Route { prefix: prefix.to_string(), function: function.to_string() })
+    }
+}
+
+impl Route {
+    /// The path below this route's prefix (`/` for the prefix itself), when
+    /// `path` is at or below it (on a segment boundary).
+    pub fn below<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if self.prefix == "/" {
+            return Some(path);
+        }
+        let rest = path.strip_prefix(self.prefix.as_str())?;
+        match rest {
+            "" => Some("/"),
+            r if r.starts_with('/') => Some(r),
+            _ => None,
+        }
+    }
 }
 
 impl Default for ServeOptions {
@@ -107,6 +151,7 @@ impl Default for ServeOptions {
             vm_pool: 2,
             vm: crate::microvm::VmOptions::default(),
             anchors: crate::trust::Anchors::from_keys(Default::default()),
+            routes: Vec::new(),
         }
     }
 }
@@ -139,6 +184,14 @@ struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
+    /// Outbound HTTP requests denied by the manifest's allow-list.
+    outbound_denied: Family<FunctionLabel, Counter>,
+}
+
+/// A label set of just the function.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
 }
 
 /// Reads worker replacements and microVM boots from the pools on each scrape.
@@ -234,8 +287,14 @@ impl Metrics {
             "Invocation latency (queue + execution); cold is the first invocation after a load.",
             latency.clone(),
         );
+        let outbound_denied = Family::<FunctionLabel, Counter>::default();
+        registry.register(
+            "limes_outbound_denied",
+            "Outbound HTTP requests of wasi:http functions denied because their origin is not in the manifest's allowed-outbound-hosts.",
+            outbound_denied.clone(),
+        );
         registry.register_collector(Box::new(PoolCounters(functions)));
-        Metrics { registry, requests, latency }
+        Metrics { registry, requests, latency, outbound_denied }
     }
 }
 
@@ -436,26 +495,57 @@ async fn read_body(app: &AppState, client: std::net::IpAddr, mut body: Body, lim
     Ok(Bytes::from(buf))
 }
 
-async fn invoke(
-    State(app): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    Query(query): Query<Vec<(String, String)>>,
-    request: axum::extract::Request,
-) -> Response {
+/// `/functions/{name}`: the function, at its root.
+async fn invoke(State(app): State<Arc<AppState>>, Path(name): Path<String>, request: axum::extract::Request) -> Response {
+    dispatch(app, name, "/".to_string(), request).await
+}
+
+/// `/functions/{name}/{*rest}`: a `wasi:http` function, below its root.
+async fn invoke_below(State(app): State<Arc<AppState>>, Path((name, rest)): Path<(String, String)>, request: axum::extract::Request) -> Response {
+    dispatch(app, name, format!("/{rest}"), request).await
+}
+
+/// Every other path: the `--route` with the longest matching prefix.
+async fn invoke_routed(State(app): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    let path = request.uri().path().to_string();
+    let best = app.opts.routes.iter().filter_map(|r| r.below(&path).map(|below| (r, below))).max_by_key(|(r, _)| r.prefix.len());
+    match best {
+        Some((r, below)) => dispatch(app.clone(), r.function.clone(), below.to_string(), request).await,
+        None => error_response(StatusCode::NOT_FOUND, "no-route", "no function is served at this path (POST /functions/NAME, or a --route)"),
+    }
+}
+
+async fn dispatch(app: Arc<AppState>, name: String, below: String, request: axum::extract::Request) -> Response {
     // Every log line of a request (its access-log line, the function's own
     // output) carries the request's id.
     let id = app.next_request.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("request", id, function = %name);
-    tracing::Instrument::instrument(invoke_in_span(app, name, query, request), span).await
+    tracing::Instrument::instrument(invoke_in_span(app, name, below, request), span).await
 }
 
-async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, String)>, request: axum::extract::Request) -> Response {
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1): never
+/// forwarded to a function or from it to the client.
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+fn is_hop_by_hop(name: &str, connection: &HeaderMap) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || connection.get_all(axum::http::header::CONNECTION).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(name)))
+}
+
+async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request: axum::extract::Request) -> Response {
     // Nothing of the body is read before the function and the declared size
     // have been checked.
     let found = app.functions.read().unwrap().get(&name).cloned();
     let Some(f) = found else {
         return error_response(StatusCode::NOT_FOUND, "unknown-function", &format!("no function {} is served", limes_bundle::untrusted(&name)));
     };
+    let is_http = f.spec.kind == limes_bundle::manifest::WorldKind::WasiHttp;
+    if !is_http && below != "/" {
+        return error_response(StatusCode::NOT_FOUND, "no-route", &format!("{name} is a limes function: it is served at /functions/{name} only"));
+    }
+    if !is_http && request.method() != axum::http::Method::POST && request.method() != axum::http::Method::GET {
+        return error_response(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "a limes function takes POST (or GET, with an empty body)");
+    }
     let limit = (f.spec.limits.max_input_bytes as usize).min(app.opts.max_body);
     let (parts, body) = request.into_parts();
     let client = parts.extensions.get::<ClientAddr>().map(|c| c.0).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
@@ -480,13 +570,34 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
     let permit = permit.expect("semaphore never closes");
     let mut req = limes_sdk::Request::new(body.to_vec());
     req.content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(String::from);
-    for (k, v) in &headers {
-        if let Ok(v) = v.to_str() {
-            req.metadata.push((k.as_str().to_ascii_lowercase(), v.to_string()));
+    if is_http {
+        // The request line as pseudo-headers (see `wasi_http`), then the
+        // end-to-end headers.
+        use crate::wasi_http::{AUTHORITY, METHOD, PATH, SCHEME};
+        let target = match parts.uri.query() {
+            Some(q) => format!("{below}?{q}"),
+            None => below.clone(),
+        };
+        let authority = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).map(String::from).unwrap_or_else(|| app.opts.listen.to_string());
+        req.metadata.push((METHOD.into(), parts.method.as_str().to_string()));
+        req.metadata.push((PATH.into(), target));
+        req.metadata.push((SCHEME.into(), "http".into()));
+        req.metadata.push((AUTHORITY.into(), authority));
+        for (k, v) in &headers {
+            if let (false, Ok(v)) = (is_hop_by_hop(k.as_str(), &headers), v.to_str()) {
+                req.metadata.push((k.as_str().to_string(), v.to_string()));
+            }
         }
-    }
-    for (k, v) in query {
-        req.metadata.push((k.to_ascii_lowercase(), v));
+    } else {
+        for (k, v) in &headers {
+            if let Ok(v) = v.to_str() {
+                req.metadata.push((k.as_str().to_ascii_lowercase(), v.to_string()));
+            }
+        }
+        let query = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
+        for (k, v) in query {
+            req.metadata.push((k.to_ascii_lowercase(), v));
+        }
     }
     if req.body.len() > limit {
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, "too-large", &format!("body exceeds {limit} bytes"));
@@ -495,7 +606,7 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
     let invoke = InvokeOptions { dirs: app.opts.dirs.clone(), timeout: app.opts.timeout, ..Default::default() };
     let deadline = app.opts.timeout.unwrap_or(Duration::from_millis(f.spec.limits.timeout_ms));
     let outcome: Outcome = match &f.exec {
-        Executor::Workers(pool) => call_workers(pool, &req, deadline, app.opts.queue_timeout, &name).await,
+        Executor::Workers(pool) => call_workers(&app, pool, &req, deadline, app.opts.queue_timeout, &name).await,
         Executor::MicroVm(pool) => call_vm(pool, req, deadline, app.opts.queue_timeout, &name).await,
         Executor::Auto { wasm, vm, router } => {
             let (mut backend, routing_to) = {
@@ -506,7 +617,7 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
             vm.background.store(routing_to == Backend::Wasm, Ordering::Relaxed);
             let t = Instant::now();
             let mut outcome = match backend {
-                Backend::Wasm => call_workers(wasm, &req, deadline, app.opts.queue_timeout, &name).await,
+                Backend::Wasm => call_workers(&app, wasm, &req, deadline, app.opts.queue_timeout, &name).await,
                 // No waiting for a VM to boot: with none ready, Wasm answers.
                 Backend::MicroVm => call_vm(vm, req.clone(), deadline, Duration::ZERO, &name).await,
             };
@@ -514,7 +625,7 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
                 // No VM was ready: the try did not happen, so it is not due later.
                 router.lock().unwrap().next_try = None;
                 backend = Backend::Wasm;
-                outcome = call_workers(wasm, &req, deadline, app.opts.queue_timeout, &name).await;
+                outcome = call_workers(&app, wasm, &req, deadline, app.opts.queue_timeout, &name).await;
             }
             // Only answers count: a fault says nothing about the backend.
             if outcome.is_ok() {
@@ -544,7 +655,11 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
                 }
                 Ok(Ok(inv)) => {
                     log_guest_output(&name, &inv.stdout, &inv.stderr);
-                    Ok(inv.result)
+                    count_denied(&app, &name, inv.outbound_denied);
+                    Ok(match (inv.http, inv.result) {
+                        (Some(head), Ok(r)) => Answer::Http(head, r.body),
+                        (_, result) => Answer::Limes(result),
+                    })
                 }
             }
         }
@@ -564,7 +679,8 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
             tracing::warn!(function = %name, kind, error = %escape_log(&message), "invocation failed");
             error_response(status, kind, &message)
         }
-        Ok(result) => match result {
+        Ok(Answer::Http(head, body)) => http_answer(&name, head, body),
+        Ok(Answer::Limes(result)) => match result {
             Ok(r) => {
                 let ct = r.content_type.unwrap_or_else(|| "application/octet-stream".into());
                 (StatusCode::OK, [("content-type", ct)], r.body).into_response()
@@ -586,11 +702,48 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, query: Vec<(String, St
     resp
 }
 
+/// What a function answered.
+enum Answer {
+    /// A limes function's result.
+    Limes(Result<limes_sdk::Response, limes_sdk::Error>),
+    /// A `wasi:http` function's status, headers and body.
+    Http(crate::wasi_http::HttpHead, Vec<u8>),
+}
+
 /// What a request resolved to: the function's answer, or an HTTP error
 /// (status, kind, message).
-type Outcome = Result<Result<limes_sdk::Response, limes_sdk::Error>, (StatusCode, &'static str, String)>;
+type Outcome = Result<Answer, (StatusCode, &'static str, String)>;
 
-async fn call_workers(pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Duration, queue: Duration, name: &str) -> Outcome {
+/// A `wasi:http` function's answer as the client gets it: its status and
+/// end-to-end headers (hop-by-hop ones and a stale length dropped: hyper
+/// frames the body it was given).
+fn http_answer(name: &str, head: crate::wasi_http::HttpHead, body: Vec<u8>) -> Response {
+    let Ok(status) = StatusCode::from_u16(head.status) else {
+        return error_response(StatusCode::BAD_GATEWAY, "bad-response", &format!("{name} answered with the invalid status {}", head.status));
+    };
+    let mut out = Response::new(Body::from(body));
+    *out.status_mut() = status;
+    let mut listed = HeaderMap::new();
+    for (k, v) in &head.headers {
+        if let (Ok(k), Ok(v)) = (axum::http::HeaderName::from_bytes(k.as_bytes()), axum::http::HeaderValue::from_str(v)) {
+            listed.append(k, v);
+        }
+    }
+    for (k, v) in &listed {
+        if !is_hop_by_hop(k.as_str(), &listed) && k != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+fn count_denied(app: &AppState, name: &str, n: u32) {
+    if n > 0 {
+        app.metrics.outbound_denied.get_or_create(&FunctionLabel { function: name.to_string() }).inc_by(n.into());
+    }
+}
+
+async fn call_workers(app: &AppState, pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Duration, queue: Duration, name: &str) -> Outcome {
     let payload = limes_sdk::frame::encode_request(req);
     match pool.call(payload, deadline, queue).await {
         Err(CallError::Busy) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "all workers are busy; retry later".into())),
@@ -602,6 +755,10 @@ async fn call_workers(pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Dura
         }
         Ok(reply) => {
             log_guest_output(name, &reply.stdout, &reply.stderr);
+            count_denied(app, name, reply.meta.outbound_denied);
+            if let (None, Some(head)) = (&reply.meta.error, reply.meta.http) {
+                return Ok(Answer::Http(head, reply.response));
+            }
             match reply.meta.error {
                 Some(e) => {
                     let status = match e.kind.as_str() {
@@ -612,6 +769,7 @@ async fn call_workers(pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Dura
                     Err((status, leak_kind(&e.kind), e.message))
                 }
                 None => limes_sdk::frame::decode_response(&reply.response)
+                    .map(Answer::Limes)
                     .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad answer from the worker: {e}"))),
             }
         }
@@ -631,7 +789,7 @@ async fn call_vm(pool: &Arc<crate::pool::VmPool>, req: limes_sdk::Request, deadl
         Ok(Err(crate::pool::VmCallError::Vm(e))) => Err((StatusCode::INTERNAL_SERVER_ERROR, "microvm", format!("{name}: {e}"))),
         Ok(Ok(o)) => {
             tracing::debug!(function = %name, exec_us = o.exec_time.as_micros() as u64, "microVM answered");
-            Ok(o.result)
+            Ok(Answer::Limes(o.result))
         }
     }
 }
@@ -888,9 +1046,13 @@ pub async fn serve(
     served.sort();
     let router = Router::new()
         // GET: an empty body (a function that needs no input, from a browser).
-        .route("/functions/{name}", post(invoke).get(invoke))
+        // Any method: a wasi:http function takes them all (a limes function
+        // POST, or GET with an empty body; others get 405).
+        .route("/functions/{name}", any(invoke))
+        .route("/functions/{name}/{*rest}", any(invoke_below))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .fallback(invoke_routed)
         .with_state(app);
     on_ready(addr, &served);
     accept_loop(listener, router, max_connections, header_timeout, shutdown).await;

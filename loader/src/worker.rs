@@ -41,6 +41,13 @@ pub struct ReplyMeta {
     pub stdout_len: u32,
     #[serde(default)]
     pub stderr_len: u32,
+    /// A `wasi:http` function's status and headers (`response` is then its
+    /// raw body, not an encoded limes response).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::wasi_http::HttpHead>,
+    /// Outbound requests denied during the call.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outbound_denied: u32,
     #[serde(default)]
     pub instantiate_us: u64,
     #[serde(default)]
@@ -71,6 +78,10 @@ impl WorkerError {
         };
         WorkerError { kind: kind.into(), message: e.to_string() }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One decoded reply.
@@ -152,9 +163,18 @@ pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, ou
         };
         let payload = match rt.invoke(&loaded, req, &invoke) {
             Ok(inv) => {
-                let meta =
-                    ReplyMeta { instantiate_us: inv.instantiate_time.as_micros() as u64, call_us: inv.call_time.as_micros() as u64, ..Default::default() };
-                encode_reply(&meta, &frame::encode_response(&inv.result), &inv.stdout, &inv.stderr)
+                let meta = ReplyMeta {
+                    instantiate_us: inv.instantiate_time.as_micros() as u64,
+                    call_us: inv.call_time.as_micros() as u64,
+                    outbound_denied: inv.outbound_denied,
+                    http: inv.http.clone(),
+                    ..Default::default()
+                };
+                let response = match (&inv.http, &inv.result) {
+                    (Some(_), Ok(r)) => r.body.clone(),
+                    _ => frame::encode_response(&inv.result),
+                };
+                encode_reply(&meta, &response, &inv.stdout, &inv.stderr)
             }
             Err(e) => encode_reply(&ReplyMeta { error: Some(WorkerError::of(&e)), ..Default::default() }, &[], &[], &[]),
         };

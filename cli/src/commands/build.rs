@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 
-/// Build a function crate into a bundle.
+/// Build a function crate (or a prebuilt component) into a bundle.
 ///
 /// Compiles the crate for wasm32-wasip2, checks that the component exports
 /// the limes world and imports only WASI 0.2, precompiles it with Wasmtime
@@ -15,11 +15,13 @@ use std::path::PathBuf;
 /// cached: a build with no change rewrites nothing.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  limes-pack build hello --sign limes.key\n  limes-pack build --manifest-path fns/Cargo.toml -p hello --tier x86-64-v3\n  LIMES_SIGN=env:LIMES_KEY limes-pack build --locked --json"
+    after_help = "Examples:\n  limes-pack build hello --sign limes.key\n  limes-pack build --manifest-path fns/Cargo.toml -p hello --tier x86-64-v3\n  limes-pack build --component app.wasm --name app --version 1.0.0 --allow-outbound https://api.example.com\n  LIMES_SIGN=env:LIMES_KEY limes-pack build --locked --json"
 )]
 pub struct BuildCommand {
     #[command(flatten)]
     krate: CrateArgs,
+    #[command(flatten)]
+    prebuilt: PrebuiltArgs,
     #[command(flatten)]
     cargo: CargoFlags,
     /// CPU tiers to precompile (repeat or comma-separate): x86-64,
@@ -50,6 +52,39 @@ pub struct BuildCommand {
     /// (`--image linux`); by default the kernel is a device-side setting.
     #[arg(long, value_name = "PATH", conflicts_with = "no_microvm")]
     kernel: Option<PathBuf>,
+}
+
+/// A component built elsewhere (componentize-js, TinyGo, wasm-tools, ...):
+/// validated, precompiled, bundled and signed like a crate's, with what a
+/// crate's `[package.metadata.limes]` would say given here.
+#[derive(Args)]
+#[command(next_help_heading = "Prebuilt component")]
+struct PrebuiltArgs {
+    /// Ship this WebAssembly component instead of building a crate: it must
+    /// export limes:function/handler or wasi:http/incoming-handler@0.2 and
+    /// import only what limes provides. Needs --name and --version.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["path", "manifest_path", "package"], requires_all = ["name", "version"])]
+    component: Option<PathBuf>,
+    /// The function's name (with --component).
+    #[arg(long, value_name = "NAME", requires = "component")]
+    name: Option<String>,
+    /// The function's version (with --component).
+    #[arg(long = "version", id = "version", value_name = "VERSION", requires = "component")]
+    version: Option<String>,
+    /// An origin the function may call through wasi:http/outgoing-handler,
+    /// `scheme://host[:port]` (repeat; with --component; a crate declares
+    /// `allowed-outbound-hosts` in its metadata).
+    #[arg(long = "allow-outbound", value_name = "ORIGIN", requires = "component")]
+    allow_outbound: Vec<String>,
+    /// Memory limit of one instance, MiB (with --component).
+    #[arg(long, value_name = "MIB", requires = "component")]
+    memory_limit_mib: Option<u64>,
+    /// Wall-time limit of one call, ms (with --component).
+    #[arg(long, value_name = "MS", requires = "component")]
+    timeout_ms: Option<u64>,
+    /// Largest request body, MiB (with --component).
+    #[arg(long, value_name = "MIB", requires = "component")]
+    max_input_mib: Option<u64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -91,7 +126,25 @@ impl BuildCommand {
                 (None, None) => limes_bundle::manifest::ImageKind::Hermit,
             },
         };
-        let out = limes_build::build(&opts, ui)?;
+        let out = match &self.prebuilt.component {
+            None => limes_build::build(&opts, ui)?,
+            Some(component) => {
+                let p = &self.prebuilt;
+                let meta = limes_build::project::LimesMetadata {
+                    tiers: (!self.tier.is_empty()).then(|| self.tier.clone()),
+                    memory_limit_mib: p.memory_limit_mib,
+                    timeout_ms: p.timeout_ms,
+                    max_input_mib: p.max_input_mib,
+                    allowed_outbound_hosts: p.allow_outbound.clone(),
+                    ..Default::default()
+                };
+                // Output beside the caller's other builds: ./target/limes.
+                let target = std::env::current_dir().context("the current directory")?.join("target");
+                let (name, version) = (p.name.as_deref().unwrap_or_default(), p.version.as_deref().unwrap_or_default());
+                let project = limes_build::Project::prebuilt(component, name, version, meta, &target)?;
+                limes_build::pipeline::build_project(project, &opts, ui)?
+            }
+        };
         let m = &out.manifest;
         let json = serde_json::json!({
             "ok": true,

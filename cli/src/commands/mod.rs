@@ -16,6 +16,9 @@ use clap::Subcommand;
 #[derive(Subcommand)]
 pub enum Command {
     New(new::NewCommand),
+    // `--version` here is a prebuilt component's version (see PrebuiltArgs);
+    // `limes-pack --version` still prints ours.
+    #[command(disable_version_flag = true)]
     Build(build::BuildCommand),
     Run(run::RunCommand),
     Native(native::NativeCommand),

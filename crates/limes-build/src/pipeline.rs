@@ -259,18 +259,39 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
         crate::isolate::become_subreaper().map_err(BuildError::Isolate)?;
     }
 
-    progress.step(&format!("compiling {} for {}", project.package_name, compile::WASM_TARGET));
-    let t = Instant::now();
-    let mut built = None;
-    progress.suspend(&mut || built = Some(compile::build_component(&project, &opts.cargo)));
-    let built = built.expect("suspend runs its closure")?;
-    timings.cargo = t.elapsed();
+    let (built, wasm) = match &project.prebuilt {
+        Some(path) => {
+            progress.step(&format!("reading the component {}", path.display()));
+            let wasm = std::fs::read(path).map_err(io_err(path))?;
+            (path.clone(), wasm)
+        }
+        None => {
+            progress.step(&format!("compiling {} for {}", project.package_name, compile::WASM_TARGET));
+            let t = Instant::now();
+            let mut built = None;
+            progress.suspend(&mut || built = Some(compile::build_component(&project, &opts.cargo)));
+            let built = built.expect("suspend runs its closure")?;
+            timings.cargo = t.elapsed();
+            let wasm = std::fs::read(&built).map_err(io_err(&built))?;
+            (built, wasm)
+        }
+    };
 
     progress.step("validating component");
     let t = Instant::now();
-    let wasm = std::fs::read(&built).map_err(io_err(&built))?;
     let info = validate::validate_component(&wasm, &built.display().to_string())?;
     timings.validate = t.elapsed();
+    // The microVM image is the same function built natively against the
+    // limes SDK's frame protocol: a component from elsewhere, or one that
+    // speaks wasi:http, has no such build.
+    let native = project.prebuilt.is_none() && info.kind != limes_bundle::manifest::WorldKind::WasiHttp;
+    if opts.microvm && !native {
+        progress.step(if project.prebuilt.is_some() {
+            "no microVM image: a prebuilt component has no native build"
+        } else {
+            "no microVM image: a wasi:http function has no native build (limes serves it as Wasm)"
+        });
+    }
 
     let out_dir = opts.out_dir.clone().unwrap_or_else(|| project.target_dir.join("limes"));
     std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
@@ -279,7 +300,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
         aot::write_atomic(&component_out, &wasm).map_err(io_err(&component_out))?;
     }
 
-    let image = match (opts.microvm, opts.image) {
+    let image = match (opts.microvm && native, opts.image) {
         (false, _) => None,
         (true, ImageKind::Linux) => {
             progress.step(&format!("building the microVM image ({})", crate::microvm::MICROVM_TARGET));
@@ -365,6 +386,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
         engine: EngineInfo { wasmtime: WASMTIME_VERSION.into(), profile_digest: profile.digest(), profile },
         limits: project.limits(),
         preopens: project.preopens(),
+        allowed_outbound_hosts: project.meta.allowed_outbound_hosts.clone(),
         component: COMPONENT_PATH.into(),
         aot: aot_out
             .iter()
@@ -403,12 +425,24 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
         }),
         files: archive::file_entries(&files)?,
         provenance: Provenance {
-            source_digest: source_digest(&project.package_dir)?,
-            rustc: command_line("rustc", &["-V"], &project.package_dir).unwrap_or_else(|| "unknown".into()),
+            // A prebuilt component's source is its bytes (the directory it
+            // sits in says nothing about them).
+            source_digest: match &project.prebuilt {
+                Some(_) => limes_bundle::sha256_hex(&wasm),
+                None => source_digest(&project.package_dir)?,
+            },
+            rustc: match &project.prebuilt {
+                Some(_) => "none (prebuilt component)".into(),
+                None => command_line("rustc", &["-V"], &project.package_dir).unwrap_or_else(|| "unknown".into()),
+            },
             limes_pack: env!("CARGO_PKG_VERSION").into(),
-            git_commit: git_commit(&project.package_dir),
+            git_commit: project.prebuilt.is_none().then(|| git_commit(&project.package_dir)).flatten(),
             source_date_epoch: epoch,
             dependencies: project.dependencies.clone(),
+            prebuilt: project.prebuilt.as_ref().map(|p| limes_bundle::manifest::Prebuilt {
+                file: p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                sha256: limes_bundle::sha256_hex(&wasm),
+            }),
         },
     };
     manifest.validate()?;

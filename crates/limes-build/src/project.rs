@@ -23,6 +23,11 @@ pub struct LimesMetadata {
     #[serde(default)]
     pub features: Vec<String>,
     pub microvm: Option<MicroVmMeta>,
+    /// Origins the function may call through `wasi:http/outgoing-handler`
+    /// (`scheme://host[:port]`; see `limes_bundle::outbound`). Signed into
+    /// the manifest; everything else is denied on the device.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +62,9 @@ pub struct Project {
     /// `name version` of every package in the resolved graph except this one.
     pub dependencies: Vec<String>,
     pub uses_sdk: bool,
+    /// A component built elsewhere (`limes-pack build --component`): no
+    /// crate, no cargo; the file is validated and shipped as it is.
+    pub prebuilt: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +116,29 @@ fn dependency_closure(md: &Metadata, root: &cargo_metadata::PackageId) -> Vec<St
 }
 
 impl Project {
+    /// A component built elsewhere, described by the builder instead of a
+    /// crate: `name`, `version` and `meta` (limits, tiers, outbound hosts)
+    /// as a crate's metadata would give them. Output goes to `target_dir/limes`.
+    pub fn prebuilt(component: &Path, name: &str, version: &str, meta: LimesMetadata, target_dir: &Path) -> Result<Project, ProjectError> {
+        let dir = component.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let project = Project {
+            package_name: name.to_string(),
+            version: version.to_string(),
+            description: None,
+            function_name: meta.name.clone().unwrap_or_else(|| name.to_string()),
+            manifest_path: component.to_path_buf(),
+            package_dir: dir.clone(),
+            workspace_root: dir,
+            target_dir: target_dir.to_path_buf(),
+            meta,
+            dependencies: Vec::new(),
+            uses_sdk: false,
+            prebuilt: Some(component.to_path_buf()),
+        };
+        project.check_meta()?;
+        Ok(project)
+    }
+
     /// Locate the crate. `path` is a directory or a `Cargo.toml`.
     pub fn discover(path: &Path, package: Option<&str>, cargo_args: &[String]) -> Result<Project, ProjectError> {
         // Like cargo: from a directory, the nearest Cargo.toml at or above it
@@ -175,6 +206,7 @@ impl Project {
             meta,
             dependencies,
             uses_sdk,
+            prebuilt: None,
         };
         project.check_meta()?;
         Ok(project)
@@ -194,6 +226,9 @@ impl Project {
             return bad(format!("version {:?} is not a plain version", limes_bundle::untrusted(&self.version)));
         }
         self.tiers(&[])?;
+        if let Err(e) = limes_bundle::outbound::parse_list(&self.meta.allowed_outbound_hosts) {
+            return bad(e);
+        }
         for p in &self.meta.preopens {
             if !p.guest_path.starts_with('/') {
                 return bad(format!("preopen guest-path {:?} must be absolute", p.guest_path));

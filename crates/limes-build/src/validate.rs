@@ -10,6 +10,11 @@ pub const FUNCTION_WIT: &str = include_str!("../../../wit/function.wit");
 pub const HANDLER_INTERFACE: &str = "limes:function/handler";
 pub const WORLD_VERSION: &str = "0.1.0";
 const STUDY_INTERFACE: &str = "component:run/run";
+/// The standard HTTP handler (`wasi:http/proxy`'s export).
+pub const HTTP_INTERFACE: &str = "wasi:http/incoming-handler";
+/// The WASI 0.2 packages the loader links (wasmtime-wasi's p2 host and
+/// wasmtime-wasi-http): an import of any other package could never load.
+const PROVIDED_WASI: &[&str] = &["wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/", "wasi:http/"];
 
 /// What validation learned about a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,16 +31,16 @@ pub enum ValidateError {
     #[error("{0} is not a WebAssembly component ({1}); build it for wasm32-wasip2 as a cdylib")]
     NotAComponent(String, String),
     #[error(
-        "{what} is not a limes function: it exports no `{HANDLER_INTERFACE}` (found exports [{found}]). \
+        "{what} is not a limes function: it exports neither `{HANDLER_INTERFACE}` nor `{HTTP_INTERFACE}@0.2` (found exports [{found}]). \
          Write `pub fn handle(req: limes_sdk::Request) -> Result<limes_sdk::Response, limes_sdk::Error>` \
-         and add `limes_sdk::export!(handle);` to the crate's lib.rs (see `limes-pack new`)"
+         and add `limes_sdk::export!(handle);` to the crate's lib.rs, or export wasi:http (see `limes-pack new --template http`)"
     )]
     WrongWorld { what: String, found: String },
     #[error("{what}: exported `{export}` is incompatible with limes:function@{WORLD_VERSION}: {detail}")]
     IncompatibleTypes { what: String, export: String, detail: String },
     #[error(
-        "{what} imports {imports:?}, which no limes host provides (only WASI 0.2 interfaces are allowed); \
-         remove the dependency that pulls them in"
+        "{what} imports {imports:?}, which no limes host provides (only WASI 0.2's cli, clocks, filesystem, io, \
+         random, sockets and http are); remove the dependency that pulls them in"
     )]
     ForbiddenImports { what: String, imports: Vec<String> },
 }
@@ -62,7 +67,7 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
 fn is_allowed_import(name: &str) -> bool {
     let (base, version) = split_version(name);
     let v02 = version.is_some_and(|v| v.starts_with("0.2."));
-    (base.starts_with("wasi:") && v02)
+    (PROVIDED_WASI.iter().any(|p| base.starts_with(p)) && v02)
         // Types-only interface of our own world (records used by the handler).
         || (base == "limes:function/types" && version.is_some_and(|v| v.starts_with("0.1.")))
 }
@@ -98,6 +103,17 @@ pub fn validate_component(wasm: &[u8], what: &str) -> Result<ComponentInfo, Vali
         if base == HANDLER_INTERFACE && version.is_some_and(|v| v.starts_with("0.1.")) {
             check_handler(&resolve, *id).map_err(|detail| ValidateError::IncompatibleTypes { what: what.into(), export: name.clone(), detail })?;
             return Ok(ComponentInfo { kind: WorldKind::Limes, export: name.clone(), imports });
+        }
+        if base == HTTP_INTERFACE && version.is_some_and(|v| v.starts_with("0.2.")) {
+            let f = resolve.interfaces[*id].functions.get("handle");
+            if f.is_none_or(|f| f.params.len() != 2 || f.result.is_some()) {
+                return Err(ValidateError::IncompatibleTypes {
+                    what: what.into(),
+                    export: name.clone(),
+                    detail: "`handle` must be `func(request: incoming-request, response-out: response-outparam)`".into(),
+                });
+            }
+            return Ok(ComponentInfo { kind: WorldKind::WasiHttp, export: name.clone(), imports });
         }
         if base == STUDY_INTERFACE {
             check_study(&resolve, *id).map_err(|detail| ValidateError::IncompatibleTypes { what: what.into(), export: name.clone(), detail })?;
@@ -244,6 +260,8 @@ mod tests {
         assert!(is_allowed_import("wasi:filesystem/preopens@0.2.0"));
         assert!(is_allowed_import("limes:function/types@0.1.0"));
         assert!(!is_allowed_import("wasi:http/outgoing-handler@0.3.0"));
+        assert!(is_allowed_import("wasi:http/outgoing-handler@0.2.4"));
+        assert!(!is_allowed_import("wasi:keyvalue/store@0.2.0"));
         assert!(!is_allowed_import("acme:db/query@1.0.0"));
         assert!(!is_allowed_import("func host-log"));
     }

@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod keys;
 pub mod manifest;
+pub mod outbound;
 pub mod profile;
 
 pub use archive::{BundleLimits, VerifiedBundle};

@@ -55,6 +55,11 @@ pub struct Manifest {
     pub limits: Limits,
     #[serde(default)]
     pub preopens: Vec<Preopen>,
+    /// Origins (`scheme://host[:port]`, host may start with `*.`) the
+    /// function may call through `wasi:http/outgoing-handler`; every other
+    /// outbound request is denied. Empty: no outbound HTTP at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
     /// Path of the component inside the bundle.
     pub component: String,
     /// One precompiled artifact per CPU tier.
@@ -85,6 +90,9 @@ pub enum WorldKind {
     Limes,
     /// The Limes study's `component:run/run` (`run: func(args: string) -> string`).
     ComponentRun,
+    /// The standard `wasi:http/incoming-handler@0.2.x` (the `wasi:http/proxy`
+    /// world): the whole HTTP request in, status, headers and body out.
+    WasiHttp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +223,21 @@ pub struct Provenance {
     /// `name version` of the function crate's resolved dependencies.
     #[serde(default)]
     pub dependencies: Vec<String>,
+    /// Where the component came from when it was not compiled from a crate
+    /// by this build (`limes-pack build --component`): the file name given
+    /// and the SHA-256 of its bytes. `None`: built from `source_digest`'s crate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prebuilt: Option<Prebuilt>,
+}
+
+/// A component built elsewhere (any language) and shipped as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prebuilt {
+    /// The file name it was given as (no directories: those say nothing
+    /// about the bytes and would make builds differ by checkout).
+    pub file: String,
+    pub sha256: String,
 }
 
 /// Whether `p` is a path limes writes into bundles: 1 to 3 components of
@@ -374,6 +397,7 @@ impl Manifest {
                 listed(k, "kernel")?;
             }
         }
+        crate::outbound::parse_list(&self.allowed_outbound_hosts).map_err(BundleError::Manifest)?;
         for p in &self.preopens {
             if !is_name(&p.name) || !p.guest_path.starts_with('/') || p.guest_path.contains("..") {
                 return bad(format!("preopen {:?} -> {:?} is invalid", p.name, p.guest_path));
@@ -407,7 +431,9 @@ pub(crate) mod tests {
                 git_commit: None,
                 source_date_epoch: 0,
                 dependencies: vec![],
+                prebuilt: None,
             },
+            allowed_outbound_hosts: vec![],
         }
     }
 

@@ -18,13 +18,18 @@ use std::time::Duration;
 /// deadline is answered 504 and its worker replaced.
 ///
 /// `POST /functions/NAME` runs NAME on a fresh instance with the body as
-/// input (headers and query parameters become metadata); `GET /healthz`;
+/// input (headers and query parameters become metadata); a wasi:http
+/// function gets the whole request at `/functions/NAME/...` (any method,
+/// the path below its root, query, headers, body) and answers with its own
+/// status and headers; `--route` serves a function at a path of your
+/// choice. Outbound HTTP goes only to the origins its manifest lists;
+/// `GET /healthz`;
 /// `GET /metrics` (Prometheus text: counts by status, cold/warm latency).
 /// Prints `listening on ADDR` once ready; SIGINT/SIGTERM stop accepting and
 /// finish the requests in flight.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  limes serve --listen 127.0.0.1:8080\n  limes serve --function hello --workers 8 --timeout-ms 2000\n  curl -X POST --data-binary @photo.jpg http://127.0.0.1:8080/functions/image > out.jpg"
+    after_help = "Examples:\n  limes serve --listen 127.0.0.1:8080\n  limes serve --function hello --workers 8 --timeout-ms 2000\n  curl -X POST --data-binary @photo.jpg http://127.0.0.1:8080/functions/image > out.jpg\n  limes serve --route /=hello   # a wasi:http function at the root: curl http://127.0.0.1:8080/any/path"
 )]
 pub struct ServeCommand {
     /// Address to listen on (port 0 picks a free port).
@@ -99,6 +104,13 @@ pub struct ServeCommand {
     /// in the server and in each worker, checks the function's signature.
     #[arg(long, value_name = "KEY|DIR")]
     trust: Vec<PathBuf>,
+    /// Also serve function NAME at path PREFIX and below (repeatable):
+    /// `--route /=hello` serves hello at the root, as `wasmtime serve`
+    /// does; a wasi:http function gets the path below the prefix. The
+    /// longest matching prefix wins; /functions/..., /healthz and /metrics
+    /// keep their meaning.
+    #[arg(long = "route", value_name = "PREFIX=NAME")]
+    routes: Vec<limes::serve::Route>,
 }
 
 impl ServeCommand {
@@ -125,7 +137,9 @@ impl ServeCommand {
             vm_pool: self.vm_pool,
             vm: limes::microvm::VmOptions { kernel: self.kernel.clone(), accel: self.accel, ..Default::default() },
             anchors: limes::trust::Anchors::from_keys(Default::default()),
+            routes: self.routes.clone(),
         };
+        let routes = self.routes.clone();
         let store = Store::open(&ctx.store)?;
         let opts = ServeOptions { anchors: super::anchors(ctx, &self.trust, &store)?, ..opts };
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
@@ -150,7 +164,10 @@ impl ServeCommand {
                         eprintln!("no function is installed yet; installs are picked up while serving");
                     }
                     for name in served {
-                        eprintln!("  {name}: POST http://{addr}/functions/{name}");
+                        eprintln!("  {name}: http://{addr}/functions/{name}");
+                    }
+                    for r in &routes {
+                        eprintln!("  {}: http://{addr}{}{}", r.function, r.prefix, if served.contains(&r.function) { "" } else { " (not installed yet)" });
                     }
                 },
                 shutdown,
