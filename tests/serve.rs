@@ -20,8 +20,15 @@ impl Drop for Server {
     }
 }
 
+/// A `limes serve` on a free port (its log level: `$TEST_SERVE_LOG`, default error).
 fn start(store: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = limes_cmd(store).args(["serve", "--listen", "127.0.0.1:0"]).args(extra).env("RUST_LOG", "error").stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = limes_cmd(store)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", std::env::var("TEST_SERVE_LOG").unwrap_or("error".into()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let addr = listening_addr(&mut child);
     Server { addr, child }
 }
@@ -469,4 +476,113 @@ fn guest_output_cannot_forge_log_lines() {
     assert!(log.contains(r"\u{1b}[2K"), "the escape is shown escaped:\n{log}");
     // At start, serve said where each function answers.
     assert!(log.contains(&format!("faulty: POST http://{addr}/functions/faulty")), "{log}");
+}
+
+/// A loopback HTTP upstream answering every request `203 upstream:PATH`;
+/// counts the connections it accepted.
+fn upstream(addr: &str) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("the test upstream needs {addr}: {e}"));
+    let a = l.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // The whole request (a chunked body ends with an empty chunk)
+            // before answering: closing earlier resets the client's send.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&got).to_lowercase();
+                let done = match text.split_once("\r\n\r\n") {
+                    Some((h, rest)) if h.contains("transfer-encoding: chunked") => rest.ends_with("0\r\n\r\n"),
+                    Some((h, rest)) => {
+                        let len = h.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+                        rest.len() >= len
+                    }
+                    None => false,
+                };
+                if done {
+                    break;
+                }
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&got).to_string();
+            let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+            let body = format!("upstream:{path}");
+            let _ = write!(s, "HTTP/1.1 203 Non-Authoritative Information\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (a, hits)
+}
+
+/// Raw HTTP/1.1 exchange: the whole response head (lower-cased) and body.
+fn http_raw(addr: SocketAddr, request: &str) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response has headers");
+    (String::from_utf8_lossy(&raw[..split]).to_lowercase(), raw[split + 4..].to_vec())
+}
+
+#[test]
+fn wasi_http_functions_get_the_whole_request_and_call_only_listed_hosts() {
+    // The pack's manifest allows http://127.0.0.1:18999 and nothing else.
+    let (listed, _) = upstream("127.0.0.1:18999");
+    let (unlisted, unlisted_hits) = upstream("127.0.0.1:0");
+    let key = test_key();
+    let d = tempdir();
+    let store = d.path().join("store");
+    let built = build_signed(&pack("http"), &key, d.path());
+    let m = &built.manifest;
+    assert_eq!(m.world.kind, limes_bundle::manifest::WorldKind::WasiHttp);
+    assert_eq!(m.allowed_outbound_hosts, ["http://127.0.0.1:18999"]);
+    assert!(m.microvm.is_none(), "a wasi:http function has no native build, so no microVM image");
+    install(&store, &built.bundle, &key);
+    let server = start(&store, &["--route", "/=http-hello", "--route", "/api=http-hello"]);
+    let a = server.addr;
+
+    // Method, path below the route and query reach the function; its
+    // status and headers reach the client.
+    let (head, body) = http_raw(a, "PUT /functions/http-hello/a/b?x=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-limes-example: http"), "{head}");
+    assert_eq!(String::from_utf8_lossy(&body), "{\"method\":\"PUT\",\"path\":\"/a/b\",\"query\":\"x=1\"}\n");
+    for (path, seen) in [("/deep/path?y=2", "/deep/path"), ("/api/v1", "/v1"), ("/api", "/"), ("/apix", "/apix")] {
+        let (s, body) = http(a, "DELETE", path, b"");
+        assert_eq!(s, 200, "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((v["method"].as_str(), v["path"].as_str()), (Some("DELETE"), Some(seen)), "{path}");
+    }
+    let (head, body) =
+        http_raw(a, "POST /functions/http-hello/echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Type: text/x-test\r\nContent-Length: 5\r\n\r\nhello");
+    assert!(head.contains("content-type: text/x-test"), "{head}");
+    assert_eq!(body, b"hello");
+    // /healthz and /metrics keep their meaning under a root route.
+    assert_eq!(http(a, "GET", "/healthz", b"").0, 200);
+
+    // Outbound: the listed origin answers; another is denied inside the
+    // guest (wasi:http's HTTP-request-denied), never connected to, counted.
+    let (s, body) = http(a, "GET", &format!("/fetch?url=http://{listed}/hi"), b"");
+    assert_eq!((s, String::from_utf8_lossy(&body).to_string()), (203, "upstream:/hi".to_string()));
+    let (s, body) = http(a, "GET", &format!("/fetch?url=http://{unlisted}/secret"), b"");
+    assert_eq!(s, 502);
+    assert!(String::from_utf8_lossy(&body).contains("HttpRequestDenied"), "{}", String::from_utf8_lossy(&body));
+    let (s, _) = http(a, "GET", &format!("/fetch?url=http://localhost:{}/hi", listed.port()), b"");
+    assert_eq!(s, 502, "the allow-list names 127.0.0.1, not localhost");
+    assert_eq!(unlisted_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(metric(a, "limes_outbound_denied_total{function=\"http-hello\"}"), Some(2.0));
+
+    // `limes run` gives the same function a request of its own.
+    let out = ok(limes_cmd(&store).args(["--json", "run", "http-hello", "-X", "patch", "--path", "/r?q=1"]));
+    let v = json(&out);
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["body_utf8"], "{\"method\":\"PATCH\",\"path\":\"/r\",\"query\":\"q=1\"}\n");
 }

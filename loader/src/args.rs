@@ -38,12 +38,50 @@ pub struct RequestArgs {
     /// Request content type.
     #[arg(long, value_name = "MIME")]
     pub content_type: Option<String>,
+    /// HTTP method, for a wasi:http function [default: POST with a body, else GET].
+    #[arg(long, short = 'X', value_name = "METHOD")]
+    pub method: Option<String>,
+    /// Path and query the wasi:http function sees [default: /].
+    #[arg(long = "path", id = "http_path", value_name = "PATH", value_parser = parse_path)]
+    pub path: Option<String>,
+    /// A request header `NAME: VALUE` for a wasi:http function (repeatable).
+    #[arg(long, short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
+    pub header: Vec<(String, String)>,
+}
+
+/// `--path`: an origin-form request target.
+pub fn parse_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("expected a path starting with `/` (e.g. /items?id=3), got {s:?}"))
+    }
+}
+
+/// `--header NAME: VALUE`.
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, v)) if !n.trim().is_empty() && n.trim().bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) => {
+            Ok((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        }
+        _ => Err(format!("expected NAME: VALUE, got {s:?}")),
+    }
 }
 
 impl RequestArgs {
     /// The request these flags describe.
     pub fn request(&self) -> anyhow::Result<limes_sdk::Request> {
-        request(self.data.as_deref(), self.input.as_deref(), self.content_type.as_deref(), &self.meta)
+        let mut req = request(self.data.as_deref(), self.input.as_deref(), self.content_type.as_deref(), &self.meta)?;
+        // The request line of a wasi:http function (see `wasi_http`); a
+        // limes function sees none of it unless asked.
+        if let Some(m) = &self.method {
+            req.metadata.push((crate::wasi_http::METHOD.into(), m.to_ascii_uppercase()));
+        }
+        if let Some(p) = &self.path {
+            req.metadata.push((crate::wasi_http::PATH.into(), p.clone()));
+        }
+        req.metadata.extend(self.header.iter().cloned());
+        Ok(req)
     }
 }
 

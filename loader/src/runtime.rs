@@ -332,7 +332,12 @@ impl Runtime {
 
     /// A fresh store for one call of `f`: WASI context (captured stdio,
     /// the declared preopens), memory limit, outbound policy.
-    fn new_store(&self, f: &LoadedFunction, opts: &InvokeOptions, memory_limit: u64) -> Result<(wasmtime::Store<Host>, MemoryOutputPipe, MemoryOutputPipe), RunError> {
+    fn new_store(
+        &self,
+        f: &LoadedFunction,
+        opts: &InvokeOptions,
+        memory_limit: u64,
+    ) -> Result<(wasmtime::Store<Host>, MemoryOutputPipe, MemoryOutputPipe), RunError> {
         let name = &f.spec.name;
         let stdout = MemoryOutputPipe::new(STDIO_CAPTURE_LIMIT);
         let stderr = MemoryOutputPipe::new(STDIO_CAPTURE_LIMIT);

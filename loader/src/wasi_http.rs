@@ -142,10 +142,8 @@ impl Outbound {
     }
 }
 
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<wasmtime_wasi_http::WasiBody>,
-    Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-)>;
+type SendResult =
+    wasmtime_wasi_http::Result<(http::Response<wasmtime_wasi_http::WasiBody>, Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>)>;
 
 impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
     fn send_request(
@@ -157,7 +155,15 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
         if !self.allows(request.uri()) {
             self.denied.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: "limes::outbound", uri = %crate::serve::escape_log(&request.uri().to_string()), "outbound request denied (not in the manifest's allowed-outbound-hosts)");
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            // The body the guest is writing is read and dropped first: a
+            // guest (wstd's client, say) writes it before it asks for the
+            // response, and a body closed under it would surface as a
+            // reset connection instead of the denial.
+            let mut body = request.into_body();
+            return Box::new(async move {
+                while let Some(Ok(_)) = body.frame().await {}
+                Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+            });
         }
         // The guest may ask for shorter deadlines, never longer ones.
         let cap = |asked: Option<Duration>, most: Duration| Some(asked.map_or(most, |a| a.min(most)));
@@ -187,11 +193,8 @@ mod tests {
 
     #[test]
     fn pseudo_headers_become_the_request_line() {
-        let req = limes_sdk::Request::new("hi")
-            .with_meta(METHOD, "PUT")
-            .with_meta(PATH, "/a/b?x=1")
-            .with_meta(AUTHORITY, "example.com:8080")
-            .with_meta("x-one", "1");
+        let req =
+            limes_sdk::Request::new("hi").with_meta(METHOD, "PUT").with_meta(PATH, "/a/b?x=1").with_meta(AUTHORITY, "example.com:8080").with_meta("x-one", "1");
         let (r, scheme) = to_hyper(req).unwrap();
         assert_eq!(scheme, Scheme::Http);
         assert_eq!(r.method(), "PUT");

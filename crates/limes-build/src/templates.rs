@@ -28,6 +28,11 @@ const TEMPLATES: &[Template] = &[
         name: "image",
         files: &[("Cargo.toml", include_str!("../../../templates/image/Cargo.toml.tmpl")), ("src/lib.rs", include_str!("../../../packs/image/src/lib.rs"))],
     },
+    // A standard wasi:http function: no limes SDK, runs anywhere wasi:http does.
+    Template {
+        name: "http",
+        files: &[("Cargo.toml", include_str!("../../../templates/http/Cargo.toml.tmpl")), ("src/lib.rs", include_str!("../../../packs/http/src/lib.rs"))],
+    },
 ];
 
 pub fn template_names() -> Vec<&'static str> {

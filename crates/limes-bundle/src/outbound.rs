@@ -47,7 +47,9 @@ const MAX_ENTRY: usize = 300;
 impl Origin {
     /// Parse one entry of `allowed-outbound-hosts`.
     pub fn parse(entry: &str) -> Result<Origin, String> {
-        let bad = |why: &str| -> Result<Origin, String> { Err(format!("allowed outbound host {}: {why} (expected scheme://host[:port], e.g. \"https://api.example.com\")", crate::untrusted(entry))) };
+        let bad = |why: &str| -> Result<Origin, String> {
+            Err(format!("allowed outbound host {}: {why} (expected scheme://host[:port], e.g. \"https://api.example.com\")", crate::untrusted(entry)))
+        };
         if entry.len() > MAX_ENTRY {
             return bad("too long");
         }
@@ -142,7 +144,8 @@ mod tests {
         assert!(ip.allows(Scheme::Http, "127.0.0.1", 9000));
         let v6 = Origin::parse("http://[::1]:9000").unwrap();
         assert!(v6.allows(Scheme::Http, "::1", 9000));
-        for bad in ["api.example.com", "ftp://x", "https://x/path", "https://u@x", "https://x:0", "https://x:99999", "https://*", "https://a.*.com", "https://"] {
+        for bad in ["api.example.com", "ftp://x", "https://x/path", "https://u@x", "https://x:0", "https://x:99999", "https://*", "https://a.*.com", "https://"]
+        {
             assert!(Origin::parse(bad).is_err(), "{bad} parsed");
         }
     }

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 /// Run a function once: an installed NAME, or a BUNDLE file (verified first).
 ///
 /// The response body goes to stdout; the function's own stdout/stderr go to
-/// stderr. An error answer from the function exits 4; a trap, timeout or
-/// memory-limit hit exits 5.
+/// stderr. An error answer from the function (for a wasi:http function, a
+/// 5xx status) exits 4; a trap, timeout or memory-limit hit exits 5. A
+/// wasi:http function gets --method, --path and --header as its request.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  limes run hello --data world --timings\n  limes run mandelbrot --data output=checksum --json\n  limes run image --input photo.jpg > out.jpg\n  limes run image --meta file=in.jpg --dir images=/srv/images\n  limes run hello-0.1.0.limes --trust limes.pub --data x\n  limes run hello --backend microvm --kernel /boot/vmlinuz --accel tcg"
+    after_help = "Examples:\n  limes run hello --data world --timings\n  limes run mandelbrot --data output=checksum --json\n  limes run image --input photo.jpg > out.jpg\n  limes run image --meta file=in.jpg --dir images=/srv/images\n  limes run hello-0.1.0.limes --trust limes.pub --data x\n  limes run hello --backend microvm --kernel /boot/vmlinuz --accel tcg\n  limes run http-hello -X PUT --path '/items?id=3' -H 'accept: application/json' --data x --include"
 )]
 pub struct RunCommand {
     /// Installed function name, or path to a `.limes` bundle.
@@ -65,6 +66,10 @@ pub struct RunCommand {
     /// request reaches the booted function).
     #[arg(long, value_name = "MS", default_value_t = 60_000)]
     boot_timeout_ms: u64,
+    /// Print a wasi:http function's status and headers on stderr (in
+    /// --json they are always in the document).
+    #[arg(long)]
+    include: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
@@ -78,25 +83,39 @@ enum Backend {
 fn print_result(
     ctx: &Ctx,
     result: Result<limes_sdk::Response, limes_sdk::Error>,
+    http: Option<&limes::wasi_http::HttpHead>,
+    include: bool,
     timings: serde_json::Value,
     hint: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     use base64::Engine as _;
     match result {
         Ok(resp) => {
+            // A wasi:http function answers with a status: a server error
+            // (5xx) is the function's failure, as an error answer is.
+            let failed = http.is_some_and(|h| h.status >= 500);
             if ctx.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": true, "content_type": resp.content_type,
-                        "body_len": resp.body.len(), "body_base64": base64::engine::general_purpose::STANDARD.encode(&resp.body),
-                        "body_utf8": String::from_utf8(resp.body.clone()).ok(),
-                        "timings": timings})
-                );
+                let mut v = serde_json::json!({"ok": !failed, "content_type": resp.content_type,
+                    "body_len": resp.body.len(), "body_base64": base64::engine::general_purpose::STANDARD.encode(&resp.body),
+                    "body_utf8": String::from_utf8(resp.body.clone()).ok(),
+                    "timings": timings});
+                if let Some(h) = http {
+                    v["status"] = h.status.into();
+                    v["headers"] = h.headers.iter().map(|(k, v)| serde_json::json!([k, v])).collect();
+                }
+                println!("{v}");
             } else {
+                if let (true, Some(h)) = (include, http) {
+                    let mut head = format!("HTTP {}\n", h.status);
+                    for (k, v) in &h.headers {
+                        head += &format!("{k}: {}\n", limes::serve::escape_log(v));
+                    }
+                    eprint!("{head}");
+                }
                 std::io::stdout().write_all(&resp.body)?;
                 std::io::stdout().flush()?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if failed { ExitCode::from(EXIT_FUNCTION_ERROR) } else { ExitCode::SUCCESS })
         }
         Err(e) => {
             if ctx.json {
@@ -148,7 +167,7 @@ impl RunCommand {
         }
         let timings = serde_json::json!({"backend": "microvm", "hypervisor": o.hypervisor, "kvm_probe_us": o.kvm_probe.map(|p| us(p.took)),
             "verify_us": verify.map(us), "boot_us": us(o.boot_time), "execution_us": us(o.exec_time), "total_us": us(o.total)});
-        print_result(ctx, o.result, timings, None)
+        print_result(ctx, o.result, None, false, timings, None)
     }
 }
 
@@ -268,7 +287,7 @@ impl RunCommand {
         let unbound: Vec<&str> = f.manifest.preopens.iter().map(|p| p.name.as_str()).filter(|n| !opts.dirs.iter().any(|(d, _)| d == n)).collect();
         let hint = (!unbound.is_empty())
             .then(|| format!("{} declares preopen(s) {} that this run did not bind; pass --dir NAME=PATH", f.manifest.function.name, unbound.join(", ")));
-        let code = print_result(ctx, inv.result, timings, hint);
+        let code = print_result(ctx, inv.result, inv.http.as_ref(), self.include, timings, hint);
         // The process ends next: the kernel frees the mapped code, memories
         // and engine at once, where dropping them would unmap and deregister
         // each piece (a measurable share of a no-op run; see the README).
