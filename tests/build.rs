@@ -107,23 +107,28 @@ fn packs_give_identical_bytes_natively_and_as_wasm() {
 fn new_templates_build_and_run() {
     let key = test_key();
     let work = tempdir();
-    for template in ["blank", "noop", "mandelbrot", "image"] {
+    for template in ["blank", "noop", "mandelbrot", "image", "http"] {
         let name = format!("demo-{template}");
         let dir = new_crate(work.path(), &name, template);
         assert!(dir.join("Cargo.toml").is_file() && dir.join("src/lib.rs").is_file());
         // The SDK comes from the copy limes-pack carries, not from this
-        // checkout: the crate builds wherever limes-pack is installed.
+        // checkout: the crate builds wherever limes-pack is installed. (The
+        // http template is a standard wasi:http crate: no SDK at all.)
         let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         assert!(!toml.contains(&common::repo().display().to_string()), "{toml}");
-        assert!(toml.contains(&work.path().join("home/sdk").display().to_string()), "{toml}");
+        assert_eq!(toml.contains(&work.path().join("home/sdk").display().to_string()), template != "http", "{toml}");
         let out = ok(limes_pack_cmd().args(["build", "--json", "--sign"]).arg(&key.secret).arg(&dir).env("CARGO_TARGET_DIR", target_dir(work.path())));
         let j = json(&out);
-        assert_eq!(j["world"]["kind"], "limes", "{template}");
+        assert_eq!(j["world"]["kind"], if template == "http" { "wasi-http" } else { "limes" }, "{template}");
+        // The default build makes a microVM image, except of a wasi:http
+        // function: it has no native build.
+        assert_eq!(j["microvm"].is_null(), template == "http", "{template}");
         let bundle = std::path::PathBuf::from(j["bundle"].as_str().unwrap());
         let req = match template {
             "blank" => Request::new("limes"),
             "noop" => Request::new("echo"),
             "mandelbrot" => Request::new("output=checksum"),
+            "http" => Request::new("").with_meta(":path", "/hello?x=1"),
             _ => Request::new(test_jpeg()),
         };
         let (res, _) = run_installed(&bundle, &key, req, vec![]);
@@ -132,6 +137,7 @@ fn new_templates_build_and_run() {
             "blank" => assert_eq!(body, b"hello, limes\n"),
             "noop" => assert_eq!(body, b"echo"),
             "mandelbrot" => assert_eq!(String::from_utf8(body).unwrap().trim(), MANDELBROT_DEFAULT_CHECKSUM),
+            "http" => assert_eq!(String::from_utf8_lossy(&body), "{\"method\":\"GET\",\"path\":\"/hello\",\"query\":\"x=1\"}\n"),
             _ => assert_eq!(&body[..2], b"\xff\xd8", "JPEG output"),
         }
     }
@@ -141,7 +147,7 @@ fn new_templates_build_and_run() {
     let e = fails(limes_pack_cmd().args(["new", "9bad", "--dir"]).arg(work.path()), 1);
     assert!(e.contains("not a valid crate name"), "{e}");
     let e = fails(limes_pack_cmd().args(["new", "x", "--template", "nope", "--dir"]).arg(work.path()), 1);
-    assert!(e.contains("choose one of: blank, noop, mandelbrot, image"), "{e}");
+    assert!(e.contains("choose one of: blank, noop, mandelbrot, image, http"), "{e}");
 }
 
 #[test]
@@ -625,4 +631,70 @@ fn the_sdk_never_comes_from_a_place_others_can_write() {
     new_crate(work.path(), "again", "noop");
     assert_eq!(std::fs::read(&sdk_lib).unwrap(), genuine);
     assert!(dir.is_dir());
+}
+
+/// A component built elsewhere (here: by cargo alone, on the plain `wasip2`
+/// bindings, outside the workspace) ships like a crate's: validated,
+/// precompiled, signed, its origin recorded, and it answers with its own
+/// status and headers.
+#[test]
+fn a_prebuilt_wasi_http_component_ships_like_a_crate() {
+    let work = tempdir();
+    let target = target_dir(work.path()).join("fixtures");
+    ok(Command::new("cargo")
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(fixture("http-raw").join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target));
+    let wasm = target.join("wasm32-wasip2/release/http_raw.wasm");
+    let key = test_key();
+    let out = work.path().join("out");
+    let build = |extra: &[&str]| {
+        let mut c = limes_pack_cmd();
+        c.args(["build", "--json", "--component"])
+            .arg(&wasm)
+            .args(["--name", "raw", "--version", "2.0.0", "--tier", "x86-64", "--out-dir"])
+            .arg(&out)
+            .args(extra);
+        c
+    };
+    let j = json(&ok(&mut build(&["--allow-outbound", "https://api.example.com", "--timeout-ms", "1500", "--sign"]).arg(&key.secret)));
+    assert_eq!(j["world"]["kind"], "wasi-http");
+    assert!(j["world"]["export"].as_str().unwrap().starts_with("wasi:http/incoming-handler@0.2."));
+    assert!(j["microvm"].is_null(), "a prebuilt component has no native build");
+    let bundle = std::path::PathBuf::from(j["bundle"].as_str().unwrap());
+    let m = &json(&ok(limes_pack_cmd().args(["inspect", "--json"]).arg(&bundle)))["manifest"];
+    let digest = limes_bundle::sha256_hex(&std::fs::read(&wasm).unwrap());
+    assert_eq!(m["provenance"]["prebuilt"], serde_json::json!({"file": "http_raw.wasm", "sha256": digest}));
+    assert_eq!(m["provenance"]["source_digest"], digest.as_str());
+    assert_eq!(m["allowed_outbound_hosts"], serde_json::json!(["https://api.example.com"]));
+    assert_eq!(m["limits"]["timeout_ms"], 1500);
+    // Reproducible: the same component gives the same bundle.
+    let first = std::fs::read(&bundle).unwrap();
+    ok(&mut build(&["--sign"]).arg(&key.secret).args(["--allow-outbound", "https://api.example.com", "--timeout-ms", "1500"]));
+    assert_eq!(std::fs::read(&bundle).unwrap(), first);
+
+    // Installed and run as a device would.
+    let store_dir = tempdir();
+    let store = limes::Store::open(store_dir.path()).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let f = store.install(&bundle, &keys, Default::default()).unwrap();
+    let rt = limes::Runtime::new(&limes::RuntimeOptions { max_instances: 2, ..Default::default() }).unwrap();
+    let loaded = limes::load(&rt, &f, limes::LoadMode::Auto, limes::store::Integrity::Rehash).unwrap();
+    let req = Request::new("").with_meta(":method", "DELETE").with_meta(":path", "/x?y=1");
+    let inv = rt.invoke(&loaded, req, &Default::default()).unwrap();
+    let head = inv.http.expect("a wasi:http answer has a head");
+    assert_eq!(head.status, 418);
+    assert!(head.headers.contains(&("x-raw".into(), "yes".into())), "{:?}", head.headers);
+    assert_eq!(inv.result.unwrap().body, b"raw DELETE /x?y=1");
+
+    // Bad input is refused before anything is written.
+    let e = fails(&mut build(&["--allow-outbound", "ftp://x"]), 1);
+    assert!(e.contains("the scheme must be http or https"), "{e}");
+    let core = work.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let e = fails(limes_pack_cmd().args(["build", "--component"]).arg(&core).args(["--name", "c", "--version", "1"]), 1);
+    assert!(e.contains("is not a WebAssembly component (it is a core module"), "{e}");
+    let e = fails(limes_pack_cmd().args(["build", "--component"]).arg(&wasm), 2);
+    assert!(e.contains("--name") && e.contains("--version"), "{e}");
 }
