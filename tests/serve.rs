@@ -585,4 +585,10 @@ fn wasi_http_functions_get_the_whole_request_and_call_only_listed_hosts() {
     let v = json(&out);
     assert_eq!(v["status"], 200);
     assert_eq!(v["body_utf8"], "{\"method\":\"PATCH\",\"path\":\"/r\",\"query\":\"q=1\"}\n");
+    // No native build, so no microVM image: the microVM backends refuse it
+    // and say why.
+    let e = fails(limes_cmd(&store).args(["run", "http-hello", "--backend", "microvm"]), 1);
+    assert!(e.contains("has no microVM image: a wasi:http function has no native build"), "{e}");
+    let e = fails(limes_cmd(&store).args(["serve", "--listen", "127.0.0.1:0", "--auto", "http-hello"]), 1);
+    assert!(e.contains("has no microVM image: a wasi:http function has no native build"), "{e}");
 }

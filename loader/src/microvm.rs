@@ -72,8 +72,8 @@ pub struct VmOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("{0} has no microVM image (it was built with --no-microvm)")]
-    NoImage(String),
+    #[error("{0} has no microVM image: {1}")]
+    NoImage(String, &'static str),
     #[error("{0}'s microVM image was not fetched; pull it again with --with-microvm")]
     NotFetched(String),
     #[error(transparent)]
@@ -107,7 +107,7 @@ impl VmError {
             VmError::Run(r) => r.kind(),
             // The guest's own misbehaviour: a fault of the function.
             VmError::Flood(_) => crate::ErrorKind::Trap,
-            VmError::NoImage(_)
+            VmError::NoImage(..)
             | VmError::NotFetched(_)
             | VmError::NoKernel
             | VmError::NoHypervisor
@@ -441,7 +441,7 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
 /// and, once per store, probing KVM), ready for one request.
 pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm, VmError> {
     let name = &f.manifest.function.name;
-    let vm = f.manifest.microvm.as_ref().ok_or_else(|| VmError::NoImage(name.clone()))?;
+    let vm = f.manifest.microvm.as_ref().ok_or_else(|| VmError::NoImage(name.clone(), f.manifest.why_no_microvm().unwrap_or_default()))?;
     if !f.has(&vm.initrd) {
         return Err(VmError::NotFetched(name.clone()));
     }

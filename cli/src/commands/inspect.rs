@@ -65,6 +65,12 @@ impl InspectCommand {
                     vm.boot_args
                 );
             }
+            if let Some(why) = m.why_no_microvm() {
+                s += &format!("  microvm    none ({why})\n");
+            }
+            if !m.allowed_outbound_hosts.is_empty() {
+                s += &format!("  outbound   {}\n", m.allowed_outbound_hosts.iter().map(|h| t(h)).collect::<Vec<_>>().join(", "));
+            }
             for f in &m.files {
                 s += &format!("  file       {:<24} {:>9} bytes  sha256 {}\n", t(&f.path), f.size, short(&f.sha256));
             }
@@ -74,6 +80,9 @@ impl InspectCommand {
                 m.provenance.rustc,
                 t(m.provenance.git_commit.as_deref().unwrap_or("none"))
             );
+            if let Some(p) = &m.provenance.prebuilt {
+                s += &format!("  prebuilt   component {} sha256 {}\n", t(&p.file), short(&p.sha256));
+            }
             s
         });
         Ok(())

@@ -309,6 +309,19 @@ impl Manifest {
         }
     }
 
+    /// Why the bundle carries no microVM image (`None` when it does).
+    pub fn why_no_microvm(&self) -> Option<&'static str> {
+        if self.microvm.is_some() {
+            None
+        } else if self.provenance.prebuilt.is_some() {
+            Some("a prebuilt component has no native build; run it as Wasm")
+        } else if self.world.kind == WorldKind::WasiHttp {
+            Some("a wasi:http function has no native build; run it as Wasm")
+        } else {
+            Some("it was built with --no-microvm")
+        }
+    }
+
     /// The files of the microVM image (empty without one).
     pub fn microvm_files(&self) -> Vec<&str> {
         let Some(vm) = &self.microvm else { return Vec::new() };
