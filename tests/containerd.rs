@@ -51,6 +51,13 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
     assert!(text(&o.stderr).contains("not trusted"), "{}", text(&o.stderr));
     assert!(o.stdout.is_empty());
 
+    // A standard wasi:http function, as a Job (its request from the flags)
+    // and below as a Deployment (served at the root, as `wasmtime serve` does).
+    let web = node.push(&pack("http"), &node.key, "0.1.0");
+    let o = node.ctr_run(&web, "http-job", &["run", "-X", "PUT", "--path", "/job?x=1"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "{\"method\":\"PUT\",\"path\":\"/job\",\"query\":\"x=1\"}\n");
+
     // A Deployment: `serve` answers HTTP like `limes serve` until stopped.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
@@ -77,6 +84,32 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the server container did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(node.ctr().args(["images", "pull", "--plain-http", &web]));
+    let mut web_server = node
+        .ctr()
+        .args(["run", "--rm", "--net-host", "--runtime", RUNTIME, &web, "web", "limes", "serve", "--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the wasi:http server container did not answer");
+        if std::net::TcpStream::connect(addr).is_ok() {
+            let (status, body) = http(addr, "GET", "/some/path?q=2", b"");
+            if status == 200 {
+                assert_eq!(text(&body), "{\"method\":\"GET\",\"path\":\"/some/path\",\"query\":\"q=2\"}\n");
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(node.ctr().args(["task", "kill", "web"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while web_server.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the wasi:http server container did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -107,7 +140,7 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
         .collect();
     let mut names: Vec<String> = installed.into_iter().flatten().collect();
     names.sort();
-    assert_eq!(names, ["faulty", "mandelbrot", "noop"]);
+    assert_eq!(names, ["faulty", "http-hello", "mandelbrot", "noop"]);
     node.assert_all_stopped();
 }
 

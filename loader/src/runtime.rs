@@ -370,6 +370,16 @@ impl Runtime {
 
     /// Invoke `f` once on a fresh instance.
     pub fn invoke(&self, f: &LoadedFunction, req: Request, opts: &InvokeOptions) -> Result<Invocation, RunError> {
+        // wasi:http's sync host blocks on its own Tokio runtime, which Tokio
+        // forbids on a thread that drives another (the containerd shim calls
+        // from its executor): there, the call runs on a plain thread.
+        if matches!(f.entry, Entry::Http(_)) && tokio::runtime::Handle::try_current().is_ok() {
+            return std::thread::scope(|s| s.spawn(|| self.invoke_here(f, req, opts)).join()).unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
+        self.invoke_here(f, req, opts)
+    }
+
+    fn invoke_here(&self, f: &LoadedFunction, req: Request, opts: &InvokeOptions) -> Result<Invocation, RunError> {
         let name = &f.spec.name;
         let max_input = opts.max_input.unwrap_or(f.spec.limits.max_input_bytes);
         if req.body.len() as u64 > max_input {

@@ -213,6 +213,13 @@ fn serve(node: &Node, store: Store, f: &InstalledFunction, a: &ServeArgs) -> i32
         // Every load, here and in each worker, checks the signature against
         // the node's keys (never anything in the store or the pod).
         anchors: limes::trust::Anchors::from_keys(node.keys.clone()),
+        // A pod serves one function: a wasi:http one also at the root, as
+        // `wasmtime serve` and Spin do (a limes function keeps its
+        // /functions/NAME route: its world has no paths).
+        routes: match f.manifest.world.kind {
+            limes_bundle::manifest::WorldKind::WasiHttp => vec![limes::serve::Route { prefix: "/".into(), function: f.manifest.function.name.clone() }],
+            _ => Vec::new(),
+        },
         ..Default::default()
     };
     // Our own runtime on a thread of its own: this code is called from
