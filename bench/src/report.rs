@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Serialize)]
@@ -322,6 +322,129 @@ pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_p
     Ok(rows)
 }
 
+/// Keep-alive clients at each level against `addr`, POSTing `body` to
+/// `path`; every answer must be 200.
+fn load_levels(addr: SocketAddr, path: &'static str, body: &'static [u8], clients: usize, per_level: usize, mode: &str) -> Result<LoadRow> {
+    let per = (per_level / clients).max(1);
+    let t = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<Vec<Duration>> {
+                let mut c = KeepAlive::connect(addr)?;
+                let mut lat = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let t = Instant::now();
+                    let status = c.post(path, body)?;
+                    anyhow::ensure!(status == 200, "status {status} from {addr}{path}");
+                    lat.push(t.elapsed());
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.join().unwrap()?);
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let s = crate::Stats::of(&all, &format!("{mode} at {clients} clients"))?;
+    Ok(LoadRow {
+        mode: mode.into(),
+        clients,
+        requests: all.len(),
+        requests_per_s: all.len() as f64 / wall,
+        p50_us: s.p50_us,
+        p99_us: s.p99_us,
+        pool_after_abrupt_stop: None,
+    })
+}
+
+/// The Wasmtime CLI to compare with: `$LIMES_WASMTIME`, else what
+/// `scripts/fetch-wasmtime.sh` installed.
+pub fn wasmtime_cli() -> Option<PathBuf> {
+    std::env::var_os("LIMES_WASMTIME").map(PathBuf::from).or_else(|| Some(PathBuf::from("/var/tmp/limes-wasmtime-48.0.2/wasmtime"))).filter(|p| p.is_file())
+}
+
+/// The same wasi:http component (packs/http, body echo at `/echo`) served
+/// by `wasmtime serve` (AOT, `--allow-precompiled`) and by `limes serve`
+/// (its signed bundle, installed in `store`), taking turns per level.
+pub fn http_vs_wasmtime(
+    store: &limes::Store,
+    wasmtime: &std::path::Path,
+    component: &std::path::Path,
+    work: &std::path::Path,
+    levels: &[usize],
+    per_level: usize,
+) -> Result<Vec<LoadRow>> {
+    let version = cmd(wasmtime.to_str().unwrap_or("wasmtime"), &["--version"]);
+    let cwasm = work.join("http-hello.cwasm");
+    let st = std::process::Command::new(wasmtime).arg("compile").arg(component).arg("-o").arg(&cwasm).status()?;
+    anyhow::ensure!(st.success(), "wasmtime compile failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let wt_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut wt = std::process::Command::new(wasmtime)
+        .args(["serve", "--allow-precompiled", "-S", "cli", "--addr"])
+        .arg(wt_addr.to_string())
+        .arg(&cwasm)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(wt_addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "wasmtime serve did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let worker_exe = crate::sibling("limes")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let root = store.root().to_path_buf();
+    let anchors = limes::trust::Anchors::load(&[], limes::trust::default_dir(), &root)?;
+    let server = std::thread::spawn(move || -> Result<()> {
+        let store = limes::Store::open(root)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(limes::serve::serve(
+            &store,
+            limes::serve::ServeOptions {
+                anchors,
+                listen: "127.0.0.1:0".parse().unwrap(),
+                functions: vec!["http-hello".into()],
+                concurrency: 64,
+                workers: WORKERS as usize,
+                worker_exe: Some(worker_exe.into()),
+                routes: vec!["/=http-hello".parse().map_err(anyhow::Error::msg)?],
+                ..Default::default()
+            },
+            move |a, _| tx.send(a).unwrap(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ))?;
+        Ok(())
+    });
+    let limes_addr = rx.recv_timeout(Duration::from_secs(30))?;
+    let wt_mode = format!("wasmtime serve ({})", version.trim());
+    let mut rows = Vec::new();
+    for (i, &clients) in levels.iter().enumerate() {
+        // Warm both, then take turns (the order alternates per level).
+        load_levels(wt_addr, "/echo", b"ping", 1, 20, &wt_mode)?;
+        load_levels(limes_addr, "/echo", b"ping", 1, 20, "limes serve")?;
+        let (w, l) = if i % 2 == 0 {
+            let w = load_levels(wt_addr, "/echo", b"ping", clients, per_level, &wt_mode)?;
+            (w, load_levels(limes_addr, "/echo", b"ping", clients, per_level, "limes serve")?)
+        } else {
+            let l = load_levels(limes_addr, "/echo", b"ping", clients, per_level, "limes serve")?;
+            (load_levels(wt_addr, "/echo", b"ping", clients, per_level, &wt_mode)?, l)
+        };
+        rows.push(w);
+        rows.push(l);
+    }
+    let _ = wt.kill();
+    let _ = wt.wait();
+    let _ = stop_tx.send(());
+    server.join().unwrap()?;
+    Ok(rows)
+}
+
 fn find<'a>(r: &'a Results, workload: &str, method: &str, phase: &str) -> Option<&'a crate::Stats> {
     r.rows.iter().find(|x| x.workload == workload && x.method == method && x.phase == phase).map(|x| &x.stats)
 }
@@ -543,6 +666,7 @@ pub fn markdown(r: &Results) -> String {
             }
         }
     }
+    s += &http_section(r);
     for n in &r.notes {
         let _ = writeln!(s, "\nNote: {n}");
     }
@@ -550,6 +674,18 @@ pub fn markdown(r: &Results) -> String {
 }
 
 /// Log-log line chart of cold start against component size.
+/// The wasi:http comparison table (empty without rows).
+fn http_section(r: &Results) -> String {
+    if r.http_load.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## A standard `wasi:http` function: `limes serve` beside `wasmtime serve` (same component, 127.0.0.1, keep-alive clients)\n\nThe component is `packs/http` (built on `wstd`), POST `/echo` with a 4-byte body; `wasmtime serve` runs the same component precompiled by `wasmtime compile` (`--allow-precompiled -S cli`), `limes serve` its signed bundle in 4 worker processes, routed at `/`. Both are measured in this run, taking turns per level.\n\n| server | clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|---|\n");
+    for row in &r.http_load {
+        s += &format!("| {} | {} | {} | {:.0} | {} | {} |\n", row.mode, row.clients, row.requests, row.requests_per_s, us(row.p50_us), us(row.p99_us));
+    }
+    s
+}
+
 pub fn svg(r: &Results) -> String {
     let (w, h, pad) = (640.0, 400.0, 60.0);
     let pts = |f: &dyn Fn(&crate::ScalingRow) -> f64| -> Vec<(f64, f64)> { r.scaling.iter().map(|x| (x.size_bytes as f64, f(x))).collect() };
