@@ -73,7 +73,7 @@ impl KeepAlive {
     fn post(&mut self, path: &str, body: &[u8]) -> Result<u16> {
         use std::io::BufRead;
         self.send(path, body)?;
-        let (mut line, mut status, mut len) = (String::new(), 0u16, 0usize);
+        let (mut line, mut status, mut len, mut chunked) = (String::new(), 0u16, 0usize, false);
         loop {
             line.clear();
             anyhow::ensure!(self.s.read_line(&mut line)? > 0, "serve closed the connection");
@@ -86,12 +86,34 @@ impl KeepAlive {
             } else if let Some((k, v)) = l.split_once(':') {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse()?;
+                } else if k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked") {
+                    chunked = true;
                 }
             }
         }
-        let mut body = vec![0u8; len];
-        self.s.read_exact(&mut body)?;
-        Ok(status)
+        if !chunked {
+            let mut body = vec![0u8; len];
+            self.s.read_exact(&mut body)?;
+            return Ok(status);
+        }
+        // `wasmtime serve` streams its answers: chunks until an empty one.
+        loop {
+            line.clear();
+            anyhow::ensure!(self.s.read_line(&mut line)? > 0, "closed inside a chunked body");
+            let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)?;
+            let mut chunk = vec![0u8; size + 2];
+            if size == 0 {
+                // Trailers (none expected), then the blank line.
+                loop {
+                    line.clear();
+                    anyhow::ensure!(self.s.read_line(&mut line)? > 0, "closed inside trailers");
+                    if line.trim_end().is_empty() {
+                        return Ok(status);
+                    }
+                }
+            }
+            self.s.read_exact(&mut chunk)?;
+        }
     }
 }
 
