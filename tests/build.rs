@@ -698,3 +698,32 @@ fn a_prebuilt_wasi_http_component_ships_like_a_crate() {
     let e = fails(limes_pack_cmd().args(["build", "--component"]).arg(&wasm), 2);
     assert!(e.contains("--name") && e.contains("--version"), "{e}");
 }
+
+/// `limes-pack doctor` checks the one list of what builds need; the shipped
+/// CI recipe installs every item the default build needs; a machine
+/// without the toolchains is told what to install and how to do without.
+#[test]
+fn doctor_lists_what_builds_need_and_the_ci_recipe_installs_it() {
+    let j = json(&ok(limes_pack_cmd().args(["doctor", "--json"])));
+    assert_eq!(j["ok"], true, "this machine ran scripts/setup.sh: {j}");
+    let recipe = std::fs::read_to_string(repo().join("docs/ci/github-actions.yml")).unwrap();
+    let required: Vec<&serde_json::Value> = j["checks"].as_array().unwrap().iter().filter(|c| c["required"] == true).collect();
+    assert!(required.len() >= 3, "{j}");
+    for c in required {
+        let fix = c["fix"].as_str().unwrap();
+        match fix.strip_prefix("rustup target add ") {
+            Some(target) => assert!(
+                recipe.lines().any(|l| l.contains("rustup target add") && l.split_whitespace().any(|w| w == target)),
+                "the CI recipe does not install {target}"
+            ),
+            None => assert!(recipe.contains(fix), "the CI recipe does not run `{fix}`"),
+        }
+    }
+    // No toolchain at all (an empty rustup home): exit 1, with the fixes.
+    let empty = tempdir();
+    let out = limes_pack_cmd().arg("doctor").env("RUSTUP_HOME", empty.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("MISSING Rust target wasm32-wasip2") && text.contains("install: rustup target add wasm32-wasip2"), "{text}");
+    assert!(text.contains("--no-microvm or --image linux avoid the Hermit nightly"), "{text}");
+}

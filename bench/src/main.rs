@@ -46,6 +46,10 @@ struct Args {
     /// Kernel for the microVM backend [default: $LIMES_KERNEL, else /var/tmp/limes-kernel/vmlinuz].
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Only the serve rows: the wasi:http comparison with `wasmtime serve`
+    /// and the no-op under load (a quick check of #24's aims).
+    #[arg(long)]
+    only_serve: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -224,6 +228,36 @@ fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     (t.elapsed(), r)
 }
 
+/// Build and install packs/http, then compare `limes serve` with `wasmtime
+/// serve` on it (no rows, and a note, without a Wasmtime CLI).
+fn http_rows(
+    store: &Store,
+    keys: &limes_bundle::TrustedKeys,
+    key: &limes_bundle::keys::SecretKey,
+    work: &std::path::Path,
+    q: bool,
+    notes: &mut Vec<String>,
+) -> Result<Vec<LoadRow>> {
+    let Some(wasmtime) = report::wasmtime_cli() else {
+        notes.push("no Wasmtime CLI (scripts/fetch-wasmtime.sh, or $LIMES_WASMTIME): the wasi:http comparison with `wasmtime serve` did not run".into());
+        return Ok(Vec::new());
+    };
+    eprintln!("building http");
+    let out = limes_build::build(
+        &limes_build::BuildOptions {
+            path: repo().join("packs/http"),
+            out_dir: Some(work.join("out")),
+            signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
+            cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+            ..Default::default()
+        },
+        &limes_build::pipeline::NoProgress,
+    )
+    .context("building packs/http")?;
+    store.install(&out.bundle, keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: false })?;
+    report::http_vs_wasmtime(store, &wasmtime, &out.component, work, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 4000 })
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let q = a.quick;
@@ -254,6 +288,37 @@ fn main() -> Result<()> {
     let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&pubkey))?;
     let store = Store::open(work.path().join("store"))?;
     let hermit_store = Store::open(work.path().join("store-hermit"))?;
+    if a.only_serve {
+        let noop = limes_build::build(
+            &limes_build::BuildOptions {
+                path: repo().join("packs/noop"),
+                out_dir: Some(work.path().join("out")),
+                signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
+                cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+                ..Default::default()
+            },
+            &limes_build::pipeline::NoProgress,
+        )?;
+        store.install(&noop.bundle, &keys, Default::default())?;
+        let http_load = http_rows(&store, &keys, &key, work.path(), q, &mut notes)?;
+        let serve_load = report::serve_load(&store, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 4000 }, false)?;
+        let results = Results {
+            machine: report::Machine::read(),
+            quick: q,
+            rows: Vec::new(),
+            builds: Vec::new(),
+            scaling: Vec::new(),
+            serve_load,
+            http_load,
+            backends: Vec::new(),
+            sustained: Vec::new(),
+            notes,
+        };
+        let md = report::serve_markdown(&results);
+        std::fs::write(a.out.join("serve.md"), &md)?;
+        println!("{md}");
+        return Ok(());
+    }
     let mut builds = Vec::new();
     let mut components = Vec::new();
     for (dir, pkg) in [("noop", "noop"), ("mandelbrot", "mandelbrot"), ("image", "image-pipeline")] {
@@ -538,29 +603,7 @@ fn main() -> Result<()> {
     }
 
     // --- A standard wasi:http function beside `wasmtime serve`.
-    let mut http_load = Vec::new();
-    match report::wasmtime_cli() {
-        None => {
-            notes.push("no Wasmtime CLI (scripts/fetch-wasmtime.sh, or $LIMES_WASMTIME): the wasi:http comparison with `wasmtime serve` did not run".into())
-        }
-        Some(wasmtime) => {
-            eprintln!("building http");
-            let out = limes_build::build(
-                &limes_build::BuildOptions {
-                    path: repo().join("packs/http"),
-                    out_dir: Some(work.path().join("out")),
-                    signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
-                    cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
-                    ..Default::default()
-                },
-                &limes_build::pipeline::NoProgress,
-            )
-            .context("building packs/http")?;
-            store.install(&out.bundle, &keys, Default::default())?;
-            http_load =
-                report::http_vs_wasmtime(&store, &wasmtime, &out.component, work.path(), if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 4000 })?;
-        }
-    }
+    let http_load = http_rows(&store, &keys, &key, work.path(), q, &mut notes)?;
 
     // --- Backend choice: Wasm workers, pre-booted microVMs, and `auto`,
     // with the default image (Hermit): what `limes-pack build` ships.

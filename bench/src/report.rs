@@ -696,6 +696,18 @@ pub fn markdown(r: &Results) -> String {
 }
 
 /// Log-log line chart of cold start against component size.
+/// Only the serve tables (`--only-serve`).
+pub fn serve_markdown(r: &Results) -> String {
+    let mut s = format!(
+        "# limes serve rows (`limes-bench --only-serve`)\n\n{}\n\n| mode | clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|---|\n",
+        r.machine.cpu
+    );
+    for row in &r.serve_load {
+        s += &format!("| noop, {} | {} | {} | {:.0} | {} | {} |\n", row.mode, row.clients, row.requests, row.requests_per_s, us(row.p50_us), us(row.p99_us));
+    }
+    s + &http_section(r)
+}
+
 /// The wasi:http comparison table (empty without rows).
 fn http_section(r: &Results) -> String {
     if r.http_load.is_empty() {

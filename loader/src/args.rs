@@ -111,8 +111,16 @@ pub fn request(data: Option<&str>, input: Option<&str>, content_type: Option<&st
 /// debug, `-vvv` trace, `--quiet` errors only; `RUST_LOG` overrides. Colour
 /// only on a terminal.
 pub fn init_logging(verbose: u8, quiet: bool) {
+    init_logging_with(verbose, quiet, &[])
+}
+
+/// [`init_logging`] with extra `target=level` directives on top of the
+/// level (`limes serve --access-log` adds `limes::access=info`); `RUST_LOG`
+/// still overrides everything.
+pub fn init_logging_with(verbose: u8, quiet: bool, extra: &[&str]) {
     let level = if quiet { "error" } else { ["warn", "info", "debug", "trace"][verbose.min(3) as usize] };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let directives = std::iter::once(level).chain(extra.iter().copied()).collect::<Vec<_>>().join(",");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| directives.into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }

@@ -50,7 +50,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let c = Cli::parse();
-    limes::args::init_logging(c.verbose, c.quiet);
+    let access_log = matches!(&c.command, cli::Command::Serve(s) if s.access_log());
+    limes::args::init_logging_with(c.verbose, c.quiet, if access_log { &["limes::access=info"] } else { &[] });
     let ctx = cli::Ctx {
         store: c.store.unwrap_or_else(limes::store::default_root),
         trust_dir: c.trust_dir.unwrap_or_else(limes::trust::default_dir),

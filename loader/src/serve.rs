@@ -605,6 +605,8 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
     let started = Instant::now();
     let invoke = InvokeOptions { dirs: app.opts.dirs.clone(), timeout: app.opts.timeout, ..Default::default() };
     let deadline = app.opts.timeout.unwrap_or(Duration::from_millis(f.spec.limits.timeout_ms));
+    // Under `auto`, the backend that answered (for the access log).
+    let mut answered_by: Option<&'static str> = None;
     let outcome: Outcome = match &f.exec {
         Executor::Workers(pool) => call_workers(&app, pool, &req, deadline, app.opts.queue_timeout, &name).await,
         Executor::MicroVm(pool) => call_vm(pool, req, deadline, app.opts.queue_timeout, &name).await,
@@ -631,6 +633,10 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
             if outcome.is_ok() {
                 router.lock().unwrap().record(backend, t.elapsed(), Instant::now());
             }
+            answered_by = Some(match backend {
+                Backend::Wasm => "auto:wasm",
+                Backend::MicroVm => "auto:microvm",
+            });
             outcome
         }
         Executor::InProcess(_) => {
@@ -668,12 +674,12 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
     let elapsed = started.elapsed();
     let phase = if f.served.fetch_add(1, Ordering::Relaxed) == 0 { "cold" } else { "warm" };
     app.metrics.latency.get_or_create(&LatencyLabels { function: name.clone(), phase: phase.into() }).observe(elapsed.as_secs_f64());
-    let backend = match &f.exec {
+    let backend = answered_by.unwrap_or(match &f.exec {
         Executor::Workers(_) => "wasm",
         Executor::InProcess(_) => "wasm-in-process",
         Executor::MicroVm(_) => "microvm",
         Executor::Auto { .. } => "auto",
-    };
+    });
     let resp = match outcome {
         Err((status, kind, message)) => {
             tracing::warn!(function = %name, kind, error = %escape_log(&message), "invocation failed");
@@ -697,7 +703,8 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
     };
     let status = resp.status().as_u16();
     app.metrics.requests.get_or_create(&RequestLabels { function: name.clone(), status: status.to_string() }).inc();
-    // The access log: one line per request (RUST_LOG=limes::access=info, or -v).
+    // The access log: one line per request (--access-log, -v, or
+    // RUST_LOG=limes::access=info); under `auto`, the backend that answered.
     tracing::info!(target: "limes::access", function = %name, backend, status, latency_us = elapsed.as_micros() as u64, "request");
     resp
 }

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 mod build;
+mod doctor;
 mod inspect;
 mod keygen;
 mod native;
@@ -27,6 +28,7 @@ pub enum Command {
     Verify(verify::VerifyCommand),
     Inspect(inspect::InspectCommand),
     Push(push::PushCommand),
+    Doctor(doctor::DoctorCommand),
 }
 
 impl Command {
@@ -42,6 +44,7 @@ impl Command {
             Command::Verify(c) => done(c.execute(ui)),
             Command::Inspect(c) => done(c.execute(ui)),
             Command::Push(c) => done(c.execute(ui)),
+            Command::Doctor(c) => c.execute(ui),
         }
     }
 }

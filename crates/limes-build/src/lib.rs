@@ -7,6 +7,7 @@
 
 pub mod aot;
 pub mod compile;
+pub mod doctor;
 pub mod hermit;
 pub mod isolate;
 pub mod microvm;

@@ -111,9 +111,19 @@ pub struct ServeCommand {
     /// keep their meaning.
     #[arg(long = "route", value_name = "PREFIX=NAME")]
     routes: Vec<limes::serve::Route>,
+    /// Log one line per request on stderr (function, backend, status,
+    /// latency, request id), whatever the log level.
+    #[arg(long)]
+    access_log: bool,
 }
 
 impl ServeCommand {
+    /// Whether the access log is asked for (logging is set up before the
+    /// command runs).
+    pub fn access_log(&self) -> bool {
+        self.access_log
+    }
+
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let dirs = self.dir.clone();
         let opts = ServeOptions {
