@@ -13,6 +13,27 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `limes serve` in container `id` of `image` (a Deployment), on the host's network.
+fn serve_container(node: &Node, image: &str, id: &str, listen: &str) -> std::process::Child {
+    ok(node.ctr().args(["images", "pull", "--plain-http", image]));
+    node.ctr()
+        .args(["run", "--rm", "--net-host", "--runtime", RUNTIME, image, id, "limes", "serve", "--listen", listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM to container `id`: it must stop within 20 s.
+fn stop_container(node: &Node, id: &str, mut ctr: std::process::Child) {
+    ok(node.ctr().args(["task", "kill", id]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ctr.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "container {id} did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
     let node = Node::start();
@@ -61,14 +82,7 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
     // A Deployment: `serve` answers HTTP like `limes serve` until stopped.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    ok(node.ctr().args(["images", "pull", "--plain-http", &image]));
-    let mut server = node
-        .ctr()
-        .args(["run", "--rm", "--net-host", "--runtime", RUNTIME, &image, "server", "limes", "serve", "--listen", &listen])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = serve_container(&node, &image, "server", &listen);
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -80,20 +94,8 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
     let (status, metrics) = http(addr, "GET", "/metrics", b"");
     assert_eq!(status, 200);
     assert!(text(&metrics).contains(r#"limes_requests_total{function="noop",status="200"} 1"#), "{}", text(&metrics));
-    ok(node.ctr().args(["task", "kill", "server"]));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the server container did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok(node.ctr().args(["images", "pull", "--plain-http", &web]));
-    let mut web_server = node
-        .ctr()
-        .args(["run", "--rm", "--net-host", "--runtime", RUNTIME, &web, "web", "limes", "serve", "--listen", &listen])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    stop_container(&node, "server", server);
+    let web_server = serve_container(&node, &web, "web", &listen);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "the wasi:http server container did not answer");
@@ -106,12 +108,7 @@ fn ctr_runs_jobs_and_a_server_and_refuses_what_the_node_does_not_trust() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    ok(node.ctr().args(["task", "kill", "web"]));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while web_server.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the wasi:http server container did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_container(&node, "web", web_server);
 
     // The node's configuration is read by each new shim: one that trusts
     // nothing, or that others could have written, runs nothing and says why.

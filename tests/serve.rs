@@ -68,11 +68,18 @@ fn serves_functions_and_survives_faults_under_load() {
     let (status, body) = http(a, "POST", "/functions/faulty", b"oom");
     assert_eq!(status, 500);
     assert!(String::from_utf8_lossy(&body).contains("\"kind\":\"memory-limit\""), "{}", String::from_utf8_lossy(&body));
+    // In the unit it is configured in, and without the server's flags.
+    assert!(String::from_utf8_lossy(&body).contains("memory limit of 32 MiB"), "{}", String::from_utf8_lossy(&body));
     // GET is a request with an empty body.
     assert_eq!(http(a, "GET", "/functions/faulty", b""), (200, Vec::new()));
+    // A panic: the client gets the kind and a request id to quote, never
+    // the panic text (it goes to the server's log).
     let (s, body) = http(a, "POST", "/functions/faulty", b"panic");
     assert_eq!(s, 500);
-    assert!(String::from_utf8_lossy(&body).contains("asked to panic"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["kind"], "trap", "{v}");
+    assert!(v["request_id"].as_u64().is_some(), "{v}");
+    assert!(!String::from_utf8_lossy(&body).contains("asked to panic"), "{v}");
     assert_eq!(http(a, "POST", "/functions/faulty", b"bad").0, 400);
     // Too large by its declared length: answered before the body is sent
     // (as to a client that waits with `Expect: 100-continue`).
@@ -330,6 +337,7 @@ fn runaway_requests_end_their_worker_only() {
     let (s, body, took) = runaway.join().unwrap();
     assert_eq!(s, 504, "{body}");
     assert!(body.contains("timed out after 400 ms") && body.contains("\"kind\":\"timeout\""), "{body}");
+    assert!(!body.contains("--timeout-ms"), "a CLI hint reached an HTTP client: {body}");
     assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(3), "{took:?}");
     lat.sort();
     println!("runaway answered in {took:?}; {} requests beside it, p50 {:?}, max {:?}", lat.len(), lat[lat.len() / 2], lat.last().unwrap());

@@ -267,86 +267,71 @@ fn workers_live_after(addr: SocketAddr, want: u64) -> Result<u64> {
 
 /// `limes serve` (in process, on 127.0.0.1) under 1..N concurrent clients,
 /// a bounded number of requests per level.
-pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_process: bool) -> Result<Vec<LoadRow>> {
-    let worker_exe = crate::sibling("limes")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let root = store.root().to_path_buf();
-    let anchors = limes::trust::Anchors::load(&[], limes::trust::default_dir(), &root)?;
-    let server = std::thread::spawn(move || -> Result<()> {
-        let store = limes::Store::open(root)?;
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        rt.block_on(limes::serve::serve(
-            &store,
-            limes::serve::ServeOptions {
-                anchors,
-                listen: "127.0.0.1:0".parse().unwrap(),
-                functions: vec!["noop".into()],
-                concurrency: 64,
-                workers: WORKERS as usize,
-                worker_exe: Some(worker_exe.into()),
-                in_process,
-                ..Default::default()
-            },
-            move |a, _| tx.send(a).unwrap(),
-            async move {
+/// A `limes serve` in this process (its own Tokio runtime, on a thread),
+/// with workers from the release `limes` beside the benchmark; the bound
+/// address, and what stops it.
+struct InProcessServe {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+impl InProcessServe {
+    fn start(store: &limes::Store, opts: limes::serve::ServeOptions) -> Result<InProcessServe> {
+        let worker_exe = crate::sibling("limes")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let root = store.root().to_path_buf();
+        let anchors = limes::trust::Anchors::load(&[], limes::trust::default_dir(), &root)?;
+        let thread = std::thread::spawn(move || -> Result<()> {
+            let store = limes::Store::open(root)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let opts = limes::serve::ServeOptions { anchors, listen: "127.0.0.1:0".parse().unwrap(), worker_exe: Some(worker_exe.into()), ..opts };
+            rt.block_on(limes::serve::serve(&store, opts, move |a, _| tx.send(a).unwrap(), async move {
                 let _ = stop_rx.await;
-            },
-        ))?;
-        Ok(())
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30))?;
+            }))?;
+            Ok(())
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30))?;
+        Ok(InProcessServe { addr, stop, thread })
+    }
+
+    fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap()
+    }
+}
+
+pub fn serve_load(store: &limes::Store, levels: &[usize], per_level: usize, in_process: bool) -> Result<Vec<LoadRow>> {
+    let server = InProcessServe::start(
+        store,
+        limes::serve::ServeOptions { functions: vec!["noop".into()], concurrency: 64, workers: WORKERS as usize, in_process, ..Default::default() },
+    )?;
+    let addr = server.addr;
     let mut rows = Vec::new();
     for &clients in levels {
-        let per = (per_level / clients).max(1);
-        let t = Instant::now();
         // Keep-alive clients, then an abrupt stop: each sends one more request
         // and drops its connection without reading the answer (as `wrk` does
         // when its time is up).
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                std::thread::spawn(move || -> Result<Vec<Duration>> {
-                    let mut c = KeepAlive::connect(addr)?;
-                    let mut lat = Vec::with_capacity(per);
-                    for _ in 0..per {
-                        let t = Instant::now();
-                        anyhow::ensure!(c.post("/functions/noop", b"ping")? == 200, "non-200 from serve");
-                        lat.push(t.elapsed());
-                    }
-                    c.send("/functions/noop", b"abandoned")?;
-                    Ok(lat)
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(h.join().unwrap()?);
-        }
-        let wall = t.elapsed().as_secs_f64();
-        let s = crate::Stats::of(&all, &format!("serve load at {clients} clients"))?;
+        let mode = if in_process { "in-process" } else { "workers" };
+        let mut row = load_levels(addr, "/functions/noop", b"ping", clients, per_level, mode, true)?;
         // Every pool must be full again after the abrupt stop.
-        let pool_after_abrupt_stop = if in_process { None } else { Some((workers_live_after(addr, WORKERS)?, WORKERS)) };
-        if let Some((live, of)) = pool_after_abrupt_stop {
-            anyhow::ensure!(live == of, "only {live} of {of} workers alive after {clients} clients stopped abruptly");
+        if !in_process {
+            let live = workers_live_after(addr, WORKERS)?;
+            anyhow::ensure!(live == WORKERS, "only {live} of {WORKERS} workers alive after {clients} clients stopped abruptly");
+            row.pool_after_abrupt_stop = Some((live, WORKERS));
         }
-        rows.push(LoadRow {
-            mode: if in_process { "in-process" } else { "workers" }.into(),
-            clients,
-            requests: all.len(),
-            requests_per_s: all.len() as f64 / wall,
-            p50_us: s.p50_us,
-            p99_us: s.p99_us,
-            pool_after_abrupt_stop,
-        });
+        rows.push(row);
     }
-    let _ = stop_tx.send(());
-    server.join().unwrap()?;
+    server.stop()?;
     Ok(rows)
 }
 
-/// Keep-alive clients at each level against `addr`, POSTing `body` to
-/// `path`; every answer must be 200.
-fn load_levels(addr: SocketAddr, path: &'static str, body: &'static [u8], clients: usize, per_level: usize, mode: &str) -> Result<LoadRow> {
+/// `clients` keep-alive clients against `addr`, `per_level` requests in
+/// all, each POSTing `body` to `path`; every answer must be 200. With
+/// `abandon`, each client ends with one more request whose answer it does
+/// not wait for.
+fn load_levels(addr: SocketAddr, path: &'static str, body: &'static [u8], clients: usize, per_level: usize, mode: &str, abandon: bool) -> Result<LoadRow> {
     let per = (per_level / clients).max(1);
     let t = Instant::now();
     let handles: Vec<_> = (0..clients)
@@ -359,6 +344,9 @@ fn load_levels(addr: SocketAddr, path: &'static str, body: &'static [u8], client
                     let status = c.post(path, body)?;
                     anyhow::ensure!(status == 200, "status {status} from {addr}{path}");
                     lat.push(t.elapsed());
+                }
+                if abandon {
+                    c.send(path, b"abandoned")?;
                 }
                 Ok(lat)
             })
@@ -416,54 +404,36 @@ pub fn http_vs_wasmtime(
         anyhow::ensure!(Instant::now() < deadline, "wasmtime serve did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let worker_exe = crate::sibling("limes")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let root = store.root().to_path_buf();
-    let anchors = limes::trust::Anchors::load(&[], limes::trust::default_dir(), &root)?;
-    let server = std::thread::spawn(move || -> Result<()> {
-        let store = limes::Store::open(root)?;
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        rt.block_on(limes::serve::serve(
-            &store,
-            limes::serve::ServeOptions {
-                anchors,
-                listen: "127.0.0.1:0".parse().unwrap(),
-                functions: vec!["http-hello".into()],
-                concurrency: 64,
-                workers: WORKERS as usize,
-                worker_exe: Some(worker_exe.into()),
-                routes: vec!["/=http-hello".parse().map_err(anyhow::Error::msg)?],
-                ..Default::default()
-            },
-            move |a, _| tx.send(a).unwrap(),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ))?;
-        Ok(())
-    });
-    let limes_addr = rx.recv_timeout(Duration::from_secs(30))?;
+    let server = InProcessServe::start(
+        store,
+        limes::serve::ServeOptions {
+            functions: vec!["http-hello".into()],
+            concurrency: 64,
+            workers: WORKERS as usize,
+            routes: vec!["/=http-hello".parse().map_err(anyhow::Error::msg)?],
+            ..Default::default()
+        },
+    )?;
+    let limes_addr = server.addr;
     let wt_mode = format!("wasmtime serve ({})", version.trim());
     let mut rows = Vec::new();
     for (i, &clients) in levels.iter().enumerate() {
         // Warm both, then take turns (the order alternates per level).
-        load_levels(wt_addr, "/echo", b"ping", 1, 20, &wt_mode)?;
-        load_levels(limes_addr, "/echo", b"ping", 1, 20, "limes serve")?;
+        load_levels(wt_addr, "/echo", b"ping", 1, 20, &wt_mode, false)?;
+        load_levels(limes_addr, "/echo", b"ping", 1, 20, "limes serve", false)?;
         let (w, l) = if i % 2 == 0 {
-            let w = load_levels(wt_addr, "/echo", b"ping", clients, per_level, &wt_mode)?;
-            (w, load_levels(limes_addr, "/echo", b"ping", clients, per_level, "limes serve")?)
+            let w = load_levels(wt_addr, "/echo", b"ping", clients, per_level, &wt_mode, false)?;
+            (w, load_levels(limes_addr, "/echo", b"ping", clients, per_level, "limes serve", false)?)
         } else {
-            let l = load_levels(limes_addr, "/echo", b"ping", clients, per_level, "limes serve")?;
-            (load_levels(wt_addr, "/echo", b"ping", clients, per_level, &wt_mode)?, l)
+            let l = load_levels(limes_addr, "/echo", b"ping", clients, per_level, "limes serve", false)?;
+            (load_levels(wt_addr, "/echo", b"ping", clients, per_level, &wt_mode, false)?, l)
         };
         rows.push(w);
         rows.push(l);
     }
     let _ = wt.kill();
     let _ = wt.wait();
-    let _ = stop_tx.send(());
-    server.join().unwrap()?;
+    server.stop()?;
     Ok(rows)
 }
 

@@ -84,8 +84,8 @@ pub enum VmError {
     NoHypervisor,
     #[error("could not start {cmd}")]
     Spawn { cmd: String, source: std::io::Error },
-    #[error("the VM did not boot within {secs} s{detail}")]
-    BootTimeout { secs: u64, detail: String },
+    #[error("the VM did not boot within {}{detail}", show_duration(*ms))]
+    BootTimeout { ms: u64, detail: String },
     /// The function did not answer within its limit (the same fault as a
     /// Wasm timeout: exit 5, 504).
     #[error(transparent)]
@@ -404,14 +404,41 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
     let child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|source| VmError::Spawn { cmd: shown, source })?;
     let mut vm = Vm(child);
     let mut stderr = vm.0.stderr.take().expect("piped");
+    // A pidfd names this very process even after it is reaped (a plain pid
+    // could be reused by then); without one (kernels before 5.3) the boot
+    // deadline ends a paused VM instead.
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, vm.0.id() as libc::pid_t, 0) };
+    // SAFETY: a descriptor pidfd_open just returned is ours alone.
+    let pidfd = (pidfd >= 0).then(|| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) });
     let err_thread = std::thread::spawn(move || {
+        // The hypervisor's stderr, its last 64 KiB kept. QEMU under a KVM
+        // that cannot run the guest prints `KVM internal error` and pauses
+        // the VM, which would then sit out the whole boot deadline: it is
+        // ended at once instead (its console closes, and the boot fails
+        // quoting this text).
         let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
+        let mut buf = [0u8; 4096];
+        let mut ended = false;
+        while let Ok(n @ 1..) = stderr.read(&mut buf) {
+            v.extend_from_slice(&buf[..n]);
+            if !ended && v.windows(KVM_FAILED.len()).any(|w| w == KVM_FAILED) {
+                ended = true;
+                if let Some(fd) = &pidfd {
+                    use std::os::fd::AsRawFd;
+                    // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+                    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0) };
+                }
+            }
+            if v.len() > 64 << 10 {
+                v.drain(..v.len() - (64 << 10));
+            }
+        }
         v
     });
     let (tx, rx) = mpsc::channel();
     reader(vm.0.stdout.take().expect("piped"), Some(vm.0.id()), tx);
-    let booted = rx.recv_timeout(boot_timeout).map_err(|_| VmError::BootTimeout { secs: boot_timeout.as_secs(), detail: String::new() })?;
+    let booted = rx.recv_timeout(boot_timeout).map_err(|_| VmError::BootTimeout { ms: boot_timeout.as_millis() as u64, detail: String::new() })?;
     let ready_at = match booted {
         Event::Ready(t) => t,
         Event::Eof(noise) => return Err(ended(noise, vm, err_thread)),
@@ -421,6 +448,18 @@ fn boot(mut cmd: Command, name: &str, memory_limit: u64, boot_timeout: Duration,
     };
     let stdin = vm.0.stdin.take().expect("piped");
     Ok(BootedVm { vm, stdin, rx, err_thread, start, ready_at, name: name.to_string(), memory_limit, hypervisor: String::new(), kvm_probe: None, background })
+}
+
+/// What QEMU prints when KVM fails to run the guest (then it pauses it).
+const KVM_FAILED: &[u8] = b"KVM internal error";
+
+/// `1500 ms`, `60 s`.
+fn show_duration(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
 }
 
 /// Bound of the ioctl probe.

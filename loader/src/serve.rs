@@ -520,7 +520,7 @@ async fn dispatch(app: Arc<AppState>, name: String, below: String, request: axum
     // output) carries the request's id.
     let id = app.next_request.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("request", id, function = %name);
-    tracing::Instrument::instrument(invoke_in_span(app, name, below, request), span).await
+    tracing::Instrument::instrument(invoke_in_span(app, name, below, request, id), span).await
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 7.6.1): never
@@ -532,7 +532,7 @@ fn is_hop_by_hop(name: &str, connection: &HeaderMap) -> bool {
         || connection.get_all(axum::http::header::CONNECTION).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(name)))
 }
 
-async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request: axum::extract::Request) -> Response {
+async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request: axum::extract::Request, id: u64) -> Response {
     // Nothing of the body is read before the function and the declared size
     // have been checked.
     let found = app.functions.read().unwrap().get(&name).cloned();
@@ -682,8 +682,21 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
     });
     let resp = match outcome {
         Err((status, kind, message)) => {
-            tracing::warn!(function = %name, kind, error = %escape_log(&message), "invocation failed");
-            error_response(status, kind, &message)
+            // The detail (a panic message, paths, the server's own flags)
+            // is for the operator's log; the client gets the kind, a
+            // sentence of its own and the request id to quote.
+            tracing::warn!(function = %name, kind, request_id = id, error = %escape_log(&message), "invocation failed");
+            let public = match kind {
+                "timeout" => format!("{name} timed out after {} ms", deadline.as_millis()),
+                "memory-limit" => format!("{name} exceeded its memory limit of {} MiB", f.spec.limits.memory_bytes >> 20),
+                "trap" => format!("{name} failed (a trap: a panic or an invalid operation)"),
+                "worker-crashed" => format!("{name}: its worker process ended unexpectedly and was replaced"),
+                "busy" => "all workers are busy; retry later".to_string(),
+                "too-large" => message,
+                _ => format!("{name} could not answer"),
+            };
+            let body = format!("{}\n", serde_json::json!({"error": public, "kind": kind, "request_id": id}));
+            (status, [("content-type", "application/json")], body).into_response()
         }
         Ok(Answer::Http(head, body)) => http_answer(&name, head, body),
         Ok(Answer::Limes(result)) => match result {
