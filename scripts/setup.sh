@@ -10,6 +10,11 @@ installed=$(rustup target list --installed)
 for t in "${need_targets[@]}"; do
     grep -qx "$t" <<<"$installed" || rustup target add "$t"
 done
+# rustfmt and clippy: the test script checks formatting and lints.
+installed_components=$(rustup component list --installed 2>/dev/null)
+for c in rustfmt clippy; do
+    grep -q "^$c" <<<"$installed_components" || rustup component add "$c"
+done
 # The Hermit kernel and the functions' unikernel images: the nightly the
 # kernel 0.11.0 pins, with the standard library's source (-Zbuild-std) and
 # llvm-tools (symbol rewriting, ELF32 conversion). About 20 s, once.

@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 target="${CARGO_TARGET_DIR:-target}"
+# Formatting first: it takes a second and says exactly what to run. Then
+# the lints, every target, warnings as errors (an unsafe block needs its
+# SAFETY comment: [workspace.lints] in Cargo.toml).
+cargo fmt --all --check || { echo "run: cargo fmt --all" >&2; exit 1; }
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # Benchmark smoke run (few iterations, asserts no timings): every method and
 # workload must run and the report must be written.
 cargo build --locked -p limes -p limes-bench

@@ -31,7 +31,7 @@ fn noop_bundle() -> &'static (TestKey, PathBuf) {
 fn installed(d: &Path) -> PathBuf {
     let (key, bundle) = noop_bundle();
     let store = d.join("store");
-    install(&store, &bundle, &key);
+    install(&store, bundle, key);
     store
 }
 
@@ -89,7 +89,7 @@ fn a_tampered_artifact_is_never_mapped_and_reinstalling_repairs_it() {
     assert!(e.contains("does not match the signed manifest"), "{e}");
     // Reinstalling the genuine bundle replaces the damaged object.
     let (key, bundle) = noop_bundle();
-    install(&store, &bundle, &key);
+    install(&store, bundle, key);
     let o = ok(limes_cmd(&store).args(["run", "noop", "--data", "genuine"]));
     assert_eq!(o.stdout, b"genuine");
 }
@@ -133,6 +133,7 @@ fn the_store_is_private_and_refused_when_others_can_write_it() {
     chmod(&object, 0o500);
     ok(limes_cmd(&store).args(["run", "noop"]));
     // Another owner (only root can arrange this).
+    // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         let rec = store.join("functions/noop.json");
         std::os::unix::fs::lchown(&rec, Some(65534), None).unwrap();
@@ -263,7 +264,7 @@ fn no_header_byte_can_change_while_verify_says_ok() {
     let d = tempdir();
     let store = d.path().join("store");
     let (key, bundle) = noop_bundle();
-    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
     let raw = raw_tar(bundle);
     let hs = headers(&raw);
     // ustar fields: (offset, length).

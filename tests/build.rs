@@ -324,6 +324,10 @@ fn run_builds_runs_and_watches() {
     };
     assert!(faulty("loop", 5).contains("timed out after 300 ms"));
     assert!(faulty("bad", 4).contains("bad-request: bad on purpose"));
+    // --json: the document `limes run --json` prints.
+    let j = json(&ok(&mut run(&["--data", "hi", "--json"])));
+    assert_eq!((j["ok"].as_bool(), j["body_utf8"].as_str(), j["body_base64"].as_str()), (Some(true), Some("hi"), Some("aGk=")), "{j}");
+    assert_eq!(j["timings"]["backend"], "wasm", "{j}");
 
     // --watch: one run at start, another after an edit.
     let mut child = run(&["--data", "w", "--watch"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -347,7 +351,7 @@ fn run_builds_runs_and_watches() {
         }
         t.elapsed()
     };
-    wait_for("w");
+    wait_for("w\n");
     let lib = dir.join("src/lib.rs");
     let src = std::fs::read_to_string(&lib).unwrap().replace("Response::new(req.body)", "Response::new([b\"edited:\".to_vec(), req.body].concat())");
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -658,7 +662,7 @@ fn a_prebuilt_wasi_http_component_ships_like_a_crate() {
             .args(extra);
         c
     };
-    let j = json(&ok(&mut build(&["--allow-outbound", "https://api.example.com", "--timeout-ms", "1500", "--sign"]).arg(&key.secret)));
+    let j = json(&ok(build(&["--allow-outbound", "https://api.example.com", "--timeout-ms", "1500", "--sign"]).arg(&key.secret)));
     assert_eq!(j["world"]["kind"], "wasi-http");
     assert!(j["world"]["export"].as_str().unwrap().starts_with("wasi:http/incoming-handler@0.2."));
     assert!(j["microvm"].is_null(), "a prebuilt component has no native build");
@@ -671,13 +675,13 @@ fn a_prebuilt_wasi_http_component_ships_like_a_crate() {
     assert_eq!(m["limits"]["timeout_ms"], 1500);
     // Reproducible: the same component gives the same bundle.
     let first = std::fs::read(&bundle).unwrap();
-    ok(&mut build(&["--sign"]).arg(&key.secret).args(["--allow-outbound", "https://api.example.com", "--timeout-ms", "1500"]));
+    ok(build(&["--sign"]).arg(&key.secret).args(["--allow-outbound", "https://api.example.com", "--timeout-ms", "1500"]));
     assert_eq!(std::fs::read(&bundle).unwrap(), first);
 
     // Installed and run as a device would.
     let store_dir = tempdir();
     let store = limes::Store::open(store_dir.path()).unwrap();
-    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
     let f = store.install(&bundle, &keys, Default::default()).unwrap();
     let rt = limes::Runtime::new(&limes::RuntimeOptions { max_instances: 2, ..Default::default() }).unwrap();
     let loaded = limes::load(&rt, &f, limes::LoadMode::Auto, limes::store::Integrity::Rehash).unwrap();

@@ -286,7 +286,7 @@ fn kubelets_cri_calls_run_a_pod_and_a_tampered_image_fails_it() {
 /// The shipped shim links one Wasmtime (the loader's) and no Cranelift.
 #[test]
 fn shim_links_one_wasmtime_and_no_compiler() {
-    let out = ok(&mut Command::new(env!("CARGO"))
+    let out = ok(Command::new(env!("CARGO"))
         .args(["tree", "--locked", "--offline", "-p", "containerd-shim-limes", "-e", "normal", "--prefix", "none"])
         .current_dir(repo()));
     let tree = text(&out.stdout);

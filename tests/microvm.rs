@@ -35,7 +35,7 @@ fn noop_with_image_installed(dir: &std::path::Path, kind: ImageKind) -> (TestKey
 fn every_pack_boots_and_answers_like_wasm() {
     let key = test_key();
     let d = tempdir();
-    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
     let rt = limes::Runtime::new(&Default::default()).unwrap();
     let cases: Vec<(&str, Request)> = vec![
         ("noop", Request::new("hello microvm").with_meta("k", "v")),
@@ -97,7 +97,7 @@ fn limes_run_boots_the_image() {
     // A bundle without an image says so.
     let plain = build_signed(&pack("noop"), &key, &d.path().join("plain"));
     let st = limes::Store::open(d.path().join("store2")).unwrap();
-    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
     let f = st.install(&plain.bundle, &keys, Default::default()).unwrap();
     let e = limes::microvm::run(&f, &Request::new(""), &vm_opts(d.path())).unwrap_err();
     assert!(e.to_string().contains("has no microVM image"), "{e}");
@@ -218,7 +218,7 @@ fn firecracker_config_follows_the_documented_schema() {
             assert_eq!(file("microvm/vmlinux").unwrap(), std::fs::read(&kernel).unwrap());
             // The embedded kernel boots without --kernel.
             let st = limes::Store::open(d.path().join("st")).unwrap();
-            let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+            let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
             let f = st.install(&out.bundle, &keys, Default::default()).unwrap();
             let opts = limes::microvm::VmOptions { probe_cache: Some(d.path().join("accel")), ..Default::default() };
             let o = limes::microvm::run(&f, &Request::new("embedded"), &opts).unwrap();

@@ -112,7 +112,7 @@ fn no_mutated_bundle_is_accepted() {
     let key = test_key();
     let sk = SecretKey::from_file(&key.secret).unwrap();
     let other = SecretKey::generate().unwrap();
-    let keys = TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let keys = TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
     let both = TrustedKeys::new(vec![sk.public(), other.public()]);
     let d = tempdir();
     let per_pack: usize = std::env::var("LIMES_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);

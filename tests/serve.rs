@@ -38,7 +38,7 @@ fn start(store: &std::path::Path, extra: &[&str]) -> Server {
 fn store_with_noop_and_faulty() -> (TestKey, tempfile::TempDir) {
     let key = test_key();
     let d = tempdir();
-    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
     let st = limes::Store::open(d.path().join("store")).unwrap();
     for krate in [pack("noop"), fixture("faulty")] {
         let b = build_signed(&krate, &key, d.path());
@@ -215,7 +215,7 @@ fn hostile_clients_are_bounded() {
     let key = test_key();
     let d = tempdir();
     let store = d.path().join("store");
-    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
     let b = build_signed(&pack("noop"), &key, &d.path().join("out"));
     limes::Store::open(&store).unwrap().install(&b.bundle, &keys, Default::default()).unwrap();
     trust(&store, &key);

@@ -149,7 +149,7 @@ fn flipped_bytes_fail_verification_naming_what_broke() {
     // ... and, through the library, every byte of the headers and the
     // first and last blocks plus a dense sample of the rest (every byte of a
     // small bundle is covered by the limes-bundle unit tests).
-    let keys = limes_bundle::TrustedKeys::load(&[pk.clone()]).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&pk)).unwrap();
     let n = orig.len();
     let positions = (0..1024.min(n)).chain((1024..n).step_by(61)).chain(n.saturating_sub(512)..n);
     for i in positions {

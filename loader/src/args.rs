@@ -125,6 +125,34 @@ pub fn init_logging_with(verbose: u8, quiet: bool, extra: &[&str]) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
+/// The `--json` document of a function's answer, the same for `limes run`
+/// and `limes-pack run` (documented in the README, "JSON output"): the body
+/// always as base64, also as text when it is UTF-8; a wasi:http function's
+/// status and headers; `ok` false for an error answer or a 5xx status.
+pub fn answer_json(
+    result: &Result<limes_sdk::Response, limes_sdk::Error>,
+    http: Option<&crate::wasi_http::HttpHead>,
+    timings: serde_json::Value,
+) -> serde_json::Value {
+    use base64::Engine as _;
+    match result {
+        Ok(resp) => {
+            let failed = http.is_some_and(|h| h.status >= 500);
+            let mut v = serde_json::json!({"ok": !failed, "content_type": resp.content_type,
+                "body_len": resp.body.len(), "body_base64": base64::engine::general_purpose::STANDARD.encode(&resp.body),
+                "body_utf8": std::str::from_utf8(&resp.body).ok(),
+                "timings": timings});
+            if let Some(h) = http {
+                v["status"] = h.status.into();
+                v["headers"] = h.headers.iter().map(|(k, v)| serde_json::json!([k, v])).collect();
+            }
+            v
+        }
+        Err(e) => serde_json::json!({"ok": false, "kind": "function-error", "error": e.to_string(),
+            "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings}),
+    }
+}
+
 /// A `--json` answer: one JSON document on one line of stdout.
 pub fn print_json(v: &serde_json::Value) {
     println!("{v}");

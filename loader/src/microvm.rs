@@ -455,7 +455,7 @@ const KVM_FAILED: &[u8] = b"KVM internal error";
 
 /// `1500 ms`, `60 s`.
 fn show_duration(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{ms} ms")

@@ -572,7 +572,7 @@ mod tests {
 
     #[test]
     fn the_memory_limit_covers_all_memories_of_an_instance() {
-        let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1, ..Default::default() }).unwrap();
+        let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1 }).unwrap();
         let component = Component::new(&rt.engine, FOUR_MEMORIES).unwrap();
         let spec = FunctionSpec {
             name: "multi".into(),

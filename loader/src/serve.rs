@@ -402,7 +402,9 @@ struct BodyReservation<'a> {
 }
 
 impl BodyReservation<'_> {
-    /// Hold enough for `bytes` received so far.
+    /// Hold enough for `bytes` received so far. The error is the answer to
+    /// send (built once, on a path that ends the request).
+    #[allow(clippy::result_large_err)]
     fn grow_to(&mut self, bytes: usize) -> Result<(), Response> {
         let need = bytes.div_ceil(1024).max(1).min(u32::MAX as usize) as u32;
         if need <= self.kib {
@@ -884,7 +886,7 @@ impl AutoRouter {
         let other = self.current.other();
         // Measure the other backend early (every 4th request until it has
         // three answers), then every AUTO_EXPLORE-th; never within the gap.
-        let turn = (self.window(other).len() < 3 && self.requests % 4 == 0) || self.requests % AUTO_EXPLORE == 0;
+        let turn = (self.window(other).len() < 3 && self.requests.is_multiple_of(4)) || self.requests.is_multiple_of(AUTO_EXPLORE);
         if turn && self.next_try.is_none_or(|t| now >= t) {
             self.next_try = Some(now + self.gap);
             other

@@ -114,7 +114,7 @@ pub fn run_installed(
 ) -> (Result<limes_sdk::Response, limes_sdk::Error>, Option<String>) {
     let store_dir = tempdir();
     let store = limes::Store::open(store_dir.path()).unwrap();
-    let keys = limes_bundle::TrustedKeys::load(&[key.public.clone()]).unwrap();
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
     let f = store.install(bundle, &keys, Default::default()).unwrap();
     let rt = limes::Runtime::new(&limes::RuntimeOptions { max_instances: 2, ..Default::default() }).unwrap();
     let loaded = limes::load(&rt, &f, limes::LoadMode::Auto, limes::store::Integrity::Rehash).unwrap();
@@ -192,6 +192,9 @@ impl TestRegistry {
 
 /// The real `limes` binary on `store`, with no store, log or registry
 /// setting inherited from the environment (tests of the loader package only).
+// Each package's tests include this file; only the loader's have the
+// `limes` binary, and asking for it elsewhere is a bug in the test.
+#[allow(clippy::option_env_unwrap)]
 pub fn limes_cmd(store: &Path) -> Command {
     let exe = option_env!("CARGO_BIN_EXE_limes").expect("only the loader package's tests run the limes binary");
     limes_cmd_at(Path::new(exe), store)
@@ -260,6 +263,7 @@ pub const COMPILER_CRATES: [&str; 3] = ["cranelift-codegen", "wasmtime-internal-
 
 /// The real `limes-pack` binary, with no signing key or build date
 /// inherited from the environment (tests of the limes-pack package only).
+#[allow(clippy::option_env_unwrap)]
 pub fn limes_pack_cmd() -> Command {
     let exe = option_env!("CARGO_BIN_EXE_limes-pack").expect("only the limes-pack package's tests run the limes-pack binary");
     let mut c = Command::new(exe);

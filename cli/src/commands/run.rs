@@ -44,6 +44,9 @@ pub struct RunCommand {
 /// Exit codes shared with `limes run`.
 use limes::error::{EXIT_FAULT, EXIT_FUNCTION_ERROR};
 
+/// Set for the runs `--watch` starts (each ends its body with a newline).
+const WATCH_CHILD: &str = "LIMES_PACK_WATCH_CHILD";
+
 impl RunCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
         if self.watch {
@@ -114,11 +117,26 @@ impl RunCommand {
                 call_time.as_millis()
             );
         }
+        // The same document as `limes run --json`.
+        if ui.json {
+            let timings = serde_json::json!({"backend": "wasm", "tier": tier.name, "jit": false,
+                "build_us": build_time.as_micros() as u64, "call_us": call_time.as_micros() as u64});
+            limes::args::print_json(&limes::args::answer_json(&inv.result, inv.http.as_ref(), timings));
+        }
+        let failed = inv.http.as_ref().is_some_and(|h| h.status >= 500);
         match inv.result {
             Ok(r) => {
-                std::io::stdout().write_all(&r.body)?;
-                std::io::stdout().flush()?;
-                Ok(std::process::ExitCode::SUCCESS)
+                if !ui.json {
+                    let mut out = std::io::stdout();
+                    out.write_all(&r.body)?;
+                    // Under --watch, the next status line starts on a line
+                    // of its own.
+                    if std::env::var_os(WATCH_CHILD).is_some() && !r.body.ends_with(b"\n") {
+                        out.write_all(b"\n")?;
+                    }
+                    out.flush()?;
+                }
+                Ok(std::process::ExitCode::from(if failed { EXIT_FUNCTION_ERROR } else { 0 }))
             }
             Err(e) => {
                 eprintln!("function error: {e}");
@@ -138,8 +156,11 @@ impl RunCommand {
         loop {
             let now = newest_change(&root, &project.target_dir);
             if seen != Some(now) {
+                if seen.is_some() {
+                    eprintln!("limes-pack run --watch: change detected, rebuilding");
+                }
                 seen = Some(now);
-                let status = std::process::Command::new(&exe).args(&args).status().context("starting the run")?;
+                let status = std::process::Command::new(&exe).args(&args).env(WATCH_CHILD, "1").status().context("starting the run")?;
                 eprintln!("limes-pack run --watch: exited {}; watching {} for changes (Ctrl-C stops)", status.code().unwrap_or(-1), root.display());
             }
             std::thread::sleep(Duration::from_millis(250));

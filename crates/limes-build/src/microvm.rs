@@ -39,9 +39,12 @@ struct Entry<'a> {
     data: &'a [u8],
 }
 
+/// One archive entry: path, mode, device numbers (major, minor), contents.
+pub type CpioEntry<'a> = (&'a str, u32, (u32, u32), &'a [u8]);
+
 /// Write a newc ("070701") cpio archive with fixed owners, times and inode
 /// numbers, so the same inputs always give the same bytes.
-pub fn newc(entries: &[(&str, u32, (u32, u32), &[u8])], mtime: u64) -> Vec<u8> {
+pub fn newc(entries: &[CpioEntry<'_>], mtime: u64) -> Vec<u8> {
     let mut out = Vec::new();
     let mut put = |e: &Entry<'_>, ino: u32| {
         let name_len = e.name.len() + 1;
@@ -71,10 +74,8 @@ pub fn newc(entries: &[(&str, u32, (u32, u32), &[u8])], mtime: u64) -> Vec<u8> {
             out.push(0);
         }
     };
-    let mut ino = 1;
-    for (name, mode, rdev, data) in entries {
+    for (ino, (name, mode, rdev, data)) in (1..).zip(entries) {
         put(&Entry { name, mode: *mode, rdev: *rdev, data }, ino);
-        ino += 1;
     }
     put(&Entry { name: "TRAILER!!!", mode: 0, rdev: (0, 0), data: &[] }, 0);
     out

@@ -34,6 +34,8 @@ impl Progress for NoProgress {
 /// The key a build signs with. A key from a file or a variable is read only
 /// in the signing phase, after every process the build started has ended
 /// (see [`crate::isolate`]).
+// One per build: the size of the key variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum SigningKey {
     /// Already in memory (library callers that hold their own key).
     Key(SecretKey),

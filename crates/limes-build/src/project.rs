@@ -189,10 +189,7 @@ impl Project {
             None => LimesMetadata::default(),
         };
         // A function crate must build a cdylib (the component).
-        pkg.targets
-            .iter()
-            .find(|t| t.crate_types.iter().any(|c| *c == cargo_metadata::CrateType::CDyLib))
-            .ok_or_else(|| ProjectError::NotCdylib(name.clone()))?;
+        pkg.targets.iter().find(|t| t.crate_types.contains(&cargo_metadata::CrateType::CDyLib)).ok_or_else(|| ProjectError::NotCdylib(name.clone()))?;
         let dependencies = dependency_closure(md, &pkg.id);
         let project = Project {
             function_name: meta.name.clone().unwrap_or_else(|| name.clone()),

@@ -264,7 +264,7 @@ mod signing {
             if b.len() != SK_LEN || &b[..2] != b"Ed" {
                 return Err(key_err(format!("{source}: not a minisign Ed25519 secret key (is this the .pub file?)")));
             }
-            if &b[2..4] != [0, 0] {
+            if b[2..4] != [0, 0] {
                 return Err(key_err(format!(
                     "{source}: secret key is password-protected; limes-pack needs an unencrypted key \
                      (create one with `limes-pack keygen` or `minisign -G -W`)"

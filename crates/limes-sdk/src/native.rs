@@ -258,21 +258,19 @@ pub mod init {
             halt("cannot write to the console");
         }
         let mut input = BufReader::new(tty);
-        loop {
-            match frame::read_frame(&mut input, frame::REQUEST_MAGIC) {
-                Ok(Frame::Payload(p)) => {
-                    let res = match frame::decode_request(&p) {
-                        Ok(req) => call(handler, req),
-                        Err(e) => frame::Answer::Response(Err(Error::BadRequest(format!("undecodable request frame: {e}")))),
-                    };
-                    let _ = frame::write_frame(&mut out, frame::RESPONSE_MAGIC, &encode(&res));
-                    // One request per boot: a fresh VM per invocation, like
-                    // a fresh instance per invocation on the Wasm side.
-                    reboot();
-                }
-                Ok(_) => reboot(),
-                Err(e) => halt(&format!("bad request frame: {e}")),
+        // One request per boot: a fresh VM per invocation, like a fresh
+        // instance per invocation on the Wasm side.
+        match frame::read_frame(&mut input, frame::REQUEST_MAGIC) {
+            Ok(Frame::Payload(p)) => {
+                let res = match frame::decode_request(&p) {
+                    Ok(req) => call(handler, req),
+                    Err(e) => frame::Answer::Response(Err(Error::BadRequest(format!("undecodable request frame: {e}")))),
+                };
+                let _ = frame::write_frame(&mut out, frame::RESPONSE_MAGIC, &encode(&res));
+                reboot()
             }
+            Ok(_) => reboot(),
+            Err(e) => halt(&format!("bad request frame: {e}")),
         }
     }
 }

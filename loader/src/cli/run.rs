@@ -88,23 +88,15 @@ fn print_result(
     timings: serde_json::Value,
     hint: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    use base64::Engine as _;
+    if ctx.json {
+        println!("{}", limes::args::answer_json(&result, http, timings));
+    }
     match result {
         Ok(resp) => {
             // A wasi:http function answers with a status: a server error
             // (5xx) is the function's failure, as an error answer is.
             let failed = http.is_some_and(|h| h.status >= 500);
-            if ctx.json {
-                let mut v = serde_json::json!({"ok": !failed, "content_type": resp.content_type,
-                    "body_len": resp.body.len(), "body_base64": base64::engine::general_purpose::STANDARD.encode(&resp.body),
-                    "body_utf8": String::from_utf8(resp.body.clone()).ok(),
-                    "timings": timings});
-                if let Some(h) = http {
-                    v["status"] = h.status.into();
-                    v["headers"] = h.headers.iter().map(|(k, v)| serde_json::json!([k, v])).collect();
-                }
-                println!("{v}");
-            } else {
+            if !ctx.json {
                 if let (true, Some(h)) = (include, http) {
                     let mut head = format!("HTTP {}\n", h.status);
                     for (k, v) in &h.headers {
@@ -118,13 +110,6 @@ fn print_result(
             Ok(if failed { ExitCode::from(EXIT_FUNCTION_ERROR) } else { ExitCode::SUCCESS })
         }
         Err(e) => {
-            if ctx.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": false, "kind": "function-error", "error": e.to_string(),
-                    "function_error": {"kind": e.kind(), "message": e.message()}, "timings": timings})
-                );
-            }
             eprintln!("function error: {e}");
             if let (limes_sdk::Error::NotFound(_), Some(h)) = (&e, hint) {
                 eprintln!("hint: {h}");

@@ -95,7 +95,9 @@ fn params_from(req: &Request) -> Result<(Params, String), Error> {
     if p.width as u64 * p.height as u64 > MAX_PIXELS {
         return Err(Error::bad_request(format!("at most {MAX_PIXELS} pixels")));
     }
-    if !(p.x_min < p.x_max && p.y_min < p.y_max) || ![p.x_min, p.x_max, p.y_min, p.y_max].iter().all(|f| f.is_finite()) {
+    // Written as "ordered" so that NaN bounds fail it (`>=` would let them by).
+    let ordered = p.x_min < p.x_max && p.y_min < p.y_max;
+    if !ordered || ![p.x_min, p.x_max, p.y_min, p.y_max].iter().all(|f| f.is_finite()) {
         return Err(Error::bad_request("region must be finite with min < max"));
     }
     Ok((p, output))
