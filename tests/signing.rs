@@ -85,11 +85,14 @@ fn keys_from_the_minisign_tool_sign_bundles() {
     let pk = d.path().join("ms.pub");
     ok(minisign().args(["-G", "-W", "-f"]).arg("-p").arg(&pk).arg("-s").arg(&sk));
     let bundle = build(&pack("noop"), d.path(), &["--sign", sk.to_str().unwrap()]);
+    // One scheme in both binaries: `--trust` names public keys, `--key` the
+    // secret key that signs; the old spellings still work.
     ok(limes_pack_cmd().arg("verify").arg(&bundle).arg("--key").arg(&pk));
+    ok(limes_pack_cmd().arg("verify").arg(&bundle).arg("--trust").arg(&pk));
     // Key from an environment variable (CI secrets).
     let text = std::fs::read_to_string(&sk).unwrap();
     let out2 = d.path().join("env");
-    let o = ok(limes_pack_cmd().args(["build", "--json", "--sign", "env:MY_LIMES_KEY", "--out-dir"]).arg(&out2).arg(pack("noop")).env("MY_LIMES_KEY", text));
+    let o = ok(limes_pack_cmd().args(["build", "--json", "--key", "env:MY_LIMES_KEY", "--out-dir"]).arg(&out2).arg(pack("noop")).env("MY_LIMES_KEY", text));
     assert!(json(&o)["signed_by"].is_string());
     assert_eq!(std::fs::read(&bundle).unwrap(), std::fs::read(out2.join("noop-0.1.0.limes")).unwrap());
 }

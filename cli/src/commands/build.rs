@@ -33,7 +33,8 @@ pub struct BuildCommand {
     out_dir: Option<PathBuf>,
     /// Sign with this minisign secret key: a file, or `env:VAR` for a
     /// variable holding the key text.
-    #[arg(long, value_name = "KEY", env = "LIMES_SIGN")]
+    /// (`--key` signs in `build` and `sign` alike; `--sign` is the old spelling.)
+    #[arg(long = "key", visible_alias = "sign", value_name = "KEY", env = "LIMES_SIGN")]
     sign: Option<String>,
     /// Recompile every tier instead of reusing the content-addressed AOT cache.
     #[arg(long)]

@@ -9,12 +9,14 @@ use std::path::PathBuf;
 /// Exits 0 when the bundle is intact and signed by a trusted key, 3 when it
 /// is not (the message names what broke), 1 on other errors.
 #[derive(Args)]
-#[command(after_help = "Examples:\n  limes-pack verify hello-0.1.0.limes --key limes.pub")]
+#[command(after_help = "Examples:\n  limes-pack verify hello-0.1.0.limes --trust limes.pub")]
 pub struct VerifyCommand {
     /// The bundle to verify.
     bundle: PathBuf,
     /// Trusted public key file, or a directory of `.pub` files (repeatable).
-    #[arg(long, short, required = true, value_name = "PUB")]
+    /// `--trust` names public keys in both binaries (`--key` is the old
+    /// spelling here); `--key` names the secret key that signs.
+    #[arg(long = "trust", visible_alias = "key", short = 'k', required = true, value_name = "PUB")]
     key: Vec<PathBuf>,
 }
 
