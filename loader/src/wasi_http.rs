@@ -36,6 +36,8 @@ pub const AUTHORITY: &str = ":authority";
 /// Largest response body a `wasi:http` function may send (it is buffered
 /// to cross the worker pipe).
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Largest request body a function may send out (it is read whole first).
+pub const MAX_OUTBOUND_REQUEST_BYTES: usize = 16 << 20;
 /// Largest response body an outbound request may bring in.
 pub const MAX_OUTBOUND_RESPONSE_BYTES: usize = 16 << 20;
 /// Outbound deadlines (the function's own wall-time limit bounds the total).
@@ -173,6 +175,18 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
             between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout), OUTBOUND_BETWEEN_BYTES_TIMEOUT),
         };
         Box::new(async move {
+            // The guest's body is read whole (bounded) before the request
+            // goes out: a server that answers and closes as soon as it has
+            // the head would otherwise close the body under a guest that is
+            // still finishing it, which the guest sees as a reset
+            // connection instead of the answer (seen with wstd's client).
+            let (parts, body) = request.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_OUTBOUND_REQUEST_BYTES)
+                .collect()
+                .await
+                .map_err(|_| wasmtime_wasi_http::Error::HttpRequestBodySize(Some(MAX_OUTBOUND_REQUEST_BYTES as u64)))?
+                .to_bytes();
+            let request = http::Request::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed_unsync());
             let (res, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             let res = res.map(|b| {
                 http_body_util::Limited::new(b, MAX_OUTBOUND_RESPONSE_BYTES)
