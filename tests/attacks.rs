@@ -385,24 +385,14 @@ fn rollback_and_publisher_games_are_refused() {
     let e = fails(&mut install(&rc9, &[]), 1);
     assert!(e.contains("rollback") && e.contains("1.0.0-rc.10"), "{e}");
     // The same version with other content is refused unless forced.
-    let a = resigned(
-        &sk,
-        &d.path().join("a.limes"),
-        |m| {
+    let two_oh = |desc: &'static str| {
+        move |m: &mut Manifest| {
             m.function.version = "2.0.0".into();
-            m.function.description = Some("a".into())
-        },
-        None,
-    );
-    let b = resigned(
-        &sk,
-        &d.path().join("b.limes"),
-        |m| {
-            m.function.version = "2.0.0".into();
-            m.function.description = Some("b".into())
-        },
-        None,
-    );
+            m.function.description = Some(desc.into())
+        }
+    };
+    let a = resigned(&sk, &d.path().join("a.limes"), two_oh("a"), None);
+    let b = resigned(&sk, &d.path().join("b.limes"), two_oh("b"), None);
     ok(&mut install(&a, &[]));
     ok(&mut install(&a, &[]));
     let e = fails(&mut install(&b, &[]), 1);
