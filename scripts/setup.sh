@@ -5,7 +5,8 @@
 set -euo pipefail
 
 # x86_64-unknown-none: the Hermit boot loader (no_std, stable).
-need_targets=(wasm32-wasip2 x86_64-unknown-linux-musl x86_64-unknown-none)
+# aarch64-unknown-linux-musl: the static loader for ARM64 devices.
+need_targets=(wasm32-wasip2 x86_64-unknown-linux-musl x86_64-unknown-none aarch64-unknown-linux-musl)
 installed=$(rustup target list --installed)
 for t in "${need_targets[@]}"; do
     grep -qx "$t" <<<"$installed" || rustup target add "$t"
@@ -36,13 +37,17 @@ declare -A pkgs=(
     [kill]=procps                          # signals to `limes serve` in tests
     [protoc]=protobuf-compiler             # containerd-shim-wasm's ttrpc/CRI codegen
     [pkg-config]=pkg-config                # finds libseccomp for the shim
+    [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu  # the aarch64 loader's C (aws-lc, mimalloc, zstd) and its link (.cargo/config.toml)
+    [qemu-aarch64-static]=qemu-user-static  # runs the aarch64 loader in the tests
 )
 # Checked by package name: the libraries the containerd shim links, and
 # runc (containerd's runtime for the pod sandbox; in /usr/sbin, which a
 # non-root PATH may not search).
 # python3-venv: scripts/fetch-wasmtime.sh installs the pinned Wasmtime CLI
 # wheel (the benchmark smoke run's `wasmtime serve`) into a venv.
-libs=(libseccomp-dev libdbus-1-dev runc python3-venv)
+# libc6-dev-arm64-cross: the headers the aarch64 C dependencies compile
+# against (Rust's musl target links its own libc).
+libs=(libseccomp-dev libdbus-1-dev runc python3-venv libc6-dev-arm64-cross)
 missing=()
 for cmd in "${!pkgs[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")
@@ -56,6 +61,20 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# aarch64 executables run through qemu-user (binfmt_misc), as on a CI
+# runner set up for multi-arch builds: the aarch64 loader's `serve` starts
+# its workers as the same executable, which the kernel must know how to run.
+# Needs root (this machine's CI runs as root); skipped when registered.
+binfmt=/proc/sys/fs/binfmt_misc
+if [ ! -e "$binfmt/qemu-aarch64" ]; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    [ -e "$binfmt/register" ] || $SUDO mount -t binfmt_misc binfmt_misc "$binfmt"
+    # Debian's rule: flags F (the interpreter is opened now, so it works
+    # in other mount namespaces), O, P (argv[0] kept).
+    $SUDO sh -c "cat /usr/lib/binfmt.d/qemu-aarch64.conf > $binfmt/register"
 fi
 
 # A stock Debian kernel for microVM tests (downloaded, not installed).

@@ -17,6 +17,9 @@ cargo build --locked -p limes -p limes-bench
 # The static device build of the loader (its `limes run` rows; the loader
 # tests run it too).
 cargo build --locked -p limes --bin limes --target x86_64-unknown-linux-musl
+# The static aarch64 device build (cross-compiled; its tests run it under
+# qemu-user).
+cargo build --locked -p limes --bin limes --target aarch64-unknown-linux-musl
 # The wasi:http rows compare with `wasmtime serve` (pinned PyPI wheel).
 LIMES_WASMTIME="$(scripts/fetch-wasmtime.sh)" "$target/debug/limes-bench" --quick --out "$target/bench-quick" >/dev/null
 for f in report.md results.json results.csv scaling.svg; do

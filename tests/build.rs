@@ -36,13 +36,21 @@ fn every_pack_builds_into_a_validated_bundle() {
         let imports: Vec<&str> = j["world"]["imports"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert!(imports.iter().all(|i| i.starts_with("wasi:") || i.starts_with("limes:function/types@")), "{imports:?}");
         let tiers: Vec<&str> = j["tiers"].as_array().unwrap().iter().map(|t| t["tier"].as_str().unwrap()).collect();
-        assert_eq!(tiers, ["x86-64", "x86-64-v2", "x86-64-v3"]);
+        assert_eq!(tiers, ["x86-64", "x86-64-v2", "x86-64-v3", "aarch64", "aarch64-lse"]);
         assert_eq!(j["microvm"]["kind"], "hermit", "a Hermit image by default");
         assert_eq!(j["microvm"]["target"], "x86_64-unknown-hermit");
         let bundle = out_dir.path().join(format!("{name}-0.1.0.limes"));
         assert!(bundle.is_file());
         let insp = json(&ok(limes_pack_cmd().args(["inspect", "--json"]).arg(&bundle)));
         assert_eq!(insp["manifest"]["function"]["name"], name);
+        // Tiers grouped by architecture, each artifact for its own target.
+        assert_eq!(insp["tiers_by_arch"], serde_json::json!({"x86_64": ["x86-64", "x86-64-v2", "x86-64-v3"], "aarch64": ["aarch64", "aarch64-lse"]}));
+        for a in insp["manifest"]["aot"].as_array().unwrap() {
+            let arch = if a["tier"].as_str().unwrap().starts_with("aarch64") { "aarch64" } else { "x86_64" };
+            assert_eq!(a["target"], format!("{arch}-unknown-linux-gnu"), "{a}");
+        }
+        let text = String::from_utf8(ok(limes_pack_cmd().args(["inspect"]).arg(&bundle)).stdout).unwrap();
+        assert!(text.contains("tier x86_64        x86-64 ") && text.contains("tier aarch64       aarch64 "), "{text}");
         assert_eq!(insp["signer_key_id"], serde_json::Value::Null);
     }
     // The image pack declares its preopen.
@@ -177,7 +185,7 @@ fn clear_errors_for_bad_crates() {
     assert!(toml.contains("[package.metadata.limes]\n"));
     std::fs::write(&manifest, toml.replace("[package.metadata.limes]\n", "[package.metadata.limes]\ntiers = [\"x86-64\", \"x86-64-v9\"]\n")).unwrap();
     let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(bad_meta.path().join("tiered")), 1);
-    assert!(e.contains("tiered") && e.contains("unknown tier \"x86-64-v9\"; known tiers: x86-64, x86-64-v2, x86-64-v3"), "{e}");
+    assert!(e.contains("tiered") && e.contains("unknown tier \"x86-64-v9\"; known tiers: x86-64, x86-64-v2, x86-64-v3, aarch64, aarch64-lse"), "{e}");
 
     let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(common::repo()), 1);
     assert!(e.contains("workspace root without a package"), "{e}");

@@ -369,3 +369,151 @@ fn help_has_examples() {
         assert!(text.contains("Examples:") && text.contains(&format!("limes {sub}")), "{sub} --help:\n{text}");
     }
 }
+
+/// The static aarch64 device build of `limes` (scripts/test.sh builds it
+/// first; this is then a no-op), checked to be a static aarch64 executable
+/// that this x86_64 machine runs through qemu-user (binfmt_misc, which
+/// scripts/setup.sh registers: serve's workers are the same executable,
+/// started by the kernel like any other).
+fn aarch64_device_loader() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    ok(Command::new(&cargo).args(["build", "--quiet", "-p", "limes", "--bin", "limes", "--target", limes::DEVICE_TARGET_AARCH64]).current_dir(repo()));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
+    let device = target.join(limes::DEVICE_TARGET_AARCH64).join("debug").join("limes");
+    let elf = std::fs::read(&device).unwrap();
+    assert_eq!(u16::from_le_bytes([elf[0x12], elf[0x13]]), 0xb7, "{} is not an aarch64 executable", device.display());
+    assert_eq!(elf_interpreter(&elf), None, "{} must be static", device.display());
+    let binfmt = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap_or_default();
+    assert!(binfmt.starts_with("enabled"), "qemu-user is not registered for aarch64 executables (binfmt_misc): run scripts/setup.sh");
+    device
+}
+
+/// ARM64 devices: one `limes-pack build` makes a bundle that the static
+/// aarch64 loader (under qemu-user) installs and runs with the answers of
+/// x86_64: every reference pack, the wasi:http pack, limits and exit codes,
+/// `limes serve` with worker processes, tier choice by the CPU's features,
+/// a pull that fetches only the aarch64 tier, and clear refusals of what an
+/// aarch64 device cannot run.
+#[test]
+fn aarch64_device_loader_runs_every_pack_under_qemu_user() {
+    let device = aarch64_device_loader();
+    let key = test_key();
+    let d = tempdir();
+    let built = |name: &str, dir: &Path| build_signed(dir, &key, &d.path().join(name)).bundle;
+    let noop = built("noop", &pack("noop"));
+    let mandelbrot = built("mandelbrot", &pack("mandelbrot"));
+    let image = built("image", &pack("image"));
+    let http_pack = built("http", &pack("http"));
+    let faulty = built("faulty", &fixture("faulty"));
+    let manifest = archive::read_bundle(&mandelbrot, &BundleLimits::default(), SignaturePolicy::Unverified, &mut archive::Discard).unwrap().manifest;
+    assert_eq!(manifest.tiers_by_arch().iter().map(|(a, t)| (a.as_str(), t.len())).collect::<Vec<_>>(), [("x86_64", 3), ("aarch64", 2)]);
+
+    let store = d.path().join("store");
+    let arm = || limes_cmd_at(&device, &store);
+    for b in [&noop, &mandelbrot, &image, &http_pack, &faulty] {
+        ok(arm().arg("install").arg(b).arg("--trust").arg(&key.public));
+    }
+    assert_eq!(stdout(&ok(arm().args(["run", "noop", "--data", "hello arm"]))), "hello arm");
+
+    // The tier follows the CPU the kernel reports: QEMU's default CPU has
+    // LSE (ARMv8.1+), a Cortex-A53 (Raspberry Pi 3) does not.
+    let run_json = |cpu: Option<&str>| {
+        let mut c = arm();
+        if let Some(cpu) = cpu {
+            c.env("QEMU_CPU", cpu);
+        }
+        json(&ok(c.args(["--json", "run", "mandelbrot", "--data", "output=checksum"])))
+    };
+    for (cpu, tier) in [(None, "aarch64-lse"), (Some("cortex-a53"), "aarch64")] {
+        let v = run_json(cpu);
+        assert_eq!(v["body_utf8"].as_str().unwrap().trim(), MANDELBROT_DEFAULT_CHECKSUM, "{v}");
+        assert_eq!(v["timings"]["tier"], tier, "{cpu:?}: {v}");
+    }
+
+    // The image pipeline gives the same bytes as on x86_64.
+    let jpeg = d.path().join("in.jpg");
+    std::fs::write(&jpeg, test_jpeg()).unwrap();
+    let x86_store = d.path().join("x86-store");
+    install(&x86_store, &image, &key);
+    let x86 = ok(limes_cmd(&x86_store).args(["run", "image", "--input"]).arg(&jpeg)).stdout;
+    let arm_out = ok(arm().args(["run", "image", "--input"]).arg(&jpeg)).stdout;
+    assert!(x86.len() > 1000 && x86 == arm_out, "image output differs: {} vs {} bytes", x86.len(), arm_out.len());
+
+    // A standard wasi:http component.
+    let o = ok(arm().args(["run", "http-hello", "-X", "POST", "--path", "/echo", "--data", "ping"]));
+    assert_eq!(stdout(&o).trim(), "ping");
+
+    // Limits and exit codes, as on x86_64.
+    let e = fails(arm().args(["run", "faulty", "--data", "loop"]), 5);
+    assert!(e.contains("timed out after 500 ms"), "{e}");
+    let e = fails(arm().args(["run", "faulty", "--data", "oom"]), 5);
+    assert!(e.contains("exceeded its memory limit of 33554432 bytes"), "{e}");
+    let e = fails(arm().args(["run", "faulty", "--data", "panic"]), 5);
+    assert!(e.contains("trapped") && e.contains("asked to panic"), "{e}");
+    let e = fails(arm().args(["run", "faulty", "--data", "bad"]), 4);
+    assert!(e.contains("bad-request: bad on purpose"), "{e}");
+
+    // `limes serve`: worker processes (the same aarch64 executable) answer.
+    let mut server = arm()
+        .args(["serve", "--listen", "127.0.0.1:0", "--function", "mandelbrot", "--function", "http-hello", "--function", "faulty", "--workers", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut server);
+    let answers = [
+        http(addr, "POST", "/functions/mandelbrot", b"output=checksum"),
+        http(addr, "POST", "/functions/http-hello/echo", b"served"),
+        http(addr, "POST", "/functions/faulty", b"panic"),
+        http(addr, "POST", "/functions/mandelbrot", b"output=checksum"),
+    ];
+    let _ = server.kill();
+    let _ = server.wait();
+    let answers: Vec<(u16, String)> = answers.into_iter().map(|(s, b)| (s, String::from_utf8_lossy(&b).trim().to_string())).collect();
+    assert_eq!(answers[0], (200, MANDELBROT_DEFAULT_CHECKSUM.to_string()));
+    assert_eq!(answers[1], (200, "served".to_string()));
+    assert_eq!(answers[2].0, 500, "a trap in a worker: {:?}", answers[2]);
+    assert_eq!(answers[3], answers[0], "the next request after a trap");
+
+    // A bundle without aarch64 tiers is refused at install, naming its tiers.
+    let x86_only = limes_build::build(
+        &limes_build::BuildOptions {
+            path: pack("noop"),
+            out_dir: Some(d.path().join("x86-only")),
+            tiers: vec!["x86-64".into(), "x86-64-v3".into()],
+            signing_key: Some(SecretKey::from_file(&key.secret).unwrap().into()),
+            cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+            ..Default::default()
+        },
+        &limes_build::pipeline::NoProgress,
+    )
+    .unwrap();
+    let fresh = d.path().join("fresh-store");
+    let e = fails(limes_cmd_at(&device, &fresh).arg("install").arg(&x86_only.bundle).arg("--trust").arg(&key.public), 1);
+    assert!(e.contains("no precompiled code for this aarch64 device") && e.contains("x86_64: x86-64, x86-64-v3") && e.contains("--tier aarch64"), "{e}");
+
+    // A microVM image is x86_64: an aarch64 device says so and runs Wasm.
+    let with_image = build_signed_with(&pack("noop"), &key, &d.path().join("image-noop"), Some(limes_bundle::manifest::ImageKind::Linux));
+    let vm_store = d.path().join("vm-store");
+    ok(limes_cmd_at(&device, &vm_store).arg("install").arg(&with_image.bundle).arg("--trust").arg(&key.public));
+    let e = fails(limes_cmd_at(&device, &vm_store).args(["run", "noop", "--backend", "microvm", "--data", "x"]), 1);
+    assert!(e.contains("microVM image is built for x86_64") && e.contains("this device is aarch64") && e.contains("--backend wasm"), "{e}");
+
+    // From a registry, an aarch64 device downloads the component and its
+    // one tier: none of the x86_64 code.
+    let registry = TestRegistry::start(None);
+    let reference = format!("{}/fns/mandelbrot:0.1.0", registry.addr);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(limes_oci::push(&mandelbrot, &reference, true, &Default::default()))
+        .unwrap();
+    let pulled = d.path().join("pulled");
+    let o = json(&ok(limes_cmd_at(&device, &pulled).args(["--json", "pull", &reference, "--insecure", "--trust"]).arg(&key.public)));
+    let mut downloaded: Vec<&str> = o["downloaded"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    downloaded.sort();
+    assert_eq!(downloaded, ["aot/aarch64-lse.cwasm", "component.wasm"], "{o}");
+    let o = ok(limes_cmd_at(&device, &pulled).args(["run", "mandelbrot", "--data", "output=checksum"]));
+    assert_eq!(stdout(&o).trim(), MANDELBROT_DEFAULT_CHECKSUM);
+}

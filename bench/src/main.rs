@@ -5,6 +5,7 @@
 //! `--out`. `--quick` is a smoke run (few iterations) for CI; it asserts
 //! nothing about timings.
 
+mod arm64;
 mod report;
 mod synth;
 
@@ -152,6 +153,8 @@ pub struct Results {
     pub backends: Vec<BackendRow>,
     /// Wasm and `auto` serving one workload for a minute.
     pub sustained: Vec<BackendRow>,
+    /// Precompile time and size of every tier (both architectures), per pack.
+    pub tier_costs: Vec<arm64::TierCostRow>,
     pub notes: Vec<String>,
 }
 
@@ -184,15 +187,19 @@ pub(crate) const RUN_GLIBC: &str = "aot-process (limes run, glibc build)";
 /// with the same profile as this benchmark (scripts/bench.sh and
 /// scripts/test.sh build it).
 pub(crate) fn device_loader() -> Result<PathBuf> {
+    device_loader_for(limes::DEVICE_TARGET)
+}
+
+/// [`device_loader`] for `target` (also the aarch64 device build).
+pub(crate) fn device_loader_for(target: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().unwrap();
     let profile = dir.file_name().unwrap();
-    let p = dir.parent().unwrap().join(limes::DEVICE_TARGET).join(profile).join("limes");
+    let p = dir.parent().unwrap().join(target).join(profile).join("limes");
     anyhow::ensure!(
         p.is_file(),
-        "{} not found; build the device loader first: cargo build -p limes --bin limes --target {} (scripts/bench.sh does)",
+        "{} not found; build the device loader first: cargo build -p limes --bin limes --target {target} (scripts/bench.sh does)",
         p.display(),
-        limes::DEVICE_TARGET
     );
     Ok(p)
 }
@@ -222,7 +229,7 @@ fn clean_hermit_build(project: &limes_build::Project, pkg: &str) {
         .status();
 }
 
-fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+pub(crate) fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     let t = Instant::now();
     let r = f();
     (t.elapsed(), r)
@@ -312,6 +319,7 @@ fn main() -> Result<()> {
             http_load,
             backends: Vec::new(),
             sustained: Vec::new(),
+            tier_costs: Vec::new(),
             notes,
         };
         let md = report::serve_markdown(&results);
@@ -423,6 +431,22 @@ fn main() -> Result<()> {
         let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
         native_exes.insert(pack, limes_build::compile::build_native(&project, None, &limes_build::CargoOptions { quiet: true, ..Default::default() })?);
     }
+    // ARM64: every tier's precompile cost, one at a time; each pack's native
+    // aarch64 build and the aarch64 loader, run under qemu-user below.
+    let tier_costs = components.iter().map(|(n, w)| arm64::tier_costs(n, w, &profile, if q { 1 } else { 5 })).collect::<Result<Vec<_>>>()?;
+    let arm = if arm64::can_run_aarch64() {
+        let loader = device_loader_for(limes::DEVICE_TARGET_AARCH64)?;
+        let mut exes = std::collections::BTreeMap::new();
+        for pack in ["noop", "mandelbrot", "image"] {
+            let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
+            let cargo = limes_build::CargoOptions { quiet: true, ..Default::default() };
+            exes.insert(pack, limes_build::compile::build_native(&project, Some(limes::DEVICE_TARGET_AARCH64), &cargo)?);
+        }
+        Some((loader, exes))
+    } else {
+        notes.push("the aarch64 rows were skipped: qemu-user is not registered for aarch64 executables (scripts/setup.sh registers it)".into());
+        None
+    };
     let anchors = limes::trust::Anchors::load(&[], limes::trust::default_dir(), store.root())?;
     for w in &workloads {
         eprintln!("workload {}", w.name);
@@ -564,6 +588,31 @@ fn main() -> Result<()> {
         push(&mut rows, RUN_GLIBC, "total", &totals[1]);
         push(&mut rows, "native-process", "total", &native_total);
 
+        // The same request on an (emulated) ARM64 device.
+        if let (Some((loader, exes)), false) = (&arm, w.name.contains("file")) {
+            let e = arm64::Emulated {
+                workload: w.name,
+                function: w.function,
+                body: &body,
+                meta: w.full.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                dirs: &w.dirs,
+                frame: &frame,
+                native: &exes[w.pack],
+            };
+            rows.extend(arm64::emulated_rows(
+                loader,
+                store.root(),
+                &e,
+                if q {
+                    1
+                } else if w.pack == "noop" {
+                    30
+                } else {
+                    10
+                },
+            )?);
+        }
+
         // The microVM images of the same function, Linux and Hermit, in
         // turn: launch to ready frame, request to answer, launch to answer.
         if !w.name.contains("file") {
@@ -632,7 +681,7 @@ fn main() -> Result<()> {
     let (w, f, body, _) = choice.iter().find(|c| c.1 == "image").expect("the image workload");
     let sustained = report::sustained(&hermit_store, &kernel, w, f, body, if q { 1 } else { 60 })?;
 
-    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, http_load, backends, sustained, notes };
+    let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, http_load, backends, sustained, tier_costs, notes };
     report::write_all(&a.out, &results)?;
     eprintln!("wrote {}", a.out.join("report.md").display());
     println!("{}", std::fs::read_to_string(a.out.join("report.md"))?);

@@ -567,6 +567,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
+    s += &arm64_section(r, &workloads);
     s += "\n## Cold start against component size\n\n![scaling](scaling.svg)\n\n| component size | compile-at-load p50 | AOT (map + instantiate + call) p50 | AOT p99 |\n|---|---|---|---|\n";
     for x in &r.scaling {
         let _ = writeln!(s, "| {:.0} KB | {} | {} | {} |", x.size_bytes as f64 / 1e3, us(x.compile_at_load.p50_us), us(x.aot.p50_us), us(x.aot.p99_us));
@@ -667,6 +668,36 @@ pub fn markdown(r: &Results) -> String {
 
 /// Log-log line chart of cold start against component size.
 /// Only the serve tables (`--only-serve`).
+/// ARM64: the aarch64 tiers' build cost beside x86_64's, and the emulated
+/// aarch64 loader beside the pack's native aarch64 build.
+fn arm64_section(r: &Results, workloads: &[String]) -> String {
+    use limes_bundle::profile::Arch;
+    let mut s = String::new();
+    if !r.tier_costs.is_empty() {
+        s += "\n## aarch64 tiers: what they add to a build\n\nEach tier precompiled from the pack's component one at a time (Cranelift cross-compiles the aarch64 tiers on this x86_64 machine; `limes-pack build` compiles all tiers in parallel, so its wall time grows less). p50 of the runs.\n\n| pack | x86_64 tiers (3) | aarch64 tiers (2) | aarch64 / x86_64 time | x86_64 bytes | aarch64 bytes | per tier (ms, bytes) |\n|---|---|---|---|---|---|---|\n";
+        for c in &r.tier_costs {
+            let (xm, xb) = c.total(Arch::X86_64);
+            let (am, ab) = c.total(Arch::Aarch64);
+            let per: Vec<String> = c.tiers.iter().map(|(t, _, ms, b)| format!("{t}: {ms:.0} ms, {b} B")).collect();
+            let _ = writeln!(s, "| {} | {xm:.0} ms | {am:.0} ms | {:.2}x | {xb} B | {ab} B | {} |", c.pack, am / xm.max(1e-9), per.join("; "));
+        }
+    }
+    let mut rows = String::new();
+    for w in workloads {
+        if let (Some(l), Some(n)) = (find(r, w, crate::arm64::RUN_AARCH64, "total"), find(r, w, crate::arm64::NATIVE_AARCH64, "total")) {
+            let _ =
+                writeln!(rows, "| {w} | {} | {} | {} | {} | {:.2}x | {} |", us(l.p50_us), us(l.p99_us), us(n.p50_us), us(n.p99_us), l.p50_us / n.p50_us, l.n);
+        }
+    }
+    if !rows.is_empty() {
+        s += "\n## ARM64 device under emulation: `limes run` (aarch64 loader, AOT) vs the native aarch64 process\n\n";
+        s += "Both are static aarch64 executables started by the kernel through qemu-user (binfmt_misc), in turn: the same store and request as the x86_64 rows above; the loader maps the `aarch64-lse` tier (QEMU's default CPU has LSE). Emulation slows both sides, so only the ratio means something; the absolute times say nothing about a real ARM device.\n\n";
+        s += "| workload | `limes run` p50 | p99 | native p50 | p99 | `limes run` / native (p50) | runs |\n|---|---|---|---|---|---|---|\n";
+        s += &rows;
+    }
+    s
+}
+
 pub fn serve_markdown(r: &Results) -> String {
     let mut s = format!(
         "# limes serve rows (`limes-bench --only-serve`)\n\n{}\n\n| mode | clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|---|\n",

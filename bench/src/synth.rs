@@ -3,7 +3,7 @@
 
 use crate::{ScalingRow, Stats};
 use anyhow::Result;
-use limes_bundle::profile::{EngineProfile, TIERS};
+use limes_bundle::profile::{EngineProfile, Tier};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ fn start(engine: &Engine, component: &Component) -> Result<u32> {
 }
 
 pub fn scaling(sizes: &[u64], profile: &EngineProfile, compile_runs: usize, aot_runs: usize, work: &Path) -> Result<Vec<ScalingRow>> {
-    let tier = TIERS.iter().rev().find(|t| t.missing_on_host().is_empty()).expect("baseline tier fits");
+    let tier = Tier::best_for_host().expect("baseline tier fits");
     let mut rows = Vec::new();
     for &size in sizes {
         let wasm = component_of_size(size)?;
@@ -75,7 +75,7 @@ pub fn scaling(sizes: &[u64], profile: &EngineProfile, compile_runs: usize, aot_
             jit.push(t.elapsed());
             expect = Some(r);
         }
-        let cwasm = limes_build::aot::engine_for(tier, profile)?.precompile_component(&wasm).w()?;
+        let cwasm = limes_build::aot::engine_for(&tier, profile)?.precompile_component(&wasm).w()?;
         let path = work.join(format!("synth-{size}.cwasm"));
         std::fs::write(&path, &cwasm)?;
         let engine = runtime_engine(profile)?;

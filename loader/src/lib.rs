@@ -23,6 +23,10 @@ pub const JIT_ENABLED: bool = cfg!(feature = "jit");
 /// The target of the device build of `limes`: a static executable (no
 /// dynamic loader, no glibc start-up; see `main.rs` for its allocator).
 pub const DEVICE_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The static device build for aarch64 devices (Raspberry Pi, Jetson,
+/// Graviton); cross-built with Debian's aarch64 gcc (`.cargo/config.toml`).
+pub const DEVICE_TARGET_AARCH64: &str = "aarch64-unknown-linux-musl";
 pub mod args;
 pub mod kvm;
 pub mod microvm;

@@ -74,6 +74,8 @@ pub struct VmOutcome {
 pub enum VmError {
     #[error("{0} has no microVM image: {1}")]
     NoImage(String, &'static str),
+    #[error("{name}'s microVM image is built for {image} ({target}) and this device is {host}; run it as Wasm (--backend wasm)")]
+    WrongArch { name: String, image: String, target: String, host: &'static str },
     #[error("{0}'s microVM image was not fetched; pull it again with --with-microvm")]
     NotFetched(String),
     #[error(transparent)]
@@ -108,6 +110,7 @@ impl VmError {
             // The guest's own misbehaviour: a fault of the function.
             VmError::Flood(_) => crate::ErrorKind::Trap,
             VmError::NoImage(..)
+            | VmError::WrongArch { .. }
             | VmError::NotFetched(_)
             | VmError::NoKernel
             | VmError::NoHypervisor
@@ -481,6 +484,19 @@ pub fn run(f: &InstalledFunction, req: &Request, opts: &VmOptions) -> Result<VmO
 pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm, VmError> {
     let name = &f.manifest.function.name;
     let vm = f.manifest.microvm.as_ref().ok_or_else(|| VmError::NoImage(name.clone(), f.manifest.why_no_microvm().unwrap_or_default()))?;
+    // The image's architecture is the signed `target` of its native build
+    // (today every image is x86_64): an aarch64 device runs such a function
+    // as Wasm only, and says so before looking for a hypervisor.
+    let image_arch = limes_bundle::profile::Arch::of_triple(&vm.target);
+    let host = limes_bundle::profile::Arch::host();
+    if image_arch.is_none() || image_arch != host {
+        return Err(VmError::WrongArch {
+            name: name.clone(),
+            image: image_arch.map_or_else(|| "an unknown architecture".to_string(), |a| a.name().to_string()),
+            target: vm.target.clone(),
+            host: host.map_or("not one limes boots images on", |a| a.name()),
+        });
+    }
     if !f.has(&vm.initrd) {
         return Err(VmError::NotFetched(name.clone()));
     }

@@ -95,7 +95,15 @@ async fn pull_within(store: &Store, reference: &str, keys: &TrustedKeys, opts: &
         wanted.push(best.path.clone());
     }
     if opts.with_microvm {
-        wanted.extend(manifest.microvm_files().into_iter().map(String::from));
+        // Only an image this device can boot: the x86_64 images stay in the
+        // registry when an aarch64 device pulls (it serves the function as
+        // Wasm, and `--backend microvm` says why).
+        let image_arch = manifest.microvm.as_ref().and_then(|vm| limes_bundle::profile::Arch::of_triple(&vm.target));
+        if image_arch.is_some() && image_arch == limes_bundle::profile::Arch::host() {
+            wanted.extend(manifest.microvm_files().into_iter().map(String::from));
+        } else if let Some(vm) = &manifest.microvm {
+            tracing::warn!(target_triple = %vm.target, "not fetching the microVM image: it is not for this device's architecture");
+        }
     }
     let (mut downloaded, mut reused, mut files) = (Vec::new(), Vec::new(), Vec::new());
     for path in wanted {

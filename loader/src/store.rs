@@ -64,6 +64,8 @@ pub enum StoreError {
          (`limes install --trust KEY` does)", dir.display()
     )]
     NoTrust { name: String, dir: PathBuf },
+    #[error("refusing to install: {detail}; rebuild it with this device's tiers (limes-pack builds every tier by default; `--tier {baseline}` at least)")]
+    NoCodeForHost { detail: String, baseline: &'static str },
 }
 
 impl StoreError {
@@ -87,6 +89,7 @@ impl StoreError {
             | StoreError::InvalidName(_)
             | StoreError::Downgrade { .. }
             | StoreError::SameVersionDiffers { .. }
+            | StoreError::NoCodeForHost { .. }
             | StoreError::Corrupted { .. } => false,
         }
     }
@@ -718,6 +721,12 @@ impl Store {
 
     fn publish_locked(&self, staging: &Path, p: Publication<'_>) -> Result<InstalledFunction, StoreError> {
         let Publication { manifest, manifest_bytes, signer, files, policy } = p;
+        // A device refuses a bundle it could never run (an x86_64-only bundle
+        // on an aarch64 device), naming the tiers the bundle has.
+        if let Err(detail) = crate::select::check_host_arch(manifest) {
+            let baseline = limes_bundle::profile::TIERS.iter().find(|t| Some(t.arch) == limes_bundle::profile::Arch::host()).map_or("?", |t| t.name);
+            return Err(StoreError::NoCodeForHost { detail, baseline });
+        }
         // A partial object is named by what it holds too, so it never
         // shadows a complete one.
         let mut h = <sha2::Sha256 as sha2::Digest>::new();

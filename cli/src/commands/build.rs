@@ -15,7 +15,7 @@ use std::path::PathBuf;
 /// cached: a build with no change rewrites nothing.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  limes-pack build hello --sign limes.key\n  limes-pack build --manifest-path fns/Cargo.toml -p hello --tier x86-64-v3\n  limes-pack build --component app.wasm --name app --version 1.0.0 --allow-outbound https://api.example.com\n  LIMES_SIGN=env:LIMES_KEY limes-pack build --locked --json"
+    after_help = "Examples:\n  limes-pack build hello --sign limes.key\n  limes-pack build --manifest-path fns/Cargo.toml -p hello --tier x86-64-v3,aarch64-lse\n  limes-pack build --component app.wasm --name app --version 1.0.0 --allow-outbound https://api.example.com\n  LIMES_SIGN=env:LIMES_KEY limes-pack build --locked --json"
 )]
 pub struct BuildCommand {
     #[command(flatten)]
@@ -25,7 +25,9 @@ pub struct BuildCommand {
     #[command(flatten)]
     cargo: CargoFlags,
     /// CPU tiers to precompile (repeat or comma-separate): x86-64,
-    /// x86-64-v2, x86-64-v3 [default: metadata `tiers`, else all].
+    /// x86-64-v2, x86-64-v3 for x86_64 devices, aarch64 and aarch64-lse
+    /// (ARMv8.1+ atomics) for ARM64 devices [default: metadata `tiers`,
+    /// else all; a device downloads and maps only its own].
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(limes_bundle::profile::Tier::names()))]
     tier: Vec<String>,
     /// Directory for the component and the bundle.

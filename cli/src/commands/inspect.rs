@@ -19,7 +19,11 @@ impl InspectCommand {
         let v = read_bundle(&self.bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard)
             .map_err(|e| super::bundle_context(e, &self.bundle, "is damaged"))?;
         let m = &v.manifest;
+        let by_arch = m.tiers_by_arch();
+        let tiers_json: serde_json::Map<String, serde_json::Value> =
+            by_arch.iter().map(|(g, v)| (g.clone(), v.iter().map(|a| serde_json::Value::from(a.tier.clone())).collect())).collect();
         let json = serde_json::json!({
+            "tiers_by_arch": tiers_json,
             "ok": true,
             "bundle": self.bundle,
             "compressed_size": v.compressed_size,
@@ -51,9 +55,13 @@ impl InspectCommand {
             for p in &m.preopens {
                 s += &format!("  preopen    {} -> {}{}\n", t(&p.name), t(&p.guest_path), if p.writable { " (writable)" } else { "" });
             }
-            for a in &m.aot {
-                let size = m.file(&a.path).map(|f| f.size).unwrap_or(0);
-                s += &format!("  tier       {:<10} {:>9} bytes  {}\n", t(&a.tier), size, t(&a.path));
+            // Tiers grouped by architecture: a device runs one group.
+            for (arch, tiers) in &by_arch {
+                for (i, a) in tiers.iter().enumerate() {
+                    let size = m.file(&a.path).map(|f| f.size).unwrap_or(0);
+                    let label = if i == 0 { format!("tier {arch}") } else { String::new() };
+                    s += &format!("  {:<16} {:<12} {:>9} bytes  {}\n", label, t(&a.tier), size, t(&a.path));
+                }
             }
             if let Some(vm) = &m.microvm {
                 s += &format!(

@@ -58,8 +58,7 @@ impl RunCommand {
     fn run_once(&self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
         let location = self.krate.location();
         let project = limes_build::Project::discover(&location, self.krate.package.as_deref(), &self.cargo.options(true).global_flags())?;
-        let tier =
-            limes_bundle::profile::TIERS.iter().filter(|t| t.missing_on_host().is_empty()).max_by_key(|t| t.rank).context("no CPU tier fits this host")?;
+        let tier = limes_bundle::profile::Tier::best_for_host().context("no CPU tier fits this host")?;
         let t = Instant::now();
         let opts = limes_build::BuildOptions {
             path: location,

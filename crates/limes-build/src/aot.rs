@@ -1,10 +1,13 @@
-//! Ahead-of-time compilation of a component for explicit x86_64 CPU tiers.
+//! Ahead-of-time compilation of a component for explicit CPU tiers of
+//! x86_64 and aarch64.
 //!
 //! Every engine here is configured with an explicit target triple and the
 //! tier's ISA flags, so nothing of the build host's CPU leaks into an
-//! artifact: a CI runner with AVX-512 produces the same bytes as a laptop.
+//! artifact: a CI runner with AVX-512 produces the same bytes as a laptop,
+//! and an x86_64 runner cross-compiles the aarch64 tiers (Cranelift detects
+//! no features of a foreign target: a tier's flags are all it gets).
 
-use limes_bundle::profile::{EngineProfile, Tier, TARGET_TRIPLE, WASMTIME_VERSION};
+use limes_bundle::profile::{EngineProfile, Tier, WASMTIME_VERSION};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -73,7 +76,7 @@ pub fn engine_for(tier: &Tier, profile: &EngineProfile) -> Result<wasmtime::Engi
     let mut config = wasmtime::Config::new();
     profile.apply(&mut config);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    config.target(TARGET_TRIPLE).map_err(cfg_err)?;
+    config.target(tier.target()).map_err(cfg_err)?;
     for flag in tier.cranelift_flags {
         // SAFETY: the flag only changes which instructions the generated code
         // may use; the loader checks the host has them before loading.
@@ -94,7 +97,7 @@ fn compat_hash(engine: &wasmtime::Engine) -> String {
 /// its bytes.
 fn cache_key(component_sha: &str, tier: &Tier, profile: &EngineProfile) -> String {
     let mut h = Sha256::new();
-    for part in [component_sha, tier.name, &tier.cranelift_flags.join(","), &profile.digest(), WASMTIME_VERSION, TARGET_TRIPLE] {
+    for part in [component_sha, tier.name, &tier.cranelift_flags.join(","), &profile.digest(), WASMTIME_VERSION, tier.target()] {
         h.update(part.as_bytes());
         h.update([0]);
     }

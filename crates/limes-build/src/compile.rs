@@ -204,7 +204,34 @@ pub fn build_native(project: &Project, target: Option<&str>, opts: &CargoOptions
     if let Some(t) = target {
         ensure_target_installed(t, &project.package_dir)?;
     }
-    build_native_with(project, target, opts, Command::new(cargo()), &native_target_dir(project), &[])
+    let mut cmd = Command::new(cargo());
+    if let Some(t) = target {
+        cmd.envs(cross_toolchain(t, |v| std::env::var_os(v).is_some(), crate::doctor::on_path));
+    }
+    build_native_with(project, target, opts, cmd, &native_target_dir(project), &[])
+}
+
+/// The C cross compiler and linker for a static Linux `target` of another
+/// architecture (`aarch64-unknown-linux-musl` from x86_64), as cargo
+/// environment settings: Debian's `ARCH-linux-gnu-gcc` (gcc-aarch64-linux-gnu)
+/// when it is installed and nothing is configured. Rust's musl targets link
+/// their own libc and start files, so a glibc cross gcc links a static
+/// executable; without a setting cargo would run the host's `cc`, which
+/// cannot link aarch64 objects. A variable already set in the environment
+/// is left alone (another cross toolchain: set `CARGO_TARGET_..._LINKER`,
+/// which cargo prefers to any config file).
+pub fn cross_toolchain(target: &str, is_set: impl Fn(&str) -> bool, on_path: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+    let arch = target.split('-').next().unwrap_or_default();
+    if !target.ends_with("-linux-musl") || arch == std::env::consts::ARCH {
+        return Vec::new();
+    }
+    let gcc = format!("{arch}-linux-gnu-gcc");
+    if !on_path(&gcc) {
+        return Vec::new();
+    }
+    let t = target.replace('-', "_");
+    let linker = format!("CARGO_TARGET_{}_LINKER", t.to_uppercase());
+    [(linker, gcc.clone()), (format!("CC_{t}"), gcc), (format!("AR_{t}"), format!("{arch}-linux-gnu-ar"))].into_iter().filter(|(k, _)| !is_set(k)).collect()
 }
 
 /// [`build_native`] with a given cargo command (another toolchain), target
@@ -285,4 +312,30 @@ pub fn build_native_with(
     let target_name = target.unwrap_or("host").to_string();
     run_cargo_json(cmd, &project.package_name, &target_name, &manifest, |p| p.file_name().is_some_and(|n| n.to_string_lossy() == bin))?
         .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: target_name, what: "native executable" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cross_toolchain;
+
+    #[test]
+    fn cross_toolchain_for_aarch64_musl_only_when_installed_and_unset() {
+        if std::env::consts::ARCH != "x86_64" {
+            return;
+        }
+        let all = cross_toolchain("aarch64-unknown-linux-musl", |_| false, |c| c == "aarch64-linux-gnu-gcc");
+        assert_eq!(
+            all,
+            [
+                ("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER".to_string(), "aarch64-linux-gnu-gcc".to_string()),
+                ("CC_aarch64_unknown_linux_musl".into(), "aarch64-linux-gnu-gcc".into()),
+                ("AR_aarch64_unknown_linux_musl".into(), "aarch64-linux-gnu-ar".into()),
+            ]
+        );
+        let some = cross_toolchain("aarch64-unknown-linux-musl", |v| v.starts_with("CARGO_TARGET_"), |_| true);
+        assert_eq!(some.len(), 2, "a linker set by the user is kept: {some:?}");
+        assert!(cross_toolchain("aarch64-unknown-linux-musl", |_| false, |_| false).is_empty(), "no cross gcc, nothing set");
+        assert!(cross_toolchain("x86_64-unknown-linux-musl", |_| false, |_| true).is_empty(), "the host's own architecture");
+        assert!(cross_toolchain("aarch64-unknown-linux-gnu", |_| false, |_| true).is_empty(), "glibc targets need a sysroot");
+    }
 }

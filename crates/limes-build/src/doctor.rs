@@ -24,7 +24,7 @@ const TARGETS: &[(&str, &str, bool)] = &[
     ("x86_64-unknown-linux-musl", "--image linux, and the static device build of `limes`", false),
 ];
 
-fn on_path(cmd: &str) -> bool {
+pub(crate) fn on_path(cmd: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
 

@@ -9,7 +9,7 @@ use crate::validate::{self, ValidateError};
 use limes_bundle::archive::{self, BundleLimits, Discard, SignaturePolicy, Source};
 use limes_bundle::keys::{KeyId, SecretKey};
 use limes_bundle::manifest::{AotArtifact, EngineInfo, FunctionInfo, ImageKind, Manifest, Provenance, WorldInfo, COMPONENT_PATH, SCHEMA};
-use limes_bundle::profile::{EngineProfile, TARGET_TRIPLE, WASMTIME_VERSION};
+use limes_bundle::profile::{EngineProfile, WASMTIME_VERSION};
 use limes_bundle::BundleError;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -395,7 +395,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
             .zip(&aot_paths)
             .map(|(a, p)| AotArtifact {
                 tier: a.tier.name.into(),
-                target: TARGET_TRIPLE.into(),
+                target: a.tier.target().into(),
                 cpu_flags: a.tier.cranelift_flags.iter().map(|s| s.to_string()).collect(),
                 path: p.clone(),
                 compat_hash: a.compat_hash.clone(),

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 pub struct LimesMetadata {
     /// Function name in the bundle (default: the package name).
     pub name: Option<String>,
-    /// CPU tiers to precompile (default: all of `x86-64`, `x86-64-v2`, `x86-64-v3`).
+    /// CPU tiers to precompile (default: every tier of both architectures,
+    /// [`limes_bundle::profile::DEFAULT_TIERS`]).
     pub tiers: Option<Vec<String>>,
     pub memory_limit_mib: Option<u64>,
     pub timeout_ms: Option<u64>,

@@ -322,6 +322,21 @@ impl Manifest {
         }
     }
 
+    /// The AOT artifacts grouped by architecture (`x86_64`, `aarch64`, in
+    /// the order they first appear; a target limes does not know is its own
+    /// group): a device runs one group.
+    pub fn tiers_by_arch(&self) -> Vec<(String, Vec<&AotArtifact>)> {
+        let mut groups: Vec<(String, Vec<&AotArtifact>)> = Vec::new();
+        for a in &self.aot {
+            let arch = crate::profile::Arch::of_triple(&a.target).map_or_else(|| a.target.clone(), |x| x.name().to_string());
+            match groups.iter_mut().find(|(g, _)| *g == arch) {
+                Some((_, v)) => v.push(a),
+                None => groups.push((arch, vec![a])),
+            }
+        }
+        groups
+    }
+
     /// The files of the microVM image (empty without one).
     pub fn microvm_files(&self) -> Vec<&str> {
         let Some(vm) = &self.microvm else { return Vec::new() };
@@ -389,6 +404,9 @@ impl Manifest {
             let Some(tier) = Tier::by_name(&a.tier) else {
                 return bad(format!("unknown CPU tier {:?}", a.tier));
             };
+            if a.target != tier.target() {
+                return bad(format!("tier {} is for {}, not {}", a.tier, tier.target(), a.target));
+            }
             if tier.cranelift_flags.iter().map(|s| s.to_string()).collect::<Vec<_>>() != a.cpu_flags {
                 return bad(format!("cpu_flags of tier {} do not match the tier's definition", a.tier));
             }
@@ -420,10 +438,10 @@ impl Manifest {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
+impl Manifest {
+    /// A minimal valid manifest (a no-op with one component file), for
+    /// tests in this and other crates.
+    #[doc(hidden)]
     pub fn sample() -> Manifest {
         let profile = EngineProfile::default();
         Manifest {
@@ -448,6 +466,15 @@ pub(crate) mod tests {
             },
             allowed_outbound_hosts: vec![],
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample() -> Manifest {
+        Manifest::sample()
     }
 
     #[test]

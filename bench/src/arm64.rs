@@ -1,0 +1,106 @@
+//! ARM64 devices, measured from this x86_64 machine: what the aarch64 tiers
+//! add to a build, and Wasm AOT on the static aarch64 loader against the
+//! same pack's native aarch64 build, both run under qemu-user in turn.
+//!
+//! Under emulation both sides slow down alike, so only their ratio means
+//! something; the absolute times say nothing about a real device.
+
+use crate::{time, Row, Stats};
+use anyhow::{Context, Result};
+use limes_bundle::profile::{Arch, EngineProfile, TIERS};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Row names of the emulated whole-process measurements.
+pub(crate) const RUN_AARCH64: &str = "aarch64: limes run (qemu-user)";
+pub(crate) const NATIVE_AARCH64: &str = "aarch64: native process (qemu-user)";
+
+/// Precompile time and size of every tier of one pack, one tier at a time
+/// (the build compiles them in parallel; here each has the machine alone).
+#[derive(Debug, Clone, Serialize)]
+pub struct TierCostRow {
+    pub pack: String,
+    /// `(tier, architecture, p50 ms over the runs, bytes)`.
+    pub tiers: Vec<(String, String, f64, u64)>,
+}
+
+impl TierCostRow {
+    /// Total precompile ms and bytes of one architecture's tiers.
+    pub fn total(&self, arch: Arch) -> (f64, u64) {
+        self.tiers.iter().filter(|t| t.1 == arch.name()).fold((0.0, 0), |(ms, b), t| (ms + t.2, b + t.3))
+    }
+}
+
+/// Precompile `wasm` for every tier, `runs` times each, taking turns.
+pub fn tier_costs(pack: &str, wasm: &[u8], profile: &EngineProfile, runs: usize) -> Result<TierCostRow> {
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); TIERS.len()];
+    let mut sizes = vec![0u64; TIERS.len()];
+    for _ in 0..runs.max(1) {
+        for (i, tier) in TIERS.iter().enumerate() {
+            let engine = limes_build::aot::engine_for(tier, profile)?;
+            let (t, bytes) = time(|| engine.precompile_component(wasm));
+            sizes[i] = bytes.map_err(|e| anyhow::anyhow!("{pack}: precompiling {}: {e:#}", tier.name))?.len() as u64;
+            samples[i].push(t);
+        }
+    }
+    let tiers = TIERS
+        .iter()
+        .zip(samples.iter().zip(&sizes))
+        .map(|(t, (s, &size))| Ok((t.name.to_string(), t.arch.name().to_string(), Stats::of(s, t.name)?.p50_us / 1e3, size)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TierCostRow { pack: pack.into(), tiers })
+}
+
+/// One emulated workload: its name, pack, function, request frame body and
+/// `--meta` pairs.
+pub struct Emulated<'a> {
+    pub workload: &'a str,
+    pub function: &'a str,
+    pub body: &'a Path,
+    pub meta: Vec<(String, String)>,
+    pub dirs: &'a [(String, PathBuf)],
+    pub frame: &'a [u8],
+    pub native: &'a Path,
+}
+
+/// `limes run` on the aarch64 loader and the native aarch64 executable, in
+/// turn, `runs` times each; both started by the kernel through qemu-user
+/// (binfmt_misc). The store is the benchmark's: its installs hold every
+/// tier, and the aarch64 loader maps its own.
+pub fn emulated_rows(loader: &Path, store: &Path, w: &Emulated<'_>, runs: usize) -> Result<Vec<Row>> {
+    let (mut ours, mut native) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(1) {
+        let (t, ok) = time(|| -> Result<bool> {
+            use std::io::Write;
+            let mut c =
+                Command::new(w.native).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().with_context(|| format!("starting {}", w.native.display()))?;
+            c.stdin.take().unwrap().write_all(w.frame)?;
+            Ok(c.wait()?.success())
+        });
+        anyhow::ensure!(ok?, "native aarch64 {} failed", w.function);
+        native.push(t);
+        let mut cmd = Command::new(loader);
+        cmd.arg("--store").arg(store).args(["run", w.function, "--input"]).arg(w.body);
+        for (k, v) in &w.meta {
+            cmd.arg("--meta").arg(format!("{k}={v}"));
+        }
+        for (n, p) in w.dirs {
+            cmd.arg("--dir").arg(format!("{n}={}", p.display()));
+        }
+        let (t, out) = time(|| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status());
+        anyhow::ensure!(out?.success(), "aarch64 limes run {} failed", w.function);
+        ours.push(t);
+    }
+    Ok(vec![
+        Row { workload: w.workload.into(), method: RUN_AARCH64.into(), phase: "total".into(), stats: Stats::of(&ours, RUN_AARCH64)? },
+        Row { workload: w.workload.into(), method: NATIVE_AARCH64.into(), phase: "total".into(), stats: Stats::of(&native, NATIVE_AARCH64)? },
+    ])
+}
+
+/// Whether this machine runs aarch64 executables (qemu-user registered
+/// with binfmt_misc, as scripts/setup.sh does).
+pub fn can_run_aarch64() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").is_ok_and(|s| s.starts_with("enabled"))
+}
