@@ -4,27 +4,11 @@
 
 mod common;
 use common::*;
-use limes_bundle::archive::{self, BundleLimits, InMemory, SignaturePolicy, Source};
+use limes_bundle::archive::{self, BundleLimits, SignaturePolicy};
 use limes_bundle::keys::SecretKey;
 use limes_bundle::Manifest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Re-sign `bundle` after `edit` changed its manifest (a validly signed
-/// bundle with different content, as an attacker with the key, or a
-/// publisher of another version, would make).
-fn rewrite(bundle: &Path, key: &TestKey, out: &Path, edit: impl FnOnce(&mut Manifest)) -> PathBuf {
-    let mut mem = InMemory::default();
-    let v = archive::read_bundle(bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
-    let mut m = v.manifest.clone();
-    edit(&mut m);
-    let json = m.to_json();
-    let sk = SecretKey::from_file(&key.secret).unwrap();
-    let sig = sk.sign(&json, &m.trusted_comment());
-    let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b))).collect();
-    archive::write_bundle(out, &json, Some(&sig), &files, m.provenance.source_date_epoch).unwrap();
-    out.to_path_buf()
-}
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
@@ -363,7 +347,7 @@ fn elf_interpreter(elf: &[u8]) -> Option<String> {
 #[test]
 fn help_has_examples() {
     let d = tempdir();
-    for sub in ["install", "list", "pull", "remove", "run", "serve"] {
+    for sub in ["check", "install", "list", "pull", "remove", "run", "serve"] {
         let o = ok(limes_cmd(d.path()).args([sub, "--help"]));
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("Examples:") && text.contains(&format!("limes {sub}")), "{sub} --help:\n{text}");

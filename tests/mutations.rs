@@ -210,11 +210,13 @@ fn no_mutated_bundle_is_accepted() {
         variants.push(("unknown schema".into(), o.resigned(&sk, |m| m.schema = "limes.bundle/v2".into())));
         variants.push(("unsafe file path in manifest".into(), o.resigned(&sk, |m| m.files[0].path = "../x".into())));
         variants.push(("bad digest in manifest".into(), o.resigned(&sk, |m| m.files[0].sha256 = "f".repeat(64))));
+        // A tier claiming another architecture's target (an unknown tier
+        // name is allowed: it is never mapped).
         variants.push((
-            "unknown tier".into(),
+            "tier with another architecture's target".into(),
             o.resigned(&sk, |m| {
                 if let Some(a) = m.aot.first_mut() {
-                    a.tier = "x86-64-v9".into()
+                    a.target = if a.target.starts_with("x86_64") { "aarch64-unknown-linux-gnu".into() } else { "x86_64-unknown-linux-gnu".into() }
                 }
             }),
         ));

@@ -22,7 +22,7 @@ pub fn best_tier_of(manifest: &Manifest, present: impl Fn(&str) -> bool) -> (Opt
     let mut best: Option<(&AotArtifact, u8)> = None;
     for a in manifest.aot.iter().filter(|a| present(&a.path)) {
         let Some(tier) = Tier::by_name(&a.tier) else {
-            skipped.push(Skipped { tier: a.tier.clone(), reason: "unknown tier".into() });
+            skipped.push(Skipped { tier: a.tier.clone(), reason: "a tier this loader does not know (from a newer limes-pack)".into() });
             continue;
         };
         if a.target != tier.target() {

@@ -138,6 +138,40 @@ pub struct Installed {
     pub stamps: BTreeMap<String, FileStamp>,
 }
 
+/// What [`Store::check`] found for one function.
+#[derive(Debug, Clone)]
+pub struct FunctionCheck {
+    pub name: String,
+    pub version: Option<String>,
+    pub signer: Option<String>,
+    /// Files re-hashed against the signed manifest.
+    pub files_checked: usize,
+    /// Why it cannot be loaded (`None`: it verified).
+    pub problem: Option<(crate::ErrorKind, String)>,
+}
+
+/// What [`Store::check`] found.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    pub functions: Vec<FunctionCheck>,
+    /// Objects no record names (collected by the next install or removal,
+    /// or by `--repair`); never loaded.
+    pub unreferenced_objects: Vec<String>,
+    /// What killed processes left: staging directories, objects set aside
+    /// for removal, temporary record files.
+    pub leftovers: Vec<PathBuf>,
+    /// Whether leftovers and unreferenced objects were removed.
+    pub repaired: bool,
+}
+
+impl CheckReport {
+    /// The worst kind among the functions (`None`: all verified).
+    pub fn worst(&self) -> Option<crate::ErrorKind> {
+        let kinds = self.functions.iter().filter_map(|f| f.problem.as_ref().map(|p| p.0));
+        kinds.max_by_key(|k| (*k == crate::ErrorKind::Verification, k.exit_code()))
+    }
+}
+
 /// An installed function, resolved to its verified files.
 #[derive(Debug, Clone)]
 pub struct InstalledFunction {
@@ -316,8 +350,11 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_err(dir))?;
     tmp.write_all(data).and_then(|_| tmp.as_file().sync_all()).map_err(io_err(dest))?;
+    if dest.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".json")) {
+        crash_point("record-tmp-written");
+    }
     tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
-    Ok(())
+    sync_dir(dir)
 }
 
 /// Read at most `limit` bytes of a store file this user owns and nobody
@@ -345,6 +382,29 @@ pub fn is_valid_name(name: &str) -> bool {
 
 pub struct Store {
     root: PathBuf,
+}
+
+/// The name prefix of this process's staging directories: the PID lets
+/// recovery tell a live install's directory from a killed one's.
+fn staging_prefix() -> String {
+    format!("stage-{}-", std::process::id())
+}
+
+/// The PID a `tmp/` entry names: `stage-PID-*`, `gone-PID-*`, `bad-OBJECT-PID`.
+fn leftover_pid(name: &str) -> Option<i32> {
+    let field = if let Some(rest) = name.strip_prefix("stage-").or_else(|| name.strip_prefix("gone-")) {
+        rest.split('-').next()?
+    } else {
+        name.strip_prefix("bad-")?.rsplit('-').next()?
+    };
+    field.parse().ok().filter(|p| *p > 0)
+}
+
+/// Whether process `pid` exists (a reused PID only keeps a leftover longer).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Writes each verified-as-it-streams file under a staging directory.
@@ -418,15 +478,47 @@ fn make_read_only(dir: &Path) -> io::Result<()> {
         let ty = e.file_type()?;
         if ty.is_dir() {
             make_read_only(&p)?;
-            open_dir_nofollow(&p)?.set_permissions(std::fs::Permissions::from_mode(0o500))?;
+            let d = open_dir_nofollow(&p)?;
+            d.set_permissions(std::fs::Permissions::from_mode(0o500))?;
+            d.sync_all()?;
         } else if ty.is_file() {
             std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&p)?.set_permissions(std::fs::Permissions::from_mode(0o400))?;
         } else {
             return Err(io::Error::other(format!("{} is not a regular file or directory", p.display())));
         }
     }
-    open_dir_nofollow(dir)?.set_permissions(std::fs::Permissions::from_mode(0o500))
+    let d = open_dir_nofollow(dir)?;
+    d.set_permissions(std::fs::Permissions::from_mode(0o500))?;
+    // The staged tree's entries reach the disk before the rename that
+    // publishes it (its files were synced as they were written).
+    d.sync_all()
 }
+
+/// Make the entries of `dir` (a rename or unlink in it) durable: after a
+/// power cut the directory shows the new state, and an object renamed into
+/// `objects/` is on disk before the record that names it.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    open_dir_nofollow(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// Crash-test hook: `LIMES_CRASH_AT=POINT` makes the process SIGKILL itself
+/// when it reaches that point of a store update, so the crash test can stop
+/// an install, a switch or a collection exactly between two of its steps.
+/// Unset (always, outside tests), this is one cached environment lookup.
+pub(crate) fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var("LIMES_CRASH_AT").ok()).as_deref() == Some(point) {
+        // SAFETY: kill(2) on this process with a constant signal; nothing
+        // is read or written through pointers.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Every [`crash_point`] of the store, in the order an install meets them.
+pub const CRASH_POINTS: &[&str] =
+    &["staged", "object-published", "record-tmp-written", "record-published", "pin-published", "collecting", "collected", "record-removed"];
 
 /// Remove a tree of the store. Nothing is followed: a symlink (or any
 /// non-directory) is unlinked itself, and directories are made writable
@@ -616,7 +708,7 @@ impl Store {
     /// directory under `tmp/`. The directory is removed on any error.
     pub fn stage(&self, bundle: &Path, keys: &TrustedKeys, limits: &BundleLimits) -> Result<(tempfile::TempDir, VerifiedBundle), StoreError> {
         let tmp = self.root.join("tmp");
-        let staging = tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(io_err(&tmp))?;
+        let staging = tempfile::Builder::new().prefix(&staging_prefix()).tempdir_in(&tmp).map_err(io_err(&tmp))?;
         let v = match read_bundle(bundle, limits, SignaturePolicy::Require(keys), &mut DirSink { dir: staging.path() }) {
             Ok(v) => v,
             Err(e) => {
@@ -689,7 +781,7 @@ impl Store {
     ) -> Result<InstalledFunction, StoreError> {
         let (signer, manifest) = keys.verify_manifest(manifest_bytes, signature)?;
         let tmp = self.root.join("tmp");
-        let staging = tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(io_err(&tmp))?;
+        let staging = tempfile::Builder::new().prefix(&staging_prefix()).tempdir_in(&tmp).map_err(io_err(&tmp))?;
         let mut present = Vec::new();
         for (path, data) in files {
             let entry = manifest.file(path).ok_or_else(|| BundleError::UnlistedFile(limes_bundle::untrusted(path)))?;
@@ -702,7 +794,8 @@ impl Store {
         }
         for (name, data) in [(MANIFEST_PATH, manifest_bytes), (SIGNATURE_PATH, signature.as_bytes())] {
             let p = staging.path().join(name);
-            std::fs::write(&p, data).map_err(io_err(&p))?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).map_err(io_err(&p))?;
+            f.write_all(data).and_then(|_| f.sync_all()).map_err(io_err(&p))?;
         }
         make_read_only(staging.path()).map_err(io_err(staging.path()))?;
         present.sort();
@@ -738,7 +831,9 @@ impl Store {
         let object = if files.is_empty() { manifest_sha256.clone() } else { format!("{}-partial", hex::encode(sha2::Digest::finalize(h))) };
         let name = manifest.function.name.clone();
         let version = manifest.function.version.clone();
+        crash_point("staged");
         let _guard = self.lock()?;
+        self.recover_locked();
 
         // Identity: one publisher per name, unless rotated on purpose.
         let pin_rel = format!("pins/{name}");
@@ -772,14 +867,19 @@ impl Store {
         }
         if std::fs::symlink_metadata(&dest).is_err() {
             std::fs::rename(staging, &dest).map_err(io_err(&dest))?;
+            // On disk before any record names it.
+            sync_dir(&self.root.join("objects"))?;
         }
+        crash_point("object-published");
         let all_files: Vec<String> = if files.is_empty() { manifest.files.iter().map(|f| f.path.clone()).collect() } else { files.clone() };
         let record =
             Installed { name: name.clone(), version, object, signer: signer.clone(), files, manifest_sha256, stamps: stamps(&dest, all_files.into_iter())? };
         self.write_file(&format!("functions/{name}.json"), &serde_json::to_vec_pretty(&record).expect("record serializes"))?;
+        crash_point("record-published");
         if pinned.as_deref() != Some(signer.as_str()) {
             self.write_file(&pin_rel, format!("{signer}\n").as_bytes())?;
         }
+        crash_point("pin-published");
         self.gc_locked()?;
         self.get(&name)
     }
@@ -914,9 +1014,12 @@ impl Store {
             return Err(StoreError::InvalidName(limes_bundle::untrusted(name)));
         }
         let _guard = self.lock()?;
+        self.recover_locked();
         let rec = self.record(name)?.ok_or_else(|| self.not_installed(name))?;
         let p = self.root.join("functions").join(format!("{name}.json"));
         std::fs::remove_file(&p).map_err(io_err(&p))?;
+        sync_dir(&self.root.join("functions"))?;
+        crash_point("record-removed");
         self.gc_locked()?;
         Ok(rec)
     }
@@ -935,12 +1038,111 @@ impl Store {
         }
         let live: Vec<String> = self.list()?.into_iter().map(|r| r.object).collect();
         let objects = self.root.join("objects");
+        crash_point("collecting");
         for e in std::fs::read_dir(&objects).map_err(io_err(&objects))?.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if !live.contains(&n) {
-                let _ = remove_tree(&e.path());
+                // Renamed aside first: an object is either whole in
+                // `objects/` or gone from it, never half-removed there.
+                let aside = self.root.join("tmp").join(format!("gone-{}-{n}", std::process::id()));
+                if std::fs::rename(e.path(), &aside).is_ok() {
+                    let _ = remove_tree(&aside);
+                }
             }
         }
+        crash_point("collected");
         Ok(())
+    }
+
+    /// Check the whole store (`limes check`): every function's record,
+    /// object tree, signed manifest (against `anchors`) and the bytes of
+    /// every file it holds (re-hashed), plus what a killed process left
+    /// behind and objects no record names. With `repair`, the leftovers and
+    /// unreferenced objects are removed (under the lock); a function that
+    /// fails its check is reported, never changed: reinstall it.
+    pub fn check(&self, anchors: &crate::trust::Anchors, repair: bool) -> Result<CheckReport, StoreError> {
+        let mut functions = Vec::new();
+        let d = self.root.join("functions");
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .map_err(io_err(&d))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).filter(|n| is_valid_name(n)).map(String::from))
+            .collect();
+        names.sort();
+        let mut live = Vec::new();
+        for name in names {
+            let checked = self.load(&name, anchors).and_then(|f| {
+                let present: Vec<&str> = f.manifest.files.iter().map(|e| e.path.as_str()).filter(|p| f.has(p)).collect();
+                f.check_files(&present, Integrity::Rehash)?;
+                Ok((f.record.version.clone(), f.record.object.clone(), f.record.signer.clone(), present.len()))
+            });
+            functions.push(match checked {
+                Ok((version, object, signer, files)) => {
+                    live.push(object);
+                    FunctionCheck { name, version: Some(version), signer: Some(signer), files_checked: files, problem: None }
+                }
+                Err(e) => {
+                    if let Ok(Some(r)) = self.record(&name) {
+                        live.push(r.object);
+                    }
+                    FunctionCheck { name, version: None, signer: None, files_checked: 0, problem: Some((e.kind(), e.to_string())) }
+                }
+            });
+        }
+        let objects = self.root.join("objects");
+        let mut unreferenced: Vec<String> = std::fs::read_dir(&objects)
+            .map_err(io_err(&objects))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| !live.contains(n))
+            .collect();
+        unreferenced.sort();
+        let mut leftovers = Vec::new();
+        let tmp = self.root.join("tmp");
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            if leftover_pid(&e.file_name().to_string_lossy()).is_some_and(|pid| !process_alive(pid)) {
+                leftovers.push(e.path());
+            }
+        }
+        for dir in ["functions", "pins"] {
+            for e in std::fs::read_dir(self.root.join(dir)).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    leftovers.push(e.path());
+                }
+            }
+        }
+        leftovers.sort();
+        if repair && (!leftovers.is_empty() || !unreferenced.is_empty()) {
+            let _guard = self.lock()?;
+            self.recover_locked();
+            self.gc_locked()?;
+        }
+        Ok(CheckReport { functions, unreferenced_objects: unreferenced, leftovers, repaired: repair })
+    }
+
+    /// Start-up recovery, under the lock: remove what killed processes left
+    /// behind. Staging directories (`stage-PID-*`) and objects set aside for
+    /// removal (`gone-PID-*`, `bad-*-PID`) of processes that no longer run,
+    /// and temporary files of interrupted record writes in `functions/` and
+    /// `pins/` (written only under the lock, so none is live now). Nothing
+    /// here is ever loaded: records name only whole objects.
+    fn recover_locked(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let tmp = self.root.join("tmp");
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if leftover_pid(&n).is_some_and(|pid| !process_alive(pid)) && remove_tree(&e.path()).is_ok() {
+                removed.push(e.path());
+            }
+        }
+        for dir in ["functions", "pins"] {
+            let d = self.root.join(dir);
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") && std::fs::remove_file(e.path()).is_ok() {
+                    removed.push(e.path());
+                }
+            }
+        }
+        removed
     }
 }

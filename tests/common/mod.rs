@@ -272,3 +272,19 @@ pub fn limes_pack_cmd() -> Command {
     }
     c
 }
+
+/// Re-sign `bundle` after `edit` changed its manifest (a validly signed
+/// bundle with different content, as an attacker with the key, or a
+/// publisher of another version, would make).
+pub fn rewrite(bundle: &Path, key: &TestKey, out: &Path, edit: impl FnOnce(&mut limes_bundle::Manifest)) -> PathBuf {
+    let mut mem = limes_bundle::archive::InMemory::default();
+    let v = limes_bundle::archive::read_bundle(bundle, &Default::default(), limes_bundle::archive::SignaturePolicy::Unverified, &mut mem).unwrap();
+    let mut m = v.manifest.clone();
+    edit(&mut m);
+    let json = m.to_json();
+    let sk = limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap();
+    let sig = sk.sign(&json, &m.trusted_comment());
+    let files: Vec<(String, limes_bundle::archive::Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), limes_bundle::archive::Source::Bytes(b))).collect();
+    limes_bundle::archive::write_bundle(out, &json, Some(&sig), &files, m.provenance.source_date_epoch).unwrap();
+    out.to_path_buf()
+}

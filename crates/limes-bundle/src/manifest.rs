@@ -401,19 +401,23 @@ impl Manifest {
         let mut tiers = Vec::new();
         for a in &self.aot {
             listed(&a.path, "AOT artifact")?;
-            let Some(tier) = Tier::by_name(&a.tier) else {
-                return bad(format!("unknown CPU tier {:?}", a.tier));
-            };
+            if !is_name(&a.tier) {
+                return bad(format!("CPU tier name {:?} is not [A-Za-z0-9._-]{{1,64}}", a.tier));
+            }
+            if tiers.contains(&a.tier) {
+                return bad(format!("tier {} listed twice", a.tier));
+            }
+            tiers.push(a.tier.clone());
+            // A tier this build does not know (a newer limes-pack's) is
+            // never mapped (`select` skips it), so it does not make the
+            // bundle unreadable: a device keeps installing new bundles.
+            let Some(tier) = Tier::by_name(&a.tier) else { continue };
             if a.target != tier.target() {
                 return bad(format!("tier {} is for {}, not {}", a.tier, tier.target(), a.target));
             }
             if tier.cranelift_flags.iter().map(|s| s.to_string()).collect::<Vec<_>>() != a.cpu_flags {
                 return bad(format!("cpu_flags of tier {} do not match the tier's definition", a.tier));
             }
-            if tiers.contains(&a.tier) {
-                return bad(format!("tier {} listed twice", a.tier));
-            }
-            tiers.push(a.tier.clone());
         }
         if let Some(vm) = &self.microvm {
             listed(&vm.initrd, "initrd")?;
@@ -475,6 +479,33 @@ pub(crate) mod tests {
 
     pub fn sample() -> Manifest {
         Manifest::sample()
+    }
+
+    #[test]
+    fn unknown_tiers_are_tolerated_known_ones_checked() {
+        let mut m = sample();
+        let art = |tier: &str, target: &str, flags: &[&str]| AotArtifact {
+            tier: tier.into(),
+            target: target.into(),
+            cpu_flags: flags.iter().map(|s| s.to_string()).collect(),
+            path: aot_path(tier),
+            compat_hash: String::new(),
+        };
+        for a in [art("aarch64-lse", "aarch64-unknown-linux-gnu", &["has_lse"]), art("riscv64-v9", "riscv64gc-unknown-linux-gnu", &[])] {
+            m.files.push(FileEntry { path: a.path.clone(), sha256: crate::sha256_hex(b"x"), size: 1 });
+            m.aot.push(a);
+        }
+        m.files.sort_by(|a, b| a.path.cmp(&b.path));
+        m.validate().expect("a newer limes-pack's tier does not make a bundle unreadable");
+        let mut bad = m.clone();
+        bad.aot[0].target = "x86_64-unknown-linux-gnu".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("tier aarch64-lse is for aarch64-unknown-linux-gnu"));
+        let mut bad = m.clone();
+        bad.aot[0].cpu_flags.clear();
+        assert!(bad.validate().is_err());
+        let mut bad = m.clone();
+        bad.aot[1].tier = "aarch64-lse".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("listed twice"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+mod check;
 mod install;
 mod list;
 mod pull;
@@ -23,6 +24,7 @@ pub struct Ctx {
 
 #[derive(Subcommand)]
 pub enum Command {
+    Check(check::CheckCommand),
     Install(install::InstallCommand),
     List(list::ListCommand),
     Pull(pull::PullCommand),
@@ -36,6 +38,7 @@ pub enum Command {
 impl Command {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         match self {
+            Command::Check(c) => c.execute(ctx),
             Command::Install(c) => c.execute(ctx),
             Command::List(c) => c.execute(ctx),
             Command::Pull(c) => c.execute(ctx),
