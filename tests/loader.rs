@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use limes_bundle::archive::{self, BundleLimits, SignaturePolicy};
 use limes_bundle::keys::SecretKey;
-use limes_bundle::Manifest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

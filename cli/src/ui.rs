@@ -65,9 +65,10 @@ impl Ui {
             c.downcast_ref::<limes_bundle::BundleError>().is_some_and(|b| b.is_verification())
                 || c.downcast_ref::<limes_build::pipeline::BuildError>().is_some_and(|b| b.is_verification())
         });
-        limes::args::report_error(self.json, if verify { "verification" } else { "error" }, e);
-        // The same exit codes as `limes` (one definition, in the loader).
-        ExitCode::from(if verify { limes::error::EXIT_VERIFY } else { limes::error::EXIT_ERROR })
+        // The same kinds and exit codes as `limes` (one list, in the loader).
+        let kind = if verify { limes::ErrorKind::Verification } else { limes::ErrorKind::Other };
+        limes::args::report_error(self.json, kind.name(), e);
+        ExitCode::from(kind.exit_code())
     }
 }
 

@@ -1,16 +1,23 @@
-//! What kind of failure an error is: the one rule behind `limes`' exit codes
-//! and JSON `kind`s, and the containerd shim's exit codes. Each error type
-//! of this crate says its own kind (`kind()`, an exhaustive match);
-//! transparent wrappers delegate to what they wrap.
+//! What kind of failure an error is: the one list behind `limes`' exit
+//! codes, JSON `kind`s, `limes serve`'s HTTP statuses, the worker protocol
+//! and the containerd shim's exit codes.
+//!
+//! This module is a leaf: it imports no other module of this crate. Each
+//! error type says its own kind (`kind()`, an exhaustive match, so a new
+//! variant cannot fall through); an `anyhow::Error` leaving a program is
+//! classified in [`crate::classify`].
+
+use serde::{Deserialize, Serialize};
 
 /// A failure, as a caller acts on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     /// Bytes failed verification (signature, digest, store integrity).
     Verification,
     Timeout,
     MemoryLimit,
-    /// The function trapped or panicked.
+    /// The function trapped or panicked (or failed to instantiate).
     Trap,
     TooLarge,
     /// The invocation asked for something the function does not declare.
@@ -18,7 +25,12 @@ pub enum ErrorKind {
     /// No artifact could be loaded on this host.
     Load,
     NotInstalled,
-    /// Anything else: I/O, network, configuration.
+    /// Every executor of the function is busy (serve).
+    Busy,
+    /// The worker process serving the request ended (serve).
+    WorkerCrashed,
+    /// Anything else: I/O, network, configuration, a hypervisor that failed.
+    #[serde(rename = "error")]
     Other,
 }
 
@@ -28,7 +40,22 @@ pub const EXIT_FUNCTION_ERROR: u8 = 4;
 pub const EXIT_FAULT: u8 = 5;
 
 impl ErrorKind {
-    /// The `kind` field of a JSON error.
+    /// Every kind, for tests and documentation.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Verification,
+        ErrorKind::Timeout,
+        ErrorKind::MemoryLimit,
+        ErrorKind::Trap,
+        ErrorKind::TooLarge,
+        ErrorKind::Usage,
+        ErrorKind::Load,
+        ErrorKind::NotInstalled,
+        ErrorKind::Busy,
+        ErrorKind::WorkerCrashed,
+        ErrorKind::Other,
+    ];
+
+    /// The `kind` field of a JSON error (the serde name).
     pub fn name(self) -> &'static str {
         match self {
             ErrorKind::Verification => "verification",
@@ -39,37 +66,33 @@ impl ErrorKind {
             ErrorKind::Usage => "usage",
             ErrorKind::Load => "load",
             ErrorKind::NotInstalled => "not-installed",
+            ErrorKind::Busy => "busy",
+            ErrorKind::WorkerCrashed => "worker-crashed",
             ErrorKind::Other => "error",
         }
     }
 
     /// The process exit code: 3 verification, 5 a fault of the function
-    /// (trap, timeout, memory limit), else 1. (4, the function's own error
-    /// answer, is not an error of ours.)
+    /// (trap, timeout, memory limit, its executor dying), else 1. (4, the
+    /// function's own error answer, is not an error of ours.)
     pub fn exit_code(self) -> u8 {
         match self {
             ErrorKind::Verification => EXIT_VERIFY,
-            ErrorKind::Timeout | ErrorKind::MemoryLimit | ErrorKind::Trap => EXIT_FAULT,
-            ErrorKind::TooLarge | ErrorKind::Usage | ErrorKind::Load | ErrorKind::NotInstalled | ErrorKind::Other => EXIT_ERROR,
+            ErrorKind::Timeout | ErrorKind::MemoryLimit | ErrorKind::Trap | ErrorKind::WorkerCrashed => EXIT_FAULT,
+            ErrorKind::TooLarge | ErrorKind::Usage | ErrorKind::Load | ErrorKind::NotInstalled | ErrorKind::Busy | ErrorKind::Other => EXIT_ERROR,
         }
     }
 
-    /// The kind of the outermost typed error in `e`'s chain (context layers
-    /// are skipped; typed wrappers answer for what they wrap).
-    pub fn of(e: &anyhow::Error) -> ErrorKind {
-        use crate::{launch::LoadError, microvm::VmError, pool::PoolError, pull::PullError, serve::ServeError, store::StoreError, RunError};
-        type Probe = fn(&(dyn std::error::Error + 'static)) -> Option<ErrorKind>;
-        const TYPED: [Probe; 8] = [
-            |c| c.downcast_ref::<RunError>().map(RunError::kind),
-            |c| c.downcast_ref::<StoreError>().map(StoreError::kind),
-            |c| c.downcast_ref::<LoadError>().map(LoadError::kind),
-            |c| c.downcast_ref::<VmError>().map(VmError::kind),
-            |c| c.downcast_ref::<PullError>().map(PullError::kind),
-            |c| c.downcast_ref::<ServeError>().map(ServeError::kind),
-            |c| c.downcast_ref::<PoolError>().map(PoolError::kind),
-            |c| c.downcast_ref::<limes_bundle::BundleError>().map(bundle_kind),
-        ];
-        e.chain().find_map(|c| TYPED.iter().find_map(|probe| probe(c))).unwrap_or(ErrorKind::Other)
+    /// The HTTP status `limes serve` answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::Timeout => 504,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Usage => 400,
+            ErrorKind::NotInstalled => 404,
+            ErrorKind::Busy => 503,
+            ErrorKind::Verification | ErrorKind::MemoryLimit | ErrorKind::Trap | ErrorKind::Load | ErrorKind::WorkerCrashed | ErrorKind::Other => 500,
+        }
     }
 }
 
@@ -85,18 +108,15 @@ pub fn bundle_kind(e: &limes_bundle::BundleError) -> ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{launch::LoadError, serve::ServeError, store::StoreError, RunError};
 
     #[test]
-    fn wrappers_and_context_answer_for_what_they_wrap() {
-        let timeout = RunError::Timeout { function: "f".into(), ms: 5 };
-        let e = anyhow::Error::from(ServeError::Load(LoadError::Run(timeout))).context("serving f");
-        assert_eq!((ErrorKind::of(&e), ErrorKind::of(&e).exit_code()), (ErrorKind::Timeout, EXIT_FAULT));
-        let tampered = limes_bundle::BundleError::DigestMismatch { path: "a".into(), expected: "0".into(), actual: "1".into() };
-        let e = anyhow::Error::from(StoreError::Bundle(tampered)).context("installing");
-        assert_eq!(ErrorKind::of(&e).exit_code(), EXIT_VERIFY);
-        let e = anyhow::Error::from(StoreError::NotInstalled { name: "x".into(), suggestion: None });
-        assert_eq!(ErrorKind::of(&e).name(), "not-installed");
-        assert_eq!(ErrorKind::of(&anyhow::anyhow!("untyped")), ErrorKind::Other);
+    fn names_are_the_serde_names_and_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for k in ErrorKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name(), "{k:?}");
+            assert_eq!(serde_json::from_value::<ErrorKind>(k.name().into()).unwrap(), k);
+            assert!(seen.insert(k.name()));
+            assert!((400..600).contains(&k.http_status()));
+        }
     }
 }

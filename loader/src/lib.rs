@@ -1,9 +1,10 @@
 //! The device side of limes: verify and store bundles ([`store`], [`pull`]), pick a CPU tier
 //! ([`select`]) and map it ([`launch`], [`runtime`]), end runaway calls by ending their executor
 //! ([`worker`], [`pool`], [`watchdog`]), serve over HTTP ([`serve`]), boot microVM images
-//! ([`microvm`], [`kvm`]); [`error`] classifies failures; [`args`]: what both binaries' CLIs share.
+//! ([`microvm`], [`kvm`]); [`error`] lists the kinds of failure and [`classify`] tells them apart at the edge; [`args`]: what both binaries' CLIs share.
 //! Must not touch: Cranelift (only the `jit` feature), building or signing, unverified native code.
 
+pub mod classify;
 pub mod error;
 pub use error::ErrorKind;
 pub mod runtime;

@@ -51,13 +51,16 @@ pub enum PoolError {
     #[error("cannot start a worker for {function}: {message}")]
     Start { function: String, message: String },
     #[error("the worker for {function} could not load it: {message}")]
-    Load { function: String, message: String },
+    Load { function: String, kind: crate::ErrorKind, message: String },
 }
 
 impl PoolError {
     pub fn kind(&self) -> crate::ErrorKind {
         match self {
-            PoolError::Start { .. } | PoolError::Load { .. } => crate::ErrorKind::Other,
+            PoolError::Start { .. } => crate::ErrorKind::Other,
+            // What the worker's load failed with (a tampered store:
+            // verification).
+            PoolError::Load { kind, .. } => *kind,
         }
     }
 }
@@ -137,7 +140,7 @@ async fn spawn(spec: &WorkerSpec) -> Result<(Worker, Ready), PoolError> {
     };
     let reply = decode_reply(&payload).map_err(start_err)?;
     if let Some(e) = reply.meta.error {
-        return Err(PoolError::Load { function: spec.function.clone(), message: e.message });
+        return Err(PoolError::Load { function: spec.function.clone(), kind: e.kind, message: e.message });
     }
     let ready = reply.meta.ready.ok_or_else(|| start_err("first frame is not a ready frame".into()))?;
     Ok((Worker { child, stdin, stdout }, ready))

@@ -17,6 +17,7 @@ use crate::launch::{self, LoadMode};
 use crate::pool::{CallError, Pool, WorkerSpec};
 use crate::runtime::{FunctionSpec, InvokeOptions, LoadedFunction, RunError, Runtime, RuntimeOptions};
 use crate::store::Store;
+use crate::ErrorKind;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -625,7 +626,7 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
                 // No waiting for a VM to boot: with none ready, Wasm answers.
                 Backend::MicroVm => call_vm(vm, req.clone(), deadline, Duration::ZERO, &name).await,
             };
-            if backend == Backend::MicroVm && matches!(outcome, Err((StatusCode::SERVICE_UNAVAILABLE, _, _))) {
+            if backend == Backend::MicroVm && matches!(outcome, Err((ErrorKind::Busy, _))) {
                 // No VM was ready: the try did not happen, so it is not due later.
                 router.lock().unwrap().next_try = None;
                 backend = Backend::Wasm;
@@ -650,17 +651,8 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
             })
             .await;
             match joined {
-                Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("invocation task failed: {join}"))),
-                Ok(Err(e)) => {
-                    let (status, kind) = match &e {
-                        RunError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-                        RunError::MemoryLimit { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "memory-limit"),
-                        RunError::Trap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
-                        RunError::InputTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
-                        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-                    };
-                    Err((status, kind, e.to_string()))
-                }
+                Err(join) => Err((ErrorKind::Other, format!("invocation task failed: {join}"))),
+                Ok(Err(e)) => Err((e.kind(), e.to_string())),
                 Ok(Ok(inv)) => {
                     log_guest_output(&name, &inv.stdout, &inv.stderr);
                     count_denied(&app, &name, inv.outbound_denied);
@@ -683,20 +675,22 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
         Executor::Auto { .. } => "auto",
     });
     let resp = match outcome {
-        Err((status, kind, message)) => {
+        Err((kind, message)) => {
             // The detail (a panic message, paths, the server's own flags)
             // is for the operator's log; the client gets the kind, a
             // sentence of its own and the request id to quote.
-            tracing::warn!(function = %name, kind, request_id = id, error = %escape_log(&message), "invocation failed");
+            tracing::warn!(function = %name, kind = kind.name(), request_id = id, error = %escape_log(&message), "invocation failed");
             let public = match kind {
-                "timeout" => format!("{name} timed out after {} ms", deadline.as_millis()),
-                "memory-limit" => format!("{name} exceeded its memory limit of {} MiB", f.spec.limits.memory_bytes >> 20),
-                "trap" => format!("{name} failed (a trap: a panic or an invalid operation)"),
-                "worker-crashed" => format!("{name}: its worker process ended unexpectedly and was replaced"),
-                "busy" => "all workers are busy; retry later".to_string(),
-                "too-large" => message,
-                _ => format!("{name} could not answer"),
+                ErrorKind::Timeout => format!("{name} timed out after {} ms", deadline.as_millis()),
+                ErrorKind::MemoryLimit => format!("{name} exceeded its memory limit of {} MiB", f.spec.limits.memory_bytes >> 20),
+                ErrorKind::Trap => format!("{name} failed (a trap: a panic or an invalid operation)"),
+                ErrorKind::WorkerCrashed => format!("{name}: its worker process ended unexpectedly and was replaced"),
+                ErrorKind::Busy => "all workers are busy; retry later".to_string(),
+                ErrorKind::TooLarge => message,
+                ErrorKind::Verification => format!("{name} failed verification on this device"),
+                ErrorKind::Usage | ErrorKind::Load | ErrorKind::NotInstalled | ErrorKind::Other => format!("{name} could not answer"),
             };
+            let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = format!("{}\n", serde_json::json!({"error": public, "kind": kind, "request_id": id}));
             (status, [("content-type", "application/json")], body).into_response()
         }
@@ -732,9 +726,9 @@ enum Answer {
     Http(crate::wasi_http::HttpHead, Vec<u8>),
 }
 
-/// What a request resolved to: the function's answer, or an HTTP error
-/// (status, kind, message).
-type Outcome = Result<Answer, (StatusCode, &'static str, String)>;
+/// What a request resolved to: the function's answer, or a failure (its
+/// kind decides the HTTP status, and the message goes to the log).
+type Outcome = Result<Answer, (ErrorKind, String)>;
 
 /// A `wasi:http` function's answer as the client gets it: its status and
 /// end-to-end headers (hop-by-hop ones and a stale length dropped: hyper
@@ -768,13 +762,9 @@ fn count_denied(app: &AppState, name: &str, n: u32) {
 async fn call_workers(app: &AppState, pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Duration, queue: Duration, name: &str) -> Outcome {
     let payload = limes_sdk::frame::encode_request(req);
     match pool.call(payload, deadline, queue).await {
-        Err(CallError::Busy) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "all workers are busy; retry later".into())),
-        Err(CallError::Timeout) => {
-            Err((StatusCode::GATEWAY_TIMEOUT, "timeout", RunError::Timeout { function: name.to_string(), ms: deadline.as_millis() as u64 }.to_string()))
-        }
-        Err(CallError::Crashed(why)) => {
-            Err((StatusCode::INTERNAL_SERVER_ERROR, "worker-crashed", format!("{name}: the worker crashed ({why}); it was replaced")))
-        }
+        Err(CallError::Busy) => Err((ErrorKind::Busy, "all workers are busy; retry later".into())),
+        Err(CallError::Timeout) => Err((ErrorKind::Timeout, RunError::Timeout { function: name.to_string(), ms: deadline.as_millis() as u64 }.to_string())),
+        Err(CallError::Crashed(why)) => Err((ErrorKind::WorkerCrashed, format!("{name}: the worker crashed ({why}); it was replaced"))),
         Ok(reply) => {
             log_guest_output(name, &reply.stdout, &reply.stderr);
             count_denied(app, name, reply.meta.outbound_denied);
@@ -782,17 +772,10 @@ async fn call_workers(app: &AppState, pool: &Arc<Pool>, req: &limes_sdk::Request
                 return Ok(Answer::Http(head, reply.response));
             }
             match reply.meta.error {
-                Some(e) => {
-                    let status = match e.kind.as_str() {
-                        "memory-limit" => StatusCode::INTERNAL_SERVER_ERROR,
-                        "too-large" => StatusCode::PAYLOAD_TOO_LARGE,
-                        _ => StatusCode::INTERNAL_SERVER_ERROR,
-                    };
-                    Err((status, leak_kind(&e.kind), e.message))
-                }
+                Some(e) => Err((e.kind, e.message)),
                 None => limes_sdk::frame::decode_response(&reply.response)
                     .map(Answer::Limes)
-                    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad answer from the worker: {e}"))),
+                    .map_err(|e| (ErrorKind::Other, format!("bad answer from the worker: {e}"))),
             }
         }
     }
@@ -801,14 +784,11 @@ async fn call_workers(app: &AppState, pool: &Arc<Pool>, req: &limes_sdk::Request
 async fn call_vm(pool: &Arc<crate::pool::VmPool>, req: limes_sdk::Request, deadline: Duration, queue: Duration, name: &str) -> Outcome {
     let pool = pool.clone();
     match tokio::task::spawn_blocking(move || pool.call(&req, deadline, queue)).await {
-        Err(join) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("microVM task failed: {join}"))),
-        Ok(Err(crate::pool::VmCallError::Busy)) => Err((StatusCode::SERVICE_UNAVAILABLE, "busy", "no pre-booted microVM is free; retry later".into())),
-        Ok(Err(crate::pool::VmCallError::Vm(crate::microvm::VmError::Run(e)))) => Err(match &e {
-            RunError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string()),
-            RunError::MemoryLimit { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "memory-limit", e.to_string()),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "trap", e.to_string()),
-        }),
-        Ok(Err(crate::pool::VmCallError::Vm(e))) => Err((StatusCode::INTERNAL_SERVER_ERROR, "microvm", format!("{name}: {e}"))),
+        Err(join) => Err((ErrorKind::Other, format!("microVM task failed: {join}"))),
+        Ok(Err(crate::pool::VmCallError::Busy)) => Err((ErrorKind::Busy, "no pre-booted microVM is free; retry later".into())),
+        // The VM's own kind: a timeout or memory limit of the function, a
+        // flooding guest a trap, a hypervisor that failed an error of ours.
+        Ok(Err(crate::pool::VmCallError::Vm(e))) => Err((e.kind(), format!("{name}: {e}"))),
         Ok(Ok(o)) => {
             tracing::debug!(function = %name, exec_us = o.exec_time.as_micros() as u64, "microVM answered");
             Ok(Answer::Limes(o.result))
@@ -935,16 +915,6 @@ fn check_wasm_artifacts(f: &crate::store::InstalledFunction) -> Result<(), crate
     let mut check = vec![f.manifest.component.as_str()];
     check.extend(best.map(|a| a.path.as_str()));
     f.check_files(&check, crate::store::Integrity::Rehash)
-}
-
-/// The static kind names a worker may report.
-fn leak_kind(kind: &str) -> &'static str {
-    match kind {
-        "memory-limit" => "memory-limit",
-        "trap" => "trap",
-        "too-large" => "too-large",
-        _ => "internal",
-    }
 }
 
 /// Guest stdout/stderr go to the server's log, bounded (4 KiB, 64 lines

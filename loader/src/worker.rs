@@ -62,21 +62,14 @@ pub struct Ready {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerError {
-    /// `memory-limit`, `trap`, `too-large`, `load`, `verification`, `internal`.
-    pub kind: String,
+    /// The failure's kind, as every error of this crate names it.
+    pub kind: crate::ErrorKind,
     pub message: String,
 }
 
 impl WorkerError {
     fn of(e: &RunError) -> WorkerError {
-        let kind = match e {
-            RunError::MemoryLimit { .. } => "memory-limit",
-            RunError::Trap { .. } | RunError::Instantiate { .. } => "trap",
-            RunError::InputTooLarge { .. } => "too-large",
-            RunError::Timeout { .. } => "timeout",
-            RunError::Engine(_) | RunError::Load { .. } | RunError::NoUsableTier { .. } | RunError::UndeclaredDir { .. } | RunError::Dir { .. } => "internal",
-        };
-        WorkerError { kind: kind.into(), message: e.to_string() }
+        WorkerError { kind: e.kind(), message: e.to_string() }
     }
 }
 
@@ -148,7 +141,7 @@ pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, ou
     let (rt, loaded, load_time) = match loaded {
         Ok(l) => l,
         Err(e) => {
-            let meta = ReplyMeta { error: Some(WorkerError { kind: "load".into(), message: format!("{e:#}") }), ..Default::default() };
+            let meta = ReplyMeta { error: Some(WorkerError { kind: crate::classify::kind_of(&e), message: format!("{e:#}") }), ..Default::default() };
             frame::write_frame(output, WORKER_MAGIC, &encode_reply(&meta, &[], &[], &[]))?;
             return Err(e);
         }

@@ -180,7 +180,7 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
         Ok(inv) => inv,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return limes::ErrorKind::of(&e).exit_code().into();
+            return limes::classify::kind_of(&e).exit_code().into();
         }
     };
     let _ = std::io::stderr().write_all(&inv.stdout);

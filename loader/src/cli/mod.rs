@@ -74,9 +74,9 @@ pub fn adopt(ctx: &Ctx, store: &limes::Store, keys: &limes_bundle::TrustedKeys, 
 
 /// The `kind` of an error in JSON output: what failed, by type.
 pub fn error_kind(e: &anyhow::Error) -> &'static str {
-    limes::ErrorKind::of(e).name()
+    limes::classify::kind_of(e).name()
 }
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    limes::ErrorKind::of(e).exit_code()
+    limes::classify::kind_of(e).exit_code()
 }
