@@ -68,10 +68,8 @@ mod tests {
             assert_eq!(kind_of(&anyhow::Error::from(e)), want, "{shown}");
         }
         // Through the worker pipe: the kind, not a string that may drift.
-        let w = crate::worker::ReplyMeta {
-            error: Some(crate::worker::WorkerError { kind: ErrorKind::WorkerCrashed, message: "m".into() }),
-            ..Default::default()
-        };
+        let w =
+            crate::worker::ReplyMeta { error: Some(crate::worker::WorkerError { kind: ErrorKind::WorkerCrashed, message: "m".into() }), ..Default::default() };
         let back: crate::worker::ReplyMeta = serde_json::from_slice(&serde_json::to_vec(&w).unwrap()).unwrap();
         assert_eq!(back.error.unwrap().kind, ErrorKind::WorkerCrashed);
         assert_eq!(RunError::Instantiate { function: f(), message: "m".into() }.kind().http_status(), 500);
