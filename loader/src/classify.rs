@@ -46,26 +46,25 @@ mod tests {
     #[test]
     fn one_kind_per_error_wherever_it_is_reported() {
         let f = || "f".to_string();
-        let table: Vec<(Box<dyn std::error::Error + Send + Sync>, ErrorKind)> = vec![
-            (Box::new(RunError::Instantiate { function: f(), message: "m".into() }), ErrorKind::Trap),
-            (Box::new(RunError::Trap { function: f(), message: "m".into() }), ErrorKind::Trap),
-            (Box::new(RunError::Timeout { function: f(), ms: 1 }), ErrorKind::Timeout),
-            (Box::new(RunError::MemoryLimit { function: f(), limit: 1 }), ErrorKind::MemoryLimit),
-            (Box::new(RunError::InputTooLarge { function: f(), size: 2, limit: 1 }), ErrorKind::TooLarge),
-            (Box::new(RunError::UndeclaredDir { function: f(), name: "d".into(), declared: String::new() }), ErrorKind::Usage),
-            (Box::new(RunError::NoUsableTier { function: f(), reasons: String::new() }), ErrorKind::Load),
-            (Box::new(VmError::Flood(1)), ErrorKind::Trap),
-            (Box::new(VmError::Run(RunError::Timeout { function: f(), ms: 1 })), ErrorKind::Timeout),
+        let table: Vec<(anyhow::Error, ErrorKind)> = vec![
+            (anyhow::Error::from(RunError::Instantiate { function: f(), message: "m".into() }), ErrorKind::Trap),
+            (anyhow::Error::from(RunError::Trap { function: f(), message: "m".into() }), ErrorKind::Trap),
+            (anyhow::Error::from(RunError::Timeout { function: f(), ms: 1 }), ErrorKind::Timeout),
+            (anyhow::Error::from(RunError::MemoryLimit { function: f(), limit: 1 }), ErrorKind::MemoryLimit),
+            (anyhow::Error::from(RunError::InputTooLarge { function: f(), size: 2, limit: 1 }), ErrorKind::TooLarge),
+            (anyhow::Error::from(RunError::UndeclaredDir { function: f(), name: "d".into(), declared: String::new() }), ErrorKind::Usage),
+            (anyhow::Error::from(RunError::NoUsableTier { function: f(), reasons: String::new() }), ErrorKind::Load),
+            (anyhow::Error::from(VmError::Flood(1)), ErrorKind::Trap),
+            (anyhow::Error::from(VmError::Run(RunError::Timeout { function: f(), ms: 1 })), ErrorKind::Timeout),
             // A hypervisor that failed is not the function's trap.
-            (Box::new(VmError::NoHypervisor), ErrorKind::Other),
-            (Box::new(VmError::Ended { detail: String::new() }), ErrorKind::Other),
-            (Box::new(PoolError::Load { function: f(), kind: ErrorKind::Verification, message: "m".into() }), ErrorKind::Verification),
-            (Box::new(PoolError::Start { function: f(), message: "m".into() }), ErrorKind::Other),
-            (Box::new(StoreError::Tampered { path: "p".into(), detail: "d".into() }), ErrorKind::Verification),
+            (anyhow::Error::from(VmError::NoHypervisor), ErrorKind::Other),
+            (anyhow::Error::from(VmError::Ended { detail: String::new() }), ErrorKind::Other),
+            (anyhow::Error::from(PoolError::Load { function: f(), kind: ErrorKind::Verification, message: "m".into() }), ErrorKind::Verification),
+            (anyhow::Error::from(PoolError::Start { function: f(), message: "m".into() }), ErrorKind::Other),
+            (anyhow::Error::from(StoreError::Tampered { path: "p".into(), detail: "d".into() }), ErrorKind::Verification),
         ];
         for (e, want) in table {
-            let shown = e.to_string();
-            assert_eq!(kind_of(&anyhow::Error::from(e)), want, "{shown}");
+            assert_eq!(kind_of(&e), want, "{e}");
         }
         // Through the worker pipe: the kind, not a string that may drift.
         let w =
