@@ -104,3 +104,58 @@ pub fn emulated_rows(loader: &Path, store: &Path, w: &Emulated<'_>, runs: usize)
 pub fn can_run_aarch64() -> bool {
     std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").is_ok_and(|s| s.starts_with("enabled"))
 }
+
+/// `limes-bench --only-arm64`: build and install the three packs, then
+/// measure the tier costs and the emulated rows only (the figures of
+/// #25's aims, without the rest of the benchmark).
+pub fn only(
+    store: &limes::Store,
+    keys: &limes_bundle::TrustedKeys,
+    key: &limes_bundle::keys::SecretKey,
+    work: &Path,
+    quick: bool,
+) -> Result<(Vec<TierCostRow>, Vec<Row>)> {
+    anyhow::ensure!(can_run_aarch64(), "qemu-user is not registered for aarch64 executables (binfmt_misc): run scripts/setup.sh");
+    let profile = EngineProfile::default();
+    let loader = crate::device_loader_for(limes::DEVICE_TARGET_AARCH64)?;
+    let jpeg = std::fs::read(crate::repo().join("packs/image/testdata/input-1024x768.jpg"))?;
+    let (mut costs, mut rows) = (Vec::new(), Vec::new());
+    for (pack, workload, body) in [("noop", "noop", b"hello".to_vec()), ("mandelbrot", "mandelbrot", Vec::new()), ("image", "image (body)", jpeg)] {
+        eprintln!("arm64: {pack}");
+        let dir = crate::repo().join("packs").join(pack);
+        let out = limes_build::build(
+            &limes_build::BuildOptions {
+                path: dir.clone(),
+                out_dir: Some(work.join("out")),
+                signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
+                cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+                microvm: false,
+                ..Default::default()
+            },
+            &limes_build::pipeline::NoProgress,
+        )?;
+        let f = store.install(&out.bundle, keys, Default::default())?;
+        costs.push(tier_costs(&f.manifest.function.name, &std::fs::read(&out.component)?, &profile, if quick { 1 } else { 5 })?);
+        let project = limes_build::Project::discover(&dir, None, &[])?;
+        let native =
+            limes_build::compile::build_native(&project, Some(limes::DEVICE_TARGET_AARCH64), &limes_build::CargoOptions { quiet: true, ..Default::default() })?;
+        let body_path = work.join(format!("{pack}.body"));
+        std::fs::write(&body_path, &body)?;
+        let mut frame = Vec::new();
+        limes_sdk::frame::write_frame(&mut frame, limes_sdk::frame::REQUEST_MAGIC, &limes_sdk::frame::encode_request(&limes_sdk::Request::new(body)))?;
+        let e = Emulated { workload, function: &f.manifest.function.name, body: &body_path, meta: Vec::new(), dirs: &[], frame: &frame, native: &native };
+        rows.extend(emulated_rows(
+            &loader,
+            store.root(),
+            &e,
+            if quick {
+                1
+            } else if pack == "noop" {
+                30
+            } else {
+                10
+            },
+        )?);
+    }
+    Ok((costs, rows))
+}

@@ -51,6 +51,11 @@ struct Args {
     /// and the no-op under load (a quick check of #24's aims).
     #[arg(long)]
     only_serve: bool,
+    /// Only the ARM64 rows: each tier's precompile cost, and the aarch64
+    /// loader against native aarch64 builds under qemu-user (#25's aims);
+    /// writes arm64.md.
+    #[arg(long)]
+    only_arm64: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -169,7 +174,7 @@ struct Workload {
     native: fn(Request) -> Result<limes_sdk::Response, limes_sdk::Error>,
 }
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
@@ -324,6 +329,26 @@ fn main() -> Result<()> {
         };
         let md = report::serve_markdown(&results);
         std::fs::write(a.out.join("serve.md"), &md)?;
+        println!("{md}");
+        return Ok(());
+    }
+    if a.only_arm64 {
+        let (tier_costs, rows) = arm64::only(&store, &keys, &key, work.path(), q)?;
+        let results = Results {
+            machine: report::Machine::read(),
+            quick: q,
+            rows,
+            builds: Vec::new(),
+            scaling: Vec::new(),
+            serve_load: Vec::new(),
+            http_load: Vec::new(),
+            backends: Vec::new(),
+            sustained: Vec::new(),
+            tier_costs,
+            notes,
+        };
+        let md = report::arm64_markdown(&results);
+        std::fs::write(a.out.join("arm64.md"), &md)?;
         println!("{md}");
         return Ok(());
     }

@@ -668,6 +668,33 @@ pub fn markdown(r: &Results) -> String {
 
 /// Log-log line chart of cold start against component size.
 /// Only the serve tables (`--only-serve`).
+/// The `--only-arm64` report: the machine, then the ARM64 section.
+pub fn arm64_markdown(r: &Results) -> String {
+    let mut workloads: Vec<String> = Vec::new();
+    for row in &r.rows {
+        if !workloads.contains(&row.workload) {
+            workloads.push(row.workload.clone());
+        }
+    }
+    let m = &r.machine;
+    let mut s = format!(
+        "# limes on ARM64 devices (`limes-bench --only-arm64`{})\n\nMachine: {} ({} cores), {}, {}, Wasmtime {}. Measured {}. Profile of the loader and this benchmark: {}.\n",
+        if r.quick { ", quick: too few iterations to quote" } else { "" },
+        m.cpu,
+        m.cores,
+        m.os,
+        m.rustc,
+        m.wasmtime,
+        m.date_utc,
+        if cfg!(debug_assertions) { "dev (dependencies at opt-level 2, our crates unoptimised)" } else { "release" }
+    );
+    s += &arm64_section(r, &workloads);
+    for n in &r.notes {
+        let _ = writeln!(s, "\n- {n}");
+    }
+    s
+}
+
 /// ARM64: the aarch64 tiers' build cost beside x86_64's, and the emulated
 /// aarch64 loader beside the pack's native aarch64 build.
 fn arm64_section(r: &Results, workloads: &[String]) -> String {

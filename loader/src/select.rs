@@ -54,7 +54,12 @@ pub fn tiers_by_arch(manifest: &Manifest) -> String {
 /// runs (`Err` names the host and what the bundle has). A bundle without any
 /// tier, or a loader that compiles at load (JIT), passes.
 pub fn check_host_arch(manifest: &Manifest) -> Result<(), String> {
-    if manifest.aot.is_empty() || cfg!(feature = "jit") {
+    check_host_arch_with(manifest, crate::JIT_ENABLED)
+}
+
+/// [`check_host_arch`] for a loader with or without JIT.
+fn check_host_arch_with(manifest: &Manifest, jit: bool) -> Result<(), String> {
+    if manifest.aot.is_empty() || jit {
         return Ok(());
     }
     let host = Arch::host();
@@ -111,9 +116,10 @@ mod tests {
         let foreign: &[&str] = if host == Arch::X86_64 { &["aarch64", "aarch64-lse"] } else { &["x86-64", "x86-64-v3"] };
         let m = with_tiers(foreign);
         assert!(best_tier(&m).0.is_none());
-        let e = check_host_arch(&m).unwrap_err();
+        let e = check_host_arch_with(&m, false).unwrap_err();
         assert!(e.contains(&format!("this {host} device")) && e.contains(&foreign.join(", ")), "{e}");
-        assert!(check_host_arch(&with_tiers(&["x86-64", "aarch64"])).is_ok());
+        assert!(check_host_arch_with(&m, true).is_ok(), "a JIT loader compiles the component");
+        assert!(check_host_arch_with(&with_tiers(&["x86-64", "aarch64"]), false).is_ok());
         assert_eq!(tiers_by_arch(&with_tiers(&["x86-64", "x86-64-v2", "aarch64"])), "x86_64: x86-64, x86-64-v2; aarch64: aarch64");
     }
 
