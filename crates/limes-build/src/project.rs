@@ -254,7 +254,9 @@ impl Project {
                 })
             })
             .collect::<Result<Vec<Tier>, _>>()?;
-        tiers.sort_by_key(|t| t.rank);
+        // One architecture after the other, lowest tier first (manifest,
+        // `--json` and `inspect` list them in this order).
+        tiers.sort_by_key(|t| (t.arch, t.rank));
         tiers.dedup();
         Ok(tiers)
     }
