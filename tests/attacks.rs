@@ -7,7 +7,7 @@
 
 mod common;
 use common::*;
-use limes_bundle::archive::{self, BundleLimits, InMemory, SignaturePolicy, Source};
+use limes_bundle::archive::{self, BundleLimits, SignaturePolicy};
 use limes_bundle::keys::SecretKey;
 use limes_bundle::manifest::{Manifest, MANIFEST_PATH, SIGNATURE_PATH};
 use std::os::unix::fs::PermissionsExt;
@@ -35,15 +35,6 @@ fn installed(d: &Path) -> PathBuf {
     store
 }
 
-fn object_dir(store: &Path, name: &str) -> PathBuf {
-    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join(format!("functions/{name}.json"))).unwrap()).unwrap();
-    store.join("objects").join(rec["object"].as_str().unwrap())
-}
-
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
@@ -53,19 +44,6 @@ fn cwasm_files(object: &Path) -> Vec<PathBuf> {
     v.sort();
     assert!(!v.is_empty());
     v
-}
-
-/// Rewrite a file of a read-only object in place, as an attacker with write
-/// access would (permissions restored afterwards).
-fn tamper(file: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
-    let dir = file.parent().unwrap();
-    chmod(dir, 0o700);
-    chmod(file, 0o600);
-    let mut bytes = std::fs::read(file).unwrap();
-    edit(&mut bytes);
-    std::fs::OpenOptions::new().write(true).open(file).and_then(|mut f| std::io::Write::write_all(&mut f, &bytes)).unwrap();
-    chmod(file, 0o400);
-    chmod(dir, 0o500);
 }
 
 #[test]
@@ -352,18 +330,9 @@ fn no_header_byte_can_change_while_verify_says_ok() {
     ok(Command::new("sha256sum").args(["-c", "SUMS"]).current_dir(&x));
 }
 
-/// A validly signed bundle with an edited manifest.
+/// A validly signed no-op bundle with an edited manifest.
 fn resigned(key: &SecretKey, out: &Path, edit: impl FnOnce(&mut Manifest), comment: Option<&str>) -> PathBuf {
-    let (_, bundle) = noop_bundle();
-    let mut mem = InMemory::default();
-    let v = archive::read_bundle(bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem).unwrap();
-    let mut m = v.manifest.clone();
-    edit(&mut m);
-    let json = m.to_json();
-    let sig = key.sign(&json, comment.map(String::from).unwrap_or_else(|| m.trusted_comment()).as_str());
-    let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b))).collect();
-    archive::write_bundle(out, &json, Some(&sig), &files, m.provenance.source_date_epoch).unwrap();
-    out.to_path_buf()
+    rewrite_with(&noop_bundle().1, key, out, edit, comment)
 }
 
 #[test]

@@ -175,15 +175,10 @@ fn check_reports_tampering_and_leftovers() {
     ok(limes_cmd(&store).args(["check", "--repair"]));
     assert!(!store.join("tmp").join("stage-999999999-x").exists());
     // A flipped byte in an artifact: exit 3, the function named.
-    let object = std::fs::read_dir(store.join("objects")).unwrap().next().unwrap().unwrap().path();
-    let artifact = object.join("aot/x86-64.cwasm");
-    let mut perms = std::fs::metadata(&artifact).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-    std::fs::set_permissions(&artifact, perms).unwrap();
-    let mut bytes = std::fs::read(&artifact).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 1;
-    std::fs::write(&artifact, &bytes).unwrap();
+    tamper(&object_dir(&store, "noop").join("aot/x86-64.cwasm"), |b| {
+        let mid = b.len() / 2;
+        b[mid] ^= 1;
+    });
     let o = limes_cmd(&store).args(["--json", "check"]).output().unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
     let report = json(&o);

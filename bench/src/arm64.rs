@@ -5,12 +5,11 @@
 //! Under emulation both sides slow down alike, so only their ratio means
 //! something; the absolute times say nothing about a real device.
 
-use crate::{time, Row, Stats};
-use anyhow::{Context, Result};
+use crate::{time, ProcessRequest, Row, Stats};
+use anyhow::Result;
 use limes_bundle::profile::{Arch, EngineProfile, TIERS};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 /// Row names of the emulated whole-process measurements.
@@ -53,49 +52,19 @@ pub fn tier_costs(pack: &str, wasm: &[u8], profile: &EngineProfile, runs: usize)
     Ok(TierCostRow { pack: pack.into(), tiers })
 }
 
-/// One emulated workload: its name, pack, function, request frame body and
-/// `--meta` pairs.
-pub struct Emulated<'a> {
-    pub workload: &'a str,
-    pub function: &'a str,
-    pub body: &'a Path,
-    pub meta: Vec<(String, String)>,
-    pub dirs: &'a [(String, PathBuf)],
-    pub frame: &'a [u8],
-    pub native: &'a Path,
-}
-
 /// `limes run` on the aarch64 loader and the native aarch64 executable, in
 /// turn, `runs` times each; both started by the kernel through qemu-user
 /// (binfmt_misc). The store is the benchmark's: its installs hold every
 /// tier, and the aarch64 loader maps its own.
-pub fn emulated_rows(loader: &Path, store: &Path, w: &Emulated<'_>, runs: usize) -> Result<Vec<Row>> {
-    let (mut ours, mut native) = (Vec::new(), Vec::new());
+pub fn emulated_rows(loader: &Path, native: &Path, store: &Path, workload: &str, request: &ProcessRequest<'_>, runs: usize) -> Result<Vec<Row>> {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
-        let (t, ok) = time(|| -> Result<bool> {
-            use std::io::Write;
-            let mut c =
-                Command::new(w.native).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().with_context(|| format!("starting {}", w.native.display()))?;
-            c.stdin.take().unwrap().write_all(w.frame)?;
-            Ok(c.wait()?.success())
-        });
-        anyhow::ensure!(ok?, "native aarch64 {} failed", w.function);
-        native.push(t);
-        let mut cmd = Command::new(loader);
-        cmd.arg("--store").arg(store).args(["run", w.function, "--input"]).arg(w.body);
-        for (k, v) in &w.meta {
-            cmd.arg("--meta").arg(format!("{k}={v}"));
-        }
-        for (n, p) in w.dirs {
-            cmd.arg("--dir").arg(format!("{n}={}", p.display()));
-        }
-        let (t, out) = time(|| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status());
-        anyhow::ensure!(out?.success(), "aarch64 limes run {} failed", w.function);
-        ours.push(t);
+        theirs.push(request.native(native)?);
+        ours.push(request.limes_run(loader, store)?);
     }
     Ok(vec![
-        Row { workload: w.workload.into(), method: RUN_AARCH64.into(), phase: "total".into(), stats: Stats::of(&ours, RUN_AARCH64)? },
-        Row { workload: w.workload.into(), method: NATIVE_AARCH64.into(), phase: "total".into(), stats: Stats::of(&native, NATIVE_AARCH64)? },
+        Row { workload: workload.into(), method: RUN_AARCH64.into(), phase: "total".into(), stats: Stats::of(&ours, RUN_AARCH64)? },
+        Row { workload: workload.into(), method: NATIVE_AARCH64.into(), phase: "total".into(), stats: Stats::of(&theirs, NATIVE_AARCH64)? },
     ])
 }
 
@@ -118,44 +87,31 @@ pub fn only(
     anyhow::ensure!(can_run_aarch64(), "qemu-user is not registered for aarch64 executables (binfmt_misc): run scripts/setup.sh");
     let profile = EngineProfile::default();
     let loader = crate::device_loader_for(limes::DEVICE_TARGET_AARCH64)?;
+    let natives = crate::native_builds(Some(limes::DEVICE_TARGET_AARCH64))?;
     let jpeg = std::fs::read(crate::repo().join("packs/image/testdata/input-1024x768.jpg"))?;
     let (mut costs, mut rows) = (Vec::new(), Vec::new());
     for (pack, workload, body) in [("noop", "noop", b"hello".to_vec()), ("mandelbrot", "mandelbrot", Vec::new()), ("image", "image (body)", jpeg)] {
         eprintln!("arm64: {pack}");
-        let dir = crate::repo().join("packs").join(pack);
-        let out = limes_build::build(
-            &limes_build::BuildOptions {
-                path: dir.clone(),
-                out_dir: Some(work.join("out")),
-                signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
-                cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
-                microvm: false,
-                ..Default::default()
-            },
-            &limes_build::pipeline::NoProgress,
-        )?;
+        let opts = limes_build::BuildOptions { microvm: false, ..crate::signed_build_options(crate::repo().join("packs").join(pack), work.join("out"), key) };
+        let out = limes_build::build(&opts, &limes_build::pipeline::NoProgress)?;
         let f = store.install(&out.bundle, keys, Default::default())?;
-        costs.push(tier_costs(&f.manifest.function.name, &std::fs::read(&out.component)?, &profile, if quick { 1 } else { 5 })?);
-        let project = limes_build::Project::discover(&dir, None, &[])?;
-        let native =
-            limes_build::compile::build_native(&project, Some(limes::DEVICE_TARGET_AARCH64), &limes_build::CargoOptions { quiet: true, ..Default::default() })?;
-        let body_path = work.join(format!("{pack}.body"));
-        std::fs::write(&body_path, &body)?;
-        let mut frame = Vec::new();
-        limes_sdk::frame::write_frame(&mut frame, limes_sdk::frame::REQUEST_MAGIC, &limes_sdk::frame::encode_request(&limes_sdk::Request::new(body)))?;
-        let e = Emulated { workload, function: &f.manifest.function.name, body: &body_path, meta: Vec::new(), dirs: &[], frame: &frame, native: &native };
-        rows.extend(emulated_rows(
-            &loader,
-            store.root(),
-            &e,
-            if quick {
-                1
-            } else if pack == "noop" {
-                30
-            } else {
-                10
-            },
-        )?);
+        let name = &f.manifest.function.name;
+        costs.push(tier_costs(name, &std::fs::read(&out.component)?, &profile, if quick { 1 } else { 5 })?);
+        let req = limes_sdk::Request::new(body);
+        let request = ProcessRequest::new(name, &req, &[], work.join(format!("{pack}.body")))?;
+        rows.extend(emulated_rows(&loader, &natives[pack], store.root(), workload, &request, emulated_runs(quick, pack))?);
     }
     Ok((costs, rows))
+}
+
+/// How many emulated runs of each side a workload gets (the no-op's are
+/// short, so it takes more).
+pub fn emulated_runs(quick: bool, pack: &str) -> usize {
+    if quick {
+        1
+    } else if pack == "noop" {
+        30
+    } else {
+        10
+    }
 }

@@ -240,6 +240,76 @@ pub(crate) fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     (t.elapsed(), r)
 }
 
+/// One request as whole processes take it: the body file, metadata and
+/// directories `limes run` is given, and the frame a native executable
+/// reads on stdin. Each run starts a process and must succeed.
+pub(crate) struct ProcessRequest<'a> {
+    function: &'a str,
+    body: PathBuf,
+    meta: &'a [(String, String)],
+    dirs: &'a [(String, PathBuf)],
+    frame: Vec<u8>,
+}
+
+impl<'a> ProcessRequest<'a> {
+    /// Writes the body to `body` (a file `limes run --input` reads).
+    pub(crate) fn new(function: &'a str, req: &'a Request, dirs: &'a [(String, PathBuf)], body: PathBuf) -> Result<Self> {
+        std::fs::write(&body, &req.body)?;
+        let mut frame = Vec::new();
+        limes_sdk::frame::write_frame(&mut frame, limes_sdk::frame::REQUEST_MAGIC, &limes_sdk::frame::encode_request(req))?;
+        Ok(ProcessRequest { function, body, meta: &req.metadata, dirs, frame })
+    }
+
+    /// The native frame-protocol executable `exe` answering the request.
+    pub(crate) fn native(&self, exe: &Path) -> Result<Duration> {
+        let (t, ok) = time(|| -> Result<bool> {
+            use std::io::Write;
+            let mut c = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().with_context(|| format!("starting {}", exe.display()))?;
+            c.stdin.take().unwrap().write_all(&self.frame)?;
+            Ok(c.wait()?.success())
+        });
+        anyhow::ensure!(ok?, "{} failed", exe.display());
+        Ok(t)
+    }
+
+    /// `limes run` (the loader `exe`) on `store` answering the request.
+    pub(crate) fn limes_run(&self, exe: &Path, store: &Path) -> Result<Duration> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("--store").arg(store).args(["run", self.function, "--input"]).arg(&self.body);
+        for (k, v) in self.meta {
+            cmd.arg("--meta").arg(format!("{k}={v}"));
+        }
+        for (n, p) in self.dirs {
+            cmd.arg("--dir").arg(format!("{n}={}", p.display()));
+        }
+        let (t, out) = time(|| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status());
+        anyhow::ensure!(out?.success(), "{} run {} failed", exe.display(), self.function);
+        Ok(t)
+    }
+}
+
+/// Build options of a pack signed with the benchmark's key, into `out_dir`.
+pub(crate) fn signed_build_options(path: PathBuf, out_dir: PathBuf, key: &limes_bundle::keys::SecretKey) -> limes_build::BuildOptions {
+    limes_build::BuildOptions {
+        path,
+        out_dir: Some(out_dir),
+        signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
+        cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+/// Each reference pack's native executable (frame protocol on stdin) for
+/// `target` (`None`: this host).
+pub(crate) fn native_builds(target: Option<&str>) -> Result<std::collections::BTreeMap<&'static str, PathBuf>> {
+    let mut exes = std::collections::BTreeMap::new();
+    for pack in ["noop", "mandelbrot", "image"] {
+        let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
+        exes.insert(pack, limes_build::compile::build_native(&project, target, &limes_build::CargoOptions { quiet: true, ..Default::default() })?);
+    }
+    Ok(exes)
+}
+
 /// Build and install packs/http, then compare `limes serve` with `wasmtime
 /// serve` on it (no rows, and a note, without a Wasmtime CLI).
 fn http_rows(
@@ -255,17 +325,8 @@ fn http_rows(
         return Ok(Vec::new());
     };
     eprintln!("building http");
-    let out = limes_build::build(
-        &limes_build::BuildOptions {
-            path: repo().join("packs/http"),
-            out_dir: Some(work.join("out")),
-            signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
-            cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
-            ..Default::default()
-        },
-        &limes_build::pipeline::NoProgress,
-    )
-    .context("building packs/http")?;
+    let out = limes_build::build(&signed_build_options(repo().join("packs/http"), work.join("out"), key), &limes_build::pipeline::NoProgress)
+        .context("building packs/http")?;
     store.install(&out.bundle, keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: false })?;
     report::http_vs_wasmtime(store, &wasmtime, &out.component, work, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 4000 })
 }
@@ -301,16 +362,7 @@ fn main() -> Result<()> {
     let store = Store::open(work.path().join("store"))?;
     let hermit_store = Store::open(work.path().join("store-hermit"))?;
     if a.only_serve {
-        let noop = limes_build::build(
-            &limes_build::BuildOptions {
-                path: repo().join("packs/noop"),
-                out_dir: Some(work.path().join("out")),
-                signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
-                cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
-                ..Default::default()
-            },
-            &limes_build::pipeline::NoProgress,
-        )?;
+        let noop = limes_build::build(&signed_build_options(repo().join("packs/noop"), work.path().join("out"), &key), &limes_build::pipeline::NoProgress)?;
         store.install(&noop.bundle, &keys, Default::default())?;
         let http_load = http_rows(&store, &keys, &key, work.path(), q, &mut notes)?;
         let serve_load = report::serve_load(&store, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 4000 }, false)?;
@@ -363,15 +415,7 @@ fn main() -> Result<()> {
             .args(["clean", "--quiet", "--release", "--target", "wasm32-wasip2", "-p", pkg])
             .current_dir(repo())
             .status();
-        let opts = |no_cache| limes_build::BuildOptions {
-            path: path.clone(),
-            out_dir: Some(work.path().join("out")),
-            signing_key: Some(limes_bundle::keys::SecretKey::from_text(&key.to_text(), "bench").unwrap().into()),
-            cargo: limes_build::CargoOptions { quiet: true, ..Default::default() },
-            no_cache,
-            microvm: true,
-            ..Default::default()
-        };
+        let opts = |no_cache| limes_build::BuildOptions { no_cache, microvm: true, ..signed_build_options(path.clone(), work.path().join("out"), &key) };
         let (cold, out) = time(|| limes_build::build(&opts(true), &limes_build::pipeline::NoProgress));
         let out = out.with_context(|| format!("building {dir}"))?;
         let (warm, again) = time(|| limes_build::build(&opts(false), &limes_build::pipeline::NoProgress));
@@ -451,23 +495,12 @@ fn main() -> Result<()> {
     let device_bin = device_loader()?;
     // Each pack's native executable (frame protocol on stdin), the baseline
     // of the whole-process rows.
-    let mut native_exes = std::collections::BTreeMap::new();
-    for pack in ["noop", "mandelbrot", "image"] {
-        let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
-        native_exes.insert(pack, limes_build::compile::build_native(&project, None, &limes_build::CargoOptions { quiet: true, ..Default::default() })?);
-    }
+    let native_exes = native_builds(None)?;
     // ARM64: every tier's precompile cost, one at a time; each pack's native
     // aarch64 build and the aarch64 loader, run under qemu-user below.
     let tier_costs = components.iter().map(|(n, w)| arm64::tier_costs(n, w, &profile, if q { 1 } else { 5 })).collect::<Result<Vec<_>>>()?;
     let arm = if arm64::can_run_aarch64() {
-        let loader = device_loader_for(limes::DEVICE_TARGET_AARCH64)?;
-        let mut exes = std::collections::BTreeMap::new();
-        for pack in ["noop", "mandelbrot", "image"] {
-            let project = limes_build::Project::discover(&repo().join("packs").join(pack), None, &[])?;
-            let cargo = limes_build::CargoOptions { quiet: true, ..Default::default() };
-            exes.insert(pack, limes_build::compile::build_native(&project, Some(limes::DEVICE_TARGET_AARCH64), &cargo)?);
-        }
-        Some((loader, exes))
+        Some((device_loader_for(limes::DEVICE_TARGET_AARCH64)?, native_builds(Some(limes::DEVICE_TARGET_AARCH64))?))
     } else {
         notes.push("the aarch64 rows were skipped: qemu-user is not registered for aarch64 executables (scripts/setup.sh registers it)".into());
         None
@@ -571,42 +604,19 @@ fn main() -> Result<()> {
         }
 
         // Whole processes: `limes run` (AOT) and the native executable.
-        let body = work.path().join("body.bin");
-        std::fs::write(&body, &w.full.body)?;
         // The static device build, the glibc build of the same loader and
         // the native executable answering the same request, in turn, so all
         // three meet the machine's slow spells alike.
         let native = (!w.name.contains("file")).then(|| native_exes[w.pack].clone());
-        let frame = {
-            let mut v = Vec::new();
-            limes_sdk::frame::write_frame(&mut v, limes_sdk::frame::REQUEST_MAGIC, &limes_sdk::frame::encode_request(&w.full))?;
-            v
-        };
+        let process = ProcessRequest::new(w.function, &w.full, &w.dirs, work.path().join("body.bin"))?;
         let mut totals = [Vec::new(), Vec::new()];
         let mut native_total = Vec::new();
         for _ in 0..process_runs.min(if w.pack == "noop" { usize::MAX } else { exec_runs.max(3) }) {
             if let Some(exe) = &native {
-                let (t, ok) = time(|| -> Result<bool> {
-                    use std::io::Write;
-                    let mut c = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
-                    c.stdin.take().unwrap().write_all(&frame)?;
-                    Ok(c.wait()?.success())
-                });
-                anyhow::ensure!(ok?, "native {} failed", w.pack);
-                native_total.push(t);
+                native_total.push(process.native(exe)?);
             }
             for (exe, total) in [&device_bin, &limes_bin].into_iter().zip(totals.iter_mut()) {
-                let mut cmd = Command::new(exe);
-                cmd.arg("--store").arg(store.root()).args(["run", w.function, "--input"]).arg(&body);
-                for (k, v) in &w.full.metadata {
-                    cmd.arg("--meta").arg(format!("{k}={v}"));
-                }
-                for (n, p) in &w.dirs {
-                    cmd.arg("--dir").arg(format!("{n}={}", p.display()));
-                }
-                let (t, out) = time(|| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status());
-                anyhow::ensure!(out?.success(), "{} run {} failed", exe.display(), w.function);
-                total.push(t);
+                total.push(process.limes_run(exe, store.root())?);
             }
         }
         push(&mut rows, RUN_STATIC, "total", &totals[0]);
@@ -615,27 +625,7 @@ fn main() -> Result<()> {
 
         // The same request on an (emulated) ARM64 device.
         if let (Some((loader, exes)), false) = (&arm, w.name.contains("file")) {
-            let e = arm64::Emulated {
-                workload: w.name,
-                function: w.function,
-                body: &body,
-                meta: w.full.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                dirs: &w.dirs,
-                frame: &frame,
-                native: &exes[w.pack],
-            };
-            rows.extend(arm64::emulated_rows(
-                loader,
-                store.root(),
-                &e,
-                if q {
-                    1
-                } else if w.pack == "noop" {
-                    30
-                } else {
-                    10
-                },
-            )?);
+            rows.extend(arm64::emulated_rows(loader, &exes[w.pack], store.root(), w.name, &process, arm64::emulated_runs(q, w.pack))?);
         }
 
         // The microVM images of the same function, Linux and Hermit, in

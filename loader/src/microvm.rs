@@ -487,7 +487,7 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
     // The image's architecture is the signed `target` of its native build
     // (today every image is x86_64): an aarch64 device runs such a function
     // as Wasm only, and says so before looking for a hypervisor.
-    let image_arch = limes_bundle::profile::Arch::of_triple(&vm.target);
+    let image_arch = vm.arch();
     let host = limes_bundle::profile::Arch::host();
     if image_arch.is_none() || image_arch != host {
         return Err(VmError::WrongArch {

@@ -98,7 +98,7 @@ async fn pull_within(store: &Store, reference: &str, keys: &TrustedKeys, opts: &
         // Only an image this device can boot: the x86_64 images stay in the
         // registry when an aarch64 device pulls (it serves the function as
         // Wasm, and `--backend microvm` says why).
-        let image_arch = manifest.microvm.as_ref().and_then(|vm| limes_bundle::profile::Arch::of_triple(&vm.target));
+        let image_arch = manifest.microvm.as_ref().and_then(|vm| vm.arch());
         if image_arch.is_some() && image_arch == limes_bundle::profile::Arch::host() {
             wanted.extend(manifest.microvm_files().into_iter().map(String::from));
         } else if let Some(vm) = &manifest.microvm {

@@ -1097,21 +1097,7 @@ impl Store {
             .filter(|n| !live.contains(n))
             .collect();
         unreferenced.sort();
-        let mut leftovers = Vec::new();
-        let tmp = self.root.join("tmp");
-        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
-            if leftover_pid(&e.file_name().to_string_lossy()).is_some_and(|pid| !process_alive(pid)) {
-                leftovers.push(e.path());
-            }
-        }
-        for dir in ["functions", "pins"] {
-            for e in std::fs::read_dir(self.root.join(dir)).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    leftovers.push(e.path());
-                }
-            }
-        }
-        leftovers.sort();
+        let leftovers = self.leftovers();
         if repair && (!leftovers.is_empty() || !unreferenced.is_empty()) {
             let _guard = self.lock()?;
             self.recover_locked();
@@ -1120,29 +1106,31 @@ impl Store {
         Ok(CheckReport { functions, unreferenced_objects: unreferenced, leftovers, repaired: repair })
     }
 
-    /// Start-up recovery, under the lock: remove what killed processes left
-    /// behind. Staging directories (`stage-PID-*`) and objects set aside for
-    /// removal (`gone-PID-*`, `bad-*-PID`) of processes that no longer run,
-    /// and temporary files of interrupted record writes in `functions/` and
-    /// `pins/` (written only under the lock, so none is live now). Nothing
-    /// here is ever loaded: records name only whole objects.
-    fn recover_locked(&self) -> Vec<PathBuf> {
-        let mut removed = Vec::new();
-        let tmp = self.root.join("tmp");
-        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if leftover_pid(&n).is_some_and(|pid| !process_alive(pid)) && remove_tree(&e.path()).is_ok() {
-                removed.push(e.path());
-            }
-        }
-        for dir in ["functions", "pins"] {
-            let d = self.root.join(dir);
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") && std::fs::remove_file(e.path()).is_ok() {
-                    removed.push(e.path());
+    /// What killed processes left behind, sorted: staging directories
+    /// (`stage-PID-*`) and objects set aside for removal (`gone-PID-*`,
+    /// `bad-*-PID`) of processes that no longer run, and temporary files of
+    /// interrupted record writes in `functions/` and `pins/` (written only
+    /// under the lock, so, seen under it, none is live). Nothing here is
+    /// ever loaded: records name only whole objects.
+    fn leftovers(&self) -> Vec<PathBuf> {
+        let dead = |n: &str| leftover_pid(n).is_some_and(|pid| !process_alive(pid));
+        let interrupted = |n: &str| n.starts_with(".tmp-");
+        let mut found = Vec::new();
+        for (dir, is_leftover) in [("tmp", &dead as &dyn Fn(&str) -> bool), ("functions", &interrupted), ("pins", &interrupted)] {
+            for e in std::fs::read_dir(self.root.join(dir)).into_iter().flatten().flatten() {
+                if is_leftover(&e.file_name().to_string_lossy()) {
+                    found.push(e.path());
                 }
             }
         }
-        removed
+        found.sort();
+        found
+    }
+
+    /// Start-up recovery, under the lock: remove the [`Store::leftovers`].
+    fn recover_locked(&self) {
+        for p in self.leftovers() {
+            let _ = remove_tree(&p);
+        }
     }
 }

@@ -277,14 +277,48 @@ pub fn limes_pack_cmd() -> Command {
 /// bundle with different content, as an attacker with the key, or a
 /// publisher of another version, would make).
 pub fn rewrite(bundle: &Path, key: &TestKey, out: &Path, edit: impl FnOnce(&mut limes_bundle::Manifest)) -> PathBuf {
+    rewrite_with(bundle, &limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap(), out, edit, None)
+}
+
+/// [`rewrite`] with a secret key, and optionally another trusted comment
+/// than the manifest's own.
+pub fn rewrite_with(
+    bundle: &Path,
+    sk: &limes_bundle::keys::SecretKey,
+    out: &Path,
+    edit: impl FnOnce(&mut limes_bundle::Manifest),
+    comment: Option<&str>,
+) -> PathBuf {
     let mut mem = limes_bundle::archive::InMemory::default();
     let v = limes_bundle::archive::read_bundle(bundle, &Default::default(), limes_bundle::archive::SignaturePolicy::Unverified, &mut mem).unwrap();
     let mut m = v.manifest.clone();
     edit(&mut m);
     let json = m.to_json();
-    let sk = limes_bundle::keys::SecretKey::from_file(&key.secret).unwrap();
-    let sig = sk.sign(&json, &m.trusted_comment());
+    let sig = sk.sign(&json, comment.map(String::from).unwrap_or_else(|| m.trusted_comment()).as_str());
     let files: Vec<(String, limes_bundle::archive::Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), limes_bundle::archive::Source::Bytes(b))).collect();
     limes_bundle::archive::write_bundle(out, &json, Some(&sig), &files, m.provenance.source_date_epoch).unwrap();
     out.to_path_buf()
+}
+
+/// The object directory `name`'s record points to in `store`.
+pub fn object_dir(store: &Path, name: &str) -> PathBuf {
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join(format!("functions/{name}.json"))).unwrap()).unwrap();
+    store.join("objects").join(rec["object"].as_str().unwrap())
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode)).unwrap();
+}
+
+/// Rewrite a file of a read-only object in place, as an attacker with write
+/// access would (permissions restored afterwards).
+pub fn tamper(file: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    let dir = file.parent().unwrap();
+    chmod(dir, 0o700);
+    chmod(file, 0o600);
+    let mut bytes = std::fs::read(file).unwrap();
+    edit(&mut bytes);
+    std::fs::OpenOptions::new().write(true).open(file).and_then(|mut f| std::io::Write::write_all(&mut f, &bytes)).unwrap();
+    chmod(file, 0o400);
+    chmod(dir, 0o500);
 }

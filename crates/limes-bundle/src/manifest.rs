@@ -201,6 +201,14 @@ pub struct MicroVm {
     pub memory_mib: u32,
 }
 
+impl MicroVm {
+    /// The architecture the image boots on: its native build's signed
+    /// target (`None`: one limes does not know).
+    pub fn arch(&self) -> Option<crate::profile::Arch> {
+        crate::profile::Arch::of_triple(&self.target)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
