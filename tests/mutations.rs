@@ -258,7 +258,7 @@ fn no_mutated_bundle_is_accepted() {
         let verify = read_bundle_bytes(bytes, &keys);
         assert!(verify.is_err(), "verify accepted mutant {name:?}");
         std::fs::write(&probe, bytes).unwrap();
-        let install = store.install(&probe, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: true });
+        let install = store.install(&probe, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: true, ..Default::default() });
         assert!(install.is_err(), "install accepted mutant {name:?}");
         let msg = install.unwrap_err().to_string();
         assert!(!msg.is_empty());

@@ -4,12 +4,13 @@
 //! wrap). An error of no known type is [`ErrorKind::Other`].
 
 use crate::error::{bundle_kind, ErrorKind};
+use crate::sync::{health::HealthError, SyncError};
 use crate::{launch::LoadError, microvm::VmError, pool::PoolError, pull::PullError, serve::ServeError, store::StoreError, RunError};
 
 /// The kind of `e` (see the module documentation).
 pub fn kind_of(e: &anyhow::Error) -> ErrorKind {
     type Probe = fn(&(dyn std::error::Error + 'static)) -> Option<ErrorKind>;
-    const TYPED: [Probe; 8] = [
+    const TYPED: [Probe; 10] = [
         |c| c.downcast_ref::<RunError>().map(RunError::kind),
         |c| c.downcast_ref::<StoreError>().map(StoreError::kind),
         |c| c.downcast_ref::<LoadError>().map(LoadError::kind),
@@ -17,6 +18,8 @@ pub fn kind_of(e: &anyhow::Error) -> ErrorKind {
         |c| c.downcast_ref::<PullError>().map(PullError::kind),
         |c| c.downcast_ref::<ServeError>().map(ServeError::kind),
         |c| c.downcast_ref::<PoolError>().map(PoolError::kind),
+        |c| c.downcast_ref::<SyncError>().map(SyncError::kind),
+        |c| c.downcast_ref::<HealthError>().map(HealthError::kind),
         |c| c.downcast_ref::<limes_bundle::BundleError>().map(bundle_kind),
     ];
     e.chain().find_map(|c| TYPED.iter().find_map(|probe| probe(c))).unwrap_or(ErrorKind::Other)

@@ -34,6 +34,7 @@ pub mod microvm;
 pub mod pool;
 pub mod pull;
 pub mod serve;
+pub mod sync;
 pub mod wasi_http;
 pub mod watchdog;
 pub mod worker;

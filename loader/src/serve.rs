@@ -319,6 +319,10 @@ struct Served {
     /// Invocations so far: the first after a load is the cold one (pages of
     /// code and data faulted in).
     served: AtomicU64,
+    /// Requests that failed on the function's side (a 5xx other than 503
+    /// busy: traps, timeouts, memory limits, error answers), for the sync
+    /// agent's post-switch watch (see [`SERVE_STATE`]).
+    failed: AtomicU64,
 }
 
 struct AppState {
@@ -711,6 +715,9 @@ async fn invoke_in_span(app: Arc<AppState>, name: String, below: String, request
         },
     };
     let status = resp.status().as_u16();
+    if status >= 500 && status != 503 {
+        f.failed.fetch_add(1, Ordering::Relaxed);
+    }
     app.metrics.requests.get_or_create(&RequestLabels { function: name.clone(), status: status.to_string() }).inc();
     // The access log: one line per request (--access-log, -v, or
     // RUST_LOG=limes::access=info); under `auto`, the backend that answered.
@@ -1057,7 +1064,8 @@ pub async fn serve(
 pub const SERVE_STATE: &str = "serve-state.json";
 
 /// Write what serve is doing per function (backend; for `auto`, where it
-/// routes and the medians behind it) into the store, when it changed.
+/// routes and the medians behind it; the object served and its request and
+/// failure counts since it was loaded) into the store, when it changed.
 fn publish_state(app: &Arc<AppState>) {
     let functions = app.functions.read().unwrap().clone();
     let mut per = serde_json::Map::new();
@@ -1073,6 +1081,10 @@ fn publish_state(app: &Arc<AppState>) {
                     "p50_us": {"wasm": p50(Backend::Wasm), "microvm": p50(Backend::MicroVm)}})
             }
         };
+        let mut v = v;
+        v["object"] = f.object.clone().into();
+        v["requests"] = f.served.load(Ordering::Relaxed).into();
+        v["failures"] = f.failed.load(Ordering::Relaxed).into();
         per.insert(n.clone(), v);
     }
     let state = serde_json::json!({"pid": std::process::id(), "functions": per});
@@ -1176,7 +1188,7 @@ async fn load_function(app: &Arc<AppState>, store: &Store, anchors: &crate::trus
             Executor::Workers(pool)
         }
     };
-    Ok(Arc::new(Served { spec, exec, object: f.record.object.clone(), served: AtomicU64::new(0) }))
+    Ok(Arc::new(Served { spec, exec, object: f.record.object.clone(), served: AtomicU64::new(0), failed: AtomicU64::new(0) }))
 }
 
 /// Raise the soft open-file limit to the hard one and return how many

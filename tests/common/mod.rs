@@ -168,20 +168,50 @@ impl TestRegistry {
             cfg += &format!("auth:\n  htpasswd:\n    realm: limes-test\n    path: {}\n", dir.path().join("htpasswd").display());
         }
         std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
-        let child = Command::new("docker-registry")
+        let child = Self::spawn(dir.path());
+        let reg = TestRegistry { child, addr, dir };
+        reg.wait_up();
+        reg
+    }
+
+    fn spawn(dir: &Path) -> std::process::Child {
+        Command::new("docker-registry")
             .arg("serve")
-            .arg(dir.path().join("config.yml"))
+            .arg(dir.join("config.yml"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("docker-registry is required (apt-get install docker-registry, or run scripts/setup.sh)");
-        let reg = TestRegistry { child, addr, dir };
+            .expect("docker-registry is required (apt-get install docker-registry, or run scripts/setup.sh)")
+    }
+
+    fn wait_up(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(&reg.addr).is_err() {
-            assert!(std::time::Instant::now() < deadline, "registry did not start on {}", reg.addr);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "registry did not start on {}", self.addr);
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        reg
+    }
+
+    /// Kill the registry (an outage); its storage stays.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same address and storage.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.dir.path());
+        self.wait_up();
+    }
+
+    /// Push a bundle file to `reference` on this registry (plain HTTP).
+    pub fn push(&self, bundle: &Path, reference: &str) -> limes_oci::PushReport {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(limes_oci::push(bundle, reference, true, &Default::default()))
+            .unwrap_or_else(|e| panic!("pushing {} to {reference}: {e}", bundle.display()))
     }
 
     /// Paths of the stored blobs (for tampering tests).

@@ -387,6 +387,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
         world: WorldInfo { kind: info.kind, export: info.export.clone(), imports: info.imports.clone() },
         engine: EngineInfo { wasmtime: WASMTIME_VERSION.into(), profile_digest: profile.digest(), profile },
         limits: project.limits(),
+        health: project.health(),
         preopens: project.preopens(),
         allowed_outbound_hosts: project.meta.allowed_outbound_hosts.clone(),
         component: COMPONENT_PATH.into(),

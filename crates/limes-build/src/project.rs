@@ -29,6 +29,19 @@ pub struct LimesMetadata {
     /// the manifest; everything else is denied on the device.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// The health request a device sends a new version before switching to
+    /// it (`limes sync`), signed into the manifest.
+    pub health: Option<HealthMeta>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HealthMeta {
+    #[serde(default)]
+    pub input: String,
+    pub path: Option<String>,
+    pub status: Option<u16>,
+    pub expect: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +281,15 @@ impl Project {
             timeout_ms: self.meta.timeout_ms.unwrap_or(d.timeout_ms),
             max_input_bytes: self.meta.max_input_mib.map(|m| m << 20).unwrap_or(d.max_input_bytes),
         }
+    }
+
+    pub fn health(&self) -> Option<limes_bundle::manifest::HealthCheck> {
+        self.meta.health.as_ref().map(|h| limes_bundle::manifest::HealthCheck {
+            input: h.input.clone(),
+            path: h.path.clone(),
+            status: h.status,
+            expect: h.expect.clone(),
+        })
     }
 
     pub fn preopens(&self) -> Vec<Preopen> {

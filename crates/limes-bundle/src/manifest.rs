@@ -53,6 +53,11 @@ pub struct Manifest {
     pub world: WorldInfo,
     pub engine: EngineInfo,
     pub limits: Limits,
+    /// The request a device sends a new version before any traffic reaches
+    /// it, and the answer it must give (`limes sync`). None: the version
+    /// must load and instantiate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
     #[serde(default)]
     pub preopens: Vec<Preopen>,
     /// Origins (`scheme://host[:port]`, host may start with `*.`) the
@@ -123,6 +128,27 @@ pub struct Limits {
     /// Largest request body a host should accept.
     pub max_input_bytes: u64,
 }
+
+/// A health request declared by the function and signed with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The request body (UTF-8).
+    #[serde(default)]
+    pub input: String,
+    /// The request path, for a wasi:http function (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The status a wasi:http function must answer (default: any 2xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The exact body the answer must have (default: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+/// Largest health request or expected answer a manifest may declare.
+pub const MAX_HEALTH_TEXT: usize = 64 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -381,6 +407,17 @@ impl Manifest {
         if self.limits.memory_bytes == 0 || self.limits.timeout_ms == 0 || self.limits.max_input_bytes == 0 {
             return bad("limits must be non-zero".into());
         }
+        if let Some(h) = &self.health {
+            if h.input.len() > MAX_HEALTH_TEXT || h.expect.as_ref().is_some_and(|e| e.len() > MAX_HEALTH_TEXT) {
+                return bad(format!("health input and expect may hold at most {MAX_HEALTH_TEXT} bytes"));
+            }
+            if h.path.as_ref().is_some_and(|p| !p.starts_with('/') || p.len() > 2048 || p.chars().any(|c| c.is_control() || c == ' ')) {
+                return bad("health path must be an absolute request path (`/...`)".into());
+            }
+            if h.status.is_some_and(|s| !(100..=599).contains(&s)) {
+                return bad("health status must be an HTTP status (100-599)".into());
+            }
+        }
         let mut prev: Option<&str> = None;
         for f in &self.files {
             if !is_safe_path(&f.path) {
@@ -462,6 +499,7 @@ impl Manifest {
             world: WorldInfo { kind: WorldKind::Limes, export: "limes:function/handler@0.1.0".into(), imports: vec![] },
             engine: EngineInfo { wasmtime: crate::profile::WASMTIME_VERSION.into(), profile_digest: profile.digest(), profile },
             limits: Limits::default(),
+            health: None,
             preopens: vec![],
             component: COMPONENT_PATH.into(),
             aot: vec![],

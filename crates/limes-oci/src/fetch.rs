@@ -10,6 +10,7 @@
 use crate::{is_loopback, Credentials, OciError, ARTIFACT_TYPE, TITLE};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use sha2::{Digest, Sha256};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 /// Largest OCI manifest accepted (a bundle's has a handful of layers).
@@ -52,6 +53,8 @@ pub struct Puller {
     credentials: Option<(String, String)>,
     authorization: tokio::sync::Mutex<Option<String>>,
     min_rate: u64,
+    /// Response body bytes received so far (what a device pays for).
+    received: std::sync::atomic::AtomicU64,
 }
 
 /// A response body read whole, or why it was not.
@@ -108,6 +111,7 @@ impl Puller {
             credentials,
             authorization: tokio::sync::Mutex::new(None),
             min_rate: timeouts.min_rate,
+            received: Default::default(),
         })
     }
 
@@ -115,13 +119,38 @@ impl Puller {
         OciError::Registry { registry: self.registry.clone(), message: message.to_string() }
     }
 
+    /// Response body bytes received from the registry by this puller.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// GET `url`, authenticating on a 401 challenge, and read at most
     /// `limit` bytes of the answer.
     async fn get(&self, url: &str, accept: Option<&str>, limit: u64) -> Result<Body, OciError> {
+        let resp = self.send(url, accept, None).await?;
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Ok(Body::TooLarge);
+        }
+        let body = read_capped(resp, limit, self.min_rate).await.map_err(|e| self.transport(e))?;
+        if let Body::Ok(b) = &body {
+            self.received.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        match body {
+            Body::TooSlow => Err(self.err(format!("{} sent slower than {} bytes/s", crate::host_only_str(url), self.min_rate))),
+            b => Ok(b),
+        }
+    }
+
+    /// Send a GET (from byte `from` on, when given), authenticating on a
+    /// 401 challenge; a status other than success is an error.
+    async fn send(&self, url: &str, accept: Option<&str>, from: Option<u64>) -> Result<reqwest::Response, OciError> {
         for attempt in 0..2 {
             let mut req = self.http.get(url);
             if let Some(a) = accept {
                 req = req.header(reqwest::header::ACCEPT, a);
+            }
+            if let Some(n) = from {
+                req = req.header(reqwest::header::RANGE, format!("bytes={n}-"));
             }
             if let Some(h) = self.authorization.lock().await.clone() {
                 req = req.header(reqwest::header::AUTHORIZATION, h);
@@ -145,13 +174,7 @@ impl Puller {
                     self.err(message)
                 });
             }
-            if resp.content_length().is_some_and(|n| n > limit) {
-                return Ok(Body::TooLarge);
-            }
-            return match read_capped(resp, limit, self.min_rate).await.map_err(|e| self.transport(e))? {
-                Body::TooSlow => Err(self.err(format!("{} sent slower than {} bytes/s", crate::host_only_str(url), self.min_rate))),
-                b => Ok(b),
-            };
+            return Ok(resp);
         }
         Err(OciError::Auth { registry: self.registry.clone(), message: "the registry refused the credentials".into() })
     }
@@ -251,13 +274,7 @@ impl Puller {
     /// failures are retried (from scratch, so nothing partial is kept); a
     /// size or digest violation is not.
     pub async fn fetch(&self, layer: &OciDescriptor, limit: u64, out: &mut Vec<u8>) -> Result<(), OciError> {
-        let what = layer.annotations.as_ref().and_then(|a| a.get(TITLE)).map(|t| limes_bundle::untrusted(t)).unwrap_or_else(|| layer.digest.clone());
-        if layer.size < 0 || layer.size as u64 > limit {
-            return Err(OciError::TooLarge { what, limit });
-        }
-        if !layer.digest.starts_with("sha256:") || layer.digest.len() != 71 || !layer.digest[7..].bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(OciError::Digest { what, expected: "a sha256 digest".into(), actual: limes_bundle::untrusted(&layer.digest) });
-        }
+        let what = check_descriptor(layer, limit)?;
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, layer.digest);
         let size = layer.size as u64;
         let mut last = None;
@@ -320,4 +337,113 @@ async fn read_capped(mut resp: reqwest::Response, limit: u64, min_rate: u64) -> 
         }
     }
     Ok(Body::Ok(out))
+}
+
+/// A layer descriptor's name for messages, once its size fits `limit` and
+/// its digest is a well-formed SHA-256.
+fn check_descriptor(layer: &OciDescriptor, limit: u64) -> Result<String, OciError> {
+    let what = layer.annotations.as_ref().and_then(|a| a.get(TITLE)).map(|t| limes_bundle::untrusted(t)).unwrap_or_else(|| layer.digest.clone());
+    if layer.size < 0 || layer.size as u64 > limit {
+        return Err(OciError::TooLarge { what, limit });
+    }
+    if !layer.digest.starts_with("sha256:") || layer.digest.len() != 71 || !layer.digest[7..].bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(OciError::Digest { what, expected: "a sha256 digest".into(), actual: limes_bundle::untrusted(&layer.digest) });
+    }
+    Ok(what)
+}
+
+impl Puller {
+    /// [`Puller::fetch`] through a partial file `part` that survives an
+    /// interrupted download: what it already holds is not fetched again
+    /// (an HTTP range request asks for the rest), so a device on a link that
+    /// drops pays for each byte once. The file is only a cache: the whole
+    /// blob is hashed against the descriptor before it is returned, and a
+    /// file that does not hash is removed. Returns the blob and how many of
+    /// its bytes came over the network in this call.
+    pub async fn fetch_resumable(&self, layer: &OciDescriptor, limit: u64, part: &std::path::Path) -> Result<(Vec<u8>, u64), OciError> {
+        use std::io::Write;
+        let what = check_descriptor(layer, limit)?;
+        let size = layer.size as u64;
+        let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, layer.digest);
+        let io = |e: std::io::Error| self.err(format!("partial download {}: {e}", part.display()));
+        let mut transferred = 0u64;
+        let mut last = None;
+        for attempt in 0..3 {
+            let mut have = std::fs::symlink_metadata(part).map(|m| if m.is_file() { m.len() } else { u64::MAX }).unwrap_or(0);
+            if have > size {
+                // Not ours, or not this blob: start over.
+                let _ = std::fs::remove_file(part);
+                have = 0;
+            }
+            if have < size {
+                let resp = match self.send(&url, None, (have > 0).then_some(have)).await {
+                    Ok(r) => r,
+                    Err(e @ OciError::Registry { .. }) => {
+                        tracing::warn!(attempt, blob = %what, error = %e, "blob download failed");
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                // 206: the rest from `have`; 200: the registry ignored the
+                // range, so the whole blob comes again.
+                let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(resumed)
+                    .truncate(!resumed)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(part)
+                    .map_err(io)?;
+                let mut written = if resumed { have } else { 0 };
+                let started = std::time::Instant::now();
+                let mut resp = resp;
+                let outcome = loop {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => {
+                            if written + chunk.len() as u64 > size {
+                                break Some(OciError::TooLarge { what: what.clone(), limit: size });
+                            }
+                            f.write_all(&chunk).map_err(io)?;
+                            written += chunk.len() as u64;
+                            transferred += chunk.len() as u64;
+                            self.received.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            let late = started.elapsed().saturating_sub(RATE_GRACE);
+                            if ((written - if resumed { have } else { 0 }) as f64) < self.min_rate as f64 * late.as_secs_f64() {
+                                break Some(self.err(format!("{} sent slower than {} bytes/s", crate::host_only_str(&url), self.min_rate)));
+                            }
+                        }
+                        Ok(None) => break None,
+                        Err(e) => break Some(self.transport(e)),
+                    }
+                };
+                f.sync_data().map_err(io)?;
+                match outcome {
+                    Some(OciError::TooLarge { .. }) => {
+                        let _ = std::fs::remove_file(part);
+                        return Err(OciError::TooLarge { what, limit: size });
+                    }
+                    Some(e) => {
+                        tracing::warn!(attempt, blob = %what, kept = written, error = %e, "blob download interrupted; resuming");
+                        last = Some(e);
+                        continue;
+                    }
+                    None if written < size => {
+                        last = Some(self.err(format!("{} ended the blob after {written} of {size} bytes", crate::host_only_str(&url))));
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            let bytes = std::fs::read(part).map_err(io)?;
+            let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            let _ = std::fs::remove_file(part);
+            if actual != layer.digest || bytes.len() as u64 != size {
+                return Err(OciError::Digest { what, expected: layer.digest.clone(), actual });
+            }
+            return Ok((bytes, transferred));
+        }
+        Err(last.unwrap_or_else(|| self.err("the download did not finish")))
+    }
 }

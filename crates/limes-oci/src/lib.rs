@@ -16,6 +16,7 @@ use std::path::Path;
 
 pub mod fetch;
 pub use fetch::{Puller, Timeouts};
+pub use oci_client::manifest::{OciDescriptor as Descriptor, OciImageManifest as ImageManifest};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.limes.bundle.v1";
 pub const MEDIA_MANIFEST: &str = "application/vnd.limes.manifest.v1+json";

@@ -29,6 +29,11 @@ pub struct InstallCommand {
     trust: Vec<PathBuf>,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Install beside the current version, send it the health request its
+    /// manifest declares (in a child process), and switch to it only if it
+    /// answers as declared; otherwise the current version stays (exit 1).
+    #[arg(long)]
+    health_check: bool,
 }
 
 /// What an install may override (shared by `install` and `pull`).
@@ -44,11 +49,14 @@ pub struct PolicyArgs {
     /// (the key that first installed it): a planned key rotation.
     #[arg(long)]
     pub rotate_key: bool,
+    /// Replaced versions to keep for `limes rollback` (and `limes sync`).
+    #[arg(long, default_value_t = limes::store::KEEP_PREVIOUS, value_name = "N")]
+    keep: usize,
 }
 
 impl PolicyArgs {
     pub fn policy(&self) -> limes::store::InstallPolicy {
-        limes::store::InstallPolicy { allow_downgrade: self.allow_downgrade, force: self.force, rotate_key: self.rotate_key }
+        limes::store::InstallPolicy { allow_downgrade: self.allow_downgrade, force: self.force, rotate_key: self.rotate_key, keep: self.keep }
     }
 }
 
@@ -60,7 +68,25 @@ impl InstallCommand {
         }
         let keys = TrustedKeys::load(&self.trust)?;
         let store = Store::open(&ctx.store)?;
-        let f = store.install(&self.bundle, &keys, self.policy.policy()).with_context(|| format!("installing {}", self.bundle.display()))?;
+        let f = if self.health_check {
+            if limes_oci::looks_like_reference(&text) {
+                anyhow::bail!("--health-check installs bundle files; `limes sync` checks what it pulls");
+            }
+            let cand = store.install_candidate(&self.bundle, &keys, self.policy.policy()).with_context(|| format!("installing {}", self.bundle.display()))?;
+            let checker = limes::sync::health::Checker {
+                exe: std::env::current_exe()?,
+                store: ctx.store.clone(),
+                trust_dir: ctx.trust_dir.clone(),
+                trust: self.trust.clone(),
+            };
+            if let Err(e) = checker.check_candidate(&cand) {
+                store.discard_candidate(&cand.record.name)?;
+                return Err(anyhow::Error::from(e).context(format!("not switching to {}; the installed version stays", self.bundle.display())));
+            }
+            store.promote(&cand.record.name, &cand.record.object, self.policy.policy().keep)?
+        } else {
+            store.install(&self.bundle, &keys, self.policy.policy()).with_context(|| format!("installing {}", self.bundle.display()))?
+        };
         super::adopt(ctx, &store, &keys, &f, self.policy.rotate_key)?;
         if ctx.json {
             println!(

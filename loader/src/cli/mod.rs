@@ -5,8 +5,11 @@ mod install;
 mod list;
 mod pull;
 mod remove;
+mod rollback;
 mod run;
 mod serve;
+mod status;
+mod sync;
 mod worker;
 
 use clap::Subcommand;
@@ -29,8 +32,11 @@ pub enum Command {
     List(list::ListCommand),
     Pull(pull::PullCommand),
     Remove(remove::RemoveCommand),
+    Rollback(rollback::RollbackCommand),
     Run(run::RunCommand),
     Serve(serve::ServeCommand),
+    Status(status::StatusCommand),
+    Sync(sync::SyncCommand),
     #[command(hide = true)]
     Worker(worker::WorkerCommand),
 }
@@ -43,8 +49,11 @@ impl Command {
             Command::List(c) => c.execute(ctx),
             Command::Pull(c) => c.execute(ctx),
             Command::Remove(c) => c.execute(ctx),
+            Command::Rollback(c) => c.execute(ctx),
             Command::Run(c) => c.execute(ctx),
             Command::Serve(c) => c.execute(ctx),
+            Command::Status(c) => c.execute(ctx),
+            Command::Sync(c) => c.execute(ctx),
             Command::Worker(c) => c.execute(ctx),
         }
     }

@@ -70,6 +70,10 @@ pub struct RunCommand {
     /// --json they are always in the document).
     #[arg(long)]
     include: bool,
+    /// Run NAME's candidate version (staged beside the current one by
+    /// `limes sync` or `install --health-check`, not yet switched to).
+    #[arg(long, hide = true)]
+    candidate: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
@@ -211,6 +215,7 @@ impl RunCommand {
         };
         let f = match &staged {
             Some(s) => s.function().clone(),
+            None if self.candidate => store.load_candidate(&self.target, &super::anchors(ctx, &self.trust, &store)?)?,
             None => store.load(&self.target, &super::anchors(ctx, &self.trust, &store)?)?,
         };
         let verify_time = t.elapsed();

@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! ROOT/objects/<sha256 of manifest>/   verified bundle contents, read-only
-//! ROOT/functions/<name>.json           which object a name points to
+//! ROOT/functions/<name>.json           which object a name points to, and
+//!                                      the versions kept to roll back to
+//! ROOT/candidates/<name>.json          a new version installed beside the
+//!                                      current one, not yet switched to
+//! ROOT/sync/<name>.json                what `limes sync` last did for <name>
 //! ROOT/pins/<name>                     the key id that first installed <name>
 //! ROOT/tmp/                            staging; never read by the runtime
 //! ROOT/lock                            serialises installs and removals
@@ -17,6 +21,8 @@
 //! store is trusted by itself: [`Store::load`] checks an object's signed
 //! manifest against keys outside the store ([`crate::trust`]) before any of
 //! its native code is mapped.
+
+mod versions;
 
 use limes_bundle::archive::{read_bundle, BundleLimits, FileSink, SignaturePolicy, VerifiedBundle};
 use limes_bundle::manifest::{FileEntry, Manifest, MANIFEST_PATH, SIGNATURE_PATH};
@@ -64,6 +70,10 @@ pub enum StoreError {
          (`limes install --trust KEY` does)", dir.display()
     )]
     NoTrust { name: String, dir: PathBuf },
+    #[error("{name} has no staged candidate version (it was switched to, discarded, or replaced meanwhile)")]
+    NoCandidate { name: String },
+    #[error("{name} {version} has no earlier version kept to roll back to (kept: the versions it replaced, see `limes status`)")]
+    NoPrevious { name: String, version: String },
     #[error("refusing to install: {detail}; rebuild it with this device's tiers (limes-pack builds every tier by default; `--tier {baseline}` at least)")]
     NoCodeForHost { detail: String, baseline: &'static str },
 }
@@ -90,6 +100,8 @@ impl StoreError {
             | StoreError::Downgrade { .. }
             | StoreError::SameVersionDiffers { .. }
             | StoreError::NoCodeForHost { .. }
+            | StoreError::NoCandidate { .. }
+            | StoreError::NoPrevious { .. }
             | StoreError::Corrupted { .. } => false,
         }
     }
@@ -136,6 +148,27 @@ pub struct Installed {
     /// Stamps of the object's files taken at install.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stamps: BTreeMap<String, FileStamp>,
+    /// The versions this one replaced, newest first (at most
+    /// [`InstallPolicy::keep`]); their objects are kept so that a rollback
+    /// needs no download. Their own `previous` is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<Installed>,
+}
+
+impl Installed {
+    /// SHA-256 of the signed manifest (older records name it by object).
+    pub fn manifest_digest(&self) -> String {
+        if self.manifest_sha256.is_empty() {
+            self.object.trim_end_matches("-partial").to_string()
+        } else {
+            self.manifest_sha256.clone()
+        }
+    }
+
+    /// The objects this record keeps alive.
+    fn objects(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.object.as_str()).chain(self.previous.iter().map(|p| p.object.as_str()))
+    }
 }
 
 /// What [`Store::check`] found for one function.
@@ -401,7 +434,7 @@ fn leftover_pid(name: &str) -> Option<i32> {
 }
 
 /// Whether process `pid` exists (a reused PID only keeps a leftover longer).
-fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the process exists.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
@@ -517,8 +550,18 @@ pub(crate) fn crash_point(point: &str) {
 }
 
 /// Every [`crash_point`] of the store, in the order an install meets them.
-pub const CRASH_POINTS: &[&str] =
-    &["staged", "object-published", "record-tmp-written", "record-published", "pin-published", "collecting", "collected", "record-removed"];
+pub const CRASH_POINTS: &[&str] = &[
+    "staged",
+    "object-published",
+    "record-tmp-written",
+    "record-published",
+    "pin-published",
+    "collecting",
+    "collected",
+    "record-removed",
+    "promoted",
+    "rolled-back",
+];
 
 /// Remove a tree of the store. Nothing is followed: a symlink (or any
 /// non-directory) is unlinked itself, and directories are made writable
@@ -591,7 +634,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// What an install may override.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct InstallPolicy {
     /// Replace an installed function with an older version.
     pub allow_downgrade: bool,
@@ -599,6 +642,18 @@ pub struct InstallPolicy {
     pub force: bool,
     /// Accept a signer other than the one pinned for this function name.
     pub rotate_key: bool,
+    /// How many replaced versions to keep for a rollback.
+    pub keep: usize,
+}
+
+/// Replaced versions kept by default: enough to step back twice without a
+/// network (a bad version, then a bad rollback target).
+pub const KEEP_PREVIOUS: usize = 2;
+
+impl Default for InstallPolicy {
+    fn default() -> Self {
+        InstallPolicy { allow_downgrade: false, force: false, rotate_key: false, keep: KEEP_PREVIOUS }
+    }
 }
 
 /// What a verified staging directory is published as.
@@ -609,6 +664,8 @@ struct Publication<'a> {
     /// The files present (a partial install), or empty for all.
     files: Vec<String>,
     policy: InstallPolicy,
+    /// Published beside the current version (`candidates/`), not switched to.
+    candidate: bool,
 }
 
 /// A verified bundle unpacked in the store's `tmp/` (see
@@ -635,6 +692,22 @@ impl Drop for Staged {
     }
 }
 
+/// The record of `new` replacing `current`: the replaced version goes to
+/// the front of the kept ones (unless it is the same object), and at most
+/// `keep` are kept.
+fn succeed(current: Option<Installed>, mut new: Installed, keep: usize) -> Installed {
+    if let Some(mut cur) = current {
+        let mut kept = std::mem::take(&mut cur.previous);
+        if cur.object != new.object {
+            kept.insert(0, cur);
+        }
+        kept.retain(|k| k.object != new.object);
+        kept.truncate(keep);
+        new.previous = kept;
+    }
+    new
+}
+
 /// Default store location: `$LIMES_HOME`, else `$XDG_DATA_HOME/limes`, else
 /// `~/.local/share/limes`.
 pub fn default_root() -> PathBuf {
@@ -648,7 +721,7 @@ pub fn default_root() -> PathBuf {
     Path::new(&home).join(".local/share/limes")
 }
 
-const SUBDIRS: [&str; 4] = ["objects", "functions", "pins", "tmp"];
+const SUBDIRS: [&str; 6] = ["objects", "functions", "pins", "tmp", "candidates", "sync"];
 
 impl Store {
     /// Open (creating it `0700` if needed) the store at `root`, and refuse it
@@ -755,6 +828,7 @@ impl Store {
             files: Vec::new(),
             manifest_sha256,
             stamps,
+            previous: Vec::new(),
         };
         Ok(Staged { function: InstalledFunction { record, dir: dir.clone(), manifest: v.manifest }, dir })
     }
@@ -765,7 +839,7 @@ impl Store {
     pub fn install(&self, bundle: &Path, keys: &TrustedKeys, policy: InstallPolicy) -> Result<InstalledFunction, StoreError> {
         let (staging, v) = self.stage(bundle, keys, &BundleLimits::default())?;
         let signer = v.signer.map(|k| k.to_string()).unwrap_or_default();
-        self.publish(staging, Publication { manifest: &v.manifest, manifest_bytes: &v.manifest_bytes, signer, files: Vec::new(), policy })
+        self.publish(staging, Publication { manifest: &v.manifest, manifest_bytes: &v.manifest_bytes, signer, files: Vec::new(), policy, candidate: false })
     }
 
     /// Install a subset of a bundle's files fetched separately (a registry
@@ -778,6 +852,20 @@ impl Store {
         files: &[(String, Vec<u8>)],
         keys: &TrustedKeys,
         policy: InstallPolicy,
+    ) -> Result<InstalledFunction, StoreError> {
+        self.publish_parts(manifest_bytes, signature, files, keys, policy, false)
+    }
+
+    /// [`Store::install_parts`], or with `candidate` beside the current
+    /// version (see [`Store::promote`]).
+    pub(crate) fn publish_parts(
+        &self,
+        manifest_bytes: &[u8],
+        signature: &str,
+        files: &[(String, Vec<u8>)],
+        keys: &TrustedKeys,
+        policy: InstallPolicy,
+        candidate: bool,
     ) -> Result<InstalledFunction, StoreError> {
         let (signer, manifest) = keys.verify_manifest(manifest_bytes, signature)?;
         let tmp = self.root.join("tmp");
@@ -799,7 +887,7 @@ impl Store {
         }
         make_read_only(staging.path()).map_err(io_err(staging.path()))?;
         present.sort();
-        self.publish(staging, Publication { manifest: &manifest, manifest_bytes, signer: signer.to_string(), files: present, policy })
+        self.publish(staging, Publication { manifest: &manifest, manifest_bytes, signer: signer.to_string(), files: present, policy, candidate })
     }
 
     /// Move a verified staging directory into `objects/` and point the
@@ -813,7 +901,7 @@ impl Store {
     }
 
     fn publish_locked(&self, staging: &Path, p: Publication<'_>) -> Result<InstalledFunction, StoreError> {
-        let Publication { manifest, manifest_bytes, signer, files, policy } = p;
+        let Publication { manifest, manifest_bytes, signer, files, policy, candidate } = p;
         // A device refuses a bundle it could never run (an x86_64-only bundle
         // on an aarch64 device), naming the tiers the bundle has.
         if let Err(detail) = crate::select::check_host_arch(manifest) {
@@ -843,12 +931,13 @@ impl Store {
                 return Err(StoreError::SignerChanged { name, pinned: p.clone(), offered: signer });
             }
         }
-        if let Some(cur) = self.record(&name)? {
+        let current = self.record(&name)?;
+        if let Some(cur) = &current {
             let order = version_cmp(&version, &cur.version);
             if !policy.allow_downgrade && order.is_lt() {
-                return Err(StoreError::Downgrade { name, installed: cur.version, offered: version });
+                return Err(StoreError::Downgrade { name, installed: cur.version.clone(), offered: version });
             }
-            let cur_manifest = if cur.manifest_sha256.is_empty() { cur.object.trim_end_matches("-partial").to_string() } else { cur.manifest_sha256.clone() };
+            let cur_manifest = cur.manifest_digest();
             if !policy.force && order.is_eq() && cur.version == version && cur_manifest != manifest_sha256 {
                 return Err(StoreError::SameVersionDiffers { name, version, installed: cur_manifest, offered: manifest_sha256 });
             }
@@ -872,8 +961,24 @@ impl Store {
         }
         crash_point("object-published");
         let all_files: Vec<String> = if files.is_empty() { manifest.files.iter().map(|f| f.path.clone()).collect() } else { files.clone() };
-        let record =
-            Installed { name: name.clone(), version, object, signer: signer.clone(), files, manifest_sha256, stamps: stamps(&dest, all_files.into_iter())? };
+        let record = Installed {
+            name: name.clone(),
+            version,
+            object,
+            signer: signer.clone(),
+            files,
+            manifest_sha256,
+            stamps: stamps(&dest, all_files.into_iter())?,
+            previous: Vec::new(),
+        };
+        if candidate {
+            // Beside the current version: nothing serves it until
+            // `promote` switches to it (the pin moves then too).
+            self.write_file(&format!("candidates/{name}.json"), &serde_json::to_vec_pretty(&record).expect("record serializes"))?;
+            self.gc_locked()?;
+            return self.get_record(record);
+        }
+        let record = succeed(current, record, policy.keep);
         self.write_file(&format!("functions/{name}.json"), &serde_json::to_vec_pretty(&record).expect("record serializes"))?;
         crash_point("record-published");
         if pinned.as_deref() != Some(signer.as_str()) {
@@ -927,7 +1032,15 @@ impl Store {
     /// The record's signer must be the key that signed (so `limes list` can
     /// not be told another name).
     pub fn load(&self, name: &str, anchors: &crate::trust::Anchors) -> Result<InstalledFunction, StoreError> {
-        let (f, manifest_bytes) = self.get_with_manifest(name)?;
+        let record = self.record(name)?.ok_or_else(|| self.not_installed(name))?;
+        self.load_record(record, anchors)
+    }
+
+    /// [`Store::load`] of a given record (a candidate, a kept version).
+    pub(crate) fn load_record(&self, record: Installed, anchors: &crate::trust::Anchors) -> Result<InstalledFunction, StoreError> {
+        let name = record.name.clone();
+        let name = name.as_str();
+        let (f, manifest_bytes) = self.record_with_manifest(record)?;
         let sig_path = f.path_of(SIGNATURE_PATH);
         let (sf, _) = open_checked(&sig_path)?;
         let mut sig = Vec::new();
@@ -942,8 +1055,19 @@ impl Store {
         Ok(f)
     }
 
+    /// [`Store::get`] of a given record.
+    pub(crate) fn get_record(&self, record: Installed) -> Result<InstalledFunction, StoreError> {
+        self.record_with_manifest(record).map(|(f, _)| f)
+    }
+
     fn get_with_manifest(&self, name: &str) -> Result<(InstalledFunction, Vec<u8>), StoreError> {
         let record = self.record(name)?.ok_or_else(|| self.not_installed(name))?;
+        self.record_with_manifest(record)
+    }
+
+    fn record_with_manifest(&self, record: Installed) -> Result<(InstalledFunction, Vec<u8>), StoreError> {
+        let name = record.name.clone();
+        let name = name.as_str();
         let corrupted = |detail: String| StoreError::Corrupted { name: name.into(), detail };
         if record.object.contains('/') || record.object.starts_with('.') {
             return Err(corrupted(format!("object name {:?} is not a digest", record.object)));
@@ -1036,7 +1160,7 @@ impl Store {
                 let _ = remove_tree(&e.path());
             }
         }
-        let live: Vec<String> = self.list()?.into_iter().map(|r| r.object).collect();
+        let live = self.live_objects()?;
         let objects = self.root.join("objects");
         crash_point("collecting");
         for e in std::fs::read_dir(&objects).map_err(io_err(&objects))?.flatten() {
@@ -1052,6 +1176,18 @@ impl Store {
         }
         crash_point("collected");
         Ok(())
+    }
+
+    /// Every object a record, a kept version or a candidate names.
+    fn live_objects(&self) -> Result<Vec<String>, StoreError> {
+        let mut live: Vec<String> = Vec::new();
+        for r in self.list()? {
+            live.extend(r.objects().map(String::from));
+        }
+        for r in self.candidates()? {
+            live.push(r.object);
+        }
+        Ok(live)
     }
 
     /// Check the whole store (`limes check`): every function's record,
@@ -1089,6 +1225,8 @@ impl Store {
                 }
             });
         }
+        // Kept versions and candidates are referenced too.
+        live.extend(self.live_objects()?);
         let objects = self.root.join("objects");
         let mut unreferenced: Vec<String> = std::fs::read_dir(&objects)
             .map_err(io_err(&objects))?
@@ -1116,7 +1254,14 @@ impl Store {
         let dead = |n: &str| leftover_pid(n).is_some_and(|pid| !process_alive(pid));
         let interrupted = |n: &str| n.starts_with(".tmp-");
         let mut found = Vec::new();
-        for (dir, is_leftover) in [("tmp", &dead as &dyn Fn(&str) -> bool), ("functions", &interrupted), ("pins", &interrupted)] {
+        let dirs = [
+            ("tmp", &dead as &dyn Fn(&str) -> bool),
+            ("functions", &interrupted),
+            ("pins", &interrupted),
+            ("candidates", &interrupted),
+            ("sync", &interrupted),
+        ];
+        for (dir, is_leftover) in dirs {
             for e in std::fs::read_dir(self.root.join(dir)).into_iter().flatten().flatten() {
                 if is_leftover(&e.file_name().to_string_lossy()) {
                     found.push(e.path());
