@@ -26,5 +26,10 @@ for f in report.md results.json results.csv scaling.svg; do
     test -s "$target/bench-quick/$f" || { echo "benchmark smoke run wrote no $f" >&2; exit 1; }
 done
 grep -q "wasmtime serve (wasmtime 48" "$target/bench-quick/report.md" || { echo "benchmark smoke run has no wasi:http rows" >&2; exit 1; }
+# The fleet (#26): 50 devices, each a store with its own `limes serve` and
+# `limes sync`, on one registry; it fails unless every device converges on
+# each healthy version, rejects the unhealthy one, and survives an outage.
+"$target/debug/limes-bench" --quick --only-fleet --out "$target/bench-quick" >/dev/null
+test -s "$target/bench-quick/fleet.md" || { echo "fleet run wrote no fleet.md" >&2; exit 1; }
 # --show-output: suites that report counts (the mutation suite) print them.
 cargo test --workspace --locked "$@" -- --show-output

@@ -99,8 +99,9 @@ fn updates_killed_at_every_step_and_at_random_keep_a_working_version() {
         status.signal() == Some(9)
     };
 
-    // Every step: an update from 0.1.0 to 0.2.0, and a removal, each
-    // killed exactly there.
+    // Every step: an update from 0.1.0 to 0.2.0 (plain, and health-checked
+    // beside the current version then switched to), a rollback, and a
+    // removal, each killed exactly there.
     let mut reached = Vec::new();
     for point in limes::store::CRASH_POINTS {
         let store = d.path().join(format!("store-{point}"));
@@ -110,6 +111,18 @@ fn updates_killed_at_every_step_and_at_random_keep_a_working_version() {
             reached.push(format!("install:{point}"));
         }
         assert_working(&store, &["0.1.0", "0.2.0"], false, &format!("install killed at {point}"));
+        ok(&mut install_cmd(&store, &v1));
+        let status = install_cmd(&store, &v2).arg("--health-check").env("LIMES_CRASH_AT", point).status().unwrap();
+        if killed(status) {
+            reached.push(format!("health-checked install:{point}"));
+        }
+        assert_working(&store, &["0.1.0", "0.2.0"], false, &format!("health-checked install killed at {point}"));
+        ok(&mut install_cmd(&store, &v2));
+        let status = limes_cmd(&store).args(["rollback", "noop"]).env("LIMES_CRASH_AT", point).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+        if killed(status) {
+            reached.push(format!("rollback:{point}"));
+        }
+        assert_working(&store, &["0.1.0", "0.2.0"], false, &format!("rollback killed at {point}"));
         let status = limes_cmd(&store).args(["remove", "noop"]).env("LIMES_CRASH_AT", point).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
         if killed(status) {
             reached.push(format!("remove:{point}"));

@@ -6,6 +6,7 @@
 //! nothing about timings.
 
 mod arm64;
+mod fleet;
 mod report;
 mod synth;
 
@@ -56,6 +57,14 @@ struct Args {
     /// writes arm64.md.
     #[arg(long)]
     only_arm64: bool,
+    /// Only the fleet: N devices (store + `limes serve` + `limes sync`) on
+    /// one registry through three updates and an outage (#26's aims);
+    /// writes fleet.md and fleet.json.
+    #[arg(long)]
+    only_fleet: bool,
+    /// Devices in the fleet run.
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -327,7 +336,7 @@ fn http_rows(
     eprintln!("building http");
     let out = limes_build::build(&signed_build_options(repo().join("packs/http"), work.join("out"), key), &limes_build::pipeline::NoProgress)
         .context("building packs/http")?;
-    store.install(&out.bundle, keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: false })?;
+    store.install(&out.bundle, keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, ..Default::default() })?;
     report::http_vs_wasmtime(store, &wasmtime, &out.component, work, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 4000 })
 }
 
@@ -381,6 +390,15 @@ fn main() -> Result<()> {
         };
         let md = report::serve_markdown(&results);
         std::fs::write(a.out.join("serve.md"), &md)?;
+        println!("{md}");
+        return Ok(());
+    }
+    if a.only_fleet {
+        let r = fleet::run(work.path(), &key, &pubkey, a.devices)?;
+        let m = report::Machine::read();
+        let md = fleet::markdown(&r, &format!("{}, {} cores, {} ({}, {} build)", m.cpu, m.cores, m.date_utc, m.kernel, if q { "debug" } else { "release" }));
+        std::fs::write(a.out.join("fleet.md"), &md)?;
+        std::fs::write(a.out.join("fleet.json"), serde_json::to_vec_pretty(&r)?)?;
         println!("{md}");
         return Ok(());
     }
@@ -447,8 +465,8 @@ fn main() -> Result<()> {
             hermit_image_bytes: size_of(&hermit, limes_bundle::manifest::HERMIT_IMAGE_PATH),
             hermit_loader_bytes: size_of(&hermit, limes_bundle::manifest::HERMIT_LOADER_PATH),
         });
-        store.install(&out.bundle, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: false })?;
-        hermit_store.install(&hermit.bundle, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, rotate_key: false })?;
+        store.install(&out.bundle, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, ..Default::default() })?;
+        hermit_store.install(&hermit.bundle, &keys, limes::store::InstallPolicy { allow_downgrade: true, force: true, ..Default::default() })?;
         components.push((out.manifest.function.name.clone(), std::fs::read(&out.component)?));
     }
 

@@ -319,14 +319,7 @@ pub fn rewrite_with(
     edit: impl FnOnce(&mut limes_bundle::Manifest),
     comment: Option<&str>,
 ) -> PathBuf {
-    let mut mem = limes_bundle::archive::InMemory::default();
-    let v = limes_bundle::archive::read_bundle(bundle, &Default::default(), limes_bundle::archive::SignaturePolicy::Unverified, &mut mem).unwrap();
-    let mut m = v.manifest.clone();
-    edit(&mut m);
-    let json = m.to_json();
-    let sig = sk.sign(&json, comment.map(String::from).unwrap_or_else(|| m.trusted_comment()).as_str());
-    let files: Vec<(String, limes_bundle::archive::Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), limes_bundle::archive::Source::Bytes(b))).collect();
-    limes_bundle::archive::write_bundle(out, &json, Some(&sig), &files, m.provenance.source_date_epoch).unwrap();
+    limes_bundle::archive::rewrite_manifest(bundle, sk, out, edit, comment).unwrap();
     out.to_path_buf()
 }
 

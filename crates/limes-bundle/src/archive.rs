@@ -689,6 +689,30 @@ pub fn resign(bundle: &Path, out: &Path, limits: &BundleLimits, sign: impl FnOnc
     Ok(v)
 }
 
+/// Write `bundle` again as `out` with its manifest changed by `edit` and
+/// signed by `key` (with `comment` as the trusted comment, else the
+/// manifest's own): a validly signed variant, as a publisher of another
+/// version (or an attacker holding the key) would make. Tests and
+/// benchmarks use it to make versions of one build; the files are copied
+/// unchanged and unverified.
+#[cfg(feature = "sign")]
+pub fn rewrite_manifest(
+    bundle: &Path,
+    key: &crate::keys::SecretKey,
+    out: &Path,
+    edit: impl FnOnce(&mut Manifest),
+    comment: Option<&str>,
+) -> Result<(), BundleError> {
+    let mut mem = InMemory::default();
+    let v = read_bundle(bundle, &BundleLimits::default(), SignaturePolicy::Unverified, &mut mem)?;
+    let mut m = v.manifest.clone();
+    edit(&mut m);
+    let json = m.to_json();
+    let sig = key.sign(&json, comment.map(String::from).unwrap_or_else(|| m.trusted_comment()).as_str());
+    let files: Vec<(String, Source<'_>)> = mem.0.iter().map(|(p, b)| (p.clone(), Source::Bytes(b))).collect();
+    write_bundle(out, &json, Some(&sig), &files, m.provenance.source_date_epoch)
+}
+
 #[cfg(all(test, feature = "sign"))]
 mod tests {
     use super::*;
