@@ -287,7 +287,15 @@ pub fn run(work: &Path, key: &limes_bundle::keys::SecretKey, pubkey: &Path, devi
     push(&v2, &reference)?;
     let seconds = converge(&fleet, Instant::now(), |d| d.runs("0.2.0"), |_| false, "update to 0.2.0")?;
     let (bytes, downloaded) = last_update_bytes(&fleet, "0.2.0")?;
-    phases.push(FleetPhase { what: "new code".into(), version: "0.2.0".into(), seconds, bytes, bound_bytes: bound(&v2, &[&v1])?, downloaded });
+    phases.push(FleetPhase {
+        what: "new code".into(),
+        version: "0.2.0".into(),
+        seconds,
+        bytes,
+        bound_bytes: bound(&v2, &[&v1])?,
+        downloaded,
+        registry_back_s: None,
+    });
 
     eprintln!("fleet: publishing 0.3.0 (fails its health check)");
     push(&v3, &reference)?;
