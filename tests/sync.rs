@@ -167,6 +167,13 @@ fn a_device_switches_only_to_healthy_versions_and_rolls_back_by_itself() {
     assert_eq!(status(&store)["current"]["version"], "0.2.0");
     let o = ok(limes_cmd(&store).arg("status"));
     assert!(String::from_utf8_lossy(&o.stdout).contains("last rollback: 0.4.0 -> 0.2.0"), "{}", String::from_utf8_lossy(&o.stdout));
+    // serve's metrics say the same.
+    let (_, metrics) = http(addr, "GET", "/metrics", b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in ["limes_served_version{function=\"faulty\",version=\"0.2.0\"} 1", "limes_sync_rollbacks_total{function=\"faulty\",from=\"0.4.0\"} 1"] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
+    assert!(metrics.contains("limes_sync_last_poll_timestamp_seconds{function=\"faulty\",result=\"ok\"}"), "{metrics}");
     // Every version left is whole and verified.
     ok(limes_cmd(&store).arg("check"));
 }

@@ -196,7 +196,8 @@ struct FunctionLabel {
 }
 
 /// Reads worker replacements and microVM boots from the pools on each scrape.
-struct PoolCounters(Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>);
+/// Also reads what `limes sync` recorded per function in the store.
+struct PoolCounters(Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>, PathBuf);
 
 impl std::fmt::Debug for PoolCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -214,7 +215,18 @@ impl prometheus_client::collector::Collector for PoolCounters {
         names.sort();
         let (mut replaced, mut boots, mut choice, mut p50) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut live, mut queue_timeouts) = (Vec::new(), Vec::new());
+        let (mut versions, mut polls, mut rollbacks) = (Vec::new(), Vec::new(), Vec::new());
+        let store = Store::open(&self.1).ok();
         for n in names {
+            versions.push((n.as_str(), functions[n].version.clone(), ConstGauge::new(1i64)));
+            if let Some(st) = store.as_ref().map(|s| crate::sync::state::SyncState::load(s, n)).filter(|st| !st.reference.is_empty()) {
+                if let Some(at) = st.last_sync {
+                    polls.push((n.as_str(), if st.last_ok { "ok" } else { "error" }.to_string(), ConstGauge::new(at as i64)));
+                }
+                if let Some(rb) = &st.last_rollback {
+                    rollbacks.push((n.as_str(), rb.from.clone(), ConstCounter::new(st.rollbacks)));
+                }
+            }
             let exec = &functions[n].exec;
             if let Executor::Workers(pool) | Executor::Auto { wasm: pool, .. } = exec {
                 for reason in ["timeout", "crash"] {
@@ -256,29 +268,46 @@ impl prometheus_client::collector::Collector for PoolCounters {
             "backend",
             choice,
         )?;
-        encode_rows(&mut encoder, "limes_auto_p50_seconds", "For --auto functions: median latency per backend over its recent window.", Gauge, "backend", p50)
+        encode_rows(&mut encoder, "limes_auto_p50_seconds", "For --auto functions: median latency per backend over its recent window.", Gauge, "backend", p50)?;
+        encode_rows(&mut encoder, "limes_served_version", "1 for the version each function is served at.", Gauge, "version", versions)?;
+        encode_rows(
+            &mut encoder,
+            "limes_sync_last_poll_timestamp_seconds",
+            "When `limes sync` last polled the function's registry tag (Unix seconds), labelled with its result (ok, error).",
+            Gauge,
+            "result",
+            polls,
+        )?;
+        encode_rows(
+            &mut encoder,
+            "limes_sync_rollbacks",
+            "Automatic and manual rollbacks, labelled with the version the last one left.",
+            Counter,
+            "from",
+            rollbacks,
+        )
     }
 }
 
 /// One metric family read at scrape time: a value per (function, `label`).
-fn encode_rows<M: prometheus_client::encoding::EncodeMetric>(
+fn encode_rows<V: AsRef<str>, M: prometheus_client::encoding::EncodeMetric>(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder,
     name: &str,
     help: &str,
     kind: prometheus_client::metrics::MetricType,
     label: &str,
-    rows: Vec<(&str, &str, M)>,
+    rows: Vec<(&str, V, M)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, kind)?;
     for (function, value, metric) in rows {
-        let labels = vec![("function".to_string(), function.to_string()), (label.to_string(), value.to_string())];
+        let labels = vec![("function".to_string(), function.to_string()), (label.to_string(), value.as_ref().to_string())];
         metric.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }
 
 impl Metrics {
-    fn new(functions: Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>) -> Metrics {
+    fn new(functions: Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>, store_root: PathBuf) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = LatencyFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
@@ -294,7 +323,7 @@ impl Metrics {
             "Outbound HTTP requests of wasi:http functions denied because their origin is not in the manifest's allowed-outbound-hosts.",
             outbound_denied.clone(),
         );
-        registry.register_collector(Box::new(PoolCounters(functions)));
+        registry.register_collector(Box::new(PoolCounters(functions, store_root)));
         Metrics { registry, requests, latency, outbound_denied }
     }
 }
@@ -316,6 +345,7 @@ struct Served {
     exec: Executor,
     /// The store object it was loaded from (a change means a new install).
     object: String,
+    version: String,
     /// Invocations so far: the first after a load is the cold one (pages of
     /// code and data faulted in).
     served: AtomicU64,
@@ -1001,7 +1031,7 @@ pub async fn serve(
         runtime,
         worker_exe,
         store_root: store.root().to_path_buf(),
-        metrics: Metrics::new(functions.clone()),
+        metrics: Metrics::new(functions.clone(), store.root().to_path_buf()),
         functions,
         permits: Semaphore::new(opts.concurrency.max(1)),
         body_budget,
@@ -1188,7 +1218,14 @@ async fn load_function(app: &Arc<AppState>, store: &Store, anchors: &crate::trus
             Executor::Workers(pool)
         }
     };
-    Ok(Arc::new(Served { spec, exec, object: f.record.object.clone(), served: AtomicU64::new(0), failed: AtomicU64::new(0) }))
+    Ok(Arc::new(Served {
+        spec,
+        exec,
+        object: f.record.object.clone(),
+        version: f.record.version.clone(),
+        served: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    }))
 }
 
 /// Raise the soft open-file limit to the hard one and return how many

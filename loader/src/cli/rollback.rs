@@ -1,6 +1,6 @@
 use super::Ctx;
 use clap::Args;
-use limes::sync::state::{self, SyncState};
+use limes::sync::state::SyncState;
 use limes::Store;
 use std::process::ExitCode;
 
@@ -20,9 +20,7 @@ impl RollbackCommand {
         let (left, back) = store.rollback(&self.name)?;
         let mut st = SyncState::load(&store, &self.name);
         let reason = "by hand (limes rollback)";
-        st.mark_bad(&left.manifest_digest(), &left.version, reason);
-        st.last_rollback = Some(state::Rollback { from: left.version.clone(), to: back.version.clone(), reason: reason.into(), at: state::now() });
-        st.watching = None;
+        st.rolled_back(&left, &back.version, reason);
         st.save(&store)?;
         if ctx.json {
             println!("{}", serde_json::json!({"ok": true, "name": self.name, "from": left.version, "to": back.version}));

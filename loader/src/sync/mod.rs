@@ -376,8 +376,7 @@ impl Agent {
                 let reason = format!("{failures} of {requests} requests failed after the switch (limit {:.0}%)", rules.max_failure_ratio * 100.0);
                 match self.store.rollback(&name) {
                     Ok((left, back)) => {
-                        st.mark_bad(&left.manifest_digest(), &left.version, &reason);
-                        st.last_rollback = Some(state::Rollback { from: left.version.clone(), to: back.version.clone(), reason: reason.clone(), at: now() });
+                        st.rolled_back(&left, &back.version, &reason);
                         st.record(false, format!("rolled back from {} to {}: {reason}", left.version, back.version));
                         events.push(Event::RolledBack { name: name.clone(), from: left.version, to: back.version, reason });
                     }

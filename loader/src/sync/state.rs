@@ -36,6 +36,9 @@ pub struct SyncState {
     pub bad: Vec<BadVersion>,
     #[serde(default)]
     pub last_rollback: Option<Rollback>,
+    /// Rollbacks so far (automatic and by hand).
+    #[serde(default)]
+    pub rollbacks: u64,
     #[serde(default)]
     pub watching: Option<Watch>,
 }
@@ -124,6 +127,14 @@ impl SyncState {
         self.bad.push(BadVersion { manifest_sha256: manifest_sha256.into(), version: version.into(), reason: reason.into(), at: now() });
         let excess = self.bad.len().saturating_sub(MAX_BAD);
         self.bad.drain(..excess);
+    }
+
+    /// Remember a rollback from `from` to `to` and mark `from` bad.
+    pub fn rolled_back(&mut self, from: &crate::store::Installed, to: &str, reason: &str) {
+        self.mark_bad(&from.manifest_digest(), &from.version, reason);
+        self.last_rollback = Some(Rollback { from: from.version.clone(), to: to.into(), reason: reason.into(), at: now() });
+        self.rollbacks += 1;
+        self.watching = None;
     }
 
     pub fn record(&mut self, ok: bool, result: impl Into<String>) {
