@@ -166,3 +166,10 @@ pub fn report_error(json: bool, kind: &str, e: &anyhow::Error) {
     }
     eprintln!("error: {e:#}");
 }
+
+/// Text a guest or client controls, made safe for one log field: control
+/// characters (newline, carriage return, ANSI escape, ...) and quotes come
+/// out escaped, so it can neither end a log line nor redraw one.
+pub fn escape_log(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_control() || c == '"' || c == '\\' { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+}

@@ -5,7 +5,7 @@
 
 use crate::error::{bundle_kind, ErrorKind};
 use crate::sync::{health::HealthError, SyncError};
-use crate::{launch::LoadError, microvm::VmError, pool::PoolError, pull::PullError, serve::ServeError, store::StoreError, RunError};
+use crate::{exec::pool::PoolError, load::LoadError, microvm::VmError, pull::PullError, serve::ServeError, store::StoreError, RunError};
 
 /// The kind of `e` (see the module documentation).
 pub fn kind_of(e: &anyhow::Error) -> ErrorKind {
@@ -70,9 +70,11 @@ mod tests {
             assert_eq!(kind_of(&e), want, "{e}");
         }
         // Through the worker pipe: the kind, not a string that may drift.
-        let w =
-            crate::worker::ReplyMeta { error: Some(crate::worker::WorkerError { kind: ErrorKind::WorkerCrashed, message: "m".into() }), ..Default::default() };
-        let back: crate::worker::ReplyMeta = serde_json::from_slice(&serde_json::to_vec(&w).unwrap()).unwrap();
+        let w = crate::exec::worker::ReplyMeta {
+            error: Some(crate::exec::worker::WorkerError { kind: ErrorKind::WorkerCrashed, message: "m".into() }),
+            ..Default::default()
+        };
+        let back: crate::exec::worker::ReplyMeta = serde_json::from_slice(&serde_json::to_vec(&w).unwrap()).unwrap();
         assert_eq!(back.error.unwrap().kind, ErrorKind::WorkerCrashed);
         assert_eq!(RunError::Instantiate { function: f(), message: "m".into() }.kind().http_status(), 500);
         assert_eq!(ErrorKind::Timeout.http_status(), 504);

@@ -1,7 +1,9 @@
-//! The device side of limes: verify and store bundles ([`store`], [`pull`]), pick a CPU tier
-//! ([`select`]) and map it ([`launch`], [`runtime`]), end runaway calls by ending their executor
-//! ([`worker`], [`pool`], [`watchdog`]), serve over HTTP ([`serve`]), boot microVM images
-//! ([`microvm`], [`kvm`]); [`error`] lists the kinds of failure and [`classify`] tells them apart at the edge; [`args`]: what both binaries' CLIs share.
+//! The device side of limes, along its pipeline: verify and store bundles ([`store`], [`pull`]),
+//! keep them up to date unattended ([`sync`]), pick a CPU tier ([`select`]) and map it ([`load`],
+//! [`runtime`]), run requests in executors that a runaway call ends ([`exec`]: workers, their
+//! pool, the watchdog), serve over HTTP ([`serve`]), boot microVM images ([`microvm`]: boot, KVM
+//! probe, VM pool); [`error`] lists the kinds of failure and [`classify`] tells them apart at the
+//! edge; [`args`]: what both binaries' CLIs share.
 //! Must not touch: Cranelift (only the `jit` feature), building or signing, unverified native code.
 
 pub mod classify;
@@ -14,9 +16,9 @@ pub use runtime::{Invocation, LoadedFunction, RunError, Runtime, RuntimeOptions}
 
 pub mod store;
 pub use store::Store;
-pub mod launch;
+pub mod load;
 pub mod trust;
-pub use launch::{load, LoadMode};
+pub use load::{load, LoadMode};
 
 /// Whether this build can compile components at load time.
 pub const JIT_ENABLED: bool = cfg!(feature = "jit");
@@ -29,12 +31,9 @@ pub const DEVICE_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Graviton); cross-built with Debian's aarch64 gcc (`.cargo/config.toml`).
 pub const DEVICE_TARGET_AARCH64: &str = "aarch64-unknown-linux-musl";
 pub mod args;
-pub mod kvm;
+pub mod exec;
 pub mod microvm;
-pub mod pool;
 pub mod pull;
 pub mod serve;
 pub mod sync;
 pub mod wasi_http;
-pub mod watchdog;
-pub mod worker;

@@ -156,7 +156,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
     ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
         if !self.allows(request.uri()) {
             self.denied.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target: "limes::outbound", uri = %crate::serve::escape_log(&request.uri().to_string()), "outbound request denied (not in the manifest's allowed-outbound-hosts)");
+            tracing::warn!(target: "limes::outbound", uri = %crate::args::escape_log(&request.uri().to_string()), "outbound request denied (not in the manifest's allowed-outbound-hosts)");
             // The body the guest is writing is read and dropped first: a
             // guest (wstd's client, say) writes it before it asks for the
             // response, and a body closed under it would surface as a

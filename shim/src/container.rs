@@ -6,7 +6,7 @@
 use crate::node::{self, Node};
 use crate::{EXIT_FAULT, EXIT_FUNCTION_ERROR, EXIT_USAGE};
 use clap::{Parser, Subcommand};
-use limes::launch::{self, LoadMode};
+use limes::load::LoadMode;
 use limes::runtime::{InvokeOptions, RuntimeOptions};
 use limes::store::{InstallPolicy, InstalledFunction, Integrity, Store};
 use limes::Runtime;
@@ -171,9 +171,9 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
     let outcome = (|| -> Result<_, anyhow::Error> {
         let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1 })?;
         // Re-hash: the bytes mapped are the bytes just checked.
-        let loaded = launch::load(&rt, f, LoadMode::Auto, Integrity::Rehash)?;
+        let loaded = limes::load::load(&rt, f, LoadMode::Auto, Integrity::Rehash)?;
         let err = loaded.timeout_error(&opts);
-        let _watchdog = limes::watchdog::Watchdog::arm(loaded.deadline(&opts), EXIT_FAULT, move || eprintln!("error: {err}"));
+        let _watchdog = limes::exec::watchdog::Watchdog::arm(loaded.deadline(&opts), EXIT_FAULT, move || eprintln!("error: {err}"));
         Ok(rt.invoke(&loaded, req, &opts)?)
     })();
     let inv = match outcome {

@@ -28,9 +28,9 @@ fn worker(store: &str, name: &str, key_args: &[String]) -> ExitCode {
             }
         }
         let anchors = limes::trust::Anchors::from_keys(limes::trust::keys_from_args(&keys)?);
-        let opts = limes::worker::WorkerOptions { function: name.to_string(), dirs: Vec::new(), anchors };
+        let opts = limes::exec::worker::WorkerOptions { function: name.to_string(), dirs: Vec::new(), anchors };
         let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
-        limes::worker::run_worker(&store, &opts, &mut stdin.lock(), &mut std::io::BufWriter::new(stdout.lock()))
+        limes::exec::worker::run_worker(&store, &opts, &mut stdin.lock(), &mut std::io::BufWriter::new(stdout.lock()))
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -93,13 +93,13 @@ impl SelfExec {
         Ok(SelfExec { exe, interpreter, lib_dirs })
     }
 
-    fn worker_exe(&self) -> limes::pool::WorkerExe {
+    fn worker_exe(&self) -> limes::exec::pool::WorkerExe {
         let fd = |f: &OwnedFd| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
         match &self.interpreter {
             None => fd(&self.exe).into(),
             Some(ld) => {
                 let dirs: Vec<String> = self.lib_dirs.iter().map(|d| fd(d).display().to_string()).collect();
-                limes::pool::WorkerExe { exe: fd(ld), prefix: vec!["--library-path".into(), dirs.join(":").into(), fd(&self.exe).into()] }
+                limes::exec::pool::WorkerExe { exe: fd(ld), prefix: vec!["--library-path".into(), dirs.join(":").into(), fd(&self.exe).into()] }
             }
         }
     }
@@ -158,7 +158,7 @@ impl Node {
     }
 
     /// How serve's workers start this executable inside the container.
-    pub fn worker_exe(&self) -> limes::pool::WorkerExe {
+    pub fn worker_exe(&self) -> limes::exec::pool::WorkerExe {
         self.this_exe.worker_exe()
     }
 

@@ -93,7 +93,7 @@ impl RunCommand {
         // Compiled code has no epoch checks: the deadline ends the process.
         let limit = loaded.deadline(&invoke);
         let timeout = loaded.timeout_error(&invoke);
-        let _watchdog = limes::watchdog::Watchdog::arm(limit, EXIT_FAULT, move || eprintln!("error: {timeout}"));
+        let _watchdog = limes::exec::watchdog::Watchdog::arm(limit, EXIT_FAULT, move || eprintln!("error: {timeout}"));
         let t = Instant::now();
         let inv = match rt.invoke(&loaded, req, &invoke) {
             Ok(inv) => inv,

@@ -24,20 +24,13 @@ impl ListCommand {
         let all = store.list()?;
         let verified: Vec<Result<(), String>> = all.iter().map(|r| store.load(&r.name, &anchors).map(|_| ()).map_err(|e| e.to_string())).collect();
         // How a running `limes serve` serves each function, if one runs.
-        let serving: serde_json::Value = store
-            .read_file(limes::serve::SERVE_STATE, 1 << 20)?
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .filter(|s| s["pid"].as_u64().is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()))
-            .map(|s| s["functions"].clone())
-            .unwrap_or(serde_json::Value::Null);
+        let serving = limes::store::ServeState::read(&store).map(|s| s.functions).unwrap_or_default();
         let describe = |name: &str| -> Option<String> {
             let f = serving.get(name)?;
-            let backend = f["backend"].as_str()?;
-            if backend != "auto" {
-                return Some(format!("served: {backend}"));
-            }
-            let fig = |b: &str| f["p50_us"][b].as_u64().map(|us| format!("{b} p50 {us} µs")).unwrap_or_else(|| format!("{b} not measured yet"));
-            Some(format!("served: auto -> {} ({}, {})", f["routing_to"].as_str().unwrap_or("?"), fig("wasm"), fig("microvm")))
+            let backend = serde_json::to_value(f.backend).ok()?.as_str()?.to_string();
+            let Some(p50) = f.p50_us.filter(|_| f.backend == limes::store::ServedBy::Auto) else { return Some(format!("served: {backend}")) };
+            let fig = |b: &str, v: Option<u64>| v.map(|us| format!("{b} p50 {us} µs")).unwrap_or_else(|| format!("{b} not measured yet"));
+            Some(format!("served: auto -> {} ({}, {})", f.routing_to.as_deref().unwrap_or("?"), fig("wasm", p50.wasm), fig("microvm", p50.microvm)))
         };
         if ctx.json {
             let rows: Vec<_> = all
@@ -45,7 +38,7 @@ impl ListCommand {
                 .zip(&verified)
                 .map(|(r, v)| {
                     serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files,
-                    "verified": v.is_ok(), "error": v.as_ref().err(), "serving": serving.get(&r.name).cloned()})
+                    "verified": v.is_ok(), "error": v.as_ref().err(), "serving": serving.get(&r.name)})
                 })
                 .collect();
             println!("{}", serde_json::json!({"ok": true, "functions": rows}));

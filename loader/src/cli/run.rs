@@ -1,10 +1,10 @@
 use super::{Ctx, EXIT_FUNCTION_ERROR};
 use anyhow::{bail, Context};
 use clap::Args;
-use limes::launch::{self, LoadMode};
+use limes::exec::watchdog::Watchdog;
+use limes::load::LoadMode;
 use limes::runtime::{InvokeOptions, RuntimeOptions};
 use limes::store::{InstalledFunction, Integrity};
-use limes::watchdog::Watchdog;
 use limes::{Runtime, Store};
 use limes_bundle::TrustedKeys;
 use limes_sdk::Request;
@@ -104,7 +104,7 @@ fn print_result(
                 if let (true, Some(h)) = (include, http) {
                     let mut head = format!("HTTP {}\n", h.status);
                     for (k, v) in &h.headers {
-                        head += &format!("{k}: {}\n", limes::serve::escape_log(v));
+                        head += &format!("{k}: {}\n", limes::args::escape_log(v));
                     }
                     eprint!("{head}");
                 }
@@ -234,7 +234,7 @@ impl RunCommand {
         // A one-shot run trusts the install-time hash when the artifact's stamp
         // is unchanged (the store's ownership was checked when it opened), and
         // re-hashes otherwise; `serve` always re-hashes once per load.
-        let loaded = launch::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto }, Integrity::Stamp);
+        let loaded = limes::load::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto }, Integrity::Stamp);
         let inv = loaded.map_err(anyhow::Error::from).and_then(|l| {
             let _watchdog = self.watchdog(ctx, &store, &l, &opts, staged.as_ref().map(|s| s.path().to_path_buf()));
             Ok((rt.invoke(&l, req, &opts)?, l))

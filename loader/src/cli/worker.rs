@@ -1,6 +1,6 @@
 use super::Ctx;
 use clap::Args;
-use limes::worker::{run_worker, WorkerOptions};
+use limes::exec::worker::{run_worker, WorkerOptions};
 use limes::Store;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -22,7 +22,10 @@
 //! manifest against keys outside the store ([`crate::trust`]) before any of
 //! its native code is mapped.
 
+mod serve_state;
 mod versions;
+
+pub use serve_state::{AutoMedians, ServeState, ServedBy, ServedFunction, SERVE_STATE};
 
 use limes_bundle::archive::{read_bundle, BundleLimits, FileSink, SignaturePolicy, VerifiedBundle};
 use limes_bundle::manifest::{FileEntry, Manifest, MANIFEST_PATH, SIGNATURE_PATH};

@@ -78,10 +78,10 @@ impl Checker {
             Some(0) => {}
             // The function's own error answer.
             Some(4) if health.expect.is_none() && health.status.is_none() && f.manifest.health.is_none() => return Ok(started.elapsed()),
-            Some(4) => return Err(failed(ErrorKind::Usage, format!("it answered with an error: {}", crate::serve::escape_log(&last_line)))),
+            Some(4) => return Err(failed(ErrorKind::Usage, format!("it answered with an error: {}", crate::args::escape_log(&last_line)))),
             code => {
                 let kind = kind.unwrap_or(if code == Some(5) { ErrorKind::Trap } else { ErrorKind::Load });
-                let detail = if last_line.is_empty() { format!("the check ended with {}", out.status) } else { crate::serve::escape_log(&last_line) };
+                let detail = if last_line.is_empty() { format!("the check ended with {}", out.status) } else { crate::args::escape_log(&last_line) };
                 return Err(failed(kind, format!("{}: {detail}", kind.name())));
             }
         }
@@ -99,10 +99,7 @@ impl Checker {
                 answer.get("body_base64").and_then(|b| b.as_str()).and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()).unwrap_or_default();
             if body != want.as_bytes() {
                 let shown: String = String::from_utf8_lossy(&body).chars().take(80).collect();
-                return Err(failed(
-                    ErrorKind::Usage,
-                    format!("answered {:?}, expected {:?}", crate::serve::escape_log(&shown), crate::serve::escape_log(want)),
-                ));
+                return Err(failed(ErrorKind::Usage, format!("answered {:?}, expected {:?}", crate::args::escape_log(&shown), crate::args::escape_log(want))));
             }
         }
         Ok(started.elapsed())

@@ -403,14 +403,8 @@ impl Agent {
 /// Per function: the object a running `limes serve` serves, and its
 /// request and failure counts (nothing when no live server wrote them).
 fn served_counts(store: &Store) -> HashMap<String, (String, u64, u64)> {
-    let Ok(Some(bytes)) = store.read_file(crate::serve::SERVE_STATE, 1 << 20) else { return HashMap::new() };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return HashMap::new() };
-    let alive = v["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).is_some_and(crate::store::process_alive);
-    if !alive {
-        return HashMap::new();
-    }
-    let Some(functions) = v["functions"].as_object() else { return HashMap::new() };
-    functions.iter().filter_map(|(n, f)| Some((n.clone(), (f["object"].as_str()?.to_string(), f["requests"].as_u64()?, f["failures"].as_u64()?)))).collect()
+    let Some(state) = crate::store::ServeState::read(store) else { return HashMap::new() };
+    state.functions.into_iter().map(|(n, f)| (n, (f.object, f.requests, f.failures))).collect()
 }
 
 /// An error and its causes on one line.

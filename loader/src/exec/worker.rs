@@ -15,7 +15,7 @@
 //! in the runtime, the error's kind and message. Before the first request the
 //! worker sends one `LMW1` frame with `{"ready": ...}` (or the load error).
 
-use crate::launch::{self, LoadMode};
+use crate::load::LoadMode;
 use crate::runtime::{InvokeOptions, RunError, Runtime, RuntimeOptions};
 use crate::store::{Integrity, Store};
 use limes_sdk::frame::{self, Frame};
@@ -135,7 +135,7 @@ pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, ou
         let t = std::time::Instant::now();
         let rt = Runtime::new(&RuntimeOptions { pooling: true, max_instances: 1 })?;
         let f = store.load(&opts.function, &opts.anchors)?;
-        let loaded = launch::load(&rt, &f, LoadMode::Auto, Integrity::Rehash)?;
+        let loaded = crate::load::load(&rt, &f, LoadMode::Auto, Integrity::Rehash)?;
         Ok((rt, loaded, t.elapsed()))
     })();
     let (rt, loaded, load_time) = match loaded {

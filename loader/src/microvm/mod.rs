@@ -4,6 +4,9 @@
 //! and read the answer. Every launch runs under a timeout, and the VM
 //! process is killed and reaped on every path.
 
+pub mod kvm;
+pub mod pool;
+
 use crate::store::InstalledFunction;
 use limes_bundle::manifest::ImageKind;
 use limes_sdk::frame::{self, Frame};
@@ -67,7 +70,7 @@ pub struct VmOutcome {
     /// `qemu-tcg`, `qemu-kvm` or `firecracker`.
     pub hypervisor: String,
     /// The KVM probe, when one ran (not remembered from an earlier run).
-    pub kvm_probe: Option<crate::kvm::Probe>,
+    pub kvm_probe: Option<crate::microvm::kvm::Probe>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +282,7 @@ pub struct BootedVm {
     /// `qemu-tcg`, `qemu-kvm` or `firecracker`.
     pub hypervisor: String,
     /// The KVM probe, when this boot ran one.
-    pub kvm_probe: Option<crate::kvm::Probe>,
+    pub kvm_probe: Option<crate::microvm::kvm::Probe>,
     /// Booted in the idle CPU class (see [`VmOptions::background`]).
     background: bool,
 }
@@ -552,7 +555,11 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
             Some("kvm") => (true, true),
             Some("tcg") => (false, true),
             _ => {
-                let p = if kvm_device() { crate::kvm::probe(KVM_PROBE_BOUND) } else { crate::kvm::Probe { runs_guests: false, took: Duration::ZERO } };
+                let p = if kvm_device() {
+                    crate::microvm::kvm::probe(KVM_PROBE_BOUND)
+                } else {
+                    crate::microvm::kvm::Probe { runs_guests: false, took: Duration::ZERO }
+                };
                 tracing::info!(runs_guests = p.runs_guests, took_us = p.took.as_micros() as u64, "KVM ioctl probe");
                 if !p.runs_guests {
                     remember(b"tcg\n");
@@ -565,7 +572,7 @@ pub fn boot_function(f: &InstalledFunction, opts: &VmOptions) -> Result<BootedVm
     if use_kvm {
         let boot_timeout = if confirmed { opts.boot_timeout } else { opts.boot_timeout.min(KVM_BOOT_CHECK) };
         // A KVM boot that reached the function confirms KVM.
-        let booted = |mut o: BootedVm, hypervisor: &str, probe: Option<crate::kvm::Probe>| {
+        let booted = |mut o: BootedVm, hypervisor: &str, probe: Option<crate::microvm::kvm::Probe>| {
             if !confirmed {
                 remember(b"kvm\n");
             }

@@ -1,0 +1,152 @@
+//! Following the store: serve what is installed, replace what was switched,
+//! drop what was removed, and publish what is served (for `limes list` and
+//! `limes sync`).
+
+use super::*;
+
+/// Re-hash what the workers will map, here first, so a tampered store is a
+/// verification failure of the server itself (the workers re-hash too).
+pub(super) fn check_wasm_artifacts(f: &crate::store::InstalledFunction) -> Result<(), crate::store::StoreError> {
+    let (best, _) = crate::select::best_tier_of(&f.manifest, |p| f.has(p));
+    let mut check = vec![f.manifest.component.as_str()];
+    check.extend(best.map(|a| a.path.as_str()));
+    f.check_files(&check, crate::store::Integrity::Rehash)
+}
+
+/// Write what serve is doing per function (backend; for `auto`, where it
+/// routes and the medians behind it; the object served and its request and
+/// failure counts since it was loaded) into the store, when it changed.
+pub(super) fn publish_state(app: &Arc<AppState>) {
+    use crate::store::{AutoMedians, ServeState, ServedBy, ServedFunction};
+    let functions = app.functions.read().unwrap().clone();
+    let mut state = ServeState { pid: std::process::id(), functions: Default::default() };
+    for (n, f) in &functions {
+        let (backend, routing_to, p50_us) = match &f.exec {
+            Executor::Workers(_) => (ServedBy::Wasm, None, None),
+            Executor::InProcess(_) => (ServedBy::WasmInProcess, None, None),
+            Executor::MicroVm(_) => (ServedBy::Microvm, None, None),
+            Executor::Auto { router, .. } => {
+                let r = router.lock().unwrap();
+                let p50 = |b| r.p50(b).map(|s| (s * 1e6) as u64);
+                (ServedBy::Auto, Some(r.current.name().to_string()), Some(AutoMedians { wasm: p50(Backend::Wasm), microvm: p50(Backend::MicroVm) }))
+            }
+        };
+        let served = ServedFunction {
+            backend,
+            routing_to,
+            p50_us,
+            object: f.object.clone(),
+            requests: f.served.load(Ordering::Relaxed),
+            failures: f.failed.load(Ordering::Relaxed),
+        };
+        state.functions.insert(n.clone(), served);
+    }
+    let text = state.to_json();
+    let mut last = app.published.lock().unwrap();
+    if *last != text {
+        if let Ok(store) = Store::open(&app.store_root) {
+            if store.write_file(crate::store::SERVE_STATE, &text).is_ok() {
+                *last = text;
+            }
+        }
+    }
+}
+
+/// How often serve looks for installs and removals.
+pub(super) const STORE_POLL: Duration = Duration::from_millis(250);
+
+/// Make the served set match the store: start what was installed or
+/// replaced, drop what was removed (requests in flight keep their `Served`
+/// until they finish). With `strict`, any load error is returned; otherwise
+/// it is logged and that function is not served.
+pub(super) async fn reconcile(app: &Arc<AppState>, strict: bool) -> Result<(), ServeError> {
+    let store = Store::open(&app.store_root)?;
+    // Keys added to the trust directory since (by `limes install`) count.
+    let anchors = app.opts.anchors.reload()?;
+    let records: Vec<crate::store::Installed> =
+        store.list()?.into_iter().filter(|r| app.opts.functions.is_empty() || app.opts.functions.contains(&r.name)).collect();
+    let current: HashMap<String, String> = app.functions.read().unwrap().iter().map(|(n, f)| (n.clone(), f.object.clone())).collect();
+    for r in &records {
+        if current.get(&r.name) == Some(&r.object) {
+            continue;
+        }
+        match load_function(app, &store, &anchors, &r.name).await {
+            Ok(served) => {
+                tracing::info!(function = %r.name, version = %r.version, "serving");
+                app.functions.write().unwrap().insert(r.name.clone(), served);
+            }
+            Err(e) if strict => return Err(e),
+            Err(e) => {
+                tracing::error!(function = %r.name, error = %e, "cannot serve this function");
+                app.functions.write().unwrap().remove(&r.name);
+            }
+        }
+    }
+    let gone: Vec<String> = current.keys().filter(|n| !records.iter().any(|r| &r.name == *n)).cloned().collect();
+    for n in gone {
+        tracing::info!(function = %n, "removed from the store; no longer served");
+        app.functions.write().unwrap().remove(&n);
+    }
+    Ok(())
+}
+
+/// Load one installed function: in this process, or as a pool of workers.
+pub(super) async fn load_function(app: &Arc<AppState>, store: &Store, anchors: &crate::trust::Anchors, name: &str) -> Result<Arc<Served>, ServeError> {
+    let f = store.load(name, anchors)?;
+    // Serve re-hashes each artifact once per load: a long-lived process
+    // must not depend on the store staying untouched since install.
+    // (Workers re-hash what they map too; checking here first makes a
+    // tampered store a verification failure of the server itself.)
+    let spec = FunctionSpec::from_manifest(&f.manifest);
+    let vm_pool = |vm_opts: crate::microvm::VmOptions| {
+        let size = app.opts.vm_pool;
+        let f2 = f.clone();
+        tokio::task::spawn_blocking(move || crate::microvm::pool::VmPool::start(f2, vm_opts, size))
+    };
+    let mut vm_opts = app.opts.vm.clone();
+    vm_opts.timeout = Duration::from_millis(spec.limits.timeout_ms);
+    if vm_opts.probe_cache.is_none() {
+        vm_opts.probe_cache = Some(app.store_root.join("microvm-accel"));
+    }
+    let worker_spec = WorkerSpec {
+        exe: app.worker_exe.clone(),
+        store: app.store_root.clone(),
+        function: name.to_string(),
+        dirs: app.opts.dirs.clone(),
+        start_timeout: Duration::from_secs(30),
+        anchors: anchors.clone(),
+    };
+    let exec = match &app.runtime {
+        _ if app.opts.auto_functions.iter().any(|m| m == name) => {
+            check_wasm_artifacts(&f)?;
+            let wasm = Pool::start(worker_spec, app.opts.workers).await?;
+            let vm = vm_pool(vm_opts).await.map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))??;
+            tracing::info!(function = %name, hypervisor = %vm.hypervisor, "auto: workers and microVMs ready");
+            Executor::Auto { wasm, vm, router: std::sync::Mutex::new(AutoRouter::new()) }
+        }
+        _ if app.opts.microvm_functions.iter().any(|m| m == name) => {
+            let pool = vm_pool(vm_opts).await.map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))??;
+            tracing::info!(function = %name, hypervisor = %pool.hypervisor, vms = app.opts.vm_pool, "microVMs booted and waiting");
+            Executor::MicroVm(pool)
+        }
+        Some(rt) => {
+            let loaded = crate::load::load(rt, &f, LoadMode::Auto, crate::store::Integrity::Rehash)?;
+            tracing::info!(function = %name, tier = loaded.tier.as_deref().unwrap_or("jit"), "loaded in process");
+            Executor::InProcess(loaded)
+        }
+        None => {
+            check_wasm_artifacts(&f)?;
+            let pool = Pool::start(worker_spec, app.opts.workers).await?;
+            tracing::info!(function = %name, tier = pool.ready.tier.as_deref().unwrap_or("jit"), workers = app.opts.workers, "workers ready");
+            Executor::Workers(pool)
+        }
+    };
+    Ok(Arc::new(Served {
+        spec,
+        exec,
+        object: f.record.object.clone(),
+        version: f.record.version.clone(),
+        served: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    }))
+}

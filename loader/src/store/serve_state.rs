@@ -1,0 +1,72 @@
+//! `serve-state.json`: what a running `limes serve` serves, per function.
+//! The server writes it when it changed; `limes list` shows it and
+//! `limes sync` watches a switched version's failures through it. Nothing
+//! in it is trusted to load code.
+
+use super::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The file's name in the store.
+pub const SERVE_STATE: &str = "serve-state.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServeState {
+    /// The server's process (a state whose process is gone is stale).
+    pub pid: u32,
+    pub functions: BTreeMap<String, ServedFunction>,
+}
+
+/// What runs a function's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServedBy {
+    /// Worker processes.
+    Wasm,
+    /// The server's own process (benchmarks).
+    WasmInProcess,
+    /// Pre-booted microVMs.
+    Microvm,
+    /// Both, chosen per request (`--auto`).
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServedFunction {
+    pub backend: ServedBy,
+    /// For `auto`: the backend requests go to, and the medians behind it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<AutoMedians>,
+    /// The store object served.
+    pub object: String,
+    /// Requests since it was loaded, and those that failed on the
+    /// function's side (5xx other than 503 busy).
+    pub requests: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoMedians {
+    pub wasm: Option<u64>,
+    pub microvm: Option<u64>,
+}
+
+impl ServeState {
+    /// The state of a server that still runs (None: no state, an unreadable
+    /// one, or its server is gone).
+    pub fn read(store: &Store) -> Option<ServeState> {
+        let bytes = store.read_file(SERVE_STATE, 1 << 20).ok()??;
+        let s: ServeState = serde_json::from_slice(&bytes).ok()?;
+        i32::try_from(s.pid).is_ok_and(super::process_alive).then_some(s)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("state serializes")
+    }
+
+    pub fn write(&self, store: &Store) -> Result<(), StoreError> {
+        store.write_file(SERVE_STATE, &self.to_json())
+    }
+}
