@@ -742,3 +742,17 @@ fn doctor_lists_what_builds_need_and_the_ci_recipe_installs_it() {
     assert!(text.contains("MISSING Rust target wasm32-wasip2") && text.contains("install: rustup target add wasm32-wasip2"), "{text}");
     assert!(text.contains("--no-microvm or --image linux avoid the Hermit nightly"), "{text}");
 }
+
+/// `limes-pack` runs what it builds with the limes runtime crate alone: none
+/// of the device's server, store or registry client is linked into it, and
+/// a change to them does not rebuild it (#28).
+#[test]
+fn limes_pack_links_the_runtime_not_the_device_server() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = ok(std::process::Command::new(cargo).args(["tree", "-p", "limes-pack", "-e", "normal", "--prefix", "none"]).current_dir(repo()));
+    let tree = String::from_utf8_lossy(&o.stdout);
+    assert!(tree.lines().any(|l| l.starts_with("limes-runtime v")), "{tree}");
+    for bad in ["limes v", "axum v", "prometheus-client v"] {
+        assert!(!tree.lines().any(|l| l.starts_with(bad)), "limes-pack depends on {bad}");
+    }
+}

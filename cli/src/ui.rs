@@ -1,7 +1,7 @@
 //! Output policy shared by all subcommands: human text on a TTY (with a
 //! spinner), one JSON document with `--json`, nothing but errors with
 //! `--quiet`; logs, JSON and errors in the shape `limes` uses too
-//! (`limes::args`).
+//! (`limes_runtime::args`).
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,7 +30,7 @@ pub struct Ui {
 
 impl Ui {
     pub fn new(args: &GlobalArgs) -> Ui {
-        limes::args::init_logging(args.verbose, args.quiet);
+        limes_runtime::args::init_logging(args.verbose, args.quiet);
         let interactive = std::io::stderr().is_terminal() && !args.json && !args.quiet;
         let spinner = interactive.then(|| {
             let pb = ProgressBar::new_spinner();
@@ -45,7 +45,7 @@ impl Ui {
     pub fn result(&self, json: serde_json::Value, text: impl FnOnce() -> String) {
         self.finish_spinner();
         if self.json {
-            limes::args::print_json(&json);
+            limes_runtime::args::print_json(&json);
         } else if !self.quiet {
             print!("{}", text());
         }
@@ -66,8 +66,8 @@ impl Ui {
                 || c.downcast_ref::<limes_build::pipeline::BuildError>().is_some_and(|b| b.is_verification())
         });
         // The same kinds and exit codes as `limes` (one list, in the loader).
-        let kind = if verify { limes::ErrorKind::Verification } else { limes::ErrorKind::Other };
-        limes::args::report_error(self.json, kind.name(), e);
+        let kind = if verify { limes_runtime::ErrorKind::Verification } else { limes_runtime::ErrorKind::Other };
+        limes_runtime::args::report_error(self.json, kind.name(), e);
         ExitCode::from(kind.exit_code())
     }
 }

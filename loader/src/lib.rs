@@ -7,21 +7,17 @@
 //! Must not touch: Cranelift (only the `jit` feature), building or signing, unverified native code.
 
 pub mod classify;
-pub mod error;
-pub use error::ErrorKind;
-pub mod runtime;
-pub mod select;
-
-pub use runtime::{Invocation, LoadedFunction, RunError, Runtime, RuntimeOptions};
+// The runtime, tier selection, failure kinds and shared arguments live in
+// `limes-runtime` (the packer uses them without the server); here under
+// their old names.
+pub use limes_runtime::{args, error, once, runtime, select, wasi_http};
+pub use limes_runtime::{ErrorKind, Invocation, LoadedFunction, RunError, Runtime, RuntimeOptions, JIT_ENABLED};
 
 pub mod store;
 pub use store::Store;
 pub mod load;
 pub mod trust;
 pub use load::{load, LoadMode};
-
-/// Whether this build can compile components at load time.
-pub const JIT_ENABLED: bool = cfg!(feature = "jit");
 
 /// The target of the device build of `limes`: a static executable (no
 /// dynamic loader, no glibc start-up; see `main.rs` for its allocator).
@@ -30,10 +26,8 @@ pub const DEVICE_TARGET: &str = "x86_64-unknown-linux-musl";
 /// The static device build for aarch64 devices (Raspberry Pi, Jetson,
 /// Graviton); cross-built with Debian's aarch64 gcc (`.cargo/config.toml`).
 pub const DEVICE_TARGET_AARCH64: &str = "aarch64-unknown-linux-musl";
-pub mod args;
 pub mod exec;
 pub mod microvm;
 pub mod pull;
 pub mod serve;
 pub mod sync;
-pub mod wasi_http;

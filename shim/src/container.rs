@@ -172,9 +172,7 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
         let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1 })?;
         // Re-hash: the bytes mapped are the bytes just checked.
         let loaded = limes::load::load(&rt, f, LoadMode::Auto, Integrity::Rehash)?;
-        let err = loaded.timeout_error(&opts);
-        let _watchdog = limes::exec::watchdog::Watchdog::arm(loaded.deadline(&opts), EXIT_FAULT, move || eprintln!("error: {err}"));
-        Ok(rt.invoke(&loaded, req, &opts)?)
+        Ok(limes::once::invoke(&rt, &loaded, req, &opts, |err| eprintln!("error: {err}"))?)
     })();
     let inv = match outcome {
         Ok(inv) => inv,
@@ -183,8 +181,6 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
             return limes::classify::kind_of(&e).exit_code().into();
         }
     };
-    let _ = std::io::stderr().write_all(&inv.stdout);
-    let _ = std::io::stderr().write_all(&inv.stderr);
     match inv.result {
         Ok(resp) => {
             let mut out = std::io::stdout();

@@ -26,9 +26,9 @@ pub struct RunCommand {
     #[command(flatten)]
     cargo: CargoFlags,
     #[command(flatten)]
-    request: limes::args::RequestArgs,
+    request: limes_runtime::args::RequestArgs,
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
-    #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
+    #[arg(long, value_name = "NAME=PATH", value_parser = limes_runtime::args::parse_dir)]
     dir: Vec<(String, PathBuf)>,
     /// Wall-time limit in ms [default: the crate's `timeout-ms`].
     #[arg(long, value_name = "MS")]
@@ -42,7 +42,7 @@ pub struct RunCommand {
 }
 
 /// Exit codes shared with `limes run`.
-use limes::error::{EXIT_FAULT, EXIT_FUNCTION_ERROR};
+use limes_runtime::error::EXIT_FUNCTION_ERROR;
 
 /// Set for the runs `--watch` starts (each ends its body with a newline).
 const WATCH_CHILD: &str = "LIMES_PACK_WATCH_CHILD";
@@ -79,23 +79,19 @@ impl RunCommand {
         let artifact = out.aot.first().context("the build produced no precompiled tier")?;
 
         let req = self.request.request()?;
-        let invoke = limes::runtime::InvokeOptions {
+        let invoke = limes_runtime::runtime::InvokeOptions {
             dirs: self.dir.clone(),
             timeout: self.timeout_ms.map(Duration::from_millis),
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
             ..Default::default()
         };
-        let rt = limes::Runtime::new(&limes::RuntimeOptions { pooling: false, max_instances: 1 })?;
-        let spec = limes::runtime::FunctionSpec::from_manifest(&out.manifest);
+        let rt = limes_runtime::Runtime::new(&limes_runtime::RuntimeOptions { pooling: false, max_instances: 1 })?;
+        let spec = limes_runtime::runtime::FunctionSpec::from_manifest(&out.manifest);
         // SAFETY: these bytes were compiled by this process, moments ago,
         // from the component it built; they never left its memory.
         let loaded = unsafe { rt.load_precompiled_bytes(spec, &artifact.bytes, tier.name) }?;
-        // Compiled code has no epoch checks: the deadline ends the process.
-        let limit = loaded.deadline(&invoke);
-        let timeout = loaded.timeout_error(&invoke);
-        let _watchdog = limes::exec::watchdog::Watchdog::arm(limit, EXIT_FAULT, move || eprintln!("error: {timeout}"));
         let t = Instant::now();
-        let inv = match rt.invoke(&loaded, req, &invoke) {
+        let inv = match limes_runtime::once::invoke(&rt, &loaded, req, &invoke, |timeout| eprintln!("error: {timeout}")) {
             Ok(inv) => inv,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -103,8 +99,6 @@ impl RunCommand {
             }
         };
         let call_time = t.elapsed();
-        let _ = std::io::stderr().write_all(&inv.stdout);
-        let _ = std::io::stderr().write_all(&inv.stderr);
         if !ui.quiet {
             eprintln!(
                 "limes-pack run: {} {} ({}{}): build {} ms, call {} ms",
@@ -120,9 +114,9 @@ impl RunCommand {
         if ui.json {
             let timings = serde_json::json!({"backend": "wasm", "tier": tier.name, "jit": false,
                 "build_us": build_time.as_micros() as u64, "call_us": call_time.as_micros() as u64});
-            limes::args::print_json(&limes::args::answer_json(&inv.result, inv.http.as_ref(), timings));
+            limes_runtime::args::print_json(&limes_runtime::args::answer_json(&inv.result, inv.http.as_ref(), timings));
         }
-        let failed = inv.http.as_ref().is_some_and(|h| h.status >= 500);
+        let code = limes_runtime::once::exit_code(&inv);
         match inv.result {
             Ok(r) => {
                 if !ui.json {
@@ -135,7 +129,7 @@ impl RunCommand {
                     }
                     out.flush()?;
                 }
-                Ok(std::process::ExitCode::from(if failed { EXIT_FUNCTION_ERROR } else { 0 }))
+                Ok(std::process::ExitCode::from(code))
             }
             Err(e) => {
                 eprintln!("function error: {e}");

@@ -59,7 +59,7 @@ impl Command {
     }
 }
 
-pub use limes::error::{EXIT_FAULT, EXIT_FUNCTION_ERROR};
+pub use limes::error::EXIT_FUNCTION_ERROR;
 
 /// What loads check signatures against: the `--trust` keys given plus the
 /// trust directory's.

@@ -1,7 +1,6 @@
 use super::{Ctx, EXIT_FUNCTION_ERROR};
 use anyhow::{bail, Context};
 use clap::Args;
-use limes::exec::watchdog::Watchdog;
 use limes::load::LoadMode;
 use limes::runtime::{InvokeOptions, RuntimeOptions};
 use limes::store::{InstalledFunction, Integrity};
@@ -161,13 +160,13 @@ impl RunCommand {
 }
 
 impl RunCommand {
-    /// The function's deadline ends the process: the same message, JSON and
-    /// exit code as any other fault (a staged bundle is removed first).
-    fn watchdog(&self, ctx: &Ctx, store: &Store, f: &limes::LoadedFunction, opts: &InvokeOptions, staging: Option<PathBuf>) -> Watchdog {
-        let err = f.timeout_error(opts);
+    /// What a run past the function's deadline does before the watchdog
+    /// ends the process: the same message, JSON and exit code as any other
+    /// fault (a staged bundle is removed first).
+    fn on_timeout(ctx: &Ctx, store: &Store, staging: Option<PathBuf>) -> impl FnOnce(&limes::RunError) + Send + 'static {
         let json = ctx.json;
         let root = store.root().to_path_buf();
-        Watchdog::arm(f.deadline(opts), super::EXIT_FAULT, move || {
+        move |err| {
             if let (Some(s), Ok(st)) = (staging, Store::open(&root)) {
                 st.discard_path(&s);
             }
@@ -175,7 +174,7 @@ impl RunCommand {
                 println!("{}", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"}));
             }
             eprintln!("error: {err}");
-        })
+        }
     }
 }
 
@@ -236,16 +235,13 @@ impl RunCommand {
         // re-hashes otherwise; `serve` always re-hashes once per load.
         let loaded = limes::load::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto }, Integrity::Stamp);
         let inv = loaded.map_err(anyhow::Error::from).and_then(|l| {
-            let _watchdog = self.watchdog(ctx, &store, &l, &opts, staged.as_ref().map(|s| s.path().to_path_buf()));
-            Ok((rt.invoke(&l, req, &opts)?, l))
+            let on_timeout = Self::on_timeout(ctx, &store, staged.as_ref().map(|s| s.path().to_path_buf()));
+            Ok((limes::once::invoke(&rt, &l, req, &opts, on_timeout)?, l))
         });
         // The mapped artifact stays valid after its file is unlinked.
         drop(staged);
         let (inv, loaded) = inv?;
         let total = start.elapsed();
-
-        let _ = std::io::stderr().write_all(&inv.stdout);
-        let _ = std::io::stderr().write_all(&inv.stderr);
         let timings = serde_json::json!({
             "backend": "wasm",
             "verify_us": is_file.then(|| ius(verify_time)),

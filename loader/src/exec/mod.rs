@@ -5,5 +5,6 @@
 //! Must not touch: loading (see [`crate::load`]) or the store's files.
 
 pub mod pool;
-pub mod watchdog;
 pub mod worker;
+
+pub use limes_runtime::watchdog;

@@ -5,7 +5,7 @@
 //! This module is a leaf: it imports no other module of this crate. Each
 //! error type says its own kind (`kind()`, an exhaustive match, so a new
 //! variant cannot fall through); an `anyhow::Error` leaving a program is
-//! classified in [`crate::classify`].
+//! classified where it leaves a program (`limes::classify`).
 
 use serde::{Deserialize, Serialize};
 

@@ -15,7 +15,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../wit", world: "function" });
+    wasmtime::component::bindgen!({ path: "../../wit", world: "function" });
 }
 use bindings::limes::function::types as wit;
 
