@@ -481,14 +481,14 @@ pub fn trusted_comment(m: &Manifest) -> String {
     m.trusted_comment()
 }
 
-/// Whether `path` already holds an intact bundle with exactly this manifest
-/// and signature (so rewriting it would produce the same bytes).
 /// Whether `path` holds a signed bundle (an unsigned build must not
 /// silently replace it).
 fn is_signed_bundle(path: &Path) -> bool {
     archive::read_bundle(path, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard).is_ok_and(|v| v.signature.is_some())
 }
 
+/// Whether `path` already holds an intact bundle with exactly this manifest
+/// and signature (so rewriting it would produce the same bytes).
 fn is_same_bundle(path: &Path, manifest_json: &[u8], signature: Option<&str>) -> bool {
     match archive::read_bundle(path, &BundleLimits::default(), SignaturePolicy::Unverified, &mut Discard) {
         Ok(v) => v.manifest_bytes == manifest_json && v.signature.as_deref() == signature,

@@ -15,7 +15,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "noop",
-        files: &[("Cargo.toml", include_str!("../../../templates/noop/Cargo.toml.tmpl")), ("src/lib.rs", include_str!("../../../templates/noop/src/lib.rs"))],
+        files: &[("Cargo.toml", include_str!("../../../templates/noop/Cargo.toml.tmpl")), ("src/lib.rs", include_str!("../../../packs/noop/src/lib.rs"))],
     },
     Template {
         name: "mandelbrot",

@@ -1,7 +1,7 @@
 use super::Ctx;
 use anyhow::Context;
 use clap::Args;
-use limes::serve::{serve, ServeOptions};
+use limes::serve::{defaults, serve, ServeOptions};
 use limes::Store;
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,19 +33,19 @@ use std::time::Duration;
 )]
 pub struct ServeCommand {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = defaults::LISTEN)]
     listen: std::net::SocketAddr,
     /// Serve only these functions (repeatable), once installed [default: all installed].
     #[arg(long = "function", value_name = "NAME")]
     functions: Vec<String>,
     /// Invocations running at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = defaults::CONCURRENCY)]
     concurrency: usize,
     /// How long a request may wait for a free instance before 503, in ms.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = defaults::QUEUE_TIMEOUT_MS)]
     queue_timeout_ms: u64,
     /// Largest request body in bytes (each function's manifest may lower it).
-    #[arg(long, default_value_t = 32 << 20)]
+    #[arg(long, default_value_t = defaults::MAX_BODY)]
     max_body: usize,
     /// Wall-time limit per request in ms (overrides the manifests).
     #[arg(long)]
@@ -55,25 +55,25 @@ pub struct ServeCommand {
     dir: Vec<(String, PathBuf)>,
     /// Open connections at once; over it a client gets 503 at once (also
     /// kept below the open-file limit).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: usize,
     /// A request's headers must arrive within this many ms.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = defaults::HEADER_TIMEOUT_MS)]
     header_timeout_ms: u64,
     /// A request's body must arrive within this many ms (else 408).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = defaults::BODY_TIMEOUT_MS)]
     body_timeout_ms: u64,
     /// MiB of request bodies being received at once, over all requests.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults::BODY_BUDGET_MIB)]
     body_budget_mib: usize,
     /// Slowest accepted request body, in bytes per second on average after
     /// its first 2 s (else 408): a client that drips its body is cut off
     /// instead of holding a request open until the body deadline.
-    #[arg(long, value_name = "BYTES_PER_S", default_value_t = ServeOptions::default().min_body_rate)]
+    #[arg(long, value_name = "BYTES_PER_S", default_value_t = defaults::MIN_BODY_RATE)]
     min_body_rate: u64,
     /// Pre-warmed worker processes per function (each runs one request at a
     /// time; a worker past its deadline is killed and replaced).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = defaults::WORKERS)]
     workers: usize,
     /// Benchmarking only: run functions inside the server process (the
     /// previous design). Deadlines are NOT enforced in this mode.
@@ -92,7 +92,7 @@ pub struct ServeCommand {
     #[arg(long = "auto", value_name = "NAME")]
     auto: Vec<String>,
     /// Pre-booted VMs kept per microVM function (each answers one request).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = defaults::VM_POOL)]
     vm_pool: usize,
     /// Kernel for microVM functions [default: embedded in the bundle, else $LIMES_KERNEL].
     #[arg(long, value_name = "PATH")]

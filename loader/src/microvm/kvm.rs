@@ -122,10 +122,15 @@ pub fn probe(bound: Duration) -> Probe {
     Probe { runs_guests, took: start.elapsed() }
 }
 
-fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: libc::c_ulong) -> Result<i32, String> {
-    // SAFETY: every request used here takes an integer or a pointer to a
-    // live, correctly sized struct (checked at each call site).
-    // The request's C type differs between libcs (glibc: c_ulong, musl: c_int).
+/// `ioctl(2)` on `fd`, an error as text.
+///
+/// # Safety
+/// `arg` must be what `req` expects: an integer, or the address of a live
+/// struct of exactly the layout and size the kernel reads or writes for
+/// `req`, valid for the whole call.
+unsafe fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: libc::c_ulong) -> Result<i32, String> {
+    // SAFETY: forwarded to the caller (see above). The request's C type
+    // differs between libcs (glibc: c_ulong, musl: c_int).
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
     if r < 0 {
         Err(std::io::Error::last_os_error().to_string())
@@ -143,10 +148,12 @@ fn run_hlt_guest() -> Result<(), String> {
     }
     // SAFETY: `raw` is a descriptor we own from here.
     let kvm = unsafe { OwnedFd::from_raw_fd(raw) };
-    if ioctl(&kvm, KVM_GET_API_VERSION, 0)? != 12 {
+    // SAFETY: KVM_GET_API_VERSION takes no argument.
+    if unsafe { ioctl(&kvm, KVM_GET_API_VERSION, 0) }? != 12 {
         return Err("unexpected KVM API version".into());
     }
-    // SAFETY: KVM_CREATE_VM returns a new descriptor we then own.
+    // SAFETY: KVM_CREATE_VM takes the machine type (0: default) and returns
+    // a new descriptor we then own.
     let vm = unsafe { OwnedFd::from_raw_fd(ioctl(&kvm, KVM_CREATE_VM, 0)?) };
     // SAFETY: an anonymous private mapping, unmapped on every path below.
     let mem = unsafe { libc::mmap(std::ptr::null_mut(), MEM, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
@@ -164,11 +171,15 @@ fn run_hlt_guest() -> Result<(), String> {
         // mov byte [PROOF], 42 ; hlt
         guest[CODE..CODE + 9].copy_from_slice(&[0xC6, 0x04, 0x25, 0x00, 0x90, 0x00, 0x00, 0x2A, 0xF4]);
         let region = MemoryRegion { slot: 0, flags: 0, guest_phys_addr: 0, memory_size: MEM as u64, userspace_addr: mem as u64 };
-        ioctl(&vm, KVM_SET_USER_MEMORY_REGION, &region as *const MemoryRegion as libc::c_ulong)?;
-        // SAFETY: KVM_CREATE_VCPU returns a new descriptor we then own.
+        // SAFETY: a live `struct kvm_userspace_memory_region` (MemoryRegion is
+        // its #[repr(C)] layout) naming the mapping above, which outlives the VM.
+        unsafe { ioctl(&vm, KVM_SET_USER_MEMORY_REGION, &region as *const MemoryRegion as libc::c_ulong) }?;
+        // SAFETY: KVM_CREATE_VCPU takes the vCPU id and returns a new
+        // descriptor we then own.
         let vcpu = unsafe { OwnedFd::from_raw_fd(ioctl(&vm, KVM_CREATE_VCPU, 0)?) };
         let mut sregs = SRegs::default();
-        ioctl(&vcpu, KVM_GET_SREGS, &mut sregs as *mut SRegs as libc::c_ulong)?;
+        // SAFETY: a live, writable `struct kvm_sregs` (SRegs, #[repr(C)]).
+        unsafe { ioctl(&vcpu, KVM_GET_SREGS, &mut sregs as *mut SRegs as libc::c_ulong) }?;
         let code = Segment { base: 0, limit: 0xffff_ffff, selector: 8, type_: 11, present: 1, s: 1, l: 1, g: 1, ..Default::default() };
         let data = Segment { selector: 16, type_: 3, l: 0, db: 1, ..code };
         sregs.cs = code;
@@ -181,20 +192,25 @@ fn run_hlt_guest() -> Result<(), String> {
         sregs.cr4 = 1 << 5; // PAE
         sregs.cr0 = 0x8005_0033; // PE MP ET NE WP AM PG
         sregs.efer = 0x500; // LME LMA
-        ioctl(&vcpu, KVM_SET_SREGS, &sregs as *const SRegs as libc::c_ulong)?;
+                            // SAFETY: a live `struct kvm_sregs` (SRegs, #[repr(C)]).
+        unsafe { ioctl(&vcpu, KVM_SET_SREGS, &sregs as *const SRegs as libc::c_ulong) }?;
         let mut regs = Regs::default();
-        ioctl(&vcpu, KVM_GET_REGS, &mut regs as *mut Regs as libc::c_ulong)?;
+        // SAFETY: a live, writable `struct kvm_regs` (Regs, #[repr(C)]).
+        unsafe { ioctl(&vcpu, KVM_GET_REGS, &mut regs as *mut Regs as libc::c_ulong) }?;
         regs.rip = CODE as u64;
         regs.rflags = 2;
         regs.gpr[4] = 0x7000; // rsp
-        ioctl(&vcpu, KVM_SET_REGS, &regs as *const Regs as libc::c_ulong)?;
-        let size = ioctl(&kvm, KVM_GET_VCPU_MMAP_SIZE, 0)? as usize;
+                              // SAFETY: a live `struct kvm_regs` (Regs, #[repr(C)]).
+        unsafe { ioctl(&vcpu, KVM_SET_REGS, &regs as *const Regs as libc::c_ulong) }?;
+        // SAFETY: KVM_GET_VCPU_MMAP_SIZE takes no argument.
+        let size = unsafe { ioctl(&kvm, KVM_GET_VCPU_MMAP_SIZE, 0) }? as usize;
         // SAFETY: the kernel's shared run structure of this vCPU.
         let run = unsafe { libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, vcpu.as_raw_fd(), 0) };
         if run == libc::MAP_FAILED {
             return Err("mmap of the vCPU failed".to_string());
         }
-        let ran = ioctl(&vcpu, KVM_RUN, 0);
+        // SAFETY: KVM_RUN takes no argument (it writes the mapped run structure).
+        let ran = unsafe { ioctl(&vcpu, KVM_RUN, 0) };
         // SAFETY: `exit_reason` is the u32 at offset 8 of `struct kvm_run`.
         let exit_reason = unsafe { *((run as *const u8).add(8) as *const u32) };
         // SAFETY: unmapping what was mapped above.

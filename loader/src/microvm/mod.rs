@@ -267,7 +267,6 @@ fn firecracker_command(l: &Launch<'_>, dir: &Path) -> Option<Result<Command, std
     }))
 }
 
-/// Boot, answer one request, tear down.
 /// A VM booted up to its function's ready frame, waiting for its one
 /// request. Dropping it kills and reaps the VM.
 pub struct BootedVm {

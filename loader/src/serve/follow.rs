@@ -19,7 +19,7 @@ pub(super) fn check_wasm_artifacts(f: &crate::store::InstalledFunction) -> Resul
 pub(super) fn publish_state(app: &Arc<AppState>) {
     use crate::store::{AutoMedians, ServeState, ServedBy, ServedFunction};
     let functions = app.functions.read().unwrap().clone();
-    let mut state = ServeState { pid: std::process::id(), functions: Default::default() };
+    let mut state = ServeState::for_this_process();
     for (n, f) in &functions {
         let (backend, routing_to, p50_us) = match &f.exec {
             Executor::Workers(_) => (ServedBy::Wasm, None, None),

@@ -5,7 +5,7 @@
 //! parameters become metadata. A faulty function (trap, timeout, memory
 //! limit) yields an error response and never takes the server down.
 //! `GET /healthz` answers while the server runs; `GET /metrics` exposes
-//! counters and cold/warm latency quantiles in Prometheus text format.
+//! counters and cold/warm latency histograms in Prometheus text format.
 //!
 //! Hostile clients are bounded: connections are capped (over the cap a
 //! client gets an immediate 503), headers and bodies must arrive within
@@ -148,27 +148,44 @@ impl Route {
     }
 }
 
+/// Every default of `limes serve`, once: `ServeOptions::default()` and the
+/// CLI's flags both take them from here.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const CONCURRENCY: usize = 16;
+    pub const QUEUE_TIMEOUT_MS: u64 = 5000;
+    pub const MAX_BODY: usize = 32 << 20;
+    pub const MAX_CONNECTIONS: usize = 1024;
+    pub const HEADER_TIMEOUT_MS: u64 = 10_000;
+    pub const BODY_TIMEOUT_MS: u64 = 30_000;
+    pub const BODY_BUDGET_MIB: usize = 256;
+    /// Bytes per second, on average after the first 2 s of a body.
+    pub const MIN_BODY_RATE: u64 = 4 << 10;
+    pub const WORKERS: usize = 4;
+    pub const VM_POOL: usize = 2;
+}
+
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
-            listen: "127.0.0.1:8080".parse().unwrap(),
+            listen: defaults::LISTEN.parse().expect("the default address parses"),
             functions: Vec::new(),
-            concurrency: 16,
-            queue_timeout: Duration::from_secs(5),
-            max_body: 32 << 20,
+            concurrency: defaults::CONCURRENCY,
+            queue_timeout: Duration::from_millis(defaults::QUEUE_TIMEOUT_MS),
+            max_body: defaults::MAX_BODY,
             timeout: None,
             dirs: Vec::new(),
-            max_connections: 1024,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            body_budget: 256 << 20,
-            min_body_rate: 4 << 10,
-            workers: 4,
+            max_connections: defaults::MAX_CONNECTIONS,
+            header_timeout: Duration::from_millis(defaults::HEADER_TIMEOUT_MS),
+            body_timeout: Duration::from_millis(defaults::BODY_TIMEOUT_MS),
+            body_budget: defaults::BODY_BUDGET_MIB << 20,
+            min_body_rate: defaults::MIN_BODY_RATE,
+            workers: defaults::WORKERS,
             worker_exe: None,
             in_process: false,
             microvm_functions: Vec::new(),
             auto_functions: Vec::new(),
-            vm_pool: 2,
+            vm_pool: defaults::VM_POOL,
             vm: crate::microvm::VmOptions::default(),
             anchors: crate::trust::Anchors::from_keys(Default::default()),
             routes: Vec::new(),

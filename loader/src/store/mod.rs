@@ -82,8 +82,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether this error means bytes failed verification (a bundle, or a
-    /// store object that no longer matches what was verified at install).
+    /// What kind of failure this is (see [`crate::ErrorKind`]).
     pub fn kind(&self) -> crate::ErrorKind {
         match self {
             StoreError::NotInstalled { .. } => crate::ErrorKind::NotInstalled,
@@ -93,6 +92,8 @@ impl StoreError {
         }
     }
 
+    /// Whether this error means bytes failed verification (a bundle, or a
+    /// store object that no longer matches what was verified at install).
     pub fn is_verification(&self) -> bool {
         match self {
             StoreError::Bundle(b) => b.is_verification(),

@@ -12,8 +12,12 @@ pub const SERVE_STATE: &str = "serve-state.json";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServeState {
-    /// The server's process (a state whose process is gone is stale).
+    /// The server's process (a state whose process is gone is stale), and
+    /// when it started (clock ticks after boot), so that another process
+    /// given the same PID later is not taken for it.
     pub pid: u32,
+    #[serde(default)]
+    pub started: u64,
     pub functions: BTreeMap<String, ServedFunction>,
 }
 
@@ -59,7 +63,14 @@ impl ServeState {
     pub fn read(store: &Store) -> Option<ServeState> {
         let bytes = store.read_file(SERVE_STATE, 1 << 20).ok()??;
         let s: ServeState = serde_json::from_slice(&bytes).ok()?;
-        i32::try_from(s.pid).is_ok_and(super::process_alive).then_some(s)
+        let alive = i32::try_from(s.pid).is_ok_and(super::process_alive) && process_start(s.pid) == Some(s.started);
+        alive.then_some(s)
+    }
+
+    /// A state for this process.
+    pub fn for_this_process() -> ServeState {
+        let pid = std::process::id();
+        ServeState { pid, started: process_start(pid).unwrap_or_default(), functions: Default::default() }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -68,5 +79,24 @@ impl ServeState {
 
     pub fn write(&self, store: &Store) -> Result<(), StoreError> {
         store.write_file(SERVE_STATE, &self.to_json())
+    }
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`; the command name before it may hold spaces and
+/// parentheses, so fields are counted after its last `)`).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_live_process_has_a_start_time_and_a_gone_one_none() {
+        let me = super::process_start(std::process::id()).expect("this process has a start time");
+        assert!(me > 0);
+        assert_eq!(super::process_start(std::process::id()), Some(me), "stable");
+        assert_eq!(super::process_start(u32::MAX - 1), None);
     }
 }
