@@ -318,7 +318,7 @@ fn no_header_byte_can_change_while_verify_says_ok() {
         assert_eq!(out.status.code(), Some(EXIT_VERIFY), "install of {name}: {}", String::from_utf8_lossy(&out.stderr));
     }
     println!("{refused} header variants refused");
-    // The pristine bundle still verifies, and the README's recipe with
+    // The pristine bundle still verifies, and the recipe in docs/bundle-format.md with
     // standard tools agrees with it.
     archive::read_bundle(bundle, &BundleLimits::default(), SignaturePolicy::Require(&keys), &mut archive::Discard).unwrap();
     let x = d.path().join("x");

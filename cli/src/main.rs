@@ -74,7 +74,7 @@ mod tests {
         }
         assert!(checked >= 4, "only {checked} commands found in the recipe");
         // A build runs third-party code as the CI user: the key must only
-        // exist in a step of its own (README, Trust model).
+        // exist in a step of its own (docs/trust.md).
         assert!(!recipe.lines().any(|l| l.contains("limes-pack build") && l.contains("--sign")), "the recipe must sign in a step separate from the build");
     }
 }

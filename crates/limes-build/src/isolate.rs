@@ -16,7 +16,7 @@
 //!    phase, in memory, from the validated component, never taken from a
 //!    cache the build could have written.
 //!
-//! What this cannot stop (the README's trust model says so): code running
+//! What this cannot stop (docs/trust.md says so): code running
 //! as root, and a process of this user started outside this build (a
 //! shell, an editor) that the build's code asks to act for it.
 //!

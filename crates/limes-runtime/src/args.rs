@@ -126,7 +126,7 @@ pub fn init_logging_with(verbose: u8, quiet: bool, extra: &[&str]) {
 }
 
 /// The `--json` document of a function's answer, the same for `limes run`
-/// and `limes-pack run` (documented in the README, "JSON output"): the body
+/// and `limes-pack run` (documented in docs/cli-output.md): the body
 /// always as base64, also as text when it is UTF-8; a wasi:http function's
 /// status and headers; `ok` false for an error answer or a 5xx status.
 pub fn answer_json(

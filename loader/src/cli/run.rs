@@ -81,8 +81,8 @@ enum Backend {
     Microvm,
 }
 
-/// The JSON answer of `limes run --json` (documented in the README, "JSON
-/// output"): the body always as base64, also as text when it is UTF-8.
+/// The JSON answer of `limes run --json` (documented in docs/cli-output.md):
+/// the body always as base64, also as text when it is UTF-8.
 fn print_result(
     ctx: &Ctx,
     result: Result<limes_sdk::Response, limes_sdk::Error>,
@@ -276,7 +276,7 @@ impl RunCommand {
         let code = print_result(ctx, inv.result, inv.http.as_ref(), self.include, timings, hint);
         // The process ends next: the kernel frees the mapped code, memories
         // and engine at once, where dropping them would unmap and deregister
-        // each piece (a measurable share of a no-op run; see the README).
+        // each piece (a measurable share of a no-op run; see docs/results.md).
         std::mem::forget(loaded);
         std::mem::forget(rt);
         code
