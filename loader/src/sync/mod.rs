@@ -339,7 +339,7 @@ impl Agent {
             reused: parts.reused.clone(),
             health_check_ms: took.as_millis() as u64,
         });
-        st.watching = Some(Watch { object: promoted.record.object.clone(), version: version.clone(), since: now(), base: None });
+        st.watching = Some(Watch { object: promoted.record.object.clone(), version: version.clone(), since: now() });
         st.record(true, format!("updated to {version}"));
         st.save(&self.store)?;
         Ok(Event::Updated { name, from, to: version, bytes, downloaded: parts.downloaded, reused: parts.reused, health_check_ms: took.as_millis() as u64 })
@@ -363,15 +363,10 @@ impl Agent {
         let mut events = Vec::new();
         for name in self.names.values().cloned().collect::<Vec<_>>() {
             let mut st = SyncState::load(&self.store, &name);
-            let Some(mut w) = st.watching.clone() else { continue };
-            let counts = served.get(&name).filter(|(object, _, _)| *object == w.object).map(|(_, r, f)| (*r, *f));
-            if w.base.is_none() {
-                w.base = counts;
-            }
-            let (requests, failures) = match (w.base, counts) {
-                (Some((r0, f0)), Some((r, f))) => (r.saturating_sub(r0), f.saturating_sub(f0)),
-                _ => (0, 0),
-            };
+            let Some(w) = st.watching.clone() else { continue };
+            // Serve counts per loaded object, from zero when it loaded it:
+            // for the watched object, these are the requests since the switch.
+            let (requests, failures) = served.get(&name).filter(|(object, _, _)| *object == w.object).map(|(_, r, f)| (*r, *f)).unwrap_or((0, 0));
             if requests >= rules.min_requests && failures as f64 > rules.max_failure_ratio * requests as f64 {
                 let reason = format!("{failures} of {requests} requests failed after the switch (limit {:.0}%)", rules.max_failure_ratio * 100.0);
                 match self.store.rollback(&name) {

@@ -74,15 +74,13 @@ pub struct Rollback {
 }
 
 /// A switched-to version under watch: `limes serve`'s counts for `object`
-/// (from its state file) are compared with those when the watch began.
+/// (from its state file; they start at zero when serve loads the object,
+/// so they are the requests since the switch).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Watch {
     pub object: String,
     pub version: String,
     pub since: u64,
-    /// Requests and failures when serve was first seen serving `object`.
-    #[serde(default)]
-    pub base: Option<(u64, u64)>,
 }
 
 pub fn now() -> u64 {
