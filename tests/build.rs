@@ -756,3 +756,82 @@ fn limes_pack_links_the_runtime_not_the_device_server() {
         assert!(!tree.lines().any(|l| l.starts_with(bad)), "limes-pack depends on {bad}");
     }
 }
+
+/// `limes-pack dev` (#29): a new crate served on localhost through the
+/// device's own `limes serve`, switched to a new build on every save, and
+/// still served from its last good build when a save does not compile.
+#[test]
+fn dev_serves_the_crate_and_swaps_builds_on_save() {
+    use std::io::BufRead;
+    let work = tempdir();
+    let dir = new_crate(work.path(), "devfn", "noop");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let limes = std::path::Path::new(env!("CARGO_BIN_EXE_limes-pack")).with_file_name("limes");
+    let mut child = limes_pack_cmd()
+        .args(["dev", "--listen", &addr.to_string(), "--limes"])
+        .arg(&limes)
+        .arg(&dir)
+        .env("CARGO_TARGET_DIR", target_dir(work.path()))
+        .env("LIMES_PACK_HOME", work.path().join("home"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+    }
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let answer = |body: &[u8]| -> Option<(u16, Vec<u8>)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
+        write!(s, "POST /functions/devfn HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).ok()?;
+        s.write_all(body).ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).ok()?;
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let status = String::from_utf8_lossy(&raw[..split]).split(' ').nth(1)?.parse().ok()?;
+        Some((status, raw[split + 4..].to_vec()))
+    };
+    let wait_for = |want: &[u8], limit: std::time::Duration| -> std::time::Duration {
+        let t = std::time::Instant::now();
+        loop {
+            if answer(b"hi").is_some_and(|(s, b)| s == 200 && b == want) {
+                return t.elapsed();
+            }
+            assert!(t.elapsed() < limit, "no answer {:?} within {limit:?}; log:\n{}", String::from_utf8_lossy(want), log.lock().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for(b"hi", std::time::Duration::from_secs(600));
+    assert!(log.lock().unwrap().contains("/functions/devfn"), "serve printed no route:\n{}", log.lock().unwrap());
+    // Save a change: the next answers come from the new build.
+    let src = dir.join("src/lib.rs");
+    let code = std::fs::read_to_string(&src).unwrap();
+    assert!(code.contains("Response::new(req.body)"), "{code}");
+    std::fs::write(&src, code.replace("Response::new(req.body)", "Response::new(req.body.to_ascii_uppercase())")).unwrap();
+    let took = wait_for(b"HI", std::time::Duration::from_secs(120));
+    println!("save to new answer: {} ms", took.as_millis());
+    // A save that does not compile: reported, and the last good build serves on.
+    std::fs::write(&src, "this is not rust\n").unwrap();
+    let t = std::time::Instant::now();
+    while !log.lock().unwrap().contains("build failed; still serving the last good build") {
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "no build failure reported:\n{}", log.lock().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(answer(b"hi"), Some((200, b"HI".to_vec())));
+}

@@ -44,7 +44,7 @@ impl KeygenCommand {
     }
 }
 
-fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("creating {}", path.display()))?;

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 mod build;
+mod dev;
 mod doctor;
 mod inspect;
 mod keygen;
@@ -22,6 +23,7 @@ pub enum Command {
     #[command(disable_version_flag = true)]
     Build(build::BuildCommand),
     Run(run::RunCommand),
+    Dev(dev::DevCommand),
     Native(native::NativeCommand),
     Keygen(keygen::KeygenCommand),
     Sign(sign::SignCommand),
@@ -36,6 +38,7 @@ impl Command {
         let done = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
         match self {
             Command::Run(c) => c.execute(ui),
+            Command::Dev(c) => c.execute(ui),
             Command::New(c) => done(c.execute(ui)),
             Command::Build(c) => done(c.execute(ui)),
             Command::Native(c) => done(c.execute(ui)),

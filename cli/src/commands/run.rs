@@ -58,12 +58,14 @@ impl RunCommand {
     fn run_once(&self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
         let location = self.krate.location();
         let project = limes_build::Project::discover(&location, self.krate.package.as_deref(), &self.cargo.options(true).global_flags())?;
+        // Cargo's own progress, unless the output is for a script.
+        let cargo_quiet = ui.quiet || ui.json;
         let tier = limes_bundle::profile::Tier::best_for_host().context("no CPU tier fits this host")?;
         let t = Instant::now();
         let opts = limes_build::BuildOptions {
             path: location,
             package: self.krate.package.clone(),
-            cargo: self.cargo.options(true),
+            cargo: self.cargo.options(cargo_quiet),
             tiers: vec![tier.name.to_string()],
             out_dir: Some(project.target_dir.join("limes").join("dev")),
             signing_key: None,
@@ -163,7 +165,7 @@ impl RunCommand {
 
 /// The newest modification time under `root`, skipping `target` and
 /// hidden directories.
-fn newest_change(root: &Path, target: &Path) -> SystemTime {
+pub(super) fn newest_change(root: &Path, target: &Path) -> SystemTime {
     let mut newest = SystemTime::UNIX_EPOCH;
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {

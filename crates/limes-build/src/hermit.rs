@@ -142,6 +142,28 @@ fn run(mut cmd: Command) -> Result<Vec<u8>, HermitError> {
     Ok(out.stdout)
 }
 
+/// [`run`] for a long build step whose output is captured: unless quiet,
+/// say what it is and that it happens once, then a heartbeat every 15 s
+/// until it ends, so a first build never waits in silence.
+fn run_long(cmd: Command, what: &str, quiet: bool) -> Result<Vec<u8>, HermitError> {
+    if quiet {
+        return run(cmd);
+    }
+    eprintln!("limes-pack: building {what}: first time only, several minutes, once per toolchain (--no-microvm or --image linux skip it)");
+    let started = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let what = what.to_string();
+    let beat = std::thread::spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(std::time::Duration::from_secs(15)) {
+            eprintln!("limes-pack: still building {what} ({} s)", started.elapsed().as_secs());
+        }
+    });
+    let r = run(cmd);
+    drop(tx);
+    let _ = beat.join();
+    r
+}
+
 /// Write `bytes` to `path` by temp file and rename.
 fn publish(path: &Path, bytes: &[u8]) -> Result<(), HermitError> {
     crate::aot::write_atomic(path, bytes).map_err(io(path))
@@ -175,7 +197,7 @@ pub fn kernel(home: &Path, tc: &Toolchain, quiet: bool) -> Result<PathBuf, Hermi
     if quiet {
         cmd.arg("--quiet");
     }
-    run(cmd)?;
+    run_long(cmd, "the Hermit kernel", quiet)?;
     let built = target.join(LOADER_TARGET).join("release").join("libhermit.a");
     // Post-processed in a private copy: a concurrent build never links a
     // half-renamed archive.
@@ -308,7 +330,7 @@ pub fn loader(home: &Path, quiet: bool) -> Result<PathBuf, HermitError> {
     if quiet {
         cmd.arg("--quiet");
     }
-    run(cmd)?;
+    run_long(cmd, "limes' Hermit boot loader", quiet)?;
     let built = target.join(LOADER_TARGET).join("release").join("limes-hermit-loader");
     let bytes = std::fs::read(&built).map_err(io(&built))?;
     publish(&out, &bytes)?;
@@ -393,6 +415,9 @@ pub fn build_image(project: &Project, opts: &CargoOptions) -> Result<HermitImage
         "--config",
         "profile.release.strip=true",
     ];
+    if !opts.quiet && !target_dir(&home).join(TARGET).exists() {
+        eprintln!("limes-pack: compiling Rust's std for Hermit with the function: first time only, several minutes (later builds take seconds)");
+    }
     let exe = compile::build_native_with(project, Some(TARGET), opts, cmd, &target_dir(&home), &extra)?;
     let image = std::fs::read(&exe).map_err(io(&exe))?;
     let loader = std::fs::read(&loader_path).map_err(io(&loader_path))?;
