@@ -129,18 +129,8 @@ impl DevCommand {
         let tier = limes_bundle::profile::Tier::best_for_host().context("no CPU tier fits this host")?;
         let key_path = home.key.clone();
         let opts = limes_build::BuildOptions {
-            path: self.krate.location(),
-            package: self.krate.package.clone(),
-            cargo: self.cargo.options(ui.quiet || ui.json),
-            tiers: vec![tier.name.to_string()],
-            out_dir: Some(home.store.with_file_name("bundles")),
             signing_key: Some(limes_build::pipeline::SigningKey::Deferred(Box::new(move || limes_bundle::keys::SecretKey::from_file(&key_path)))),
-            isolate: false,
-            source_date_epoch: None,
-            no_cache: false,
-            microvm: false,
-            kernel: None,
-            image: Default::default(),
+            ..super::dev_build_options(&self.krate, &self.cargo, ui, tier.name, home.store.with_file_name("bundles"))
         };
         let out = limes_build::pipeline::build_project(project.clone(), &opts, ui)?;
         // The same version rebuilt has other content: a development store

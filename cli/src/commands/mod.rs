@@ -52,6 +52,20 @@ impl Command {
     }
 }
 
+/// A development build's options (`run`, `dev`): this host's best tier
+/// only, no microVM image, unsigned, cargo's own progress unless the output
+/// is for a script.
+pub fn dev_build_options(krate: &CrateArgs, cargo: &CargoFlags, ui: &Ui, tier: &str, out_dir: std::path::PathBuf) -> limes_build::BuildOptions {
+    limes_build::BuildOptions {
+        path: krate.location(),
+        package: krate.package.clone(),
+        cargo: cargo.options(ui.quiet || ui.json),
+        tiers: vec![tier.to_string()],
+        out_dir: Some(out_dir),
+        ..Default::default()
+    }
+}
+
 /// Say what a bundle error means for `bundle`: a verification failure gets
 /// `what` ("failed verification"); a file that cannot be read is reported
 /// as that alone (the error names the path).

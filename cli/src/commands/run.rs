@@ -58,24 +58,9 @@ impl RunCommand {
     fn run_once(&self, ui: &Ui) -> anyhow::Result<std::process::ExitCode> {
         let location = self.krate.location();
         let project = limes_build::Project::discover(&location, self.krate.package.as_deref(), &self.cargo.options(true).global_flags())?;
-        // Cargo's own progress, unless the output is for a script.
-        let cargo_quiet = ui.quiet || ui.json;
         let tier = limes_bundle::profile::Tier::best_for_host().context("no CPU tier fits this host")?;
         let t = Instant::now();
-        let opts = limes_build::BuildOptions {
-            path: location,
-            package: self.krate.package.clone(),
-            cargo: self.cargo.options(cargo_quiet),
-            tiers: vec![tier.name.to_string()],
-            out_dir: Some(project.target_dir.join("limes").join("dev")),
-            signing_key: None,
-            isolate: false,
-            source_date_epoch: None,
-            no_cache: false,
-            microvm: false,
-            kernel: None,
-            image: Default::default(),
-        };
+        let opts = super::dev_build_options(&self.krate, &self.cargo, ui, tier.name, project.target_dir.join("limes").join("dev"));
         let out = limes_build::pipeline::build_project(project, &opts, ui)?;
         let build_time = t.elapsed();
         let artifact = out.aot.first().context("the build produced no precompiled tier")?;
