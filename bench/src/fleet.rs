@@ -336,24 +336,11 @@ pub fn run(work: &Path, key: &limes_bundle::keys::SecretKey, pubkey: &Path, devi
     });
     // Every device answers with the new version.
     for (i, d) in fleet.iter().enumerate() {
-        let (status, body) = http_post(d.addr, &format!("/functions/{NAME}"), b"output=checksum")?;
+        let (status, body) = crate::report::post(d.addr, &format!("/functions/{NAME}"), b"output=checksum")?;
         anyhow::ensure!(status == 200 && body.starts_with(b"{\"width\""), "device {i} answered {status}: {}", String::from_utf8_lossy(&body));
     }
     drop(procs);
     Ok(FleetReport { devices, poll_interval_s: POLL_INTERVAL_S, phases, outage_s: OUTAGE.as_secs_f64() })
-}
-
-fn http_post(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP head")?;
-    let status = String::from_utf8_lossy(&raw[..split]).split(' ').nth(1).and_then(|s| s.parse().ok()).context("no status")?;
-    Ok((status, raw[split + 4..].to_vec()))
 }
 
 fn quantile(v: &[f64], p: f64) -> f64 {

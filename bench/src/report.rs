@@ -118,14 +118,22 @@ impl KeepAlive {
 }
 
 fn post_to(addr: SocketAddr, function: &str, body: &[u8]) -> Result<u16> {
+    Ok(post(addr, &format!("/functions/{function}"), body)?.0)
+}
+
+/// One POST on its own connection: the status (0 when there is none) and
+/// the body.
+pub(crate) fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "POST /functions/{function} HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())?;
+    write!(s, "POST {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())?;
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let line = String::from_utf8_lossy(&raw[..raw.len().min(16)]).to_string();
-    Ok(line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+    let status = line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| raw[i + 4..].to_vec()).unwrap_or_default();
+    Ok((status, body))
 }
 
 /// Requests sent and not timed after a server's settling second.

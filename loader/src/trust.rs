@@ -143,6 +143,14 @@ impl Anchors {
         Ok(signer)
     }
 
+    /// [`Anchors::adopt`] for `f`, just installed from `keys`: the key among
+    /// them that signed it. False when none did.
+    pub fn adopt_signer(&self, keys: &TrustedKeys, f: &store::InstalledFunction, rotate: bool) -> Result<bool, StoreError> {
+        let Some(signer) = keys.keys().iter().find(|k| k.id().to_string() == f.record.signer) else { return Ok(false) };
+        self.adopt(&f.record.name, signer, rotate)?;
+        Ok(true)
+    }
+
     /// After an install by `signer`: keep its key and pin it as `name`'s
     /// publisher in the trust directory, so later loads accept exactly it.
     /// A pin to another key moves only with `rotate`.

@@ -320,6 +320,13 @@ fn error_text(body: &str) -> String {
     }
 }
 
+/// Whether `bytes` received since `started` fall below `min_rate` bytes/s,
+/// counted after [`RATE_GRACE`].
+fn too_slow(started: std::time::Instant, bytes: u64, min_rate: u64) -> bool {
+    let late = started.elapsed().saturating_sub(RATE_GRACE);
+    (bytes as f64) < min_rate as f64 * late.as_secs_f64()
+}
+
 /// Read a response body, at most `limit` bytes: one byte more is
 /// [`Body::TooLarge`] and the connection is dropped; so is a body that
 /// arrives slower than `min_rate` bytes/s after [`RATE_GRACE`].
@@ -331,8 +338,7 @@ async fn read_capped(mut resp: reqwest::Response, limit: u64, min_rate: u64) -> 
             return Ok(Body::TooLarge);
         }
         out.extend_from_slice(&chunk);
-        let late = started.elapsed().saturating_sub(RATE_GRACE);
-        if (out.len() as f64) < min_rate as f64 * late.as_secs_f64() {
+        if too_slow(started, out.len() as u64, min_rate) {
             return Ok(Body::TooSlow);
         }
     }
@@ -409,8 +415,7 @@ impl Puller {
                             written += chunk.len() as u64;
                             transferred += chunk.len() as u64;
                             self.received.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            let late = started.elapsed().saturating_sub(RATE_GRACE);
-                            if ((written - if resumed { have } else { 0 }) as f64) < self.min_rate as f64 * late.as_secs_f64() {
+                            if too_slow(started, written - if resumed { have } else { 0 }, self.min_rate) {
                                 break Some(self.err(format!("{} sent slower than {} bytes/s", crate::host_only_str(&url), self.min_rate)));
                             }
                         }

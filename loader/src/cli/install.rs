@@ -79,11 +79,13 @@ impl InstallCommand {
                 trust_dir: ctx.trust_dir.clone(),
                 trust: self.trust.clone(),
             };
-            if let Err(e) = checker.check_candidate(&cand) {
-                store.discard_candidate(&cand.record.name)?;
-                return Err(anyhow::Error::from(e).context(format!("not switching to {}; the installed version stays", self.bundle.display())));
+            match limes::sync::switch_if_healthy(&store, &checker, &cand, self.policy.policy().keep) {
+                Ok((f, _)) => f,
+                Err(e @ limes::sync::SyncError::Health(_)) => {
+                    return Err(anyhow::Error::from(e).context(format!("not switching to {}; the installed version stays", self.bundle.display())))
+                }
+                Err(e) => return Err(e.into()),
             }
-            store.promote(&cand.record.name, &cand.record.object, self.policy.policy().keep)?
         } else {
             store.install(&self.bundle, &keys, self.policy.policy()).with_context(|| format!("installing {}", self.bundle.display()))?
         };

@@ -72,12 +72,12 @@ pub fn anchors(ctx: &Ctx, explicit: &[PathBuf], store: &limes::Store) -> anyhow:
 /// only it) without `--trust`.
 pub fn adopt(ctx: &Ctx, store: &limes::Store, keys: &limes_bundle::TrustedKeys, f: &limes::store::InstalledFunction, rotate: bool) -> anyhow::Result<()> {
     use anyhow::Context;
-    let Some(signer) = keys.keys().iter().find(|k| k.id().to_string() == f.record.signer) else {
-        anyhow::bail!("installed {} but its signer {} is not among the --trust keys", f.record.name, f.record.signer);
-    };
-    anchors(ctx, &[], store)?
-        .adopt(&f.record.name, signer, rotate)
+    let adopted = anchors(ctx, &[], store)?
+        .adopt_signer(keys, f, rotate)
         .with_context(|| format!("recording {}'s publisher in the trust directory {}", f.record.name, ctx.trust_dir.display()))?;
+    if !adopted {
+        anyhow::bail!("installed {} but its signer {} is not among the --trust keys", f.record.name, f.record.signer);
+    }
     Ok(())
 }
 

@@ -417,6 +417,7 @@ pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && !name.starts_with('.') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+#[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
 }

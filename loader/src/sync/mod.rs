@@ -271,15 +271,11 @@ impl Agent {
         st.reference = follow.reference.clone();
         let current = self.store.get(&name).ok().map(|f| f.record);
         if current.as_ref().is_some_and(|c| c.manifest_digest() == signed.sha256) {
-            st.seen_digest = Some(remote.digest.clone());
-            st.record(true, "up to date");
-            st.save(&self.store)?;
+            self.settle(&mut st, &remote.digest, true, "up to date".into())?;
             return Ok(Event::UpToDate { name, version });
         }
         if st.is_bad(&signed.sha256).is_some() {
-            st.seen_digest = Some(remote.digest.clone());
-            st.record(true, format!("{version} is marked bad; waiting for the tag to move"));
-            st.save(&self.store)?;
+            self.settle(&mut st, &remote.digest, true, format!("{version} is marked bad; waiting for the tag to move"))?;
             return Ok(Event::SkippedBad { name, version });
         }
 
@@ -293,42 +289,28 @@ impl Agent {
             Err(
                 e
                 @ (StoreError::Downgrade { .. } | StoreError::SignerChanged { .. } | StoreError::SameVersionDiffers { .. } | StoreError::NoCodeForHost { .. }),
-            ) => {
-                let reason = e.to_string();
-                st.mark_bad(&signed.sha256, &version, &reason);
-                st.seen_digest = Some(remote.digest.clone());
-                st.record(false, format!("refused {version}: {reason}"));
-                st.save(&self.store)?;
-                return Ok(Event::Rejected { name, version, reason });
-            }
+            ) => return self.reject(st, &remote.digest, &signed.sha256, version, "refused", e.to_string()),
             Err(e) => return Err(e.into()),
         };
-        let checker = self.checker.clone();
-        let checked_fn = cand.clone();
-        let checked = tokio::task::spawn_blocking(move || checker.check_candidate(&checked_fn))
-            .await
-            .unwrap_or_else(|j| Err(HealthError::Spawn { name: name.clone(), exe: "(task)".into(), source: std::io::Error::other(j.to_string()) }));
-        let took = match checked {
-            Ok(took) => took,
-            Err(e @ HealthError::Failed { .. }) => {
+        let (store, checker, keep, staged) = (self.store.clone(), self.checker.clone(), self.cfg.keep, cand.clone());
+        let switched = match tokio::task::spawn_blocking(move || switch_if_healthy(&store, &checker, &staged, keep)).await {
+            Ok(r) => r,
+            Err(j) => {
+                // The check did not finish: the candidate goes, as after a failed one.
                 self.store.discard_candidate(&name)?;
-                let reason = e.to_string();
-                st.mark_bad(&signed.sha256, &version, &reason);
-                st.seen_digest = Some(remote.digest.clone());
-                st.record(false, format!("rejected {version}: {reason}"));
-                st.save(&self.store)?;
-                return Ok(Event::Rejected { name, version, reason });
-            }
-            Err(e) => {
-                self.store.discard_candidate(&name)?;
-                return Err(e.into());
+                Err(HealthError::Spawn { name: name.clone(), exe: "(task)".into(), source: std::io::Error::other(j.to_string()) }.into())
             }
         };
-        let promoted = self.store.promote(&name, &cand.record.object, self.cfg.keep)?;
-        self.adopt(&promoted)?;
+        let (promoted, took) = match switched {
+            Ok(v) => v,
+            Err(SyncError::Health(e @ HealthError::Failed { .. })) => {
+                return self.reject(st, &remote.digest, &signed.sha256, version, "rejected", e.to_string())
+            }
+            Err(e) => return Err(e),
+        };
+        crate::trust::Anchors::load(&[], self.checker.trust_dir.clone(), self.store.root())?.adopt_signer(&self.keys, &promoted, false)?;
         let from = current.map(|c| c.version);
         let bytes = remote.received();
-        st.seen_digest = Some(remote.digest.clone());
         st.last_update = Some(Update {
             from: from.clone(),
             to: version.clone(),
@@ -340,18 +322,23 @@ impl Agent {
             health_check_ms: took.as_millis() as u64,
         });
         st.watching = Some(Watch { object: promoted.record.object.clone(), version: version.clone(), since: now() });
-        st.record(true, format!("updated to {version}"));
-        st.save(&self.store)?;
+        self.settle(&mut st, &remote.digest, true, format!("updated to {version}"))?;
         Ok(Event::Updated { name, from, to: version, bytes, downloaded: parts.downloaded, reused: parts.reused, health_check_ms: took.as_millis() as u64 })
     }
 
-    /// Keep the key that signed a version switched to in the trust
-    /// directory (pinned to the function), so `limes serve` loads it.
-    fn adopt(&self, f: &crate::store::InstalledFunction) -> Result<(), SyncError> {
-        let Some(key) = self.keys.keys().iter().find(|k| k.id().to_string() == f.record.signer) else { return Ok(()) };
-        let anchors = crate::trust::Anchors::load(&[], self.checker.trust_dir.clone(), self.store.root())?;
-        anchors.adopt(&f.record.name, key, false)?;
+    /// Remember that the tag's `digest` was handled, with the poll's result.
+    fn settle(&self, st: &mut SyncState, digest: &str, ok: bool, result: String) -> Result<(), SyncError> {
+        st.seen_digest = Some(digest.to_string());
+        st.record(ok, result);
+        st.save(&self.store)?;
         Ok(())
+    }
+
+    /// Refuse `version` until the tag moves: its manifest digest is marked bad.
+    fn reject(&self, mut st: SyncState, digest: &str, sha256: &str, version: String, what: &str, reason: String) -> Result<Event, SyncError> {
+        st.mark_bad(sha256, &version, &reason);
+        self.settle(&mut st, digest, false, format!("{what} {version}: {reason}"))?;
+        Ok(Event::Rejected { name: st.name, version, reason })
     }
 
     /// Compare each watched version's failures (as `limes serve` counts
@@ -359,14 +346,20 @@ impl Agent {
     /// the watch of one whose window passed.
     pub fn watch_tick(&mut self) -> Vec<Event> {
         let rules = self.cfg.rollback;
-        let served = served_counts(&self.store);
+        // Read only while a watch runs.
+        let mut served = None;
         let mut events = Vec::new();
         for name in self.names.values().cloned().collect::<Vec<_>>() {
             let mut st = SyncState::load(&self.store, &name);
             let Some(w) = st.watching.clone() else { continue };
             // Serve counts per loaded object, from zero when it loaded it:
             // for the watched object, these are the requests since the switch.
-            let (requests, failures) = served.get(&name).filter(|(object, _, _)| *object == w.object).map(|(_, r, f)| (*r, *f)).unwrap_or((0, 0));
+            let (requests, failures) = served
+                .get_or_insert_with(|| served_counts(&self.store))
+                .get(&name)
+                .filter(|(object, _, _)| *object == w.object)
+                .map(|(_, r, f)| (*r, *f))
+                .unwrap_or((0, 0));
             if requests >= rules.min_requests && failures as f64 > rules.max_failure_ratio * requests as f64 {
                 let reason = format!("{failures} of {requests} requests failed after the switch (limit {:.0}%)", rules.max_failure_ratio * 100.0);
                 match self.store.rollback(&name) {
@@ -385,13 +378,34 @@ impl Agent {
                 events.push(Event::Healthy { name: name.clone(), version: w.version.clone(), requests, failures });
                 st.watching = None;
             } else {
-                st.watching = Some(w);
+                // Still watching: nothing to write.
+                continue;
             }
             if let Err(e) = st.save(&self.store) {
                 tracing::warn!(function = %name, error = %e, "cannot save the sync state");
             }
         }
         events
+    }
+}
+
+/// Send a staged candidate its health check (in a child process) and switch
+/// its function to it when it passes; drop it otherwise. What `limes sync`
+/// and `limes install --health-check` both do; returns the function now
+/// current and how long the check took.
+pub fn switch_if_healthy(
+    store: &Store,
+    checker: &Checker,
+    cand: &crate::store::InstalledFunction,
+    keep: usize,
+) -> Result<(crate::store::InstalledFunction, Duration), SyncError> {
+    let name = &cand.record.name;
+    match checker.check_candidate(cand) {
+        Ok(took) => Ok((store.promote(name, &cand.record.object, keep)?, took)),
+        Err(e) => {
+            store.discard_candidate(name)?;
+            Err(e.into())
+        }
     }
 }
 
