@@ -31,5 +31,10 @@ grep -q "wasmtime serve (wasmtime 48" "$target/bench-quick/report.md" || { echo 
 # each healthy version, rejects the unhealthy one, and survives an outage.
 "$target/debug/limes-bench" --quick --only-fleet --out "$target/bench-quick" >/dev/null
 test -s "$target/bench-quick/fleet.md" || { echo "fleet run wrote no fleet.md" >&2; exit 1; }
+# Density (#27): 100 distinct functions in one store behind one `limes
+# serve` on shared workers; every answer must be right, under uniform and
+# Zipf load.
+"$target/debug/limes-bench" --quick --only-density --out "$target/bench-quick" >/dev/null
+test -s "$target/bench-quick/density.md" || { echo "density run wrote no density.md" >&2; exit 1; }
 # --show-output: suites that report counts (the mutation suite) print them.
 cargo test --workspace --locked "$@" -- --show-output

@@ -600,3 +600,68 @@ fn wasi_http_functions_get_the_whole_request_and_call_only_listed_hosts() {
     let e = fails(limes_cmd(&store).args(["serve", "--listen", "127.0.0.1:0", "--auto", "http-hello"]), 1);
     assert!(e.contains("has no microVM image: a wasi:http function has no native build"), "{e}");
 }
+
+/// A store of many functions on shared workers (`--max-dedicated-workers
+/// 0`: what a store too big for dedicated workers gets): two processes
+/// serve both functions, loading each on demand, with a cache of one so
+/// every switch between them loads again. Attacks: an artifact tampered
+/// after the server started (and checked the store) is refused by each
+/// worker that would map it, while the other function keeps answering;
+/// a runaway request ends only its own worker while the other function's
+/// requests go on.
+#[test]
+fn shared_workers_load_any_function_verified_and_keep_faults_to_one_request() {
+    let (key, d) = store_with_noop_and_faulty();
+    let store = d.path().join("store");
+    let server = start(&store, &["--max-dedicated-workers", "0", "--shared-workers", "2", "--worker-cache", "1", "--timeout-ms", "1500"]);
+    let a = server.addr;
+    assert_eq!(http(a, "POST", "/functions/noop", b"first"), (200, b"first".to_vec()));
+    assert_eq!(children(server.child.id()).len(), 2, "two shared workers, no pool per function");
+    assert_eq!(metric(a, "limes_workers_live{function=\"*\",backend=\"wasm\"}"), Some(2.0));
+
+    // Tampered after the server checked the store, before any worker
+    // loaded it: refused at every load, by every worker.
+    let object = object_dir(&store, "faulty");
+    for e in std::fs::read_dir(object.join("aot")).unwrap() {
+        tamper(&e.unwrap().path(), |b| {
+            let mid = b.len() / 2;
+            for x in &mut b[mid..mid + 64] {
+                *x ^= 0x90;
+            }
+        });
+    }
+    for _ in 0..4 {
+        let (s, body) = http(a, "POST", "/functions/faulty", b"fine");
+        let body = String::from_utf8_lossy(&body).to_string();
+        assert!(s >= 500 && body.contains("verification"), "{s} {body}");
+        assert_eq!(http(a, "POST", "/functions/noop", b"still").1, b"still");
+    }
+    // The genuine bundle again: the next load maps the repaired object.
+    let keys = limes_bundle::TrustedKeys::load(std::slice::from_ref(&key.public)).unwrap();
+    let genuine = build_signed(&fixture("faulty"), &key, d.path());
+    limes::Store::open(&store).unwrap().install(&genuine.bundle, &keys, limes::store::InstallPolicy { force: true, ..Default::default() }).unwrap();
+    // Both functions on two workers that keep one each: right answers
+    // through every switch.
+    for i in 0..6 {
+        let body = format!("round {i}");
+        assert_eq!(http(a, "POST", "/functions/faulty", body.as_bytes()), (200, body.clone().into_bytes()));
+        assert_eq!(http(a, "POST", "/functions/noop", body.as_bytes()), (200, body.into_bytes()));
+    }
+
+    // A runaway request: 504 at its deadline, its worker replaced; the
+    // other worker answers the other function meanwhile.
+    let runaway = std::thread::spawn(move || http(a, "POST", "/functions/faulty", b"loop").0);
+    let mut beside = 0;
+    while !runaway.is_finished() {
+        assert_eq!(http(a, "POST", "/functions/noop", b"hi"), (200, b"hi".to_vec()));
+        beside += 1;
+    }
+    assert_eq!(runaway.join().unwrap(), 504);
+    assert!(beside >= 3, "the other function was starved: {beside} answers");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(a, "limes_workers_live{function=\"*\",backend=\"wasm\"}") != Some(2.0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(a, "limes_worker_replacements_total{function=\"*\",reason=\"timeout\"}"), Some(1.0));
+    assert_eq!(http(a, "POST", "/functions/faulty", b"after"), (200, b"after".to_vec()));
+}

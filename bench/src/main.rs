@@ -6,6 +6,7 @@
 //! nothing about timings.
 
 mod arm64;
+mod density;
 mod fleet;
 mod report;
 mod synth;
@@ -65,6 +66,19 @@ struct Args {
     /// Devices in the fleet run.
     #[arg(long, default_value_t = 50)]
     devices: usize,
+    /// Only density: N distinct functions in one store behind one
+    /// `limes serve` (memory, warm and cold requests, uniform and Zipf
+    /// load) beside dedicated workers on one function (#27's aims);
+    /// writes density.md and density.json.
+    #[arg(long)]
+    only_density: bool,
+    /// Functions in the density run [default: 1000; 100 with --quick].
+    #[arg(long)]
+    functions: Option<usize>,
+    /// Extra `limes serve` flags for the density run's server (repeatable),
+    /// e.g. `--serve-arg=--worker-cache=128`.
+    #[arg(long, allow_hyphen_values = true)]
+    serve_arg: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -399,6 +413,15 @@ fn main() -> Result<()> {
         let md = fleet::markdown(&r, &format!("{}, {} cores, {} ({}, {} build)", m.cpu, m.cores, m.date_utc, m.kernel, if q { "debug" } else { "release" }));
         std::fs::write(a.out.join("fleet.md"), &md)?;
         std::fs::write(a.out.join("fleet.json"), serde_json::to_vec_pretty(&r)?)?;
+        println!("{md}");
+        return Ok(());
+    }
+    if a.only_density {
+        let r = density::run(work.path(), &key, &keys, &trust, a.functions.unwrap_or(if q { 100 } else { 1000 }), &a.serve_arg, q)?;
+        let m = report::Machine::read();
+        let md = density::markdown(&r, &format!("{}, {} cores, {} ({}, {} build)", m.cpu, m.cores, m.date_utc, m.kernel, if q { "debug" } else { "release" }));
+        std::fs::write(a.out.join("density.md"), &md)?;
+        std::fs::write(a.out.join("density.json"), serde_json::to_vec_pretty(&r)?)?;
         println!("{md}");
         return Ok(());
     }

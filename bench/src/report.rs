@@ -50,12 +50,12 @@ impl Machine {
 }
 
 /// A keep-alive HTTP/1.1 client on one connection (as `wrk`'s are).
-struct KeepAlive {
+pub(crate) struct KeepAlive {
     s: std::io::BufReader<TcpStream>,
 }
 
 impl KeepAlive {
-    fn connect(addr: SocketAddr) -> Result<KeepAlive> {
+    pub(crate) fn connect(addr: SocketAddr) -> Result<KeepAlive> {
         let s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         s.set_nodelay(true)?;
@@ -70,7 +70,7 @@ impl KeepAlive {
     }
 
     /// POST and read the whole answer; returns its status.
-    fn post(&mut self, path: &str, body: &[u8]) -> Result<u16> {
+    pub(crate) fn post(&mut self, path: &str, body: &[u8]) -> Result<u16> {
         use std::io::BufRead;
         self.send(path, body)?;
         let (mut line, mut status, mut len, mut chunked) = (String::new(), 0u16, 0usize, false);

@@ -75,6 +75,19 @@ pub struct ServeCommand {
     /// time; a worker past its deadline is killed and replaced).
     #[arg(long, default_value_t = defaults::WORKERS)]
     workers: usize,
+    /// Functions get --workers processes of their own while all of them
+    /// together need at most this many; beyond it (a store of many
+    /// functions) they share --shared-workers processes that load any
+    /// function on first use and keep --worker-cache of them loaded.
+    /// 0: always share.
+    #[arg(long, value_name = "N", default_value_t = defaults::MAX_DEDICATED_WORKERS)]
+    max_dedicated_workers: usize,
+    /// Shared worker processes (see --max-dedicated-workers).
+    #[arg(long, value_name = "N", default_value_t = defaults::SHARED_WORKERS)]
+    shared_workers: usize,
+    /// Loaded functions each shared worker keeps.
+    #[arg(long, value_name = "N", default_value_t = defaults::WORKER_CACHE)]
+    worker_cache: usize,
     /// Benchmarking only: run functions inside the server process (the
     /// previous design). Deadlines are NOT enforced in this mode.
     #[arg(long)]
@@ -140,6 +153,9 @@ impl ServeCommand {
             body_budget: self.body_budget_mib << 20,
             min_body_rate: self.min_body_rate,
             workers: self.workers,
+            max_dedicated_workers: self.max_dedicated_workers,
+            shared_workers: self.shared_workers,
+            worker_cache: self.worker_cache,
             worker_exe: None,
             in_process: self.in_process,
             microvm_functions: self.microvm.clone(),

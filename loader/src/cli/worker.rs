@@ -1,6 +1,6 @@
 use super::Ctx;
 use clap::Args;
-use limes::exec::worker::{run_worker, WorkerOptions};
+use limes::exec::worker::{run_any_worker, run_worker, AnyWorkerOptions, WorkerOptions};
 use limes::Store;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,11 +8,20 @@ use std::process::ExitCode;
 /// Internal: serve one function over stdin/stdout for `limes serve`.
 ///
 /// Loads NAME (re-hashing its artifact), writes a ready frame, then answers
-/// request frames until stdin closes. Not for direct use.
+/// request frames until stdin closes. With `--any` instead of NAME: a
+/// shared worker, loading whichever function each request names. Not for
+/// direct use.
 #[derive(Args)]
 pub struct WorkerCommand {
     /// Installed function name.
-    name: String,
+    #[arg(required_unless_present = "any")]
+    name: Option<String>,
+    /// Serve any function of the store, each request naming its own.
+    #[arg(long, conflicts_with = "name")]
+    any: bool,
+    /// With `--any`: loaded functions kept in memory.
+    #[arg(long, default_value_t = limes::serve::defaults::WORKER_CACHE)]
+    cache: usize,
     /// Bind a declared preopen to a host directory: `NAME=PATH` (repeatable).
     #[arg(long, value_name = "NAME=PATH", value_parser = limes::args::parse_dir)]
     dir: Vec<(String, PathBuf)>,
@@ -34,10 +43,14 @@ impl WorkerCommand {
         }
         let store = Store::open(&ctx.store)?;
         let anchors = super::anchors(ctx, &[], &store)?.with_keys(&limes::trust::keys_from_args(&self.trusted_key)?);
-        let opts = WorkerOptions { function: self.name, dirs: self.dir.clone(), anchors };
         let stdin = std::io::stdin();
         let stdout = std::io::stdout();
-        match run_worker(&store, &opts, &mut stdin.lock(), &mut std::io::BufWriter::new(stdout.lock())) {
+        let (mut input, mut output) = (stdin.lock(), std::io::BufWriter::new(stdout.lock()));
+        let served = match self.name {
+            Some(function) => run_worker(&store, &WorkerOptions { function, dirs: self.dir.clone(), anchors }, &mut input, &mut output),
+            None => run_any_worker(&store, &AnyWorkerOptions { dirs: self.dir.clone(), anchors, cache: self.cache }, &mut input, &mut output),
+        };
+        match served {
             // The server went away mid-answer: nothing left to do.
             Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => Ok(ExitCode::SUCCESS),
             Err(e) => Err(e),

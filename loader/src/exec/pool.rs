@@ -3,17 +3,21 @@
 //! and the answer comes back; a worker past the deadline is killed and a
 //! replacement is started in the background, so a runaway call costs one
 //! request and one process start, never the server.
+//!
+//! A pool serves one function, or (`WorkerSpec::shared`) any function of
+//! the store: then each request names its function, and an idle worker that
+//! has it loaded is preferred, so a busy function keeps hitting warm caches.
 
-use crate::exec::worker::{decode_reply, Ready, Reply, WORKER_MAGIC};
+use crate::exec::worker::{decode_reply, encode_targeted, Ready, Reply, WORKER_MAGIC};
 use limes_sdk::frame;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 
 /// How to start a worker.
 #[derive(Debug, Clone)]
@@ -21,7 +25,11 @@ pub struct WorkerSpec {
     /// How to start the `limes` executable.
     pub exe: WorkerExe,
     pub store: PathBuf,
+    /// The function the workers serve; for a shared pool only a label.
     pub function: String,
+    /// `Some(cache)`: shared workers (`limes worker --any`), each keeping
+    /// up to `cache` loaded functions.
+    pub shared: Option<usize>,
     pub dirs: Vec<(String, PathBuf)>,
     /// How long a worker may take to load and say ready.
     pub start_timeout: Duration,
@@ -80,12 +88,25 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
+    /// Shared workers: what it has loaded, as far as this side knows
+    /// (`function\0object`, most recently used last; the worker evicts the
+    /// same way). Only a preference: a miss costs a load, not a failure.
+    cached: VecDeque<String>,
+}
+
+/// A request for a shared pool: the function and the store object the
+/// server serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub function: &'a str,
+    pub object: &'a str,
 }
 
 pub struct Pool {
     spec: WorkerSpec,
-    idle_tx: mpsc::UnboundedSender<Worker>,
-    idle_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Worker>>,
+    /// Idle workers, and a permit per idle worker to wait on.
+    idle: Mutex<VecDeque<Worker>>,
+    idle_permits: Semaphore,
     /// Workers replaced, by reason (`timeout`, `crash`).
     pub replaced: Mutex<BTreeMap<&'static str, u64>>,
     /// Workers alive: idle or answering (not those being replaced).
@@ -118,7 +139,11 @@ async fn write_frame(w: &mut ChildStdin, magic: &[u8; 4], payload: &[u8]) -> std
 async fn spawn(spec: &WorkerSpec) -> Result<(Worker, Ready), PoolError> {
     let start_err = |m: String| PoolError::Start { function: spec.function.clone(), message: m };
     let mut cmd = Command::new(&spec.exe.exe);
-    cmd.args(&spec.exe.prefix).arg("--store").arg(&spec.store).arg("worker").arg(&spec.function);
+    cmd.args(&spec.exe.prefix).arg("--store").arg(&spec.store).arg("worker");
+    match spec.shared {
+        Some(cache) => cmd.arg("--any").arg("--cache").arg(cache.to_string()),
+        None => cmd.arg(&spec.function),
+    };
     for k in spec.anchors.keys().keys() {
         cmd.arg("--trusted-key").arg(k.to_base64());
     }
@@ -143,26 +168,25 @@ async fn spawn(spec: &WorkerSpec) -> Result<(Worker, Ready), PoolError> {
         return Err(PoolError::Load { function: spec.function.clone(), kind: e.kind, message: e.message });
     }
     let ready = reply.meta.ready.ok_or_else(|| start_err("first frame is not a ready frame".into()))?;
-    Ok((Worker { child, stdin, stdout }, ready))
+    Ok((Worker { child, stdin, stdout, cached: VecDeque::new() }, ready))
 }
 
 impl Pool {
     /// Start `size` workers (in parallel) and wait until all are ready.
     pub async fn start(spec: WorkerSpec, size: usize) -> Result<Arc<Pool>, PoolError> {
         let started = futures_join(&spec, size.max(1)).await;
-        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
+        let mut idle = VecDeque::new();
         let mut ready = None;
-        let mut live = 0;
         for r in started {
             let (w, rd) = r?;
             ready.get_or_insert(rd);
-            let _ = idle_tx.send(w);
-            live += 1;
+            idle.push_back(w);
         }
+        let live = idle.len();
         Ok(Arc::new(Pool {
             spec,
-            idle_tx,
-            idle_rx: tokio::sync::Mutex::new(idle_rx),
+            idle_permits: Semaphore::new(live),
+            idle: Mutex::new(idle),
             replaced: Mutex::default(),
             live: live.into(),
             queue_timeouts: 0.into(),
@@ -178,23 +202,53 @@ impl Pool {
     /// ends with an answer (the worker goes back to the pool, its state
     /// known) or at the deadline (the worker is killed and replaced). A
     /// dropped exchange would take a worker out of the pool for good.
-    pub async fn call(self: &Arc<Self>, request: Vec<u8>, deadline: Duration, queue_timeout: Duration) -> Result<Reply, CallError> {
-        let taken = tokio::time::timeout(queue_timeout, async { self.idle_rx.lock().await.recv().await }).await;
-        let w = match taken {
-            Ok(Some(w)) => w,
-            Ok(None) => return Err(CallError::Crashed("the pool is closed".into())),
+    ///
+    /// A shared pool needs the `target` (the request is sent with it); a
+    /// pool of one function ignores it.
+    pub async fn call(self: &Arc<Self>, target: Option<Target<'_>>, request: Vec<u8>, deadline: Duration, queue_timeout: Duration) -> Result<Reply, CallError> {
+        match tokio::time::timeout(queue_timeout, self.idle_permits.acquire()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            Ok(Err(_)) => return Err(CallError::Crashed("the pool is closed".into())),
             Err(_) => {
                 self.queue_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(CallError::Busy);
             }
+        }
+        let (key, request) = match (self.spec.shared, target) {
+            (Some(_), Some(t)) => (Some(format!("{}\0{}", t.function, t.object)), encode_targeted(t.function, t.object, &request)),
+            _ => (None, request),
+        };
+        let w = {
+            let mut idle = self.idle.lock().unwrap();
+            // Warm first: the most recently returned worker that has it.
+            let warm = key.as_ref().and_then(|k| idle.iter().rposition(|w| w.cached.contains(k)));
+            let w = match warm {
+                Some(i) => idle.remove(i),
+                None => idle.pop_front(),
+            };
+            w.expect("a permit stands for an idle worker")
         };
         let pool = self.clone();
-        tokio::spawn(async move { pool.exchange(w, &request, deadline).await })
+        tokio::spawn(async move { pool.exchange(w, key, &request, deadline).await })
             .await
             .unwrap_or_else(|e| Err(CallError::Crashed(format!("the exchange with the worker failed: {e}"))))
     }
 
-    async fn exchange(self: &Arc<Self>, mut w: Worker, request: &[u8], deadline: Duration) -> Result<Reply, CallError> {
+    /// Back to the idle workers (warm for `key`, in a shared pool).
+    fn put_back(&self, mut w: Worker, key: Option<String>) {
+        if let (Some(k), Some(cache)) = (key, self.spec.shared) {
+            let function = k.split('\0').next().unwrap_or_default().to_string();
+            w.cached.retain(|c| c.split('\0').next() != Some(function.as_str()));
+            w.cached.push_back(k);
+            while w.cached.len() > cache.max(1) {
+                w.cached.pop_front();
+            }
+        }
+        self.idle.lock().unwrap().push_back(w);
+        self.idle_permits.add_permits(1);
+    }
+
+    async fn exchange(self: &Arc<Self>, mut w: Worker, key: Option<String>, request: &[u8], deadline: Duration) -> Result<Reply, CallError> {
         if let Err(e) = write_frame(&mut w.stdin, frame::REQUEST_MAGIC, request).await {
             self.replace(w, "crash");
             return Err(CallError::Crashed(format!("writing to the worker: {e}")));
@@ -214,7 +268,7 @@ impl Pool {
             }
             Ok(Ok(payload)) => match decode_reply(&payload) {
                 Ok(reply) => {
-                    let _ = self.idle_tx.send(w);
+                    self.put_back(w, key);
                     Ok(reply)
                 }
                 Err(e) => {
@@ -240,7 +294,7 @@ impl Pool {
                     Ok((fresh, _)) => {
                         if let Some(p) = pool.upgrade() {
                             p.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let _ = p.idle_tx.send(fresh);
+                            p.put_back(fresh, None);
                         }
                         return;
                     }

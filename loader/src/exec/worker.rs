@@ -14,6 +14,13 @@
 //! the lengths of the three byte strings after it and, when the call failed
 //! in the runtime, the error's kind and message. Before the first request the
 //! worker sends one `LMW1` frame with `{"ready": ...}` (or the load error).
+//!
+//! A shared worker (`limes worker --any`, [`run_any_worker`]) is not tied to
+//! one function: each request frame names the function and the store object
+//! the server serves ([`encode_targeted`]), and the worker loads it on first
+//! use (signature and artifact checked as above) into a bounded cache of
+//! loaded functions, least recently used first out. It is how `limes serve`
+//! keeps a store of a thousand functions in a few processes.
 
 use crate::load::LoadMode;
 use crate::runtime::{InvokeOptions, RunError, Runtime, RuntimeOptions};
@@ -48,6 +55,10 @@ pub struct ReplyMeta {
     /// Outbound requests denied during the call.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub outbound_denied: u32,
+    /// A shared worker loaded the function for this call (it was not in its
+    /// cache): how long the load took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded_us: Option<u64>,
     #[serde(default)]
     pub instantiate_us: u64,
     #[serde(default)]
@@ -154,23 +165,126 @@ pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, ou
             Frame::Payload(p) => frame::decode_request(&p).map_err(|e| anyhow::anyhow!("{e}"))?,
             Frame::Shutdown | Frame::Eof => return Ok(()),
         };
-        let payload = match rt.invoke(&loaded, req, &invoke) {
-            Ok(inv) => {
-                let meta = ReplyMeta {
-                    instantiate_us: inv.instantiate_time.as_micros() as u64,
-                    call_us: inv.call_time.as_micros() as u64,
-                    outbound_denied: inv.outbound_denied,
-                    http: inv.http.clone(),
-                    ..Default::default()
-                };
-                let response = match (&inv.http, &inv.result) {
-                    (Some(_), Ok(r)) => r.body.clone(),
-                    _ => frame::encode_response(&inv.result),
-                };
-                encode_reply(&meta, &response, &inv.stdout, &inv.stderr)
-            }
-            Err(e) => encode_reply(&ReplyMeta { error: Some(WorkerError::of(&e)), ..Default::default() }, &[], &[], &[]),
+        frame::write_frame(output, WORKER_MAGIC, &call(&rt, &loaded, req, &invoke, None))?;
+    }
+}
+
+/// Run one request and encode the reply (`loaded_us`: the call had to load
+/// the function first).
+fn call(rt: &Runtime, f: &crate::runtime::LoadedFunction, req: limes_sdk::Request, invoke: &InvokeOptions, loaded_us: Option<u64>) -> Vec<u8> {
+    match rt.invoke(f, req, invoke) {
+        Ok(inv) => {
+            let meta = ReplyMeta {
+                instantiate_us: inv.instantiate_time.as_micros() as u64,
+                call_us: inv.call_time.as_micros() as u64,
+                outbound_denied: inv.outbound_denied,
+                http: inv.http.clone(),
+                loaded_us,
+                ..Default::default()
+            };
+            let response = match (&inv.http, &inv.result) {
+                (Some(_), Ok(r)) => r.body.clone(),
+                _ => frame::encode_response(&inv.result),
+            };
+            encode_reply(&meta, &response, &inv.stdout, &inv.stderr)
+        }
+        Err(e) => encode_reply(&ReplyMeta { error: Some(WorkerError::of(&e)), loaded_us, ..Default::default() }, &[], &[], &[]),
+    }
+}
+
+/// A request for a shared worker: `u32:name_len name u32:object_len object`
+/// then the [`frame::encode_request`] payload.
+pub fn encode_targeted(function: &str, object: &str, request: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + function.len() + object.len() + request.len());
+    for s in [function, object] {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(request);
+    out
+}
+
+/// The function, object and request of an [`encode_targeted`] payload.
+pub fn decode_targeted(p: &[u8]) -> Result<(&str, &str, &[u8]), String> {
+    let mut rest = p;
+    let mut take = || -> Result<&str, String> {
+        let n = u32::from_le_bytes(rest.get(..4).ok_or("short targeted request")?.try_into().unwrap()) as usize;
+        let s = rest.get(4..4 + n).ok_or("short targeted request")?;
+        rest = &rest[4 + n..];
+        std::str::from_utf8(s).map_err(|_| "a name that is not UTF-8".to_string())
+    };
+    let (function, object) = (take()?, take()?);
+    Ok((function, object, rest))
+}
+
+/// What a shared worker runs.
+#[derive(Debug, Clone)]
+pub struct AnyWorkerOptions {
+    pub dirs: Vec<(String, PathBuf)>,
+    pub anchors: crate::trust::Anchors,
+    /// Loaded functions kept (least recently used out first).
+    pub cache: usize,
+}
+
+/// A shared worker's main loop: say ready, then answer targeted request
+/// frames, loading each function on first use. A function that does not
+/// load (removed, tampered, unsigned) fails its own requests, not the
+/// worker.
+pub fn run_any_worker(store: &Store, opts: &AnyWorkerOptions, input: &mut impl Read, output: &mut impl Write) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let rt = match Runtime::new(&RuntimeOptions { pooling: true, max_instances: 1 }) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let meta = ReplyMeta { error: Some(WorkerError::of(&e)), ..Default::default() };
+            frame::write_frame(output, WORKER_MAGIC, &encode_reply(&meta, &[], &[], &[]))?;
+            return Err(e.into());
+        }
+    };
+    let ready = ReplyMeta { ready: Some(Ready { tier: None, load_us: t.elapsed().as_micros() as u64 }), ..Default::default() };
+    frame::write_frame(output, WORKER_MAGIC, &encode_reply(&ready, &[], &[], &[]))?;
+    let invoke = InvokeOptions { dirs: opts.dirs.clone(), ..Default::default() };
+    // Most recently used last: (function, object, loaded).
+    let mut cache: std::collections::VecDeque<(String, String, crate::runtime::LoadedFunction)> = Default::default();
+    loop {
+        let payload = match frame::read_frame(input, frame::REQUEST_MAGIC)? {
+            Frame::Payload(p) => p,
+            Frame::Shutdown | Frame::Eof => return Ok(()),
         };
-        frame::write_frame(output, WORKER_MAGIC, &payload)?;
+        let (function, object, req) = decode_targeted(&payload).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let req = frame::decode_request(req).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut loaded_us = None;
+        let hit = cache.iter().position(|(f, o, _)| f == function && o == object);
+        let entry = match hit {
+            Some(i) => cache.remove(i).expect("found"),
+            None => {
+                let t = std::time::Instant::now();
+                let loaded = (|| -> anyhow::Result<_> {
+                    let f = store.load(function, &opts.anchors)?;
+                    // The store moved on since the server looked: serve what
+                    // it holds now (the server follows within a poll).
+                    let object = f.record.object.clone();
+                    Ok((object, crate::load::load(&rt, &f, LoadMode::Auto, Integrity::Rehash)?))
+                })();
+                match loaded {
+                    Ok((object, l)) => {
+                        loaded_us = Some(t.elapsed().as_micros() as u64);
+                        cache.retain(|(f, _, _)| f != function);
+                        (function.to_string(), object, l)
+                    }
+                    Err(e) => {
+                        let meta =
+                            ReplyMeta { error: Some(WorkerError { kind: crate::classify::kind_of(&e), message: format!("{e:#}") }), ..Default::default() };
+                        frame::write_frame(output, WORKER_MAGIC, &encode_reply(&meta, &[], &[], &[]))?;
+                        continue;
+                    }
+                }
+            }
+        };
+        let reply = call(&rt, &entry.2, req, &invoke, loaded_us);
+        cache.push_back(entry);
+        while cache.len() > opts.cache.max(1) {
+            cache.pop_front();
+        }
+        frame::write_frame(output, WORKER_MAGIC, &reply)?;
     }
 }

@@ -15,13 +15,24 @@ pub(super) enum Answer {
 /// kind decides the HTTP status, and the message goes to the log).
 pub(super) type Outcome = Result<Answer, (ErrorKind, String)>;
 
-pub(super) async fn call_workers(app: &AppState, pool: &Arc<Pool>, req: &limes_sdk::Request, deadline: Duration, queue: Duration, name: &str) -> Outcome {
+pub(super) async fn call_workers(
+    app: &AppState,
+    pool: &Arc<Pool>,
+    target: Option<Target<'_>>,
+    req: &limes_sdk::Request,
+    deadline: Duration,
+    queue: Duration,
+    name: &str,
+) -> Outcome {
     let payload = limes_sdk::frame::encode_request(req);
-    match pool.call(payload, deadline, queue).await {
+    match pool.call(target, payload, deadline, queue).await {
         Err(CallError::Busy) => Err((ErrorKind::Busy, "all workers are busy; retry later".into())),
         Err(CallError::Timeout) => Err((ErrorKind::Timeout, RunError::Timeout { function: name.to_string(), ms: deadline.as_millis() as u64 }.to_string())),
         Err(CallError::Crashed(why)) => Err((ErrorKind::WorkerCrashed, format!("{name}: the worker crashed ({why}); it was replaced"))),
         Ok(reply) => {
+            if let Some(us) = reply.meta.loaded_us {
+                tracing::debug!(function = %name, load_us = us, "a shared worker loaded the function");
+            }
             log_guest_output(name, &reply.stdout, &reply.stderr);
             count_denied(app, name, reply.meta.outbound_denied);
             if let (None, Some(head)) = (&reply.meta.error, reply.meta.http) {

@@ -22,7 +22,7 @@ pub(super) fn publish_state(app: &Arc<AppState>) {
     let mut state = ServeState::for_this_process();
     for (n, f) in &functions {
         let (backend, routing_to, p50_us) = match &f.exec {
-            Executor::Workers(_) => (ServedBy::Wasm, None, None),
+            Executor::Workers(_) | Executor::Shared(_) => (ServedBy::Wasm, None, None),
             Executor::InProcess(_) => (ServedBy::WasmInProcess, None, None),
             Executor::MicroVm(_) => (ServedBy::Microvm, None, None),
             Executor::Auto { router, .. } => {
@@ -55,6 +55,47 @@ pub(super) fn publish_state(app: &Arc<AppState>) {
 /// How often serve looks for installs and removals.
 pub(super) const STORE_POLL: Duration = Duration::from_millis(250);
 
+/// Every record is read again at least this often, changed or not: a
+/// function that failed to load is tried again.
+pub(super) const FULL_RECHECK: Duration = Duration::from_secs(10);
+
+/// What a poll compares before reading any record: the change times of
+/// the records' directory (a record is written by a rename into it) and of
+/// the trust directory (keys and pins). `None` (read everything) when one
+/// changed within the last [`SETTLE`]: file-system timestamps are coarse,
+/// and a second change within the same tick would leave them as they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StoreSeen {
+    functions: (i64, i64, i64, i64, u64),
+    trust: Option<(i64, i64, i64, i64, u64)>,
+}
+
+/// See [`StoreSeen`].
+const SETTLE: Duration = Duration::from_secs(2);
+
+impl StoreSeen {
+    pub(super) fn now(app: &AppState) -> Option<StoreSeen> {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = |p: &std::path::Path| -> Option<(i64, i64, i64, i64, u64)> {
+            let m = match std::fs::symlink_metadata(p) {
+                Ok(m) => m,
+                // No trust directory (yet): a state of its own.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some((0, 0, 0, 0, 0)),
+                Err(_) => return None,
+            };
+            let changed = std::time::UNIX_EPOCH + Duration::new(m.ctime().max(m.mtime()) as u64, 0);
+            if std::time::SystemTime::now().duration_since(changed).map_or(true, |age| age < SETTLE) {
+                return None;
+            }
+            Some((m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec(), m.ino()))
+        };
+        let functions = stamp(&app.store_root.join("functions"))?;
+        let dir = app.opts.anchors.dir();
+        let trust = if dir.as_os_str().is_empty() { None } else { Some(stamp(dir)?) };
+        Some(StoreSeen { functions, trust })
+    }
+}
+
 /// Make the served set match the store: start what was installed or
 /// replaced, drop what was removed (requests in flight keep their `Served`
 /// until they finish). With `strict`, any load error is returned; otherwise
@@ -66,11 +107,15 @@ pub(super) async fn reconcile(app: &Arc<AppState>, strict: bool) -> Result<(), S
     let records: Vec<crate::store::Installed> =
         store.list()?.into_iter().filter(|r| app.opts.functions.is_empty() || app.opts.functions.contains(&r.name)).collect();
     let current: HashMap<String, String> = app.functions.read().unwrap().iter().map(|(n, f)| (n.clone(), f.object.clone())).collect();
+    // Dedicated workers while every function served by workers fits in
+    // the budget; beyond it, what (re)loads now shares one pool.
+    let by_workers = records.iter().filter(|r| served_by_workers(&app.opts, &r.name)).count();
+    let shared = by_workers.saturating_mul(app.opts.workers.max(1)) > app.opts.max_dedicated_workers;
     for r in &records {
         if current.get(&r.name) == Some(&r.object) {
             continue;
         }
-        match load_function(app, &store, &anchors, &r.name).await {
+        match load_function(app, &store, &anchors, &r.name, shared).await {
             Ok(served) => {
                 tracing::info!(function = %r.name, version = %r.version, "serving");
                 app.functions.write().unwrap().insert(r.name.clone(), served);
@@ -90,8 +135,43 @@ pub(super) async fn reconcile(app: &Arc<AppState>, strict: bool) -> Result<(), S
     Ok(())
 }
 
-/// Load one installed function: in this process, or as a pool of workers.
-pub(super) async fn load_function(app: &Arc<AppState>, store: &Store, anchors: &crate::trust::Anchors, name: &str) -> Result<Arc<Served>, ServeError> {
+/// Whether `name` runs in worker processes (not a microVM, not `auto`,
+/// not in this process).
+fn served_by_workers(opts: &ServeOptions, name: &str) -> bool {
+    !opts.in_process && !opts.microvm_functions.iter().any(|m| m == name) && !opts.auto_functions.iter().any(|m| m == name)
+}
+
+/// The shared pool, started on first use.
+async fn shared_pool(app: &Arc<AppState>, anchors: &crate::trust::Anchors) -> Result<Arc<Pool>, ServeError> {
+    let pool = app
+        .shared
+        .get_or_try_init(|| async {
+            let spec = WorkerSpec {
+                exe: app.worker_exe.clone(),
+                store: app.store_root.clone(),
+                function: "(shared)".into(),
+                shared: Some(app.opts.worker_cache),
+                dirs: app.opts.dirs.clone(),
+                start_timeout: Duration::from_secs(30),
+                anchors: anchors.clone(),
+            };
+            let pool = Pool::start(spec, app.opts.shared_workers).await?;
+            tracing::info!(workers = app.opts.shared_workers, cache = app.opts.worker_cache, "shared workers ready");
+            Ok::<_, ServeError>(pool)
+        })
+        .await?;
+    Ok(pool.clone())
+}
+
+/// Load one installed function: in this process, as a pool of workers of
+/// its own, or (`shared`) on the shared workers.
+pub(super) async fn load_function(
+    app: &Arc<AppState>,
+    store: &Store,
+    anchors: &crate::trust::Anchors,
+    name: &str,
+    shared: bool,
+) -> Result<Arc<Served>, ServeError> {
     let f = store.load(name, anchors)?;
     // Serve re-hashes each artifact once per load: a long-lived process
     // must not depend on the store staying untouched since install.
@@ -112,6 +192,7 @@ pub(super) async fn load_function(app: &Arc<AppState>, store: &Store, anchors: &
         exe: app.worker_exe.clone(),
         store: app.store_root.clone(),
         function: name.to_string(),
+        shared: None,
         dirs: app.opts.dirs.clone(),
         start_timeout: Duration::from_secs(30),
         anchors: anchors.clone(),
@@ -133,6 +214,11 @@ pub(super) async fn load_function(app: &Arc<AppState>, store: &Store, anchors: &
             let loaded = crate::load::load(rt, &f, LoadMode::Auto, crate::store::Integrity::Rehash)?;
             tracing::info!(function = %name, tier = loaded.tier.as_deref().unwrap_or("jit"), "loaded in process");
             Executor::InProcess(loaded)
+        }
+        None if shared => {
+            check_wasm_artifacts(&f)?;
+            tracing::debug!(function = %name, "on the shared workers");
+            Executor::Shared(shared_pool(app, anchors).await?)
         }
         None => {
             check_wasm_artifacts(&f)?;

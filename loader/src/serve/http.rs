@@ -238,7 +238,11 @@ pub(super) async fn invoke_in_span(app: Arc<AppState>, name: String, below: Stri
     // Under `auto`, the backend that answered (for the access log).
     let mut answered_by: Option<&'static str> = None;
     let outcome: Outcome = match &f.exec {
-        Executor::Workers(pool) => call_workers(&app, pool, &req, deadline, app.opts.queue_timeout, &name).await,
+        Executor::Workers(pool) => call_workers(&app, pool, None, &req, deadline, app.opts.queue_timeout, &name).await,
+        Executor::Shared(pool) => {
+            let target = Target { function: &name, object: &f.object };
+            call_workers(&app, pool, Some(target), &req, deadline, app.opts.queue_timeout, &name).await
+        }
         Executor::MicroVm(pool) => call_vm(pool, req, deadline, app.opts.queue_timeout, &name).await,
         Executor::Auto { wasm, vm, router } => {
             let (mut backend, routing_to) = {
@@ -249,7 +253,7 @@ pub(super) async fn invoke_in_span(app: Arc<AppState>, name: String, below: Stri
             vm.background.store(routing_to == Backend::Wasm, Ordering::Relaxed);
             let t = Instant::now();
             let mut outcome = match backend {
-                Backend::Wasm => call_workers(&app, wasm, &req, deadline, app.opts.queue_timeout, &name).await,
+                Backend::Wasm => call_workers(&app, wasm, None, &req, deadline, app.opts.queue_timeout, &name).await,
                 // No waiting for a VM to boot: with none ready, Wasm answers.
                 Backend::MicroVm => call_vm(vm, req.clone(), deadline, Duration::ZERO, &name).await,
             };
@@ -257,7 +261,7 @@ pub(super) async fn invoke_in_span(app: Arc<AppState>, name: String, below: Stri
                 // No VM was ready: the try did not happen, so it is not due later.
                 router.lock().unwrap().next_try = None;
                 backend = Backend::Wasm;
-                outcome = call_workers(&app, wasm, &req, deadline, app.opts.queue_timeout, &name).await;
+                outcome = call_workers(&app, wasm, None, &req, deadline, app.opts.queue_timeout, &name).await;
             }
             // Only answers count: a fault says nothing about the backend.
             if outcome.is_ok() {
@@ -296,7 +300,7 @@ pub(super) async fn invoke_in_span(app: Arc<AppState>, name: String, below: Stri
     let phase = if f.served.fetch_add(1, Ordering::Relaxed) == 0 { "cold" } else { "warm" };
     app.metrics.latency.get_or_create(&LatencyLabels { function: name.clone(), phase: phase.into() }).observe(elapsed.as_secs_f64());
     let backend = answered_by.unwrap_or(match &f.exec {
-        Executor::Workers(_) => "wasm",
+        Executor::Workers(_) | Executor::Shared(_) => "wasm",
         Executor::InProcess(_) => "wasm-in-process",
         Executor::MicroVm(_) => "microvm",
         Executor::Auto { .. } => "auto",
@@ -407,7 +411,7 @@ pub(super) async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     let dead: Vec<&String> = names
         .iter()
         .copied()
-        .filter(|n| matches!(&functions[*n].exec, Executor::Workers(p) | Executor::Auto { wasm: p, .. } if p.live.load(Ordering::Relaxed) == 0))
+        .filter(|n| matches!(&functions[*n].exec, Executor::Workers(p) | Executor::Shared(p) | Executor::Auto { wasm: p, .. } if p.live.load(Ordering::Relaxed) == 0))
         .collect();
     let body = serde_json::json!({
         "status": if dead.is_empty() { "ok" } else { "unhealthy" },

@@ -95,6 +95,14 @@ impl prometheus_client::collector::Collector for PoolCounters {
                 }
             }
         }
+        // The shared workers serve every function on them: one row, `*`.
+        if let Some(pool) = functions.values().find_map(|f| if let Executor::Shared(p) = &f.exec { Some(p.clone()) } else { None }) {
+            for reason in ["timeout", "crash"] {
+                replaced.push(("*", reason, ConstCounter::new(pool.replaced.lock().unwrap().get(reason).copied().unwrap_or(0))));
+            }
+            live.push(("*", "wasm", ConstGauge::new(pool.live.load(Ordering::Relaxed) as i64)));
+            queue_timeouts.push(("*", "wasm", ConstCounter::new(pool.queue_timeouts.load(Ordering::Relaxed))));
+        }
         const REPLACED: &str = "Worker processes killed and replaced, by reason (timeout: past its deadline; crash: died or broke the protocol).";
         encode_rows(&mut encoder, "limes_worker_replacements", REPLACED, Counter, "reason", replaced)?;
         encode_rows(&mut encoder, "limes_workers_live", "Worker processes alive (idle or answering), per function.", Gauge, "backend", live)?;

@@ -32,7 +32,7 @@ use follow::*;
 use http::*;
 use metrics::*;
 
-use crate::exec::pool::{CallError, Pool, WorkerSpec};
+use crate::exec::pool::{CallError, Pool, Target, WorkerSpec};
 use crate::load::LoadMode;
 use crate::runtime::{FunctionSpec, InvokeOptions, LoadedFunction, RunError, Runtime, RuntimeOptions};
 use crate::store::Store;
@@ -84,6 +84,14 @@ pub struct ServeOptions {
     pub min_body_rate: u64,
     /// Pre-warmed worker processes per function.
     pub workers: usize,
+    /// Functions get `workers` processes of their own while all of them
+    /// together need at most this many; beyond it they share one pool
+    /// (`shared_workers`), which loads any function on demand.
+    pub max_dedicated_workers: usize,
+    /// Size of the shared pool.
+    pub shared_workers: usize,
+    /// Loaded functions a shared worker keeps (least recently used out).
+    pub worker_cache: usize,
     /// The `limes` executable workers run [default: this executable].
     pub worker_exe: Option<crate::exec::pool::WorkerExe>,
     /// Run functions inside the server process instead of in workers: the
@@ -162,6 +170,11 @@ pub mod defaults {
     /// Bytes per second, on average after the first 2 s of a body.
     pub const MIN_BODY_RATE: u64 = 4 << 10;
     pub const WORKERS: usize = 4;
+    /// 8 functions with 4 workers each; a store with more shares
+    /// [`SHARED_WORKERS`] (see docs/density.md for the measurements).
+    pub const MAX_DEDICATED_WORKERS: usize = 32;
+    pub const SHARED_WORKERS: usize = 4;
+    pub const WORKER_CACHE: usize = 32;
     pub const VM_POOL: usize = 2;
 }
 
@@ -181,6 +194,9 @@ impl Default for ServeOptions {
             body_budget: defaults::BODY_BUDGET_MIB << 20,
             min_body_rate: defaults::MIN_BODY_RATE,
             workers: defaults::WORKERS,
+            max_dedicated_workers: defaults::MAX_DEDICATED_WORKERS,
+            shared_workers: defaults::SHARED_WORKERS,
+            worker_cache: defaults::WORKER_CACHE,
             worker_exe: None,
             in_process: false,
             microvm_functions: Vec::new(),
@@ -195,8 +211,10 @@ impl Default for ServeOptions {
 
 /// What runs a function's requests.
 enum Executor {
-    /// Worker processes (the default).
+    /// Worker processes of its own (the default for a few functions).
     Workers(Arc<Pool>),
+    /// The shared workers (a store of many functions).
+    Shared(Arc<Pool>),
     /// This process (benchmark comparisons only: no deadlines).
     InProcess(LoadedFunction),
     /// Pre-booted microVMs, one request each.
@@ -224,6 +242,8 @@ struct AppState {
     /// Only in the in-process mode.
     runtime: Option<Runtime>,
     worker_exe: crate::exec::pool::WorkerExe,
+    /// The shared workers, started when the first function needs them.
+    shared: tokio::sync::OnceCell<Arc<Pool>>,
     store_root: PathBuf,
     functions: Arc<std::sync::RwLock<HashMap<String, Arc<Served>>>>,
     metrics: Metrics,
@@ -296,6 +316,7 @@ pub async fn serve(
     let app = Arc::new(AppState {
         runtime,
         worker_exe,
+        shared: tokio::sync::OnceCell::new(),
         store_root: store.root().to_path_buf(),
         metrics: Metrics::new(functions.clone(), store.root().to_path_buf()),
         functions,
@@ -323,17 +344,38 @@ pub async fn serve(
         let app = app.clone();
         tokio::spawn(async move {
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            // A poll that finds nothing changed costs two `stat`s, not a
+            // read of every record (a thousand functions cost 6% of a core
+            // when every poll read them all).
+            let mut seen = StoreSeen::now(&app);
+            let mut checked = Instant::now();
+            let mut published_at = u64::MAX;
             loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(STORE_POLL) => {}
+                let forced = tokio::select! {
+                    _ = tokio::time::sleep(STORE_POLL) => false,
                     Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                         tracing::info!("SIGHUP: reloading the store");
+                        true
+                    }
+                };
+                let now = StoreSeen::now(&app);
+                let changed = forced || now.is_none() || now != seen || checked.elapsed() >= FULL_RECHECK;
+                if changed {
+                    checked = Instant::now();
+                    match reconcile(&app, false).await {
+                        Ok(()) => seen = now,
+                        Err(e) => {
+                            seen = None;
+                            tracing::error!(error = %e, "following the store failed");
+                        }
                     }
                 }
-                if let Err(e) = reconcile(&app, false).await {
-                    tracing::error!(error = %e, "following the store failed");
+                // What is published moves only with answers.
+                let answers: u64 = app.functions.read().unwrap().values().map(|f| f.served.load(Ordering::Relaxed) + f.failed.load(Ordering::Relaxed)).sum();
+                if changed || answers != published_at {
+                    published_at = answers;
+                    publish_state(&app);
                 }
-                publish_state(&app);
             }
         })
     };
