@@ -166,6 +166,7 @@ fn clear_errors_for_bad_crates() {
     let out = tempdir();
     let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("not-a-function")), 1);
     assert!(e.contains("is not a limes function crate") && e.contains("limes_sdk::export!"), "{e}");
+    assert!(e.contains("limes-sdk = \"0.1\""), "the exact dependency line: {e}");
 
     let e = fails(limes_pack_cmd().args(["build", "--out-dir"]).arg(out.path()).arg(fixture("wrong-world")), 1);
     assert!(e.contains("is not a limes function") && e.contains("limes_sdk::export!(handle)"), "{e}");
@@ -834,4 +835,53 @@ fn dev_serves_the_crate_and_swaps_builds_on_save() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(answer(b"hi"), Some((200, b"HI".to_vec())));
+}
+
+/// A crate from `limes-pack new` holds no path of this machine: it asks
+/// for the SDK by version, and limes-pack resolves it on every build.
+/// Copied as a clone would be (no target, no git-ignored files) to another
+/// directory and built under another home (a teammate, a CI runner), it
+/// builds and answers; its local cargo config is written again for that
+/// home, so plain cargo (and rust-analyzer) resolve it there too.
+#[test]
+fn a_new_crate_is_portable_to_another_home() {
+    let work = tempdir();
+    let dir = new_crate(work.path(), "portable", "noop");
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("limes-sdk = \"0.1\""), "{manifest}");
+    assert!(!manifest.contains(work.path().to_str().unwrap()) && !manifest.contains("/sdk/"), "a machine path in Cargo.toml: {manifest}");
+    let ignored = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
+    assert!(ignored.lines().any(|l| l == "/.cargo/config.toml"), "{ignored}");
+    let local = std::fs::read_to_string(dir.join(".cargo/config.toml")).unwrap();
+    assert!(local.contains(work.path().join("home/sdk").to_str().unwrap()), "{local}");
+
+    // The clone: Cargo.toml, src, .gitignore.
+    let clone = work.path().join("elsewhere/portable");
+    std::fs::create_dir_all(clone.join("src")).unwrap();
+    for f in ["Cargo.toml", ".gitignore", "src/lib.rs"] {
+        std::fs::copy(dir.join(f), clone.join(f)).unwrap();
+    }
+    let home2 = work.path().join("home2");
+    let out = work.path().join("out");
+    let j = json(&ok(limes_pack_cmd()
+        .args(["build", "--json", "--no-microvm", "--tier", "x86-64", "--out-dir"])
+        .arg(&out)
+        .arg(&clone)
+        .env("LIMES_PACK_HOME", &home2)
+        .env("CARGO_TARGET_DIR", target_dir(work.path()))));
+    assert!(std::path::Path::new(j["bundle"].as_str().unwrap()).is_file(), "{j}");
+    let local = std::fs::read_to_string(clone.join(".cargo/config.toml")).unwrap();
+    assert!(local.contains(home2.join("sdk").to_str().unwrap()), "{local}");
+    // Plain cargo, from the crate, as rust-analyzer runs it.
+    ok(Command::new("cargo").args(["metadata", "--format-version", "1", "--no-deps", "--offline"]).current_dir(&clone));
+    ok(Command::new("cargo").args(["metadata", "--format-version", "1", "--offline"]).current_dir(&clone));
+    // A cargo config of the user's is never overwritten.
+    std::fs::write(clone.join(".cargo/config.toml"), "# mine\n").unwrap();
+    let o = ok(limes_pack_cmd()
+        .args(["--quiet", "run", "--data", "still builds"])
+        .arg(&clone)
+        .env("LIMES_PACK_HOME", &home2)
+        .env("CARGO_TARGET_DIR", target_dir(work.path())));
+    assert_eq!(o.stdout, b"still builds");
+    assert_eq!(std::fs::read_to_string(clone.join(".cargo/config.toml")).unwrap(), "# mine\n");
 }

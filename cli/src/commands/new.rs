@@ -18,10 +18,13 @@ pub struct NewCommand {
     /// Directory to create the crate in.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
-    /// `limes-sdk` dependency as a TOML value (e.g. `"0.1"` or
-    /// `{ path = "../limes/crates/limes-sdk" }`); default: the SDK this
-    /// limes-pack carries, written once to $LIMES_PACK_HOME (else
-    /// ~/.local/share/limes-pack)/sdk/.
+    /// `limes-sdk` dependency as a TOML value (e.g.
+    /// `{ path = "../limes/crates/limes-sdk" }`); default: `"MAJOR.MINOR"`
+    /// of this limes-pack, which limes-pack resolves on every build to the
+    /// SDK it carries (written once to $LIMES_PACK_HOME, else
+    /// ~/.local/share/limes-pack, /sdk/), and records for cargo and
+    /// rust-analyzer in the crate's git-ignored .cargo/config.toml. The
+    /// crate holds no path of this machine's.
     #[arg(long, env = "LIMES_SDK", value_name = "TOML")]
     sdk: Option<String>,
 }
@@ -30,9 +33,18 @@ impl NewCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
         let sdk = match self.sdk.clone() {
             Some(s) => s,
-            None => limes_build::templates::default_sdk_dependency()?,
+            // The SDK copy is checked (and a home found) before anything
+            // is written.
+            None => {
+                limes_build::templates::materialize_sdk(&limes_build::templates::sdk_home()?)?;
+                limes_build::templates::default_sdk_dependency()
+            }
         };
         let dir = limes_build::templates::generate(&self.dir, &self.name, &self.template, &sdk).with_context(|| format!("creating crate {}", self.name))?;
+        // For rust-analyzer and plain cargo from the first minute.
+        if limes_build::templates::wants_sdk_by_version(&dir.join("Cargo.toml")) {
+            limes_build::templates::sdk_patch(&dir)?;
+        }
         ui.result(serde_json::json!({"ok": true, "crate": dir, "template": self.template}), || {
             format!("created {} (template {}); next: limes-pack build {}\n", dir.display(), self.template, dir.display())
         });

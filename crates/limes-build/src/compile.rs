@@ -155,6 +155,12 @@ fn run_cargo_json(
     Ok(found)
 }
 
+/// Where the SDK a crate asks for by version is (see
+/// [`crate::templates::sdk_patch`]), for every cargo command that builds it.
+fn sdk_patch_args(project: &Project) -> Vec<String> {
+    project.sdk_patch.iter().flat_map(|p| ["--config".to_string(), p.clone()]).collect()
+}
+
 /// Build the function's component; returns the path cargo wrote it to.
 pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf, CompileError> {
     ensure_target_installed(WASM_TARGET, &project.package_dir)?;
@@ -171,6 +177,7 @@ pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf
         // vectorize. Merged with the user's config; `RUSTFLAGS`, when set,
         // replaces it (cargo's precedence).
         .args(["--config", GUEST_RUSTFLAGS])
+        .args(sdk_patch_args(project))
         .args(profile_args(opts))
         .args(opts.global_flags());
     if opts.quiet {
@@ -297,6 +304,7 @@ pub fn build_native_with(
         .arg(&manifest)
         .arg("--target-dir")
         .arg(target_dir)
+        .args(sdk_patch_args(project))
         .args(["--message-format", "json-render-diagnostics"])
         .args(profile_args(opts))
         .args(extra);

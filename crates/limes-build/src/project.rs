@@ -76,6 +76,9 @@ pub struct Project {
     /// `name version` of every package in the resolved graph except this one.
     pub dependencies: Vec<String>,
     pub uses_sdk: bool,
+    /// `--config` for every cargo command when the crate asks for the SDK
+    /// by version ([`crate::templates::sdk_patch`]).
+    pub sdk_patch: Option<String>,
     /// A component built elsewhere (`limes-pack build --component`): no
     /// crate, no cargo; the file is validated and shipped as it is.
     pub prebuilt: Option<PathBuf>,
@@ -96,10 +99,13 @@ pub enum ProjectError {
     UnknownPackage(String, String),
     #[error(
         "`{0}` is not a limes function crate: it neither depends on `limes-sdk` nor has \
-         [package.metadata.limes]. Add `limes-sdk` and `limes_sdk::export!(handler);`, \
-         or start from `limes-pack new NAME`"
+         [package.metadata.limes]. Add to its Cargo.toml\n\n    [dependencies]\n    limes-sdk = \"{1}\"\n\n\
+         (limes-pack finds the SDK on every machine) and `limes_sdk::export!(handler);` to its \
+         lib.rs, or start from `limes-pack new NAME`"
     )]
-    NotAFunction(String),
+    NotAFunction(String, String),
+    #[error(transparent)]
+    Sdk(#[from] crate::templates::TemplateError),
     #[error("`{0}` has no library target built as a cdylib; add to its Cargo.toml:\n\n    [lib]\n    crate-type = [\"cdylib\", \"rlib\"]\n")]
     NotCdylib(String),
     #[error("[package.metadata.limes] of `{0}` is invalid: {1}")]
@@ -147,6 +153,7 @@ impl Project {
             meta,
             dependencies: Vec::new(),
             uses_sdk: false,
+            sdk_patch: None,
             prebuilt: Some(component.to_path_buf()),
         };
         project.check_meta()?;
@@ -167,9 +174,17 @@ impl Project {
             return Err(ProjectError::NoManifest(manifest));
         }
         let manifest = manifest.canonicalize().map_err(|_| ProjectError::NoManifest(manifest.clone()))?;
+        let sdk_patch = if crate::templates::wants_sdk_by_version(&manifest) {
+            Some(crate::templates::sdk_patch(manifest.parent().expect("a manifest has a parent"))?)
+        } else {
+            None
+        };
         let mut cmd = MetadataCommand::new();
         cmd.manifest_path(&manifest);
-        let passthrough: Vec<String> = cargo_args.iter().filter(|a| *a == "--locked" || *a == "--offline" || *a == "--frozen").cloned().collect();
+        let mut passthrough: Vec<String> = cargo_args.iter().filter(|a| *a == "--locked" || *a == "--offline" || *a == "--frozen").cloned().collect();
+        if let Some(p) = &sdk_patch {
+            passthrough.extend(["--config".to_string(), p.clone()]);
+        }
         cmd.other_options(passthrough);
         let md = cmd.exec().map_err(|e| ProjectError::Metadata {
             path: manifest.clone(),
@@ -178,7 +193,9 @@ impl Project {
                 other => other.to_string(),
             },
         })?;
-        Self::from_metadata(&md, &manifest, package)
+        let mut project = Self::from_metadata(&md, &manifest, package)?;
+        project.sdk_patch = sdk_patch;
+        Ok(project)
     }
 
     fn from_metadata(md: &Metadata, manifest: &Path, package: Option<&str>) -> Result<Project, ProjectError> {
@@ -196,7 +213,7 @@ impl Project {
         let uses_sdk = pkg.dependencies.iter().any(|d| d.name == "limes-sdk");
         let meta_value = pkg.metadata.get("limes");
         if !uses_sdk && meta_value.is_none() {
-            return Err(ProjectError::NotAFunction(name));
+            return Err(ProjectError::NotAFunction(name, crate::templates::sdk_requirement()));
         }
         let meta: LimesMetadata = match meta_value {
             Some(v) => serde_json::from_value(v.clone()).map_err(|e| ProjectError::BadMetadata(name.clone(), e.to_string()))?,
@@ -217,6 +234,7 @@ impl Project {
             meta,
             dependencies,
             uses_sdk,
+            sdk_patch: None,
             prebuilt: None,
         };
         project.check_meta()?;

@@ -193,11 +193,97 @@ pub fn materialize_sdk(home: &Path) -> Result<PathBuf, TemplateError> {
     Ok(krate)
 }
 
-/// How the generated crate depends on the SDK: a copy of the SDK this
-/// limes-pack carries, materialised under [`sdk_home`].
-pub fn default_sdk_dependency() -> Result<String, TemplateError> {
+/// The version requirement a function crate puts on the SDK
+/// (`"MAJOR.MINOR"` of this limes-pack): what `limes-pack new` writes and
+/// what the "not a limes crate" error asks for. No path: the crate builds
+/// under any home and on any machine (see [`sdk_patch`]).
+pub fn sdk_requirement() -> String {
+    let v = env!("CARGO_PKG_VERSION");
+    let mut parts = v.split('.');
+    format!("{}.{}", parts.next().unwrap_or("0"), parts.next().unwrap_or("0"))
+}
+
+/// How `limes-pack new` makes the generated crate depend on the SDK, as a
+/// TOML value: `"MAJOR.MINOR"`.
+pub fn default_sdk_dependency() -> String {
+    format!("{:?}", sdk_requirement())
+}
+
+/// First line of the `.cargo/config.toml` limes-pack writes; a file that
+/// starts otherwise is the user's and is left alone.
+const LOCAL_CONFIG_MARK: &str = "# Written by limes-pack";
+
+/// The SDK is not on crates.io: a crate's `limes-sdk = "0.1"` resolves to
+/// the copy this limes-pack carries through cargo's `[patch.crates-io]`.
+/// Returns the `--config` value every cargo command of limes-pack passes
+/// (so it holds wherever cargo runs), after materialising the SDK, and
+/// writes the same patch to `crate_dir/.cargo/config.toml` (git-ignored),
+/// so that plain `cargo` and rust-analyzer resolve the crate too. Run on
+/// every build: a crate copied to another machine or home is repaired
+/// there.
+pub fn sdk_patch(crate_dir: &Path) -> Result<String, TemplateError> {
     let krate = materialize_sdk(&sdk_home()?)?;
-    Ok(format!("{{ path = {:?} }}", krate.display().to_string()))
+    let path = toml_string(&krate.display().to_string());
+    write_local_config(crate_dir, &path);
+    Ok(format!("patch.crates-io.limes-sdk.path={path}"))
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Best effort: a crate that cannot hold the file still builds through
+/// limes-pack (it passes the patch itself).
+fn write_local_config(crate_dir: &Path, path: &str) {
+    let dir = crate_dir.join(".cargo");
+    let file = dir.join("config.toml");
+    let text = format!(
+        "{LOCAL_CONFIG_MARK} (rewritten on every build; not for version control):\n\
+         # where this machine's copy of the limes SDK is, for cargo and rust-analyzer.\n\
+         [patch.crates-io]\nlimes-sdk = {{ path = {path} }}\n"
+    );
+    match std::fs::read_to_string(&file) {
+        Ok(old) if old == text => return,
+        Ok(old) if !old.starts_with(LOCAL_CONFIG_MARK) => {
+            tracing::debug!(path = %file.display(), "a cargo config of the user's: left alone");
+            return;
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return,
+        _ => {}
+    }
+    let written = std::fs::create_dir_all(&dir).and_then(|_| {
+        let tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        std::fs::write(tmp.path(), &text)?;
+        tmp.persist(&file).map_err(|e| e.error)?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::warn!(path = %file.display(), error = %e, "cannot write the SDK's location for cargo and rust-analyzer");
+    }
+}
+
+/// Whether `manifest` asks for the SDK by version (from crates.io, where
+/// only [`sdk_patch`] can find it), not by path or git.
+pub fn wants_sdk_by_version(manifest: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(manifest) else { return false };
+    let Ok(doc) = text.parse::<toml::Table>() else { return false };
+    match doc.get("dependencies").and_then(|d| d.get("limes-sdk")) {
+        Some(toml::Value::String(_)) => true,
+        Some(toml::Value::Table(t)) => t.contains_key("version") && !["path", "git", "workspace", "registry"].iter().any(|k| t.contains_key(*k)),
+        _ => false,
+    }
 }
 
 /// Create crate `name` in `parent/name` from template `template`.
@@ -221,7 +307,8 @@ pub fn generate(parent: &Path, name: &str, template: &str, sdk: &str) -> Result<
         let p = tmp.path().join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).and_then(|_| std::fs::write(&p, text)).map_err(|source| TemplateError::Io { path: p.clone(), source })?;
     }
-    let _ = std::fs::write(tmp.path().join(".gitignore"), "/target\n");
+    // `.cargo/config.toml` holds this machine's SDK path (see [`sdk_patch`]).
+    let _ = std::fs::write(tmp.path().join(".gitignore"), "/target\n/.cargo/config.toml\n");
     let kept = tmp.keep();
     std::fs::rename(&kept, &dir).map_err(|source| {
         let _ = std::fs::remove_dir_all(&kept);
