@@ -66,6 +66,10 @@ struct Args {
     /// Devices in the fleet run.
     #[arg(long, default_value_t = 50)]
     devices: usize,
+    /// Only the scaling rows (AOT cold start against component size), for
+    /// profiling with `perf record`; prints them.
+    #[arg(long)]
+    only_scaling: bool,
     /// Only density: N distinct functions in one store behind one
     /// `limes serve` (memory, warm and cold requests, uniform and Zipf
     /// load) beside dedicated workers on one function (#27's aims);
@@ -414,6 +418,14 @@ fn main() -> Result<()> {
         std::fs::write(a.out.join("fleet.md"), &md)?;
         std::fs::write(a.out.join("fleet.json"), serde_json::to_vec_pretty(&r)?)?;
         println!("{md}");
+        return Ok(());
+    }
+    if a.only_scaling {
+        let sizes: &[u64] = if q { &[10_000, 100_000] } else { &[10_000, 100_000, 1_000_000, 10_000_000] };
+        let profile = limes_bundle::EngineProfile::default();
+        for r in synth::scaling(sizes, &profile, 1, if q { 5 } else { 200 }, work.path())? {
+            println!("{} bytes: AOT cold start p50 {:.0} us, p99 {:.0} us", r.size_bytes, r.aot.p50_us, r.aot.p99_us);
+        }
         return Ok(());
     }
     if a.only_density {
