@@ -123,11 +123,14 @@ fn new_templates_build_and_run() {
         let dir = new_crate(work.path(), &name, template);
         assert!(dir.join("Cargo.toml").is_file() && dir.join("src/lib.rs").is_file());
         // The SDK comes from the copy limes-pack carries, not from this
-        // checkout: the crate builds wherever limes-pack is installed. (The
-        // http template is a standard wasi:http crate: no SDK at all.)
+        // checkout, and by version: the crate holds no path of this machine
+        // (its git-ignored cargo config does). (The http template is a
+        // standard wasi:http crate: no SDK at all.)
         let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
-        assert!(!toml.contains(&common::repo().display().to_string()), "{toml}");
-        assert_eq!(toml.contains(&work.path().join("home/sdk").display().to_string()), template != "http", "{toml}");
+        assert!(!toml.contains(&common::repo().display().to_string()) && !toml.contains(&work.path().display().to_string()), "{toml}");
+        assert_eq!(toml.contains("limes-sdk = \"0.1\""), template != "http", "{toml}");
+        let local = std::fs::read_to_string(dir.join(".cargo/config.toml")).unwrap_or_default();
+        assert_eq!(local.contains(&work.path().join("home/sdk").display().to_string()), template != "http", "{local}");
         let out = ok(limes_pack_cmd().args(["build", "--json", "--sign"]).arg(&key.secret).arg(&dir).env("CARGO_TARGET_DIR", target_dir(work.path())));
         let j = json(&out);
         assert_eq!(j["world"]["kind"], if template == "http" { "wasi-http" } else { "limes" }, "{template}");
