@@ -426,6 +426,9 @@ fn main() -> Result<()> {
         for r in synth::scaling(sizes, &profile, 1, if q { 5 } else { 200 }, work.path())? {
             println!("{} bytes: AOT cold start p50 {:.0} us, p99 {:.0} us", r.size_bytes, r.aot.p50_us, r.aot.p99_us);
         }
+        for (size, [de, run, drop]) in synth::breakdown(sizes, &profile, if q { 5 } else { 200 }, work.path())? {
+            println!("{size} bytes: deserialize {de:.0} us, instantiate + call {run:.0} us, drop {drop:.0} us (p50 each)");
+        }
         return Ok(());
     }
     if a.only_density {

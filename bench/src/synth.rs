@@ -59,6 +59,42 @@ fn start(engine: &Engine, component: &Component) -> Result<u32> {
     Ok(run.call(&mut store, ()).w()?.0)
 }
 
+/// Where one AOT cold start's time goes, per size (p50 of `runs`):
+/// deserialize (map the file, decode its metadata, make the code
+/// executable), instantiate + call, and drop (unmap).
+pub fn breakdown(sizes: &[u64], profile: &EngineProfile, runs: usize, work: &Path) -> Result<Vec<(u64, [f64; 3])>> {
+    let tier = Tier::best_for_host().expect("baseline tier fits");
+    let engine = runtime_engine(profile)?;
+    let mut out = Vec::new();
+    for &size in sizes {
+        let wasm = component_of_size(size)?;
+        let cwasm = limes_build::aot::engine_for(&tier, profile)?.precompile_component(&wasm).w()?;
+        let path = work.join(format!("breakdown-{size}.cwasm"));
+        std::fs::write(&path, &cwasm)?;
+        let mut phases: [Vec<f64>; 3] = Default::default();
+        for _ in 0..runs {
+            let t = Instant::now();
+            // SAFETY: we just compiled this file ourselves.
+            let c = unsafe { Component::deserialize_file(&engine, &path) }.w()?;
+            let t1 = Instant::now();
+            start(&engine, &c)?;
+            let t2 = Instant::now();
+            drop(c);
+            let t3 = Instant::now();
+            for (v, d) in phases.iter_mut().zip([t1 - t, t2 - t1, t3 - t2]) {
+                v.push(d.as_secs_f64() * 1e6);
+            }
+        }
+        let p50 = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let [a, b, c] = &mut phases;
+        out.push((wasm.len() as u64, [p50(a), p50(b), p50(c)]));
+    }
+    Ok(out)
+}
+
 pub fn scaling(sizes: &[u64], profile: &EngineProfile, compile_runs: usize, aot_runs: usize, work: &Path) -> Result<Vec<ScalingRow>> {
     let tier = Tier::best_for_host().expect("baseline tier fits");
     let mut rows = Vec::new();
