@@ -135,10 +135,9 @@ fn memory_of(pid: u32) -> Result<Memory> {
     Ok(Memory { processes: pids.len(), rss_kib: rss, pss_kib: pss })
 }
 
-fn latency(mut lat: Vec<Duration>, wall: Duration) -> Latency {
-    lat.sort();
-    let q = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6;
-    Latency { requests: lat.len(), p50_us: q(0.5), p99_us: q(0.99), requests_per_s: lat.len() as f64 / wall.as_secs_f64() }
+fn latency(lat: Vec<Duration>, wall: Duration) -> Result<Latency> {
+    let s = crate::Stats::of(&lat, "density requests")?;
+    Ok(Latency { requests: s.n, p50_us: s.p50_us, p99_us: s.p99_us, requests_per_s: s.n as f64 / wall.as_secs_f64() })
 }
 
 /// A small deterministic generator (xorshift64*): the same spread every run.
@@ -160,7 +159,7 @@ impl Rng {
 /// function `pick` chooses; every answer must be the echo.
 fn load(addr: SocketAddr, clients: usize, per_client: usize, pick: impl Fn(&mut Rng) -> String + Sync) -> Result<Latency> {
     let (lat, wall) = load_samples(addr, clients, per_client, pick)?;
-    Ok(latency(lat, wall))
+    latency(lat, wall)
 }
 
 /// [`load`]'s latencies and its wall time.
@@ -317,7 +316,7 @@ pub fn run(
         timed(&mut base, "/functions/noop", &mut base_warm)?;
     }
     let wall = t.elapsed();
-    let (warm, cold, baseline_warm) = (latency(warm, wall), latency(cold, wall), latency(base_warm, wall));
+    let (warm, cold, baseline_warm) = (latency(warm, wall)?, latency(cold, wall)?, latency(base_warm, wall)?);
 
     // Load spread over every function, then the baseline's on its one.
     let per_client = if quick { 25 } else { 1000 };
@@ -343,7 +342,7 @@ pub fn run(
             into.1 += wall;
         }
     }
-    let (one_of_many, baseline_load) = (latency(one_of_many.0, one_of_many.1), latency(baseline_load.0, baseline_load.1));
+    let (one_of_many, baseline_load) = (latency(one_of_many.0, one_of_many.1)?, latency(baseline_load.0, baseline_load.1)?);
     let memory = memory_of(server.child.id())?;
     // Idle after the load: what following a store of this size costs.
     let (c0, t0) = (cpu_seconds(server.child.id())?, Instant::now());

@@ -31,19 +31,16 @@ pub struct NewCommand {
 
 impl NewCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<()> {
-        let sdk = match self.sdk.clone() {
-            Some(s) => s,
-            // The SDK copy is checked (and a home found) before anything
-            // is written.
-            None => {
-                limes_build::templates::materialize_sdk(&limes_build::templates::sdk_home()?)?;
-                limes_build::templates::default_sdk_dependency()
-            }
+        // The SDK copy is checked (and a home found) before anything is
+        // written.
+        let (sdk, krate) = match self.sdk.clone() {
+            Some(s) => (s, None),
+            None => (limes_build::templates::default_sdk_dependency(), Some(limes_build::templates::materialize_sdk(&limes_build::templates::sdk_home()?)?)),
         };
         let dir = limes_build::templates::generate(&self.dir, &self.name, &self.template, &sdk).with_context(|| format!("creating crate {}", self.name))?;
         // For rust-analyzer and plain cargo from the first minute.
-        if limes_build::templates::wants_sdk_by_version(&dir.join("Cargo.toml")) {
-            limes_build::templates::sdk_patch(&dir)?;
+        if let Some(krate) = krate.filter(|_| limes_build::templates::wants_sdk_by_version(&dir.join("Cargo.toml"))) {
+            limes_build::templates::link_sdk(&dir, &krate);
         }
         ui.result(serde_json::json!({"ok": true, "crate": dir, "template": self.template}), || {
             format!("created {} (template {}); next: limes-pack build {}\n", dir.display(), self.template, dir.display())

@@ -206,7 +206,7 @@ pub fn sdk_requirement() -> String {
 /// How `limes-pack new` makes the generated crate depend on the SDK, as a
 /// TOML value: `"MAJOR.MINOR"`.
 pub fn default_sdk_dependency() -> String {
-    format!("{:?}", sdk_requirement())
+    toml::Value::String(sdk_requirement()).to_string()
 }
 
 /// First line of the `.cargo/config.toml` limes-pack writes; a file that
@@ -222,26 +222,14 @@ const LOCAL_CONFIG_MARK: &str = "# Written by limes-pack";
 /// every build: a crate copied to another machine or home is repaired
 /// there.
 pub fn sdk_patch(crate_dir: &Path) -> Result<String, TemplateError> {
-    let krate = materialize_sdk(&sdk_home()?)?;
-    let path = toml_string(&krate.display().to_string());
-    write_local_config(crate_dir, &path);
-    Ok(format!("patch.crates-io.limes-sdk.path={path}"))
+    Ok(link_sdk(crate_dir, &materialize_sdk(&sdk_home()?)?))
 }
 
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// [`sdk_patch`] with the SDK already materialised at `krate`.
+pub fn link_sdk(crate_dir: &Path, krate: &Path) -> String {
+    let path = toml::Value::String(krate.display().to_string()).to_string();
+    write_local_config(crate_dir, &path);
+    format!("patch.crates-io.limes-sdk.path={path}")
 }
 
 /// Best effort: a crate that cannot hold the file still builds through
@@ -263,12 +251,7 @@ fn write_local_config(crate_dir: &Path, path: &str) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return,
         _ => {}
     }
-    let written = std::fs::create_dir_all(&dir).and_then(|_| {
-        let tmp = tempfile::NamedTempFile::new_in(&dir)?;
-        std::fs::write(tmp.path(), &text)?;
-        tmp.persist(&file).map_err(|e| e.error)?;
-        Ok(())
-    });
+    let written = std::fs::create_dir_all(&dir).and_then(|_| crate::aot::write_atomic(&file, text.as_bytes()));
     if let Err(e) = written {
         tracing::warn!(path = %file.display(), error = %e, "cannot write the SDK's location for cargo and rust-analyzer");
     }

@@ -8,7 +8,7 @@
 //! the store: then each request names its function, and an idle worker that
 //! has it loaded is preferred, so a busy function keeps hitting warm caches.
 
-use crate::exec::worker::{decode_reply, encode_targeted, Ready, Reply, WORKER_MAGIC};
+use crate::exec::worker::{decode_reply, encode_targeted, lru_use, Ready, Reply, WORKER_MAGIC};
 use limes_sdk::frame;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -89,9 +89,10 @@ struct Worker {
     stdin: ChildStdin,
     stdout: ChildStdout,
     /// Shared workers: what it has loaded, as far as this side knows
-    /// (`function\0object`, most recently used last; the worker evicts the
-    /// same way). Only a preference: a miss costs a load, not a failure.
-    cached: VecDeque<String>,
+    /// (function and object, most recently used last; the worker evicts by
+    /// the same rule, [`lru_use`]). Only a preference: a miss costs a load,
+    /// not a failure.
+    cached: VecDeque<(String, String)>,
 }
 
 /// A request for a shared pool: the function and the store object the
@@ -215,7 +216,7 @@ impl Pool {
             }
         }
         let (key, request) = match (self.spec.shared, target) {
-            (Some(_), Some(t)) => (Some(format!("{}\0{}", t.function, t.object)), encode_targeted(t.function, t.object, &request)),
+            (Some(_), Some(t)) => (Some((t.function.to_string(), t.object.to_string())), encode_targeted(t.function, t.object, &request)),
             _ => (None, request),
         };
         let w = {
@@ -235,20 +236,16 @@ impl Pool {
     }
 
     /// Back to the idle workers (warm for `key`, in a shared pool).
-    fn put_back(&self, mut w: Worker, key: Option<String>) {
+    fn put_back(&self, mut w: Worker, key: Option<(String, String)>) {
         if let (Some(k), Some(cache)) = (key, self.spec.shared) {
-            let function = k.split('\0').next().unwrap_or_default().to_string();
-            w.cached.retain(|c| c.split('\0').next() != Some(function.as_str()));
-            w.cached.push_back(k);
-            while w.cached.len() > cache.max(1) {
-                w.cached.pop_front();
-            }
+            let function = k.0.clone();
+            lru_use(&mut w.cached, k, |c| c.0 == function, cache);
         }
         self.idle.lock().unwrap().push_back(w);
         self.idle_permits.add_permits(1);
     }
 
-    async fn exchange(self: &Arc<Self>, mut w: Worker, key: Option<String>, request: &[u8], deadline: Duration) -> Result<Reply, CallError> {
+    async fn exchange(self: &Arc<Self>, mut w: Worker, key: Option<(String, String)>, request: &[u8], deadline: Duration) -> Result<Reply, CallError> {
         if let Err(e) = write_frame(&mut w.stdin, frame::REQUEST_MAGIC, request).await {
             self.replace(w, "crash");
             return Err(CallError::Crashed(format!("writing to the worker: {e}")));

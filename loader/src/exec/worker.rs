@@ -82,6 +82,11 @@ impl WorkerError {
     fn of(e: &RunError) -> WorkerError {
         WorkerError { kind: e.kind(), message: e.to_string() }
     }
+
+    /// A failed load (lookup, signature, artifact, mapping), classified by type.
+    fn of_load(e: &anyhow::Error) -> WorkerError {
+        WorkerError { kind: crate::classify::kind_of(e), message: format!("{e:#}") }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -152,7 +157,7 @@ pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, ou
     let (rt, loaded, load_time) = match loaded {
         Ok(l) => l,
         Err(e) => {
-            let meta = ReplyMeta { error: Some(WorkerError { kind: crate::classify::kind_of(&e), message: format!("{e:#}") }), ..Default::default() };
+            let meta = ReplyMeta { error: Some(WorkerError::of_load(&e)), ..Default::default() };
             frame::write_frame(output, WORKER_MAGIC, &encode_reply(&meta, &[], &[], &[]))?;
             return Err(e);
         }
@@ -217,6 +222,19 @@ pub fn decode_targeted(p: &[u8]) -> Result<(&str, &str, &[u8]), String> {
     Ok((function, object, rest))
 }
 
+/// Mark `entry` most recently used in `lru` (kept last): any other entry
+/// for the same function goes (`same_function`), then the least recently
+/// used beyond `cap`. The one eviction rule of a shared worker's cache,
+/// which the server's picture of that cache ([`crate::exec::pool`])
+/// follows by using it too.
+pub(crate) fn lru_use<T>(lru: &mut std::collections::VecDeque<T>, entry: T, same_function: impl Fn(&T) -> bool, cap: usize) {
+    lru.retain(|e| !same_function(e));
+    lru.push_back(entry);
+    while lru.len() > cap.max(1) {
+        lru.pop_front();
+    }
+}
+
 /// What a shared worker runs.
 #[derive(Debug, Clone)]
 pub struct AnyWorkerOptions {
@@ -268,12 +286,10 @@ pub fn run_any_worker(store: &Store, opts: &AnyWorkerOptions, input: &mut impl R
                 match loaded {
                     Ok((object, l)) => {
                         loaded_us = Some(t.elapsed().as_micros() as u64);
-                        cache.retain(|(f, _, _)| f != function);
                         (function.to_string(), object, l)
                     }
                     Err(e) => {
-                        let meta =
-                            ReplyMeta { error: Some(WorkerError { kind: crate::classify::kind_of(&e), message: format!("{e:#}") }), ..Default::default() };
+                        let meta = ReplyMeta { error: Some(WorkerError::of_load(&e)), ..Default::default() };
                         frame::write_frame(output, WORKER_MAGIC, &encode_reply(&meta, &[], &[], &[]))?;
                         continue;
                     }
@@ -281,10 +297,7 @@ pub fn run_any_worker(store: &Store, opts: &AnyWorkerOptions, input: &mut impl R
             }
         };
         let reply = call(&rt, &entry.2, req, &invoke, loaded_us);
-        cache.push_back(entry);
-        while cache.len() > opts.cache.max(1) {
-            cache.pop_front();
-        }
+        lru_use(&mut cache, entry, |(f, _, _)| f == function, opts.cache);
         frame::write_frame(output, WORKER_MAGIC, &reply)?;
     }
 }
