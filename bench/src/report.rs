@@ -380,7 +380,7 @@ fn load_levels(addr: SocketAddr, path: &'static str, body: &'static [u8], client
 /// The Wasmtime CLI to compare with: `$LIMES_WASMTIME`, else what
 /// `scripts/fetch-wasmtime.sh` installed.
 pub fn wasmtime_cli() -> Option<PathBuf> {
-    std::env::var_os("LIMES_WASMTIME").map(PathBuf::from).or_else(|| Some(PathBuf::from("/var/tmp/limes-wasmtime-48.0.2/wasmtime"))).filter(|p| p.is_file())
+    std::env::var_os("LIMES_WASMTIME").map(PathBuf::from).or_else(|| Some(PathBuf::from("/var/tmp/limes-wasmtime-49.0.4/wasmtime"))).filter(|p| p.is_file())
 }
 
 /// The same wasi:http component (packs/http, body echo at `/echo`) served

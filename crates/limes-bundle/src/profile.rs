@@ -34,7 +34,7 @@ pub struct EngineProfile {
 impl Default for EngineProfile {
     fn default() -> Self {
         EngineProfile {
-            name: "limes-engine-v2".into(),
+            name: "limes-engine-v3".into(),
             memory_reservation: 4 << 30,
             memory_guard_size: 32 << 20,
             memory_reservation_for_growth: 0,
@@ -74,7 +74,7 @@ impl EngineProfile {
 
 /// The Wasmtime version this crate was built against. Artifacts compiled by a
 /// different version never load, so it is part of every compatibility check.
-pub const WASMTIME_VERSION: &str = "48.0.8";
+pub const WASMTIME_VERSION: &str = "50.0.1";
 
 /// A CPU architecture limes precompiles for. Tiers, artifacts and microVM
 /// images name theirs; a loader runs only its own.

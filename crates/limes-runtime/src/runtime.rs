@@ -276,7 +276,7 @@ impl Runtime {
     /// native code is arbitrary code execution otherwise.
     pub unsafe fn load_precompiled(&self, spec: FunctionSpec, cwasm: &std::fs::File, tier: &str) -> Result<LoadedFunction, RunError> {
         use std::os::fd::AsRawFd;
-        // Wasmtime 48 maps a component only by path; /proc/self/fd/N opens
+        // Wasmtime maps a component only by path (still in 50); /proc/self/fd/N opens
         // this open file's own inode, not whatever the store path holds now.
         let by_fd = format!("/proc/self/fd/{}", cwasm.as_raw_fd());
         // SAFETY: forwarded to the caller (see above).

@@ -7,6 +7,12 @@
 //!   request failed: limes denies every origin the function's manifest
 //!   does not list in `allowed-outbound-hosts`);
 //! - anything else: 200 with the method, path and query it saw, as JSON.
+//!
+//! Only a WebAssembly build has anything in it: the export names of
+//! `wasi:http` (`wasi:http/incoming-handler@0.2.x#handle`) are not valid in
+//! an ELF linker's version script, so a host build of this `cdylib` (`cargo
+//! build --workspace`, rust-analyzer) would fail to link with rust-lld.
+#![cfg(target_arch = "wasm32")]
 
 use wstd::http::{Body, Client, Request, Response, StatusCode};
 
