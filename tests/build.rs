@@ -888,3 +888,54 @@ fn a_new_crate_is_portable_to_another_home() {
     assert_eq!(o.stdout, b"still builds");
     assert_eq!(std::fs::read_to_string(clone.join(".cargo/config.toml")).unwrap(), "# mine\n");
 }
+
+/// Crates from `limes-pack new` build their components in one target
+/// directory under the home (#29): the SDK's dependencies compile once per
+/// machine, not once per crate. Two crates of the same name never ship each
+/// other's component, although cargo names a `cdylib`'s output after the
+/// library alone and would call the other's newer file fresh.
+#[test]
+fn new_crates_share_the_sdk_build_and_never_each_other_s_component() {
+    let work = tempdir();
+    let home = work.path().join("home");
+    let make = |parent: &str| {
+        let dir = work.path().join(parent);
+        std::fs::create_dir_all(&dir).unwrap();
+        ok(limes_pack_cmd().args(["new", "twin", "--template", "noop", "--dir"]).arg(&dir).env("LIMES_PACK_HOME", &home));
+        dir.join("twin")
+    };
+    let (a, b) = (make("a"), make("b"));
+    let lib = b.join("src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap().replace("Response::new(req.body)", "Response::new([b\"b:\".as_slice(), &req.body].concat())");
+    std::fs::write(&lib, text).unwrap();
+    // As a user runs it: no CARGO_TARGET_DIR (the suite's would be chosen
+    // over the shared one, as any target directory the user sets is).
+    let run = |krate: &std::path::Path| {
+        let o = ok(limes_pack_cmd().args(["--quiet", "run", "--data", "x"]).arg(krate).env("LIMES_PACK_HOME", &home).env_remove("CARGO_TARGET_DIR"));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(run(&a), "x");
+    let t = std::time::Instant::now();
+    assert_eq!(run(&b), "b:x");
+    eprintln!("second crate's first run (SDK dependencies already built): {:?}", t.elapsed());
+    // The same-named crate built in between: each still gets its own.
+    assert_eq!(run(&a), "x");
+    assert_eq!(run(&b), "b:x");
+
+    // One copy of the SDK's dependencies, in the home; none in the crates.
+    let shared = home.join("target").join("wasm32-wasip2");
+    let mut copies = Vec::new();
+    for profile in std::fs::read_dir(&shared).unwrap() {
+        let deps = profile.unwrap().path().join("deps");
+        for f in std::fs::read_dir(&deps).into_iter().flatten() {
+            let name = f.unwrap().file_name().to_string_lossy().into_owned();
+            if name.starts_with("libwit_bindgen-") && name.ends_with(".rlib") {
+                copies.push(name);
+            }
+        }
+    }
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    for krate in [&a, &b] {
+        assert!(!krate.join("target").join("wasm32-wasip2").exists(), "{} built its own dependencies", krate.display());
+    }
+}

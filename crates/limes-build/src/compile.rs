@@ -53,6 +53,8 @@ pub enum CompileError {
     CargoFailed { package: String, target: String },
     #[error("cargo built `{package}` for {target} but produced no {what}; is the crate a cdylib?")]
     NoArtifact { package: String, target: String, what: &'static str },
+    #[error("{path}")]
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// The cargo that runs us (`$CARGO` under cargo), else the one on PATH.
@@ -161,9 +163,31 @@ fn sdk_patch_args(project: &Project) -> Vec<String> {
     project.sdk_patch.iter().flat_map(|p| ["--config".to_string(), p.clone()]).collect()
 }
 
-/// Build the function's component; returns the path cargo wrote it to.
-pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf, CompileError> {
+/// Build the function's component; returns the path cargo wrote it to and
+/// its bytes (read before another build sharing the directory can replace
+/// it: see [`crate::shared`]).
+pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<(PathBuf, Vec<u8>), CompileError> {
     ensure_target_installed(WASM_TARGET, &project.package_dir)?;
+    let io = |(path, source): (PathBuf, std::io::Error)| CompileError::Io { path, source };
+    // In the home's shared target directory: take turns, and never take
+    // another same-named crate's output for ours.
+    let shared = match &project.shared_target {
+        Some(dir) => {
+            let lock = crate::shared::BuildLock::take(dir, opts.quiet).map_err(|e| io((dir.join(".build.lock"), e)))?;
+            let owner = format!(
+                "{}\nfeatures {:?} {:?} all {} no-default {}",
+                project.manifest_path.display(),
+                project.meta.features,
+                opts.features,
+                opts.all_features,
+                opts.no_default_features
+            );
+            let claim = crate::shared::Claim::new(dir, WASM_TARGET, profile_dir(opts), &project.lib_name, owner);
+            claim.take().map_err(io)?;
+            Some((lock, claim))
+        }
+        None => None,
+    };
     let mut cmd = Command::new(cargo());
     cmd.current_dir(&project.package_dir)
         .arg("build")
@@ -172,6 +196,7 @@ pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf
         .arg("--manifest-path")
         .arg(&project.manifest_path)
         .args(["--message-format", "json-render-diagnostics"])
+        .args(project.shared_target.iter().flat_map(|d| [std::ffi::OsStr::new("--target-dir"), d.as_os_str()]))
         // Wasm SIMD for the function and every dependency: Cranelift lowers
         // it on every tier (SSE2 upwards), and codecs and pixel loops
         // vectorize. Merged with the user's config; `RUSTFLAGS`, when set,
@@ -194,8 +219,22 @@ pub fn build_component(project: &Project, opts: &CargoOptions) -> Result<PathBuf
     if opts.no_default_features {
         cmd.arg("--no-default-features");
     }
-    run_cargo_json(cmd, &project.package_name, WASM_TARGET, &project.manifest_path, |p| p.extension().is_some_and(|e| e == "wasm"))?
-        .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: WASM_TARGET.into(), what: ".wasm component" })
+    let path = run_cargo_json(cmd, &project.package_name, WASM_TARGET, &project.manifest_path, |p| p.extension().is_some_and(|e| e == "wasm"))?
+        .ok_or(CompileError::NoArtifact { package: project.package_name.clone(), target: WASM_TARGET.into(), what: ".wasm component" })?;
+    let bytes = std::fs::read(&path).map_err(|e| io((path.clone(), e)))?;
+    if let Some((_lock, claim)) = &shared {
+        claim.record().map_err(io)?;
+    }
+    Ok((path, bytes))
+}
+
+/// Cargo's output directory for the build's profile.
+fn profile_dir(opts: &CargoOptions) -> &str {
+    match opts.profile.as_deref() {
+        None | Some("release") | Some("bench") => "release",
+        Some("dev") | Some("test") => "debug",
+        Some(p) => p,
+    }
 }
 
 /// Where native shim builds put their output: apart from the function's

@@ -398,7 +398,8 @@ pub fn build_image(project: &Project, opts: &CargoOptions) -> Result<HermitImage
     // Everything below shares HOME/hermit (kernel, loader, one target
     // directory for every function): two builds at once (two CI jobs, two
     // checkouts) would overwrite each other's outputs, so they take turns.
-    let _turn = BuildLock::take(&home.join("hermit"), opts.quiet)?;
+    let hermit_dir = home.join("hermit");
+    let _turn = crate::shared::BuildLock::take(&hermit_dir, opts.quiet).map_err(|source| HermitError::Io { path: hermit_dir.join(".build.lock"), source })?;
     let lib = kernel(&home, &tc, opts.quiet)?;
     let loader_path = loader(&home, opts.quiet)?;
     let mut cmd = tc.cargo();
@@ -427,60 +428,9 @@ pub fn build_image(project: &Project, opts: &CargoOptions) -> Result<HermitImage
     Ok(HermitImage { image, loader, firecracker_config: hermit_firecracker_config(memory_mib), memory_mib })
 }
 
-/// An exclusive `flock` on `DIR/.build.lock`, held until dropped (and
-/// released by the kernel if the process dies). Its descriptor is
-/// close-on-exec, so the cargo processes a build starts never hold it.
-pub struct BuildLock {
-    _file: std::fs::File,
-}
-
-impl BuildLock {
-    pub fn take(dir: &Path, quiet: bool) -> Result<BuildLock, HermitError> {
-        use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join(".build.lock");
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            if !quiet {
-                eprintln!("waiting for another limes-pack build that uses {}", dir.display());
-            }
-            loop {
-                // SAFETY: as above.
-                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                    break;
-                }
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(HermitError::Io { path, source: e });
-                }
-            }
-        }
-        Ok(BuildLock { _file: file })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn builds_sharing_the_hermit_directory_take_turns() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = BuildLock::take(dir.path(), true).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let d = dir.path().to_path_buf();
-        let second = std::thread::spawn(move || {
-            let _l = BuildLock::take(&d, true).unwrap();
-            tx.send(()).unwrap();
-        });
-        // The second waits while the first holds the lock...
-        assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err());
-        drop(first);
-        // ...and goes on once it is released.
-        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
-        second.join().unwrap();
-    }
 
     #[test]
     fn osabi_is_set_on_every_elf_member_only() {

@@ -13,6 +13,7 @@ pub mod isolate;
 pub mod microvm;
 pub mod pipeline;
 pub mod project;
+pub mod shared;
 pub mod templates;
 pub mod validate;
 

@@ -274,8 +274,7 @@ pub fn build_project(project: Project, opts: &BuildOptions, progress: &dyn Progr
             progress.suspend(&mut || built = Some(compile::build_component(&project, &opts.cargo)));
             let built = built.expect("suspend runs its closure")?;
             timings.cargo = t.elapsed();
-            let wasm = std::fs::read(&built).map_err(io_err(&built))?;
-            (built, wasm)
+            built
         }
     };
 

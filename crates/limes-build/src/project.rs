@@ -79,6 +79,12 @@ pub struct Project {
     /// `--config` for every cargo command when the crate asks for the SDK
     /// by version ([`crate::templates::sdk_patch`]).
     pub sdk_patch: Option<String>,
+    /// Where cargo builds the component when it is not `target_dir`: the
+    /// home's shared target directory ([`crate::shared`]), for a crate that
+    /// asks for the SDK by version and did not choose a target directory.
+    pub shared_target: Option<PathBuf>,
+    /// The file stem of the crate's `cdylib` (`hello_world`).
+    pub lib_name: String,
     /// A component built elsewhere (`limes-pack build --component`): no
     /// crate, no cargo; the file is validated and shipped as it is.
     pub prebuilt: Option<PathBuf>,
@@ -154,6 +160,8 @@ impl Project {
             dependencies: Vec::new(),
             uses_sdk: false,
             sdk_patch: None,
+            shared_target: None,
+            lib_name: name.replace('-', "_"),
             prebuilt: Some(component.to_path_buf()),
         };
         project.check_meta()?;
@@ -174,10 +182,9 @@ impl Project {
             return Err(ProjectError::NoManifest(manifest));
         }
         let manifest = manifest.canonicalize().map_err(|_| ProjectError::NoManifest(manifest.clone()))?;
-        let sdk_patch = if crate::templates::wants_sdk_by_version(&manifest) {
-            Some(crate::templates::sdk_patch(manifest.parent().expect("a manifest has a parent"))?)
-        } else {
-            None
+        let sdk_patch = match crate::templates::workspace_wanting_sdk_by_version(&manifest) {
+            Some(root) => Some(crate::templates::sdk_patch(&root)?),
+            None => None,
         };
         let mut cmd = MetadataCommand::new();
         cmd.manifest_path(&manifest);
@@ -194,6 +201,12 @@ impl Project {
             },
         })?;
         let mut project = Self::from_metadata(&md, &manifest, package)?;
+        // Sharing is for crates of `limes-pack new` (the SDK by version) that
+        // left cargo's default target directory alone: one that set
+        // CARGO_TARGET_DIR or `build.target-dir` keeps it.
+        if sdk_patch.is_some() && project.target_dir == project.workspace_root.join("target") {
+            project.shared_target = Some(crate::shared::component_target_dir(&crate::templates::sdk_home()?));
+        }
         project.sdk_patch = sdk_patch;
         Ok(project)
     }
@@ -220,7 +233,8 @@ impl Project {
             None => LimesMetadata::default(),
         };
         // A function crate must build a cdylib (the component).
-        pkg.targets.iter().find(|t| t.crate_types.contains(&cargo_metadata::CrateType::CDyLib)).ok_or_else(|| ProjectError::NotCdylib(name.clone()))?;
+        let lib =
+            pkg.targets.iter().find(|t| t.crate_types.contains(&cargo_metadata::CrateType::CDyLib)).ok_or_else(|| ProjectError::NotCdylib(name.clone()))?;
         let dependencies = dependency_closure(md, &pkg.id);
         let project = Project {
             function_name: meta.name.clone().unwrap_or_else(|| name.clone()),
@@ -235,6 +249,8 @@ impl Project {
             dependencies,
             uses_sdk,
             sdk_patch: None,
+            shared_target: None,
+            lib_name: lib.name.replace('-', "_"),
             prebuilt: None,
         };
         project.check_meta()?;

@@ -257,8 +257,29 @@ fn write_local_config(crate_dir: &Path, path: &str) {
     }
 }
 
-/// Whether `manifest` asks for the SDK by version (from crates.io, where
-/// only [`sdk_patch`] can find it), not by path or git.
+/// The root of `manifest`'s workspace when any of its packages asks for the
+/// SDK by version (from crates.io, where only [`sdk_patch`] can find it), not
+/// by path or git: a `limes-pack new` crate, or a workspace of them (the
+/// patch and the local cargo config then belong to the root). Read without
+/// resolving (`cargo metadata --no-deps`), so it needs neither the patch nor
+/// the network; when cargo cannot read the workspace, the crate's own
+/// manifest decides and cargo's error comes with the build.
+pub fn workspace_wanting_sdk_by_version(manifest: &Path) -> Option<PathBuf> {
+    let md = cargo_metadata::MetadataCommand::new().manifest_path(manifest).no_deps().exec();
+    let Ok(md) = md else {
+        return wants_sdk_by_version(manifest).then(|| manifest.parent().expect("a manifest has a parent").to_path_buf());
+    };
+    let by_version = |d: &cargo_metadata::Dependency| {
+        d.name == "limes-sdk"
+            && d.path.is_none()
+            && d.registry.is_none()
+            && d.source.as_ref().is_some_and(|s| s.repr.starts_with("registry+") || s.repr.starts_with("sparse+"))
+    };
+    md.workspace_packages().iter().any(|p| p.dependencies.iter().any(by_version)).then(|| md.workspace_root.into_std_path_buf())
+}
+
+/// Whether `manifest` itself asks for the SDK by version (see
+/// [`workspace_wanting_sdk_by_version`]).
 pub fn wants_sdk_by_version(manifest: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(manifest) else { return false };
     let Ok(doc) = text.parse::<toml::Table>() else { return false };
