@@ -57,6 +57,10 @@ fn install_run_list_remove() {
 
     let list = json(&ok(limes_cmd(&store).args(["--json", "list"])))["functions"].clone();
     assert_eq!(list[0]["name"], "noop");
+    // A complete install lists every file its signed manifest names.
+    let files: Vec<&str> = list[0]["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(files.contains(&"component.wasm") && files.iter().any(|f| f.starts_with("aot/")), "{files:?}");
+    assert_eq!(list[0]["verified"], true);
     // Store files are read-only.
     let obj = store.join("objects").join(list[0]["object"].as_str().unwrap());
     let meta = std::fs::metadata(obj.join("component.wasm")).unwrap();

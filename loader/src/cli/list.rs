@@ -22,7 +22,16 @@ impl ListCommand {
         let store = Store::open(&ctx.store)?;
         let anchors = super::anchors(ctx, &self.trust, &store)?;
         let all = store.list()?;
-        let verified: Vec<Result<(), String>> = all.iter().map(|r| store.load(&r.name, &anchors).map(|_| ()).map_err(|e| e.to_string())).collect();
+        // A load's checks, and the files the object holds: a record lists
+        // them only when a pull fetched some (empty means all the signed
+        // manifest names), so a complete install is listed from its manifest.
+        let verified: Vec<Result<Vec<String>, String>> = all
+            .iter()
+            .map(|r| {
+                let f = store.load(&r.name, &anchors).map_err(|e| e.to_string())?;
+                Ok(if r.files.is_empty() { f.manifest.files.iter().map(|e| e.path.clone()).collect() } else { r.files.clone() })
+            })
+            .collect();
         // How a running `limes serve` serves each function, if one runs.
         let serving = limes::store::ServeState::read(&store).map(|s| s.functions).unwrap_or_default();
         let describe = |name: &str| -> Option<String> {
@@ -37,7 +46,8 @@ impl ListCommand {
                 .iter()
                 .zip(&verified)
                 .map(|(r, v)| {
-                    serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": r.files,
+                    let files = v.as_ref().unwrap_or(&r.files);
+                    serde_json::json!({"name": r.name, "version": r.version, "signer": r.signer, "object": r.object, "files": files,
                     "verified": v.is_ok(), "error": v.as_ref().err(), "serving": serving.get(&r.name)})
                 })
                 .collect();
@@ -48,7 +58,7 @@ impl ListCommand {
             for (r, v) in all.iter().zip(&verified) {
                 let served = describe(&r.name).map(|s| format!("  {s}")).unwrap_or_default();
                 match v {
-                    Ok(()) => println!("{:<24} {:<12} signer {}  object {}{served}", r.name, r.version, r.signer, &r.object[..16.min(r.object.len())]),
+                    Ok(_) => println!("{:<24} {:<12} signer {}  object {}{served}", r.name, r.version, r.signer, &r.object[..16.min(r.object.len())]),
                     Err(e) => println!("{:<24} {:<12} UNVERIFIED: {e}", r.name, r.version),
                 }
             }
