@@ -272,6 +272,12 @@ fn faults_match_wasm(kind: ImageKind) {
     let o =
         ok(limes().args(["run", "faulty", "--data", "echo", "--timeout-ms", "1500", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
     assert_eq!(o.stdout, b"echo");
+    // The function's own output reaches stderr, as a Wasm function's does
+    // (tests/loader.rs), not only the answer on stdout.
+    let o = ok(limes().args(["run", "faulty", "--data", "noisy", "--accel", "tcg", "--backend", "microvm", "--kernel"]).arg(test_kernel()));
+    assert_eq!(o.stdout, b"quiet now");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("to stdout") && err.contains("to stderr"), "{kind:?}: {err}");
 }
 
 /// `limes serve` on `store` (TCG, the test kernel) with `extra` flags,

@@ -138,6 +138,11 @@ impl RunCommand {
             Err(limes::microvm::VmError::Run(e)) => return Err(e.into()),
             r => r.with_context(|| format!("booting the microVM image of {}", f.manifest.function.name))?,
         };
+        // The function's output goes to stderr, as a Wasm function's does.
+        {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(&o.output);
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let us = |d: Duration| d.as_micros() as u64;
         if self.timings {

@@ -61,6 +61,11 @@ impl Default for VmOptions {
 #[derive(Debug)]
 pub struct VmOutcome {
     pub result: Result<Response, limes_sdk::Error>,
+    /// What the function wrote to its console while it ran (stdout and
+    /// stderr share the serial line), at most [`MAX_RUN_NOISE`] bytes: a
+    /// one-shot run prints it on stderr and a server logs it, as they do a
+    /// Wasm function's output.
+    pub output: Vec<u8>,
     /// Launch to the guest's ready frame.
     pub boot_time: Duration,
     /// Request sent to response received.
@@ -146,7 +151,9 @@ fn kvm_device() -> bool {
 
 enum Event {
     Ready(Instant),
-    Answer(Instant, Vec<u8>),
+    /// The answer's payload, and what the function wrote to the console
+    /// while it ran (its stdout and stderr: they share the serial line).
+    Answer(Instant, Vec<u8>, Vec<u8>),
     Eof(Vec<u8>),
     Error(String),
     /// The guest wrote more than this many bytes outside frames; killed.
@@ -173,9 +180,13 @@ fn reader(out: impl Read + Send + 'static, pid: Option<u32>, tx: mpsc::Sender<Ev
         for (magic, ready, max) in [(limes_sdk::native::READY_MAGIC, true, MAX_BOOT_NOISE), (frame::RESPONSE_MAGIC, false, MAX_RUN_NOISE)] {
             match frame::scan_for_magic(&mut out, magic, max) {
                 Ok((Frame::Payload(p), skipped)) => {
-                    noise.extend(skipped);
                     let now = Instant::now();
-                    let _ = tx.send(if ready { Event::Ready(now) } else { Event::Answer(now, p) });
+                    let _ = tx.send(if ready {
+                        noise.extend(skipped);
+                        Event::Ready(now)
+                    } else {
+                        Event::Answer(now, p, skipped)
+                    });
                 }
                 Ok((Frame::Eof, skipped)) | Ok((Frame::Shutdown, skipped)) => {
                     noise.extend(skipped);
@@ -339,8 +350,8 @@ impl BootedVm {
         stdin.flush()?;
         let sent = Instant::now();
         let answer = rx.recv_timeout(timeout).map_err(|_| crate::runtime::RunError::Timeout { function: name.clone(), ms: timeout.as_millis() as u64 })?;
-        let (answered, payload) = match answer {
-            Event::Answer(t, p) => (t, p),
+        let (answered, payload, output) = match answer {
+            Event::Answer(t, p, output) => (t, p, output),
             // The function had its request and ended the VM without an
             // answer (an abort, a crash of PID 1): the fault a Wasm trap is.
             Event::Eof(noise) => {
@@ -371,7 +382,7 @@ impl BootedVm {
             frame::Answer::Fault(frame::Fault::MemoryLimit) => return Err(crate::runtime::RunError::MemoryLimit { function: name, limit: memory_limit }.into()),
         };
         tracing::debug!(function = %name, "microVM answered");
-        Ok((VmOutcome { result, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor, kvm_probe }, teardown))
+        Ok((VmOutcome { result, output, boot_time: ready_at - start, exec_time: answered - sent, total, hypervisor, kvm_probe }, teardown))
     }
 }
 
@@ -648,6 +659,6 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         reader(std::io::Cursor::new(out), None, tx);
         assert!(matches!(rx.recv().unwrap(), Event::Ready(_)));
-        assert!(matches!(rx.recv().unwrap(), Event::Answer(_, p) if p == b"answer"));
+        assert!(matches!(rx.recv().unwrap(), Event::Answer(_, p, output) if p == b"answer" && output == vec![b'-'; 100_000]));
     }
 }

@@ -58,6 +58,7 @@ pub(super) async fn call_vm(pool: &Arc<crate::microvm::pool::VmPool>, req: limes
         Ok(Err(crate::microvm::pool::VmCallError::Vm(e))) => Err((e.kind(), format!("{name}: {e}"))),
         Ok(Ok(o)) => {
             tracing::debug!(function = %name, exec_us = o.exec_time.as_micros() as u64, "microVM answered");
+            super::http::log_guest_streams(name, &[("console", &o.output)]);
             Ok(Answer::Limes(o.result))
         }
     }

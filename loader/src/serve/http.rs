@@ -388,9 +388,14 @@ pub(super) fn count_denied(app: &AppState, name: &str, n: u32) {
 /// per stream and request), one event per line with the line as one
 /// escaped field (see [`escape_log`]), tagged with the function.
 pub(super) fn log_guest_output(function: &str, stdout: &[u8], stderr: &[u8]) {
+    log_guest_streams(function, &[("stdout", stdout), ("stderr", stderr)]);
+}
+
+/// [`log_guest_output`] for any named streams (a microVM's `console`).
+pub(super) fn log_guest_streams(function: &str, streams: &[(&str, &[u8])]) {
     const MAX_BYTES: usize = 4096;
     const MAX_LINES: usize = 64;
-    for (stream, bytes) in [("stdout", stdout), ("stderr", stderr)] {
+    for &(stream, bytes) in streams {
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_BYTES)]);
         let lines: Vec<&str> = text.split('\n').collect();
         let shown = lines.len().min(MAX_LINES);
