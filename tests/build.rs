@@ -14,8 +14,7 @@ fn native_exe(crate_dir: &std::path::Path) -> std::path::PathBuf {
 /// `limes-pack new NAME --template TEMPLATE` in `work` (with its SDK copy
 /// kept there too); the new crate's directory.
 fn new_crate(work: &std::path::Path, name: &str, template: &str) -> std::path::PathBuf {
-    ok(limes_pack_cmd().args(["new", name, "--template", template, "--dir"]).arg(work).env("LIMES_PACK_HOME", work.join("home")));
-    work.join(name)
+    new_crate_in(work, name, template, &work.join("home"))
 }
 
 /// The shared target directory when the suite has one (warm builds), else
@@ -766,78 +765,141 @@ fn limes_pack_links_the_runtime_not_the_device_server() {
 /// still served from its last good build when a save does not compile.
 #[test]
 fn dev_serves_the_crate_and_swaps_builds_on_save() {
-    use std::io::BufRead;
     let work = tempdir();
     let dir = new_crate(work.path(), "devfn", "noop");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let limes = std::path::Path::new(env!("CARGO_BIN_EXE_limes-pack")).with_file_name("limes");
-    let mut child = limes_pack_cmd()
-        .args(["dev", "--listen", &addr.to_string(), "--limes"])
-        .arg(&limes)
-        .arg(&dir)
-        .env("CARGO_TARGET_DIR", target_dir(work.path()))
-        .env("LIMES_PACK_HOME", work.path().join("home"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
+    let dev = DevServer::start(&dir, work.path(), &[]);
+    dev.wait_for("devfn", b"hi", std::time::Duration::from_secs(600));
+    assert!(dev.log().contains("/functions/devfn"), "serve printed no route:\n{}", dev.log());
+    // Save a change: the next answers come from the new build.
+    let src = dir.join("src/lib.rs");
+    let code = std::fs::read_to_string(&src).unwrap();
+    assert!(code.contains("Response::new(req.body)"), "{code}");
+    std::fs::write(&src, code.replace("Response::new(req.body)", "Response::new(req.body.to_ascii_uppercase())")).unwrap();
+    let took = dev.wait_for("devfn", b"HI", std::time::Duration::from_secs(120));
+    println!("save to new answer: {} ms", took.as_millis());
+    // A save that does not compile: reported, and the last good build serves on.
+    std::fs::write(&src, "this is not rust\n").unwrap();
+    let t = std::time::Instant::now();
+    while !dev.log().contains("build failed; still serving the last good build") {
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "no build failure reported:\n{}", dev.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+    assert_eq!(dev.answer("devfn", b"hi"), Some((200, b"HI".to_vec())));
+}
+
+/// `limes-pack dev` at a workspace root without a package of its own
+/// serves every function crate of the workspace (#29), each built with the
+/// SDK asked for by version (the patch and the local cargo config belong to
+/// the root); a save in one member rebuilds that one, and the others keep
+/// answering.
+#[test]
+fn dev_serves_a_workspace_of_functions() {
+    let work = tempdir();
+    let root = work.path().join("ws");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = [\"wa\", \"wb\", \"shared\"]\nresolver = \"2\"\n").unwrap();
+    for name in ["wa", "wb"] {
+        let dir = new_crate_in(&root, name, "noop", &work.path().join("home"));
+        // A member: its own `[workspace]` line goes, and profiles belong to the root.
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let manifest = manifest.split("\n[profile.release]").next().unwrap().replace("\n[workspace]", "");
+        std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+    }
+    // A member that is not a function (a library they could share) is skipped.
+    std::fs::create_dir_all(root.join("shared/src")).unwrap();
+    std::fs::write(root.join("shared/Cargo.toml"), "[package]\nname = \"shared\"\nversion = \"0.1.0\"\nedition = \"2021\"\n").unwrap();
+    std::fs::write(root.join("shared/src/lib.rs"), "").unwrap();
+    let dev = DevServer::start(&root, work.path(), &[]);
+    dev.wait_for("wa", b"hi", std::time::Duration::from_secs(600));
+    dev.wait_for("wb", b"hi", std::time::Duration::from_secs(60));
+    let local = std::fs::read_to_string(root.join(".cargo/config.toml")).unwrap();
+    assert!(local.contains("limes-sdk"), "{local}");
+    let src = root.join("wb/src/lib.rs");
+    let code = std::fs::read_to_string(&src).unwrap();
+    std::fs::write(&src, code.replace("Response::new(req.body)", "Response::new(req.body.to_ascii_uppercase())")).unwrap();
+    dev.wait_for("wb", b"HI", std::time::Duration::from_secs(120));
+    assert_eq!(dev.answer("wa", b"hi"), Some((200, b"hi".to_vec())));
+    assert!(!dev.log().contains("rebuilt wa"), "only the member that changed is rebuilt:\n{}", dev.log());
+}
+
+/// `limes-pack new NAME` in `parent` under the home `home`.
+fn new_crate_in(parent: &std::path::Path, name: &str, template: &str, home: &std::path::Path) -> std::path::PathBuf {
+    ok(limes_pack_cmd().args(["new", name, "--template", template, "--dir"]).arg(parent).env("LIMES_PACK_HOME", home));
+    parent.join(name)
+}
+
+/// A running `limes-pack dev` on a free port, its console collected; killed
+/// when dropped.
+struct DevServer {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl DevServer {
+    fn start(dir: &std::path::Path, work: &std::path::Path, extra: &[&str]) -> DevServer {
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let limes = std::path::Path::new(env!("CARGO_BIN_EXE_limes-pack")).with_file_name("limes");
+        let mut child = limes_pack_cmd()
+            .args(["dev", "--listen", &addr.to_string(), "--limes"])
+            .arg(&limes)
+            .args(extra)
+            .arg(dir)
+            .env("CARGO_TARGET_DIR", target_dir(work))
+            .env("LIMES_PACK_HOME", work.join("home"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
         }
+        DevServer { child, addr, log }
     }
-    let _child = Kill(child);
-    let answer = |body: &[u8]| -> Option<(u16, Vec<u8>)> {
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn answer(&self, function: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        let mut s = std::net::TcpStream::connect(self.addr).ok()?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(30))).ok()?;
-        write!(s, "POST /functions/devfn HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).ok()?;
+        write!(s, "POST /functions/{function} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len()).ok()?;
         s.write_all(body).ok()?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).ok()?;
         let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
         let status = String::from_utf8_lossy(&raw[..split]).split(' ').nth(1)?.parse().ok()?;
         Some((status, raw[split + 4..].to_vec()))
-    };
-    let wait_for = |want: &[u8], limit: std::time::Duration| -> std::time::Duration {
+    }
+
+    /// Ask `function` with "hi" until it answers `want`; how long that took.
+    fn wait_for(&self, function: &str, want: &[u8], limit: std::time::Duration) -> std::time::Duration {
         let t = std::time::Instant::now();
         loop {
-            if answer(b"hi").is_some_and(|(s, b)| s == 200 && b == want) {
+            if self.answer(function, b"hi").is_some_and(|(s, b)| s == 200 && b == want) {
                 return t.elapsed();
             }
-            assert!(t.elapsed() < limit, "no answer {:?} within {limit:?}; log:\n{}", String::from_utf8_lossy(want), log.lock().unwrap());
+            assert!(t.elapsed() < limit, "no answer {:?} from {function} within {limit:?}; log:\n{}", String::from_utf8_lossy(want), self.log());
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-    };
-    wait_for(b"hi", std::time::Duration::from_secs(600));
-    assert!(log.lock().unwrap().contains("/functions/devfn"), "serve printed no route:\n{}", log.lock().unwrap());
-    // Save a change: the next answers come from the new build.
-    let src = dir.join("src/lib.rs");
-    let code = std::fs::read_to_string(&src).unwrap();
-    assert!(code.contains("Response::new(req.body)"), "{code}");
-    std::fs::write(&src, code.replace("Response::new(req.body)", "Response::new(req.body.to_ascii_uppercase())")).unwrap();
-    let took = wait_for(b"HI", std::time::Duration::from_secs(120));
-    println!("save to new answer: {} ms", took.as_millis());
-    // A save that does not compile: reported, and the last good build serves on.
-    std::fs::write(&src, "this is not rust\n").unwrap();
-    let t = std::time::Instant::now();
-    while !log.lock().unwrap().contains("build failed; still serving the last good build") {
-        assert!(t.elapsed() < std::time::Duration::from_secs(120), "no build failure reported:\n{}", log.lock().unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert_eq!(answer(b"hi"), Some((200, b"HI".to_vec())));
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A crate from `limes-pack new` holds no path of this machine: it asks
@@ -901,8 +963,7 @@ fn new_crates_share_the_sdk_build_and_never_each_other_s_component() {
     let make = |parent: &str| {
         let dir = work.path().join(parent);
         std::fs::create_dir_all(&dir).unwrap();
-        ok(limes_pack_cmd().args(["new", "twin", "--template", "noop", "--dir"]).arg(&dir).env("LIMES_PACK_HOME", &home));
-        dir.join("twin")
+        new_crate_in(&dir, "twin", "noop", &home)
     };
     let (a, b) = (make("a"), make("b"));
     let lib = b.join("src/lib.rs");

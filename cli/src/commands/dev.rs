@@ -18,11 +18,22 @@ use std::time::{Duration, Instant};
 /// on the old one, a failed build is reported and the last good one keeps
 /// serving. The function's stdout and stderr appear in the console, with
 /// one access-log line per request. Ctrl-C stops it.
+///
+/// From a workspace root without a package of its own (or with
+/// --workspace), every function crate of the workspace is built and served
+/// together; a save rebuilds the crates whose directory changed (all of
+/// them when the change is elsewhere, such as a library they share).
 #[derive(Args)]
-#[command(after_help = "Examples:\n  limes-pack dev\n  limes-pack dev hello --listen 127.0.0.1:3000\n  curl -d world http://127.0.0.1:3000/functions/hello")]
+#[command(
+    after_help = "Examples:\n  limes-pack dev\n  limes-pack dev hello --listen 127.0.0.1:3000\n  limes-pack dev --workspace\n  curl -d world http://127.0.0.1:3000/functions/hello"
+)]
 pub struct DevCommand {
     #[command(flatten)]
     krate: CrateArgs,
+    /// Serve every function crate of the workspace (the default at a
+    /// workspace root that has no package of its own).
+    #[arg(long, conflicts_with = "package")]
+    workspace: bool,
     #[command(flatten)]
     cargo: CargoFlags,
     /// Address to serve on.
@@ -82,26 +93,31 @@ fn find_limes(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 impl DevCommand {
     pub fn execute(self, ui: &Ui) -> anyhow::Result<ExitCode> {
-        let location = self.krate.location();
-        let project = limes_build::Project::discover(&location, self.krate.package.as_deref(), &self.cargo.options(ui.quiet).global_flags())?;
-        let home = DevHome::open(&project.target_dir.join("limes").join("dev-server").join(&project.function_name))?;
+        let projects = self.discover(ui)?;
+        let workspace = projects.len() > 1 || self.workspace;
+        let first = &projects[0];
+        let (label, root) =
+            if workspace { ("workspace".to_string(), first.workspace_root.clone()) } else { (first.function_name.clone(), first.package_dir.clone()) };
+        let home = DevHome::open(&first.target_dir.join("limes").join("dev-server").join(&label))?;
         let limes = find_limes(self.limes.as_deref())?;
-        let name = project.function_name.clone();
-        let root = project.package_dir.clone();
-        let target = project.target_dir.clone();
+        let target = first.target_dir.clone();
         let say = |text: String| {
             if !ui.quiet && !ui.json {
                 eprintln!("limes-pack dev: {text}");
             }
         };
-        say(format!("building {name} (first build of a crate compiles its dependencies: a minute or more)"));
-        let t = Instant::now();
-        match self.build_and_install(ui, &project, &home, &limes) {
-            Ok(()) => say(format!("built and installed {name} in {} ms", t.elapsed().as_millis())),
-            Err(e) => say(format!("build failed, serving nothing yet; fix and save: {e:#}")),
+        let names = projects.iter().map(|p| p.function_name.as_str()).collect::<Vec<_>>().join(", ");
+        say(format!("building {names} (first build of a crate compiles its dependencies: a minute or more)"));
+        for p in &projects {
+            let t = Instant::now();
+            match self.build_and_install(ui, p, &home, &limes) {
+                Ok(()) => say(format!("built and installed {} in {} ms", p.function_name, t.elapsed().as_millis())),
+                Err(e) => say(format!("{}: build failed, not served yet; fix and save: {e:#}", p.function_name)),
+            }
         }
         let mut server = self.serve(&home, &limes)?;
         let mut seen = super::run::newest_change(&root, &target);
+        let mut seen_each: Vec<_> = projects.iter().map(|p| super::run::newest_change(&p.package_dir, &target)).collect();
         say(format!("watching {} for changes (Ctrl-C stops)", root.display()));
         loop {
             std::thread::sleep(Duration::from_millis(100));
@@ -113,13 +129,39 @@ impl DevCommand {
                 continue;
             }
             seen = now;
+            // The crates whose own directory changed; all of them when the
+            // change is elsewhere (a shared library, the workspace manifest).
+            let now_each: Vec<_> = projects.iter().map(|p| super::run::newest_change(&p.package_dir, &target)).collect();
+            let changed: Vec<usize> = (0..projects.len()).filter(|&i| now_each[i] != seen_each[i]).collect();
+            seen_each = now_each;
+            let changed = if changed.is_empty() { (0..projects.len()).collect() } else { changed };
             say("change detected, rebuilding".into());
-            let t = Instant::now();
-            let project = limes_build::Project::discover(&location, self.krate.package.as_deref(), &self.cargo.options(ui.quiet).global_flags());
-            match project.map_err(anyhow::Error::from).and_then(|p| self.build_and_install(ui, &p, &home, &limes)) {
-                Ok(()) => say(format!("rebuilt {name} in {} ms; serving the new build (requests in flight finish on the old one)", t.elapsed().as_millis())),
-                Err(e) => say(format!("build failed; still serving the last good build:\n{e:#}")),
+            for i in changed {
+                let name = &projects[i].function_name;
+                let t = Instant::now();
+                let fresh = limes_build::Project::discover(&projects[i].manifest_path, None, &self.cargo.options(ui.quiet).global_flags());
+                match fresh.map_err(anyhow::Error::from).and_then(|p| self.build_and_install(ui, &p, &home, &limes)) {
+                    Ok(()) => {
+                        say(format!("rebuilt {name} in {} ms; serving the new build (requests in flight finish on the old one)", t.elapsed().as_millis()))
+                    }
+                    Err(e) => say(format!("{name}: build failed; still serving the last good build:\n{e:#}")),
+                }
             }
+        }
+    }
+
+    /// The crate, or every function crate of the workspace (--workspace, or
+    /// a workspace root without a package of its own).
+    fn discover(&self, ui: &Ui) -> anyhow::Result<Vec<limes_build::Project>> {
+        let location = self.krate.location();
+        let flags = self.cargo.options(ui.quiet).global_flags();
+        if self.workspace {
+            return Ok(limes_build::Project::discover_workspace(&location, &flags)?);
+        }
+        match limes_build::Project::discover(&location, self.krate.package.as_deref(), &flags) {
+            Ok(p) => Ok(vec![p]),
+            Err(limes_build::project::ProjectError::VirtualWorkspace(..)) => Ok(limes_build::Project::discover_workspace(&location, &flags)?),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -103,6 +103,8 @@ pub enum ProjectError {
     VirtualWorkspace(PathBuf, String),
     #[error("package `{0}` is not in the workspace (members: {1})")]
     UnknownPackage(String, String),
+    #[error("the workspace at {0} has no function crate (members: {1}); a function crate depends on `limes-sdk` or has [package.metadata.limes]")]
+    NoFunctions(PathBuf, String),
     #[error(
         "`{0}` is not a limes function crate: it neither depends on `limes-sdk` nor has \
          [package.metadata.limes]. Add to its Cargo.toml\n\n    [dependencies]\n    limes-sdk = \"{1}\"\n\n\
@@ -170,6 +172,34 @@ impl Project {
 
     /// Locate the crate. `path` is a directory or a `Cargo.toml`.
     pub fn discover(path: &Path, package: Option<&str>, cargo_args: &[String]) -> Result<Project, ProjectError> {
+        let (md, manifest, sdk_patch) = Self::read_workspace(path, cargo_args)?;
+        let project = Self::from_metadata(&md, &manifest, package)?;
+        Self::finish(project, sdk_patch)
+    }
+
+    /// Every function crate of the workspace `path` belongs to (members that
+    /// are not function crates, such as a library they share, are skipped),
+    /// in the workspace's order: `limes-pack dev --workspace`.
+    pub fn discover_workspace(path: &Path, cargo_args: &[String]) -> Result<Vec<Project>, ProjectError> {
+        let (md, manifest, sdk_patch) = Self::read_workspace(path, cargo_args)?;
+        let mut out = Vec::new();
+        for pkg in md.workspace_packages() {
+            match Self::from_metadata(&md, &manifest, Some(pkg.name.as_str())) {
+                Ok(p) => out.push(Self::finish(p, sdk_patch.clone())?),
+                Err(ProjectError::NotAFunction(..)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() {
+            let names = md.workspace_packages().iter().map(|p| p.name.to_string()).collect::<Vec<_>>().join(", ");
+            return Err(ProjectError::NoFunctions(md.workspace_root.clone().into_std_path_buf(), names));
+        }
+        Ok(out)
+    }
+
+    /// The workspace's metadata, resolved with the SDK's patch when a member
+    /// asks for the SDK by version; the manifest found; that patch.
+    fn read_workspace(path: &Path, cargo_args: &[String]) -> Result<(Metadata, PathBuf, Option<String>), ProjectError> {
         // Like cargo: from a directory, the nearest Cargo.toml at or above it
         // (so `limes-pack build` works from `hello/src`).
         let manifest = if path.is_dir() {
@@ -200,7 +230,10 @@ impl Project {
                 other => other.to_string(),
             },
         })?;
-        let mut project = Self::from_metadata(&md, &manifest, package)?;
+        Ok((md, manifest, sdk_patch))
+    }
+
+    fn finish(mut project: Project, sdk_patch: Option<String>) -> Result<Project, ProjectError> {
         // Sharing is for crates of `limes-pack new` (the SDK by version) that
         // left cargo's default target directory alone: one that set
         // CARGO_TARGET_DIR or `build.target-dir` keeps it.
