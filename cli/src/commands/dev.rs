@@ -72,6 +72,16 @@ impl DevHome {
     }
 }
 
+/// Have `limes serve` read the store now (SIGHUP) instead of at its next
+/// poll: a save's new build answers up to a poll interval sooner.
+fn reload(server: &Child) {
+    if let Ok(pid) = libc::pid_t::try_from(server.id()) {
+        // SAFETY: kill takes plain integers; `server` is our child and not
+        // reaped while we hold it, so the pid cannot name another process.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+    }
+}
+
 /// The `limes` binary: next to this executable (both are installed
 /// together), else the first on PATH.
 fn find_limes(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -142,6 +152,7 @@ impl DevCommand {
                 let fresh = limes_build::Project::discover(&projects[i].manifest_path, None, &self.cargo.options(ui.quiet).global_flags());
                 match fresh.map_err(anyhow::Error::from).and_then(|p| self.build_and_install(ui, &p, &home, &limes)) {
                     Ok(()) => {
+                        reload(&server);
                         say(format!("rebuilt {name} in {} ms; serving the new build (requests in flight finish on the old one)", t.elapsed().as_millis()))
                     }
                     Err(e) => say(format!("{name}: build failed; still serving the last good build:\n{e:#}")),
