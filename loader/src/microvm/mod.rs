@@ -62,7 +62,7 @@ impl Default for VmOptions {
 pub struct VmOutcome {
     pub result: Result<Response, limes_sdk::Error>,
     /// What the function wrote to its console while it ran (stdout and
-    /// stderr share the serial line), at most [`MAX_RUN_NOISE`] bytes: a
+    /// stderr share the serial line), its last `frame::KEPT_NOISE` bytes: a
     /// one-shot run prints it on stderr and a server logs it, as they do a
     /// Wasm function's output.
     pub output: Vec<u8>,
@@ -659,6 +659,6 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         reader(std::io::Cursor::new(out), None, tx);
         assert!(matches!(rx.recv().unwrap(), Event::Ready(_)));
-        assert!(matches!(rx.recv().unwrap(), Event::Answer(_, p, output) if p == b"answer" && output == vec![b'-'; 100_000]));
+        assert!(matches!(rx.recv().unwrap(), Event::Answer(_, p, output) if p == b"answer" && !output.is_empty() && output.iter().all(|b| *b == b'-')));
     }
 }
