@@ -565,7 +565,7 @@ mod tests {
       (i32.const 8)))
   (core instance $i (instantiate $main))
   (func $run (param "args" string) (result string)
-    (canon lift (core func $i "run") (memory $i "memory") (realloc (func $i "realloc"))))
+    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
   (instance $inst (export "run" (func $run)))
   (export "component:run/run" (instance $inst)))
 "#;
