@@ -27,6 +27,15 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "limes", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: cli::Command,
+}
+
+/// The options every subcommand takes, before or after its name.
+#[derive(clap::Args)]
+struct Global {
     /// Store directory [default: $LIMES_HOME, else $XDG_DATA_HOME/limes, else ~/.local/share/limes].
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<std::path::PathBuf>,
@@ -44,27 +53,85 @@ struct Cli {
     /// Only errors on stderr, and no confirmation lines on stdout.
     #[arg(long, short, global = true, conflicts_with = "verbose")]
     quiet: bool,
+}
+
+/// `limes run` parsed alone: the same global options and the same
+/// `RunCommand` as in [`Cli`], without building every other subcommand's
+/// parser first (part of a one-shot run's start-up; #27).
+#[derive(Parser)]
+#[command(name = "limes", version, propagate_version = true, max_term_width = 100)]
+struct RunCli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
-    command: cli::Command,
+    command: cli::RunOnly,
+}
+
+/// Whether the command line is a `run`: only global options before it, so
+/// [`RunCli`] parses it exactly as [`Cli`] would. Anything else (help,
+/// another subcommand, an unknown option) takes the full parser.
+fn is_run(args: &[std::ffi::OsString]) -> bool {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("run") => return true,
+            Some("--store" | "--trust-dir") => {
+                it.next();
+            }
+            Some(o) if o.starts_with("--store=") || o.starts_with("--trust-dir=") => {}
+            Some("--json" | "--quiet" | "-q" | "--verbose" | "-v" | "-vv" | "-vvv") => {}
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn main() -> ExitCode {
-    let c = Cli::parse();
-    let access_log = matches!(&c.command, cli::Command::Serve(s) if s.access_log());
-    limes::args::init_logging_with(c.verbose, c.quiet, if access_log { &["limes::access=info"] } else { &[] });
-    let ctx = cli::Ctx {
-        store: c.store.unwrap_or_else(limes::store::default_root),
-        trust_dir: c.trust_dir.unwrap_or_else(limes::trust::default_dir),
-        json: c.json,
-        quiet: c.quiet,
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (g, command) = if is_run(&args) {
+        let c = RunCli::parse_from(args);
+        (c.global, c.command.into_command())
+    } else {
+        let c = Cli::parse_from(args);
+        (c.global, c.command)
     };
-    match c.command.execute(&ctx) {
+    let access_log = matches!(&command, cli::Command::Serve(s) if s.access_log());
+    let one_shot = matches!(&command, cli::Command::Run(_));
+    limes::args::init_logging_with(g.verbose, g.quiet, if access_log { &["limes::access=info"] } else { &[] });
+    let ctx = cli::Ctx {
+        store: g.store.unwrap_or_else(limes::store::default_root),
+        trust_dir: g.trust_dir.unwrap_or_else(limes::trust::default_dir),
+        json: g.json,
+        quiet: g.quiet,
+    };
+    let code = match command.execute(&ctx) {
         Ok(code) => code,
         Err(e) => {
             limes::args::report_error(ctx.json, cli::error_kind(&e), &e);
             ExitCode::from(cli::exit_code(&e))
         }
+    };
+    if one_shot {
+        leave_to_kernel(code);
     }
+    code
+}
+
+/// End a one-shot run now: its answer is written, and everything it holds
+/// (engine, mapped code, the function's memory, the allocator's arenas) is
+/// the kernel's to free at once. Exiting through libc would first run the
+/// allocator's and the runtime's clean-up, which only returns memory to a
+/// process that is about to end.
+fn leave_to_kernel(code: ExitCode) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let n = (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).unwrap_or(1);
+    // SAFETY: `_exit` ends the process without running atexit handlers or
+    // destructors; the buffered output was flushed above and nothing else
+    // of this process must outlive it (a one-shot run writes no files after
+    // answering; the store's staged bundle was removed before).
+    unsafe { libc::_exit(i32::from(n)) }
 }
 
 #[cfg(test)]
@@ -74,5 +141,25 @@ mod tests {
     fn verify_cli() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+        super::RunCli::command().debug_assert();
+    }
+
+    /// The fast path takes exactly the command lines whose words before
+    /// `run` are global options; both parsers agree on what they take.
+    #[test]
+    fn run_fast_path_takes_only_runs() {
+        use clap::Parser;
+        let args = |s: &str| s.split_whitespace().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        for yes in ["limes run f", "limes --store /s --json -v run f --data x", "limes --trust-dir=/t -q run f", "limes run --help"] {
+            assert!(super::is_run(&args(yes)), "{yes}");
+        }
+        for no in ["limes", "limes list", "limes --help", "limes serve --store /s", "limes --unknown run f", "limes -x run f", "limes install run"] {
+            assert!(!super::is_run(&args(no)), "{no}");
+        }
+        let line = args("limes --store /s --json run f --data x --timeout-ms 5");
+        let fast = super::RunCli::try_parse_from(line.clone()).unwrap();
+        let full = super::Cli::try_parse_from(line).unwrap();
+        assert_eq!((fast.global.store, fast.global.json), (full.global.store, full.global.json));
+        assert!(matches!(full.command, super::cli::Command::Run(_)));
     }
 }

@@ -41,6 +41,20 @@ pub enum Command {
     Worker(worker::WorkerCommand),
 }
 
+/// `limes run` alone, for the one-shot fast path in `main`.
+#[derive(Subcommand)]
+pub enum RunOnly {
+    Run(run::RunCommand),
+}
+
+impl RunOnly {
+    pub fn into_command(self) -> Command {
+        match self {
+            RunOnly::Run(c) => Command::Run(c),
+        }
+    }
+}
+
 impl Command {
     pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         match self {
