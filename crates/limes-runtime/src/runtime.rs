@@ -212,6 +212,11 @@ pub struct InvokeOptions {
     pub memory_limit: Option<u64>,
     pub timeout: Option<Duration>,
     pub max_input: Option<u64>,
+    /// The process ends right after this call (a one-shot `limes run`):
+    /// leave the instance's memories and tables to the kernel instead of
+    /// unmapping them one by one. A wasi:http call drops its store anyway:
+    /// that is what ends a body the guest left unfinished.
+    pub leave_to_exit: bool,
 }
 
 /// The outcome of one call.
@@ -512,7 +517,11 @@ impl Runtime {
             }
         };
         let (instantiate_time, call_time, result) = result;
-        drop(store);
+        if opts.leave_to_exit {
+            std::mem::forget(store);
+        } else {
+            drop(store);
+        }
         Ok(Invocation {
             result,
             http: None,

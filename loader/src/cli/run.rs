@@ -200,6 +200,7 @@ impl RunCommand {
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
             timeout: self.timeout_ms.map(Duration::from_millis),
             dirs: self.dir.clone(),
+            leave_to_exit: true,
             ..Default::default()
         };
 
