@@ -26,6 +26,7 @@ for f in report.md results.json results.csv scaling.svg; do
     test -s "$target/bench-quick/$f" || { echo "benchmark smoke run wrote no $f" >&2; exit 1; }
 done
 grep -q "wasmtime serve (wasmtime 49" "$target/bench-quick/report.md" || { echo "benchmark smoke run has no wasi:http rows" >&2; exit 1; }
+grep -q "limes --version" "$target/bench-quick/report.md" || { echo "benchmark smoke run has no loader floor row" >&2; exit 1; }
 # The fleet (#26): 50 devices, each a store with its own `limes serve` and
 # `limes sync`, on one registry; it fails unless every device converges on
 # each healthy version, rejects the unhealthy one, and survives an outage.

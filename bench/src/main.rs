@@ -8,6 +8,7 @@
 mod arm64;
 mod density;
 mod fleet;
+mod process;
 mod report;
 mod synth;
 
@@ -66,6 +67,12 @@ struct Args {
     /// Devices in the fleet run.
     #[arg(long, default_value_t = 50)]
     devices: usize,
+    /// Only the whole-process rows: `limes run` (device and glibc builds)
+    /// against each reference pack's native executable, and the loader's
+    /// floor (`limes --version`), in turn (#27's one-shot aim); writes
+    /// process.md.
+    #[arg(long)]
+    only_process: bool,
     /// Only the scaling rows (AOT cold start against component size), for
     /// profiling with `perf record`; prints them.
     #[arg(long)]
@@ -440,6 +447,26 @@ fn main() -> Result<()> {
         println!("{md}");
         return Ok(());
     }
+    if a.only_process {
+        let rows = process::only(&store, &keys, &key, work.path(), q)?;
+        let results = Results {
+            machine: report::Machine::read(),
+            quick: q,
+            rows,
+            builds: Vec::new(),
+            scaling: Vec::new(),
+            serve_load: Vec::new(),
+            http_load: Vec::new(),
+            backends: Vec::new(),
+            sustained: Vec::new(),
+            tier_costs: Vec::new(),
+            notes,
+        };
+        let md = report::process_markdown(&results);
+        std::fs::write(a.out.join("process.md"), &md)?;
+        println!("{md}");
+        return Ok(());
+    }
     if a.only_arm64 {
         let (tier_costs, rows) = arm64::only(&store, &keys, &key, work.path(), q)?;
         let results = Results {
@@ -660,24 +687,11 @@ fn main() -> Result<()> {
         }
 
         // Whole processes: `limes run` (AOT) and the native executable.
-        // The static device build, the glibc build of the same loader and
-        // the native executable answering the same request, in turn, so all
-        // three meet the machine's slow spells alike.
         let native = (!w.name.contains("file")).then(|| native_exes[w.pack].clone());
         let process = ProcessRequest::new(w.function, &w.full, &w.dirs, work.path().join("body.bin"))?;
-        let mut totals = [Vec::new(), Vec::new()];
-        let mut native_total = Vec::new();
-        for _ in 0..process_runs.min(if w.pack == "noop" { usize::MAX } else { exec_runs.max(3) }) {
-            if let Some(exe) = &native {
-                native_total.push(process.native(exe)?);
-            }
-            for (exe, total) in [&device_bin, &limes_bin].into_iter().zip(totals.iter_mut()) {
-                total.push(process.limes_run(exe, store.root())?);
-            }
-        }
-        push(&mut rows, RUN_STATIC, "total", &totals[0]);
-        push(&mut rows, RUN_GLIBC, "total", &totals[1]);
-        push(&mut rows, "native-process", "total", &native_total);
+        let exes = process::Executables { native: native.as_deref(), device: &device_bin, glibc: &limes_bin };
+        let n = process_runs.min(if w.pack == "noop" { usize::MAX } else { exec_runs.max(3) });
+        rows.extend(process::rows(w.name, &exes, store.root(), &process, n)?);
 
         // The same request on an (emulated) ARM64 device.
         if let (Some((loader, exes)), false) = (&arm, w.name.contains("file")) {

@@ -555,26 +555,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
-    s += "\n## Whole process: `limes run` (verify-free start from the store, AOT) vs a native process\n\n";
-    s += "`limes run` is the static device build (x86_64-unknown-linux-musl); the glibc build of the same loader ran in turn with it. The native process is the function's own native build (glibc, dynamically linked, as `cargo build` makes it).\n\n";
-    s += "| workload | `limes run` p50 | p99 | glibc build p50 | native process p50 | p99 | `limes run` / native (p50) | runs |\n|---|---|---|---|---|---|---|---|\n";
-    for w in &workloads {
-        if let Some(l) = find(r, w, crate::RUN_STATIC, "total") {
-            let g = find(r, w, crate::RUN_GLIBC, "total");
-            let n = find(r, w, "native-process", "total");
-            let _ = writeln!(
-                s,
-                "| {w} | {} | {} | {} | {} | {} | {} | {} |",
-                us(l.p50_us),
-                us(l.p99_us),
-                g.map(|g| us(g.p50_us)).unwrap_or("-".into()),
-                n.map(|n| us(n.p50_us)).unwrap_or("-".into()),
-                n.map(|n| us(n.p99_us)).unwrap_or("-".into()),
-                n.map(|n| format!("{:.2}x", l.p50_us / n.p50_us)).unwrap_or("-".into()),
-                l.n
-            );
-        }
-    }
+    s += &process_section(r, &workloads);
     s += &arm64_section(r, &workloads);
     s += "\n## Cold start against component size\n\n![scaling](scaling.svg)\n\n| component size | compile-at-load p50 | AOT (map + instantiate + call) p50 | AOT p99 |\n|---|---|---|---|\n";
     for x in &r.scaling {
@@ -677,6 +658,65 @@ pub fn markdown(r: &Results) -> String {
 /// Log-log line chart of cold start against component size.
 /// Only the serve tables (`--only-serve`).
 /// The `--only-arm64` report: the machine, then the ARM64 section.
+/// The whole-process rows: `limes run` (both builds) against the native
+/// process, and the loader's floor.
+fn process_section(r: &Results, workloads: &[String]) -> String {
+    let mut s = String::new();
+    s += "\n## Whole process: `limes run` (verify-free start from the store, AOT) vs a native process\n\n";
+    s += "`limes run` is the static device build (x86_64-unknown-linux-musl, not position-independent: see .cargo/config.toml); the glibc build of the same loader ran in turn with it. The native process is the function's own native build (glibc, dynamically linked, as `cargo build` makes it).\n\n";
+    s += "| workload | `limes run` p50 | p99 | glibc build p50 | native process p50 | p99 | `limes run` / native (p50) | runs |\n|---|---|---|---|---|---|---|---|\n";
+    for w in workloads {
+        if let Some(l) = find(r, w, crate::RUN_STATIC, "total") {
+            let g = find(r, w, crate::RUN_GLIBC, "total");
+            let n = find(r, w, "native-process", "total");
+            let _ = writeln!(
+                s,
+                "| {w} | {} | {} | {} | {} | {} | {} | {} |",
+                us(l.p50_us),
+                us(l.p99_us),
+                g.map(|g| us(g.p50_us)).unwrap_or("-".into()),
+                n.map(|n| us(n.p50_us)).unwrap_or("-".into()),
+                n.map(|n| us(n.p99_us)).unwrap_or("-".into()),
+                n.map(|n| format!("{:.2}x", l.p50_us / n.p50_us)).unwrap_or("-".into()),
+                l.n
+            );
+        }
+    }
+    if let Some(v) = r.rows.iter().find(|x| x.method == crate::process::LOADER_FLOOR) {
+        let _ = writeln!(
+            s,
+            "\nThe device loader's floor, in turn with the no-op rows: `limes --version` (start the executable, parse the command line, exit) p50 {}, p99 {} ({} runs).",
+            us(v.stats.p50_us),
+            us(v.stats.p99_us),
+            v.stats.n
+        );
+    }
+    s
+}
+
+/// `--only-process`: the whole-process rows alone.
+pub fn process_markdown(r: &Results) -> String {
+    let mut workloads: Vec<String> = Vec::new();
+    for row in &r.rows {
+        if !workloads.contains(&row.workload) {
+            workloads.push(row.workload.clone());
+        }
+    }
+    let m = &r.machine;
+    let mut s = format!(
+        "# One-shot runs (`limes-bench --only-process`{})\n\nMachine: {} ({} cores), {}, {}, Wasmtime {}. Measured {}.\n",
+        if r.quick { ", quick: too few iterations to quote" } else { "" },
+        m.cpu,
+        m.cores,
+        m.os,
+        m.rustc,
+        m.wasmtime,
+        m.date_utc,
+    );
+    s += &process_section(r, &workloads);
+    s
+}
+
 pub fn arm64_markdown(r: &Results) -> String {
     let mut workloads: Vec<String> = Vec::new();
     for row in &r.rows {
