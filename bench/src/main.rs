@@ -197,6 +197,26 @@ pub struct Results {
     pub notes: Vec<String>,
 }
 
+impl Results {
+    /// The results of a run of some rows only (`--only-...`): this
+    /// machine, nothing else measured.
+    fn partial(quick: bool, rows: Vec<Row>, tier_costs: Vec<arm64::TierCostRow>, notes: Vec<String>) -> Results {
+        Results {
+            machine: report::Machine::read(),
+            quick,
+            rows,
+            builds: Vec::new(),
+            scaling: Vec::new(),
+            serve_load: Vec::new(),
+            http_load: Vec::new(),
+            backends: Vec::new(),
+            sustained: Vec::new(),
+            tier_costs,
+            notes,
+        }
+    }
+}
+
 struct Workload {
     name: &'static str,
     pack: &'static str,
@@ -449,19 +469,7 @@ fn main() -> Result<()> {
     }
     if a.only_process {
         let rows = process::only(&store, &keys, &key, work.path(), q)?;
-        let results = Results {
-            machine: report::Machine::read(),
-            quick: q,
-            rows,
-            builds: Vec::new(),
-            scaling: Vec::new(),
-            serve_load: Vec::new(),
-            http_load: Vec::new(),
-            backends: Vec::new(),
-            sustained: Vec::new(),
-            tier_costs: Vec::new(),
-            notes,
-        };
+        let results = Results::partial(q, rows, Vec::new(), notes);
         let md = report::process_markdown(&results);
         std::fs::write(a.out.join("process.md"), &md)?;
         println!("{md}");
@@ -469,19 +477,7 @@ fn main() -> Result<()> {
     }
     if a.only_arm64 {
         let (tier_costs, rows) = arm64::only(&store, &keys, &key, work.path(), q)?;
-        let results = Results {
-            machine: report::Machine::read(),
-            quick: q,
-            rows,
-            builds: Vec::new(),
-            scaling: Vec::new(),
-            serve_load: Vec::new(),
-            http_load: Vec::new(),
-            backends: Vec::new(),
-            sustained: Vec::new(),
-            tier_costs,
-            notes,
-        };
+        let results = Results::partial(q, rows, tier_costs, notes);
         let md = report::arm64_markdown(&results);
         std::fs::write(a.out.join("arm64.md"), &md)?;
         println!("{md}");

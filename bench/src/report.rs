@@ -696,37 +696,26 @@ fn process_section(r: &Results, workloads: &[String]) -> String {
 
 /// `--only-process`: the whole-process rows alone.
 pub fn process_markdown(r: &Results) -> String {
-    let mut workloads: Vec<String> = Vec::new();
-    for row in &r.rows {
-        if !workloads.contains(&row.workload) {
-            workloads.push(row.workload.clone());
-        }
-    }
-    let m = &r.machine;
-    let mut s = format!(
-        "# One-shot runs (`limes-bench --only-process`{})\n\nMachine: {} ({} cores), {}, {}, Wasmtime {}. Measured {}.\n",
-        if r.quick { ", quick: too few iterations to quote" } else { "" },
-        m.cpu,
-        m.cores,
-        m.os,
-        m.rustc,
-        m.wasmtime,
-        m.date_utc,
-    );
-    s += &process_section(r, &workloads);
-    s
+    page_header(r, "One-shot runs (`limes-bench --only-process`") + &process_section(r, &workloads_of(r))
 }
 
-pub fn arm64_markdown(r: &Results) -> String {
+/// The workloads of `r`'s rows, in the order they were measured.
+fn workloads_of(r: &Results) -> Vec<String> {
     let mut workloads: Vec<String> = Vec::new();
     for row in &r.rows {
         if !workloads.contains(&row.workload) {
             workloads.push(row.workload.clone());
         }
     }
+    workloads
+}
+
+/// The title (`title` then whether the run was quick) and machine line of
+/// an `--only-...` page.
+fn page_header(r: &Results, title: &str) -> String {
     let m = &r.machine;
-    let mut s = format!(
-        "# limes on ARM64 devices (`limes-bench --only-arm64`{})\n\nMachine: {} ({} cores), {}, {}, Wasmtime {}. Measured {}. Profile of the loader and this benchmark: {}.\n",
+    format!(
+        "# {title}{})\n\nMachine: {} ({} cores), {}, {}, Wasmtime {}. Measured {}. Profile of the loader and this benchmark: {}.\n",
         if r.quick { ", quick: too few iterations to quote" } else { "" },
         m.cpu,
         m.cores,
@@ -735,8 +724,12 @@ pub fn arm64_markdown(r: &Results) -> String {
         m.wasmtime,
         m.date_utc,
         if cfg!(debug_assertions) { "dev (dependencies at opt-level 2, our crates unoptimised)" } else { "release" }
-    );
-    s += &arm64_section(r, &workloads);
+    )
+}
+
+pub fn arm64_markdown(r: &Results) -> String {
+    let mut s = page_header(r, "limes on ARM64 devices (`limes-bench --only-arm64`");
+    s += &arm64_section(r, &workloads_of(r));
     for n in &r.notes {
         let _ = writeln!(s, "\n- {n}");
     }
