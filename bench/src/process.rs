@@ -7,7 +7,7 @@ use crate::{ProcessRequest, Row, Stats, RUN_GLIBC, RUN_STATIC};
 use anyhow::Result;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Row name of the loader's own floor: `limes --version` starts the same
 /// executable, parses the command line and exits, with no store, engine or
@@ -48,10 +48,8 @@ pub fn rows(workload: &str, exes: &Executables, store: &Path, request: &ProcessR
 
 /// One `exe --version`, start to exit.
 fn loader_floor(exe: &Path) -> Result<Duration> {
-    let t = Instant::now();
-    let ok = Command::new(exe).arg("--version").stdout(Stdio::null()).status()?.success();
-    let took = t.elapsed();
-    anyhow::ensure!(ok, "{} --version failed", exe.display());
+    let (took, status) = crate::time(|| Command::new(exe).arg("--version").stdout(Stdio::null()).status());
+    anyhow::ensure!(status?.success(), "{} --version failed", exe.display());
     Ok(took)
 }
 

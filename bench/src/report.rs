@@ -655,9 +655,6 @@ pub fn markdown(r: &Results) -> String {
     s
 }
 
-/// Log-log line chart of cold start against component size.
-/// Only the serve tables (`--only-serve`).
-/// The `--only-arm64` report: the machine, then the ARM64 section.
 /// The whole-process rows: `limes run` (both builds) against the native
 /// process, and the loader's floor.
 fn process_section(r: &Results, workloads: &[String]) -> String {
@@ -727,6 +724,7 @@ fn page_header(r: &Results, title: &str) -> String {
     )
 }
 
+/// The `--only-arm64` report: the machine, then the ARM64 section.
 pub fn arm64_markdown(r: &Results) -> String {
     let mut s = page_header(r, "limes on ARM64 devices (`limes-bench --only-arm64`");
     s += &arm64_section(r, &workloads_of(r));
@@ -766,6 +764,7 @@ fn arm64_section(r: &Results, workloads: &[String]) -> String {
     s
 }
 
+/// Only the serve tables (`--only-serve`).
 pub fn serve_markdown(r: &Results) -> String {
     let mut s = format!(
         "# limes serve rows (`limes-bench --only-serve`)\n\n{}\n\n| mode | clients | requests | requests/s | p50 | p99 |\n|---|---|---|---|---|---|\n",
@@ -789,6 +788,7 @@ fn http_section(r: &Results) -> String {
     s
 }
 
+/// Log-log line chart of cold start against component size.
 pub fn svg(r: &Results) -> String {
     let (w, h, pad) = (640.0, 400.0, 60.0);
     let pts = |f: &dyn Fn(&crate::ScalingRow) -> f64| -> Vec<(f64, f64)> { r.scaling.iter().map(|x| (x.size_bytes as f64, f(x))).collect() };

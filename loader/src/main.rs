@@ -126,6 +126,8 @@ fn leave_to_kernel(code: ExitCode) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    // `ExitCode` has no stable accessor for its value; every code this
+    // binary returns is one of these.
     let n = (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).unwrap_or(1);
     // SAFETY: `_exit` ends the process without running atexit handlers or
     // destructors; the buffered output was flushed above and nothing else
