@@ -337,7 +337,13 @@ pub fn build_native_with(
     // units the same file names as the function's own workspace does. In a
     // shared target directory one build then overwrites the other's rlibs
     // and fingerprints (two `limes_sdk` meet: E0308). So it gets its own.
-    cmd.current_dir(&shim_dir)
+    // Run from the function's own directory, as its Wasm build is: rustup
+    // picks the toolchain (rust-toolchain.toml) and cargo its config from
+    // there. From the shim's directory, inside a target directory that may
+    // lie outside the project (CARGO_TARGET_DIR), rustup took the default
+    // toolchain instead and met the function's rlib built by the pinned one
+    // (E0514), and the project's `.cargo/config.toml` was not read.
+    cmd.current_dir(&project.package_dir)
         .arg("build")
         .arg("--manifest-path")
         .arg(&manifest)
