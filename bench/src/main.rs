@@ -654,7 +654,7 @@ fn main() -> Result<()> {
         let mut total = Vec::new();
         for i in 0..compile_runs {
             let t0 = Instant::now();
-            let fresh = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1 })?;
+            let fresh = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1, ..Default::default() })?;
             let spec = limes::runtime::FunctionSpec::from_manifest(&f.manifest);
             let l = fresh.load_jit(spec, wasm)?;
             let req = if i % 2 == 0 { w.light.clone() } else { w.full.clone() };

@@ -7,7 +7,7 @@ use crate::node::{self, Node};
 use crate::{EXIT_FAULT, EXIT_FUNCTION_ERROR, EXIT_USAGE};
 use clap::{Parser, Subcommand};
 use limes::load::LoadMode;
-use limes::runtime::{InvokeOptions, RuntimeOptions};
+use limes::runtime::{Interfaces, InvokeOptions, RuntimeOptions};
 use limes::store::{InstallPolicy, InstalledFunction, Integrity, Store};
 use limes::Runtime;
 use limes_bundle::manifest::{MANIFEST_PATH, SIGNATURE_PATH};
@@ -169,7 +169,7 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
     };
     let opts = InvokeOptions { memory_limit: a.memory_limit_mib.map(|m| m << 20), timeout: a.timeout_ms.map(Duration::from_millis), ..Default::default() };
     let outcome = (|| -> Result<_, anyhow::Error> {
-        let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1 })?;
+        let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1, interfaces: Interfaces::Imported })?;
         // Re-hash: the bytes mapped are the bytes just checked.
         let loaded = limes::load::load(&rt, f, LoadMode::Auto, Integrity::Rehash)?;
         Ok(limes::once::invoke(&rt, &loaded, req, &opts, |err| eprintln!("error: {err}"))?)

@@ -72,7 +72,8 @@ impl RunCommand {
             memory_limit: self.memory_limit_mib.map(|m| m << 20),
             ..Default::default()
         };
-        let rt = limes_runtime::Runtime::new(&limes_runtime::RuntimeOptions { pooling: false, max_instances: 1 })?;
+        let rt =
+            limes_runtime::Runtime::new(&limes_runtime::RuntimeOptions { pooling: false, max_instances: 1, interfaces: limes_runtime::Interfaces::Imported })?;
         let spec = limes_runtime::runtime::FunctionSpec::from_manifest(&out.manifest);
         // SAFETY: these bytes were compiled by this process, moments ago,
         // from the component it built; they never left its memory.

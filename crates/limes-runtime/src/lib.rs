@@ -5,7 +5,7 @@
 //! [`runtime`]: the Wasmtime engine (one profile), mapping precompiled
 //! tiers, instances per request, limits; [`wasi_http`]: `wasi:http` requests
 //! and answers and the outbound allow-list; [`select`]: which CPU tier fits
-//! this host; [`watchdog`]: ending a one-shot run at its deadline; [`once`]:
+//! this host; [`linker`]: which host interfaces a linker defines; [`watchdog`]: ending a one-shot run at its deadline; [`once`]:
 //! one request, run once, as every binary runs it; [`error`]: the kinds of
 //! failure (exit codes, HTTP statuses, JSON kinds); [`args`]: the argument
 //! types and output both CLIs share.
@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod error;
+pub mod linker;
 pub mod once;
 pub mod runtime;
 pub mod select;
@@ -22,7 +23,7 @@ pub mod wasi_http;
 pub mod watchdog;
 
 pub use error::ErrorKind;
-pub use runtime::{Invocation, LoadedFunction, RunError, Runtime, RuntimeOptions};
+pub use runtime::{Interfaces, Invocation, LoadedFunction, RunError, Runtime, RuntimeOptions};
 
 /// Whether this build can compile components at load time.
 pub const JIT_ENABLED: bool = cfg!(feature = "jit");

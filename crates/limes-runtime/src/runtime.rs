@@ -14,6 +14,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+pub use crate::linker::Interfaces;
+
 mod bindings {
     wasmtime::component::bindgen!({ path: "../../wit", world: "function" });
 }
@@ -66,14 +68,18 @@ pub struct RuntimeOptions {
     pub pooling: bool,
     /// Instances that may be live at once (pool size).
     pub max_instances: u32,
+    /// Host interfaces to define: all of them once (servers), or only what
+    /// each component imports (one-shot runs; see `linker`).
+    pub interfaces: Interfaces,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { pooling: true, max_instances: 64 }
+        RuntimeOptions { pooling: true, max_instances: 64, interfaces: Interfaces::All }
     }
 }
 
+/// A store's data: what the host interfaces reach.
 pub struct Host {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -138,7 +144,8 @@ impl WasiView for Host {
 /// [`Runtime::invoke`] at the deadline.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<Host>,
+    /// `None`: each component gets a linker of its own imports.
+    linker: Option<Linker<Host>>,
 }
 
 enum Entry {
@@ -260,14 +267,10 @@ impl Runtime {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&config).map_err(engine_err)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-        // wasi:http for every world: a limes function may call out too (only
-        // to its manifest's origins, see `outbound`).
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(engine_err)?;
-        // The limes types interface carries only types; components import it
-        // as an empty instance.
-        linker.instance("limes:function/types@0.1.0").map_err(engine_err)?;
+        let linker = match opts.interfaces {
+            Interfaces::All => Some(crate::linker::build(&engine, Interfaces::All, None).map_err(engine_err)?),
+            Interfaces::Imported => None,
+        };
         Ok(Runtime { engine, linker })
     }
 
@@ -321,7 +324,15 @@ impl Runtime {
     fn link(&self, spec: FunctionSpec, component: Component, tier: Option<String>, jit: bool, load_time: Duration) -> Result<LoadedFunction, RunError> {
         let t = Instant::now();
         let load_err = |e: wasmtime::Error| RunError::Load { function: spec.name.clone(), reason: format!("{e:#}") };
-        let pre = self.linker.instantiate_pre(&component).map_err(load_err)?;
+        let own;
+        let linker = match &self.linker {
+            Some(l) => l,
+            None => {
+                own = crate::linker::build(&self.engine, Interfaces::Imported, Some(&component)).map_err(load_err)?;
+                &own
+            }
+        };
+        let pre = linker.instantiate_pre(&component).map_err(load_err)?;
         let entry = match spec.kind {
             WorldKind::Limes => Entry::Limes(bindings::FunctionPre::new(pre).map_err(load_err)?),
             WorldKind::ComponentRun => {
@@ -581,7 +592,7 @@ mod tests {
 
     #[test]
     fn the_memory_limit_covers_all_memories_of_an_instance() {
-        let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1 }).unwrap();
+        let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1, ..Default::default() }).unwrap();
         let component = Component::new(&rt.engine, FOUR_MEMORIES).unwrap();
         let spec = FunctionSpec {
             name: "multi".into(),

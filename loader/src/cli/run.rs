@@ -2,7 +2,7 @@ use super::{Ctx, EXIT_FUNCTION_ERROR};
 use anyhow::{bail, Context};
 use clap::Args;
 use limes::load::LoadMode;
-use limes::runtime::{InvokeOptions, RuntimeOptions};
+use limes::runtime::{Interfaces, InvokeOptions, RuntimeOptions};
 use limes::store::{InstalledFunction, Integrity};
 use limes::{Runtime, Store};
 use limes_bundle::TrustedKeys;
@@ -234,7 +234,12 @@ impl RunCommand {
         let t = Instant::now();
         // One instance, once: the on-demand allocator (a pool sized for a
         // server costs more to set up than it saves here; see the benchmark).
-        let rt = Runtime::new(&RuntimeOptions { pooling: std::env::var_os("LIMES_RUN_POOLING").is_some(), max_instances: 1 })?;
+        let rt = Runtime::new(&RuntimeOptions {
+            pooling: std::env::var_os("LIMES_RUN_POOLING").is_some(),
+            max_instances: 1,
+            // One component, linked once: define only what it imports.
+            interfaces: Interfaces::Imported,
+        })?;
         let engine_time = t.elapsed();
         // A one-shot run trusts the install-time hash when the artifact's stamp
         // is unchanged (the store's ownership was checked when it opened), and

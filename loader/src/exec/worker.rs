@@ -149,7 +149,7 @@ pub struct WorkerOptions {
 pub fn run_worker(store: &Store, opts: &WorkerOptions, input: &mut impl Read, output: &mut impl Write) -> anyhow::Result<()> {
     let loaded = (|| -> anyhow::Result<_> {
         let t = std::time::Instant::now();
-        let rt = Runtime::new(&RuntimeOptions { pooling: true, max_instances: 1 })?;
+        let rt = Runtime::new(&RuntimeOptions { pooling: true, max_instances: 1, ..Default::default() })?;
         let f = store.load(&opts.function, &opts.anchors)?;
         let loaded = crate::load::load(&rt, &f, LoadMode::Auto, Integrity::Rehash)?;
         Ok((rt, loaded, t.elapsed()))
@@ -250,7 +250,7 @@ pub struct AnyWorkerOptions {
 /// worker.
 pub fn run_any_worker(store: &Store, opts: &AnyWorkerOptions, input: &mut impl Read, output: &mut impl Write) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
-    let rt = match Runtime::new(&RuntimeOptions { pooling: true, max_instances: 1 }) {
+    let rt = match Runtime::new(&RuntimeOptions { pooling: true, max_instances: 1, ..Default::default() }) {
         Ok(rt) => rt,
         Err(e) => {
             let meta = ReplyMeta { error: Some(WorkerError::of(&e)), ..Default::default() };
