@@ -37,9 +37,19 @@ for side in wasm native; do
 done
 mkdir -p "$out"
 python3 - "$work/wasm.txt" "$work/native.txt" "$runs" >"$out/image-profile.md" <<'PY'
-import re, sys
+import re, subprocess, sys
+def v0(syms):
+    # Rust's v0 mangling (`_R...`, rustc >= 1.9x): binutils' c++filt reads
+    # it; the crate hashes it prints (`image[7c70...]`) are dropped so that
+    # the Wasm names match the native ones. Names the name section cut
+    # short do not demangle and stay as they are.
+    out = subprocess.run(['c++filt'], input='\n'.join(syms), capture_output=True, text=True).stdout.splitlines()
+    # (and `3: usize` in const generics, which perf prints as `3`).
+    return {s: re.sub(r'(\d+): [iu](?:size|8|16|32|64)\b', r'\1', re.sub(r'\[[0-9a-f]{16}\]', '', d)) for s, d in zip(syms, out)}
 def demangle(sym):
     sym = re.sub(r'^wasm\[0\]::function\[\d+\]::', '', sym)
+    if sym.startswith('_R'):
+        return V0.get(sym, sym)
     # perf may cut long names: the hash suffix is optional.
     m = re.match(r'_ZN(.*?)(?:17h[0-9a-f]{16}E)?$', sym)
     if not m:
@@ -51,6 +61,9 @@ def demangle(sym):
             j += 1
         n = int(s[i:j]); out.append(s[j:j + n].lstrip('_')); i = j + n
     return '::'.join(out).replace('$LT$', '<').replace('$GT$', '>').replace('$u20$', ' ').replace('..', '::')
+def names(path):
+    return [re.sub(r'^wasm\[0\]::function\[\d+\]::', '', l.split(']', 1)[1].strip()) for l in open(path) if ']' in l]
+V0 = v0([n for n in names(sys.argv[1]) + names(sys.argv[2]) if n.startswith('_R')])
 def load(path):
     d = {}
     for line in open(path):
