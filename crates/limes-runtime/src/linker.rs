@@ -4,9 +4,9 @@
 //! of `wasi:cli/command` (the sync WASI host), `wasi:http`'s outgoing side and
 //! the limes types ([`Interfaces::All`]). A one-shot run links one component
 //! once, and each interface it defines costs an insert per function name into
-//! the linker's string pool and maps; most components import a third of them
-//! (the no-op: 17 of 31). So a one-shot run defines only what its component
-//! imports ([`Interfaces::Imported`]).
+//! the linker's string pool and maps; a component imports about half of them
+//! (the no-op and Mandelbrot 15 of 30, the image pipeline 18). So a one-shot
+//! run defines only what its component imports ([`Interfaces::Imported`]).
 //!
 //! The list below mirrors `wasmtime_wasi::p2::add_to_linker_sync` and
 //! `wasmtime_wasi_http::p2::add_only_http_to_linker_sync` (Wasmtime 50) one
@@ -64,7 +64,7 @@ pub fn define(l: &mut Linker<Host>, wanted: impl Fn(&str) -> bool) -> wasmtime::
     let http_options = wasmtime_wasi_http::p2::bindings::LinkOptions::default();
     // (name, how to define it), in wasmtime-wasi's order.
     type Add = fn(&mut Linker<Host>, &sync::LinkOptions, &wasmtime_wasi_http::p2::bindings::LinkOptions) -> wasmtime::Result<()>;
-    let table: [(&str, Add); 31] = [
+    let table: [(&str, Add); 30] = [
         ("wasi:clocks/wall-clock", |l, _, _| clocks::wall_clock::add_to_linker::<Host, WasiClocks>(l, Host::clocks)),
         ("wasi:clocks/monotonic-clock", |l, _, _| clocks::monotonic_clock::add_to_linker::<Host, WasiClocks>(l, Host::clocks)),
         ("wasi:filesystem/preopens", |l, _, _| filesystem::preopens::add_to_linker::<Host, WasiFilesystem>(l, Host::filesystem)),
@@ -97,9 +97,6 @@ pub fn define(l: &mut Linker<Host>, wanted: impl Fn(&str) -> bool) -> wasmtime::
         ("wasi:http/outgoing-handler", |l, _, _| wasi_http::outgoing_handler::add_to_linker::<Host, WasiHttp>(l, Host::http)),
         ("wasi:http/types", |l, _, h| wasi_http::types::add_to_linker::<Host, WasiHttp>(l, &h.into(), Host::http)),
         ("limes:function/types", |l, _, _| l.instance(LIMES_TYPES).map(|_| ())),
-        // Listed so that `imported` names it; `wasi:http/incoming-handler` is
-        // an export, never defined by the host.
-        ("wasi:http/incoming-handler", |_, _, _| Ok(())),
     ];
     for (name, add) in table {
         if wanted(name) {
@@ -109,16 +106,18 @@ pub fn define(l: &mut Linker<Host>, wanted: impl Fn(&str) -> bool) -> wasmtime::
     Ok(())
 }
 
-/// A linker with the interfaces `which` names; `Imported` needs the component.
-pub fn build(engine: &Engine, which: Interfaces, component: Option<&Component>) -> wasmtime::Result<Linker<Host>> {
+/// A linker with every interface: one for many functions.
+pub fn full(engine: &Engine) -> wasmtime::Result<Linker<Host>> {
     let mut l = Linker::new(engine);
-    match (which, component) {
-        (Interfaces::Imported, Some(c)) => {
-            let names = imported(engine, c);
-            define(&mut l, |n| names.iter().any(|i| i == n))?;
-        }
-        _ => define(&mut l, |_| true)?,
-    }
+    define(&mut l, |_| true)?;
+    Ok(l)
+}
+
+/// A linker with only the interfaces `component` imports.
+pub fn for_component(engine: &Engine, component: &Component) -> wasmtime::Result<Linker<Host>> {
+    let names = imported(engine, component);
+    let mut l = Linker::new(engine);
+    define(&mut l, |n| names.iter().any(|i| i == n))?;
     Ok(l)
 }
 
@@ -152,21 +151,21 @@ mod tests {
     fn an_imports_only_linker_resolves_what_the_component_imports_and_nothing_else() {
         let e = engine();
         let c = Component::new(&e, TWO_IMPORTS).unwrap();
-        build(&e, Interfaces::Imported, Some(&c)).unwrap().instantiate_pre(&c).unwrap();
+        for_component(&e, &c).unwrap().instantiate_pre(&c).unwrap();
         // Nothing but the imports was defined: another component that needs
         // `wasi:cli/stdout` does not link against this linker.
         let other = Component::new(&e, r#"(component (import "wasi:cli/stdout@0.2.0" (instance (export "get-stdout" (func (result u32))))))"#).unwrap();
-        let err = build(&e, Interfaces::Imported, Some(&c)).unwrap().instantiate_pre(&other).err().expect("stdout was not defined");
+        let err = for_component(&e, &c).unwrap().instantiate_pre(&other).err().expect("stdout was not defined");
         assert!(format!("{err:#}").contains("wasi:cli/stdout"), "{err:#}");
     }
 
     #[test]
     fn the_full_linker_resolves_the_same_component_and_refuses_unknown_imports() {
         let e = engine();
-        let all = build(&e, Interfaces::All, None).unwrap();
+        let all = full(&e).unwrap();
         all.instantiate_pre(&Component::new(&e, TWO_IMPORTS).unwrap()).unwrap();
         let unknown = Component::new(&e, UNKNOWN_IMPORT).unwrap();
         assert!(all.instantiate_pre(&unknown).is_err());
-        assert!(build(&e, Interfaces::Imported, Some(&unknown)).unwrap().instantiate_pre(&unknown).is_err());
+        assert!(for_component(&e, &unknown).unwrap().instantiate_pre(&unknown).is_err());
     }
 }

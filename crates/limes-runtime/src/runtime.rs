@@ -268,7 +268,7 @@ impl Runtime {
         }
         let engine = Engine::new(&config).map_err(engine_err)?;
         let linker = match opts.interfaces {
-            Interfaces::All => Some(crate::linker::build(&engine, Interfaces::All, None).map_err(engine_err)?),
+            Interfaces::All => Some(crate::linker::full(&engine).map_err(engine_err)?),
             Interfaces::Imported => None,
         };
         Ok(Runtime { engine, linker })
@@ -328,7 +328,7 @@ impl Runtime {
         let linker = match &self.linker {
             Some(l) => l,
             None => {
-                own = crate::linker::build(&self.engine, Interfaces::Imported, Some(&component)).map_err(load_err)?;
+                own = crate::linker::for_component(&self.engine, &component).map_err(load_err)?;
                 &own
             }
         };
