@@ -420,19 +420,7 @@ fn main() -> Result<()> {
         store.install(&noop.bundle, &keys, Default::default())?;
         let http_load = http_rows(&store, &keys, &key, work.path(), q, &mut notes)?;
         let serve_load = report::serve_load(&store, if q { &[1, 2] } else { &[1, 8, 64] }, if q { 50 } else { 4000 }, false)?;
-        let results = Results {
-            machine: report::Machine::read(),
-            quick: q,
-            rows: Vec::new(),
-            builds: Vec::new(),
-            scaling: Vec::new(),
-            serve_load,
-            http_load,
-            backends: Vec::new(),
-            sustained: Vec::new(),
-            tier_costs: Vec::new(),
-            notes,
-        };
+        let results = Results { serve_load, http_load, ..Results::partial(q, Vec::new(), Vec::new(), notes) };
         let md = report::serve_markdown(&results);
         std::fs::write(a.out.join("serve.md"), &md)?;
         println!("{md}");
