@@ -46,8 +46,10 @@ def v0(syms):
     out = subprocess.run(['c++filt'], input='\n'.join(syms), capture_output=True, text=True).stdout.splitlines()
     # (and `3: usize` in const generics, which perf prints as `3`).
     return {s: re.sub(r'(\d+): [iu](?:size|8|16|32|64)\b', r'\1', re.sub(r'\[[0-9a-f]{16}\]', '', d)) for s, d in zip(syms, out)}
+def unprefixed(sym):
+    return re.sub(r'^wasm\[0\]::function\[\d+\]::', '', sym)
 def demangle(sym):
-    sym = re.sub(r'^wasm\[0\]::function\[\d+\]::', '', sym)
+    sym = unprefixed(sym)
     if sym.startswith('_R'):
         return V0.get(sym, sym)
     # perf may cut long names: the hash suffix is optional.
@@ -62,7 +64,7 @@ def demangle(sym):
         n = int(s[i:j]); out.append(s[j:j + n].lstrip('_')); i = j + n
     return '::'.join(out).replace('$LT$', '<').replace('$GT$', '>').replace('$u20$', ' ').replace('..', '::')
 def names(path):
-    return [re.sub(r'^wasm\[0\]::function\[\d+\]::', '', l.split(']', 1)[1].strip()) for l in open(path) if ']' in l]
+    return [unprefixed(l.split(']', 1)[1].strip()) for l in open(path) if ']' in l]
 V0 = v0([n for n in names(sys.argv[1]) + names(sys.argv[2]) if n.startswith('_R')])
 def load(path):
     d = {}
@@ -78,7 +80,7 @@ tw, tn = sum(w.values()), sum(n.values())
 print(f"# Image pipeline: where Wasm loses\n\n{sys.argv[3]} runs each, `perf record -e cpu-clock` samples "
       f"(2 kHz), same machine, same run. Total: Wasm {tw}, native {tn} ({tw / tn:.2f}x).\n")
 print("| function | Wasm samples | native samples | Wasm - native |\n|---|---|---|---|")
-rows = sorted(set(w) | set(n), key=lambda k: -(w.get(k, 0) - n.get(k, 0)))
+rows = sorted(set(w) | set(n), key=lambda k: (-(w.get(k, 0) - n.get(k, 0)), k))  # ties by name: the same page every run
 for k in rows[:20]:
     print(f"| `{k[:90]}` | {w.get(k, 0)} | {n.get(k, 0)} | {w.get(k, 0) - n.get(k, 0):+d} |")
 PY
