@@ -40,7 +40,7 @@ fi
 # command -> Debian package
 declare -A pkgs=(
     [minisign]=minisign        # independent check of bundle signatures
-    [musl-gcc]=musl-tools      # static builds: microVM images, the device loader (its C: aws-lc, mimalloc)
+    [musl-gcc]=musl-tools      # static builds: microVM images, the device loader (its C: ring, mimalloc, zstd)
     [qemu-system-x86_64]=qemu-system-x86   # boots microVM images (TCG when KVM cannot)
     [docker-registry]=docker-registry      # a real OCI registry for push/pull tests
     [htpasswd]=apache2-utils               # its basic-auth variant
@@ -48,7 +48,7 @@ declare -A pkgs=(
     [kill]=procps                          # signals to `limes serve` in tests
     [protoc]=protobuf-compiler             # containerd-shim-wasm's ttrpc/CRI codegen
     [pkg-config]=pkg-config                # finds libseccomp for the shim
-    [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu  # the aarch64 loader's C (aws-lc, mimalloc, zstd) and its link (.cargo/config.toml)
+    [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu  # the aarch64 loader's C (ring, mimalloc, zstd) and its link (.cargo/config.toml)
     [qemu-aarch64-static]=qemu-user-static  # runs the aarch64 loader in the tests
 )
 # Checked by package name: the libraries the containerd shim links, and

@@ -88,6 +88,7 @@ impl Puller {
             }
             attempt.follow()
         });
+        crate::tls::install_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.read)

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub mod fetch;
+mod tls;
 pub use fetch::{Puller, Timeouts};
 pub use oci_client::manifest::{OciDescriptor as Descriptor, OciImageManifest as ImageManifest};
 
@@ -183,6 +184,7 @@ impl Registry {
         if insecure && !is_loopback(&registry) {
             return Err(OciError::InsecureRemote(registry));
         }
+        tls::install_provider();
         let config = ClientConfig { protocol: if insecure { ClientProtocol::Http } else { ClientProtocol::Https }, ..Default::default() };
         Ok(Registry { client: Client::new(config), auth: registry_auth(&registry, creds), reference })
     }
