@@ -4,23 +4,25 @@
 
 use crate::error::{EXIT_FAULT, EXIT_FUNCTION_ERROR};
 use crate::runtime::{Invocation, InvokeOptions, LoadedFunction, RunError, Runtime};
-use crate::watchdog::Watchdog;
+use crate::watchdog::{Expiry, Watchdog};
 use std::io::Write;
 
 /// Invoke `f` once with `req`. Compiled code has no epoch checks, so the
-/// deadline ends the process (exit 5) from a watchdog thread, after
-/// `on_timeout` was given the timeout error (to print it, as a JSON line
-/// too, and to clean up). The function's own stdout and stderr are copied
-/// to this process's stderr: stdout is the answer's.
+/// deadline ends the process (exit 5) from the watchdog's signal handler.
+/// What it prints and removes then is decided now: `on_timeout` turns the
+/// timeout error into an [`Expiry`] (the message, a JSON line too, a staged
+/// tree to remove). The function's own stdout and stderr are copied to this
+/// process's stderr: stdout is the answer's.
 pub fn invoke(
     rt: &Runtime,
     f: &LoadedFunction,
     req: limes_sdk::Request,
     opts: &InvokeOptions,
-    on_timeout: impl FnOnce(&RunError) + Send + 'static,
+    on_timeout: impl FnOnce(&RunError) -> Expiry,
 ) -> Result<Invocation, RunError> {
     let timeout = f.timeout_error(opts);
-    let _watchdog = Watchdog::arm(f.deadline(opts), EXIT_FAULT, move || on_timeout(&timeout));
+    let _watchdog =
+        Watchdog::arm(f.deadline(opts), EXIT_FAULT, on_timeout(&timeout)).map_err(|source| RunError::Watchdog { function: f.spec.name.clone(), source })?;
     let inv = rt.invoke(f, req, opts)?;
     let _ = std::io::stderr().write_all(&inv.stdout);
     let _ = std::io::stderr().write_all(&inv.stderr);

@@ -46,6 +46,9 @@ pub enum RunError {
     Dir { function: String, path: PathBuf, message: String },
     #[error("{function}: request of {size} bytes exceeds the limit of {limit} bytes")]
     InputTooLarge { function: String, size: u64, limit: u64 },
+    /// The deadline could not be set, so the call did not start.
+    #[error("{function}: {source}")]
+    Watchdog { function: String, source: crate::watchdog::WatchdogError },
 }
 
 impl RunError {
@@ -58,6 +61,7 @@ impl RunError {
             RunError::InputTooLarge { .. } => K::TooLarge,
             RunError::UndeclaredDir { .. } | RunError::Dir { .. } => K::Usage,
             RunError::NoUsableTier { .. } | RunError::Load { .. } | RunError::Engine(_) => K::Load,
+            RunError::Watchdog { .. } => K::Other,
         }
     }
 }

@@ -1,6 +1,7 @@
 use super::{Ctx, EXIT_FUNCTION_ERROR};
 use anyhow::{bail, Context};
 use clap::Args;
+use limes::exec::watchdog::Expiry;
 use limes::load::LoadMode;
 use limes::runtime::{Interfaces, InvokeOptions, RuntimeOptions};
 use limes::store::{InstalledFunction, Integrity};
@@ -165,20 +166,26 @@ impl RunCommand {
 }
 
 impl RunCommand {
-    /// What a run past the function's deadline does before the watchdog
-    /// ends the process: the same message, JSON and exit code as any other
-    /// fault (a staged bundle is removed first).
-    fn on_timeout(ctx: &Ctx, store: &Store, staging: Option<PathBuf>) -> impl FnOnce(&limes::RunError) + Send + 'static {
+    /// What a run past the function's deadline does as the watchdog ends
+    /// the process: the same message, JSON and exit code as any other
+    /// fault, and a staged bundle is removed. Decided before the call (the
+    /// watchdog's signal handler can only write, remove and exit).
+    fn on_timeout(ctx: &Ctx, staging: Option<PathBuf>) -> impl FnOnce(&limes::RunError) -> Expiry {
         let json = ctx.json;
-        let root = store.root().to_path_buf();
         move |err| {
-            if let (Some(s), Ok(st)) = (staging, Store::open(&root)) {
-                st.discard_path(&s);
-            }
+            let mut expiry = Expiry::message(format!("error: {err}\n"));
             if json {
-                println!("{}", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"}));
+                expiry.stdout = format!("{}\n", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"})).into_bytes();
             }
-            eprintln!("error: {err}");
+            match staging {
+                // A staging tree that cannot be listed is left to the
+                // store's sweep of stale tmp/ entries.
+                Some(s) => expiry.remove_tree(&s).unwrap_or_else(|e| {
+                    tracing::warn!("cannot list {} for removal at a timeout: {e}", s.display());
+                    Expiry::message(format!("error: {err}\n"))
+                }),
+                None => expiry,
+            }
         }
     }
 }
@@ -246,7 +253,7 @@ impl RunCommand {
         // re-hashes otherwise; `serve` always re-hashes once per load.
         let loaded = limes::load::load(&rt, &f, if self.jit { LoadMode::Jit } else { LoadMode::Auto }, Integrity::Stamp);
         let inv = loaded.map_err(anyhow::Error::from).and_then(|l| {
-            let on_timeout = Self::on_timeout(ctx, &store, staged.as_ref().map(|s| s.path().to_path_buf()));
+            let on_timeout = Self::on_timeout(ctx, staged.as_ref().map(|s| s.path().to_path_buf()));
             Ok((limes::once::invoke(&rt, &l, req, &opts, on_timeout)?, l))
         });
         // The mapped artifact stays valid after its file is unlinked.

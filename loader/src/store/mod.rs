@@ -805,12 +805,6 @@ impl Store {
         Ok((staging, v))
     }
 
-    /// Remove a staging directory by path (for a process about to exit,
-    /// where no destructor runs).
-    pub fn discard_path(&self, staging: &Path) {
-        let _ = remove_tree(staging);
-    }
-
     /// Verify `bundle` and unpack it into `tmp/` as a function that runs
     /// without being installed (`limes run BUNDLE`); its stamps are taken
     /// right after verification. Removed when the [`Staged`] is dropped.
