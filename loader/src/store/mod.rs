@@ -252,7 +252,9 @@ impl InstalledFunction {
         let entry = self.entry(rel)?;
         let (f, _) = self.open_checked(rel)?;
         let p = self.path_of(rel);
-        let mut data = Vec::with_capacity(entry.size.min(256 << 20) as usize);
+        // One more byte than the manifest's size: the read that finds the
+        // end needs no buffer of its own.
+        let mut data = Vec::with_capacity(entry.size.min(256 << 20) as usize + 1);
         f.take(entry.size + 1).read_to_end(&mut data).map_err(io_err(&p))?;
         let actual = limes_bundle::sha256_hex(&data);
         if data.len() as u64 != entry.size || actual != entry.sha256 {
@@ -313,9 +315,13 @@ fn unsafe_path(path: &Path, problem: &str, fix: &str) -> StoreError {
     StoreError::Unsafe { path: path.to_path_buf(), problem: problem.into(), fix: fix.into() }
 }
 
+/// This process's effective user, asked once: the store checks the owner of
+/// every path it opens (25 `geteuid` calls in one `limes run`), and limes
+/// never changes its user.
 fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    *EUID.get_or_init(|| unsafe { libc::geteuid() })
 }
 
 /// Open a file for reading; a symlink in the last component is an error.
@@ -401,14 +407,23 @@ pub fn read_nofollow(p: &Path, limit: u64) -> Result<Option<Vec<u8>>, StoreError
 }
 
 pub(crate) fn read_nofollow_by(p: &Path, limit: u64, owners: Owners) -> Result<Option<Vec<u8>>, StoreError> {
-    let f = match open_checked_by(p, owners) {
-        Ok((f, _)) => f,
+    let (f, m) = match open_checked_by(p, owners) {
+        Ok(opened) => opened,
         Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut v = Vec::new();
-    f.take(limit).read_to_end(&mut v).map_err(io_err(p))?;
-    Ok(Some(v))
+    read_sized(f, &m, limit).map(Some).map_err(io_err(p))
+}
+
+/// Read at most `limit` bytes of the file opened with metadata `m`, into
+/// one buffer sized for it: two `read` calls, where `read_to_end` into an
+/// empty `Vec` grows from 32 bytes with a call per doubling (ten for a
+/// 5 KB manifest). The buffer never exceeds `limit` + 1 bytes, whatever
+/// the file claims.
+fn read_sized(f: File, m: &std::fs::Metadata, limit: u64) -> io::Result<Vec<u8>> {
+    let mut v = Vec::with_capacity(m.len().min(limit) as usize + 1);
+    f.take(limit).read_to_end(&mut v)?;
+    Ok(v)
 }
 
 /// A function name as records and manifests spell it; anything else never
@@ -740,12 +755,21 @@ impl Store {
             }
         }
         for p in std::iter::once(root.clone()).chain(SUBDIRS.iter().map(|d| root.join(d))) {
-            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            // Look first and create only what is missing: an existing store
+            // (every run) costs one `lstat` per directory, not a failing
+            // `mkdir` too.
+            let m = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(StoreError::Io { path: p, source: e }),
+                    }
+                    std::fs::symlink_metadata(&p).map_err(io_err(&p))?
+                }
                 Err(e) => return Err(StoreError::Io { path: p, source: e }),
-            }
-            let m = std::fs::symlink_metadata(&p).map_err(io_err(&p))?;
+            };
             check_owned(&p, &m, true)?;
         }
         Ok(Store { root })
@@ -1041,9 +1065,8 @@ impl Store {
         let name = name.as_str();
         let (f, manifest_bytes) = self.record_with_manifest(record)?;
         let sig_path = f.path_of(SIGNATURE_PATH);
-        let (sf, _) = open_checked(&sig_path)?;
-        let mut sig = Vec::new();
-        sf.take(64 << 10).read_to_end(&mut sig).map_err(io_err(&sig_path))?;
+        let (sf, sm) = open_checked(&sig_path)?;
+        let sig = read_sized(sf, &sm, 64 << 10).map_err(io_err(&sig_path))?;
         let signer = anchors.verify(name, &f.path_of(MANIFEST_PATH), &manifest_bytes, &f.manifest, &String::from_utf8_lossy(&sig))?;
         if f.record.signer != signer.to_string() {
             return Err(StoreError::Tampered {
@@ -1074,9 +1097,8 @@ impl Store {
         let dir = self.root.join("objects").join(&record.object);
         let present = check_tree(&dir)?;
         let mpath = dir.join(MANIFEST_PATH);
-        let (mf, _) = open_checked(&mpath)?;
-        let mut bytes = Vec::new();
-        mf.take(1 << 20).read_to_end(&mut bytes).map_err(io_err(&mpath))?;
+        let (mf, mm) = open_checked(&mpath)?;
+        let bytes = read_sized(mf, &mm, 1 << 20).map_err(io_err(&mpath))?;
         let digest = limes_bundle::sha256_hex(&bytes);
         let want = if record.manifest_sha256.is_empty() { record.object.clone() } else { record.manifest_sha256.clone() };
         if (record.files.is_empty() || !record.manifest_sha256.is_empty()) && digest != want {
