@@ -96,7 +96,6 @@ fn main() -> ExitCode {
         (c.global, c.command)
     };
     let access_log = matches!(&command, cli::Command::Serve(s) if s.access_log());
-    let one_shot = matches!(&command, cli::Command::Run(_));
     limes::args::init_logging_with(g.verbose, g.quiet, if access_log { &["limes::access=info"] } else { &[] });
     let ctx = cli::Ctx {
         store: g.store.unwrap_or_else(limes::store::default_root),
@@ -104,17 +103,14 @@ fn main() -> ExitCode {
         json: g.json,
         quiet: g.quiet,
     };
-    let code = match command.execute(&ctx) {
-        Ok(code) => code,
-        Err(e) => {
-            limes::args::report_error(ctx.json, cli::error_kind(&e), &e);
-            ExitCode::from(cli::exit_code(&e))
-        }
+    let failed = |e: anyhow::Error| {
+        limes::args::report_error(ctx.json, cli::error_kind(&e), &e);
+        cli::exit_code(&e)
     };
-    if one_shot {
-        leave_to_kernel(code);
+    match command {
+        cli::Command::Run(run) => leave_to_kernel(run.execute(&ctx).unwrap_or_else(failed)),
+        command => command.execute(&ctx).unwrap_or_else(|e| ExitCode::from(failed(e))),
     }
-    code
 }
 
 /// End a one-shot run now: its answer is written, and everything it holds
@@ -122,18 +118,15 @@ fn main() -> ExitCode {
 /// the kernel's to free at once. Exiting through libc would first run the
 /// allocator's and the runtime's clean-up, which only returns memory to a
 /// process that is about to end.
-fn leave_to_kernel(code: ExitCode) -> ! {
+fn leave_to_kernel(code: u8) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    // `ExitCode` has no stable accessor for its value; every code this
-    // binary returns is one of these.
-    let n = (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).unwrap_or(1);
     // SAFETY: `_exit` ends the process without running atexit handlers or
     // destructors; the buffered output was flushed above and nothing else
     // of this process must outlive it (a one-shot run writes no files after
     // answering; the store's staged bundle was removed before).
-    unsafe { libc::_exit(i32::from(n)) }
+    unsafe { libc::_exit(i32::from(code)) }
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ impl Command {
             Command::Pull(c) => c.execute(ctx),
             Command::Remove(c) => c.execute(ctx),
             Command::Rollback(c) => c.execute(ctx),
-            Command::Run(c) => c.execute(ctx),
+            Command::Run(c) => c.execute(ctx).map(ExitCode::from),
             Command::Serve(c) => c.execute(ctx),
             Command::Status(c) => c.execute(ctx),
             Command::Sync(c) => c.execute(ctx),

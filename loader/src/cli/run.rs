@@ -10,7 +10,6 @@ use limes_bundle::TrustedKeys;
 use limes_sdk::Request;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// Run a function once: an installed NAME, or a BUNDLE file (verified first).
@@ -91,7 +90,7 @@ fn print_result(
     include: bool,
     timings: serde_json::Value,
     hint: Option<String>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<u8> {
     if ctx.json {
         println!("{}", limes::args::answer_json(&result, http, timings));
     }
@@ -111,20 +110,20 @@ fn print_result(
                 std::io::stdout().write_all(&resp.body)?;
                 std::io::stdout().flush()?;
             }
-            Ok(if failed { ExitCode::from(EXIT_FUNCTION_ERROR) } else { ExitCode::SUCCESS })
+            Ok(if failed { EXIT_FUNCTION_ERROR } else { 0 })
         }
         Err(e) => {
             eprintln!("function error: {e}");
             if let (limes_sdk::Error::NotFound(_), Some(h)) = (&e, hint) {
                 eprintln!("hint: {h}");
             }
-            Ok(ExitCode::from(EXIT_FUNCTION_ERROR))
+            Ok(EXIT_FUNCTION_ERROR)
         }
     }
 }
 
 impl RunCommand {
-    fn run_microvm(&self, ctx: &Ctx, store: &Store, f: &InstalledFunction, req: Request, verify: Option<Duration>) -> anyhow::Result<ExitCode> {
+    fn run_microvm(&self, ctx: &Ctx, store: &Store, f: &InstalledFunction, req: Request, verify: Option<Duration>) -> anyhow::Result<u8> {
         let opts = limes::microvm::VmOptions {
             kernel: self.kernel.clone(),
             boot_timeout: Duration::from_millis(self.boot_timeout_ms),
@@ -200,7 +199,10 @@ fn ius(d: Duration) -> u64 {
 }
 
 impl RunCommand {
-    pub fn execute(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    /// Run, and return the process's exit code as a number: a one-shot run
+    /// ends with `_exit`, which takes one (`ExitCode` has no stable way to
+    /// read it back).
+    pub fn execute(self, ctx: &Ctx) -> anyhow::Result<u8> {
         let start = Instant::now();
         let req = self.request.request()?;
         let opts = InvokeOptions {
