@@ -12,6 +12,9 @@ cargo build --release --locked -p limes --bin limes
 # The static device build, which the `limes run` rows measure (beside the
 # glibc build above).
 cargo build --release --locked -p limes --bin limes --target x86_64-unknown-linux-musl
+# Its layout puts the code a one-shot run executes first (loader/build.rs):
+# say so if the list of that code no longer matches the binary's names.
+scripts/hot-symbols.sh --check
 # ... and the static aarch64 build, which the ARM64 rows run under qemu-user.
 cargo build --release --locked -p limes --bin limes --target aarch64-unknown-linux-musl
 cargo build --release --locked -p limes-bench

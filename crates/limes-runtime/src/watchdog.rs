@@ -118,7 +118,9 @@ impl Watchdog {
         }
         // A zero interval would disarm the timer: the shortest deadline is 1 µs.
         let limit = limit.max(Duration::from_micros(1));
-        let value = libc::timeval { tv_sec: limit.as_secs().min(i32::MAX as u64) as libc::time_t, tv_usec: limit.subsec_micros() as libc::suseconds_t };
+        // `as _`: musl's libc crate deprecates the names of these field types
+        // (they become 64-bit in musl 1.2); the values fit either way.
+        let value = libc::timeval { tv_sec: limit.as_secs().min(i32::MAX as u64) as _, tv_usec: limit.subsec_micros() as _ };
         if let Err(e) = set_timer(value) {
             let armed = ARMED.swap(ptr::null_mut(), Ordering::AcqRel);
             // SAFETY: no timer runs, so no handler took it: it is still the
