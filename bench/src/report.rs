@@ -660,7 +660,7 @@ pub fn markdown(r: &Results) -> String {
 fn process_section(r: &Results, workloads: &[String]) -> String {
     let mut s = String::new();
     s += "\n## Whole process: `limes run` (verify-free start from the store, AOT) vs a native process\n\n";
-    s += "`limes run` is the static device build (x86_64-unknown-linux-musl, not position-independent: see .cargo/config.toml); the glibc build of the same loader ran in turn with it. The native process is the function's own native build (glibc, dynamically linked, as `cargo build` makes it).\n\n";
+    s += "`limes run` is the static device build (x86_64-unknown-linux-musl, not position-independent: see .cargo/config.toml; linked by LLD with the code a one-shot run executes laid out first: see loader/build.rs); the glibc build of the same loader ran in turn with it. The native process is the function's own native build (glibc, dynamically linked, as `cargo build` makes it).\n\n";
     s += "| workload | `limes run` p50 | p99 | glibc build p50 | native process p50 | p99 | `limes run` / native (p50) | runs |\n|---|---|---|---|---|---|---|---|\n";
     for w in workloads {
         if let Some(l) = find(r, w, crate::RUN_STATIC, "total") {
