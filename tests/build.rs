@@ -337,6 +337,15 @@ fn run_builds_runs_and_watches() {
         fails(limes_pack_cmd().args(["run", "--timeout-ms", "300", "--data", data]).arg(fixture("faulty")).env("CARGO_TARGET_DIR", &target), code)
     };
     assert!(faulty("loop", 5).contains("timed out after 300 ms"));
+    // With --json the timeout is a JSON failure document too, as in `limes run`.
+    let o = limes_pack_cmd()
+        .args(["run", "--json", "--timeout-ms", "300", "--data", "loop"])
+        .arg(fixture("faulty"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5));
+    assert_eq!((json(&o)["ok"].as_bool(), json(&o)["kind"].as_str()), (Some(false), Some("timeout")), "{}", String::from_utf8_lossy(&o.stdout));
     assert!(faulty("bad", 4).contains("bad-request: bad on purpose"));
     // --json: the document `limes run --json` prints.
     let j = json(&ok(&mut run(&["--data", "hi", "--json"])));

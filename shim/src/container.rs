@@ -172,7 +172,7 @@ fn run_once(f: &InstalledFunction, a: &RunArgs) -> i32 {
         let rt = Runtime::new(&RuntimeOptions { pooling: false, max_instances: 1, interfaces: Interfaces::Imported })?;
         // Re-hash: the bytes mapped are the bytes just checked.
         let loaded = limes::load::load(&rt, f, LoadMode::Auto, Integrity::Rehash)?;
-        Ok(limes::once::invoke(&rt, &loaded, req, &opts, |err| limes::exec::watchdog::Expiry::message(format!("error: {err}\n")))?)
+        Ok(limes::once::invoke(&rt, &loaded, req, &opts, |err| limes::once::timeout_expiry(false, err))?)
     })();
     let inv = match outcome {
         Ok(inv) => inv,

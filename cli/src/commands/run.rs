@@ -79,14 +79,14 @@ impl RunCommand {
         // from the component it built; they never left its memory.
         let loaded = unsafe { rt.load_precompiled_bytes(spec, &artifact.bytes, tier.name) }?;
         let t = Instant::now();
-        let inv =
-            match limes_runtime::once::invoke(&rt, &loaded, req, &invoke, |timeout| limes_runtime::watchdog::Expiry::message(format!("error: {timeout}\n"))) {
-                Ok(inv) => inv,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(std::process::ExitCode::from(e.kind().exit_code()));
-                }
-            };
+        let json = ui.json;
+        let inv = match limes_runtime::once::invoke(&rt, &loaded, req, &invoke, |timeout| limes_runtime::once::timeout_expiry(json, timeout)) {
+            Ok(inv) => inv,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(std::process::ExitCode::from(e.kind().exit_code()));
+            }
+        };
         let call_time = t.elapsed();
         if !ui.quiet {
             eprintln!(

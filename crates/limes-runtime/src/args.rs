@@ -161,10 +161,17 @@ pub fn print_json(v: &serde_json::Value) {
 /// A failed command: with `--json`, `{"ok": false, "kind", "error"}` on
 /// stdout; always `error: ...` (with its causes) on stderr.
 pub fn report_error(json: bool, kind: &str, e: &anyhow::Error) {
-    if json {
-        print_json(&serde_json::json!({"ok": false, "kind": kind, "error": format!("{e:#}")}));
-    }
-    eprintln!("error: {e:#}");
+    let (stdout, stderr) = error_lines(json, kind, &format!("{e:#}"));
+    print!("{stdout}");
+    eprint!("{stderr}");
+}
+
+/// The lines [`report_error`] prints, as text: for stdout (empty without
+/// `--json`) and for stderr. A one-shot run's watchdog prepares them before
+/// the call, so a timeout reads like any other failure.
+pub fn error_lines(json: bool, kind: &str, message: &str) -> (String, String) {
+    let stdout = if json { format!("{}\n", serde_json::json!({"ok": false, "kind": kind, "error": message})) } else { String::new() };
+    (stdout, format!("error: {message}\n"))
 }
 
 /// Text a guest or client controls, made safe for one log field: control

@@ -2,7 +2,7 @@
 //! and the containerd shim's `run` all do it, so they agree on deadlines,
 //! guest output and exit codes by construction.
 
-use crate::error::{EXIT_FAULT, EXIT_FUNCTION_ERROR};
+use crate::error::EXIT_FUNCTION_ERROR;
 use crate::runtime::{Invocation, InvokeOptions, LoadedFunction, RunError, Runtime};
 use crate::watchdog::{Expiry, Watchdog};
 use std::io::Write;
@@ -10,8 +10,8 @@ use std::io::Write;
 /// Invoke `f` once with `req`. Compiled code has no epoch checks, so the
 /// deadline ends the process (exit 5) from the watchdog's signal handler.
 /// What it prints and removes then is decided now: `on_timeout` turns the
-/// timeout error into an [`Expiry`] (the message, a JSON line too, a staged
-/// tree to remove). The function's own stdout and stderr are copied to this
+/// timeout error into an [`Expiry`] ([`timeout_expiry`], and a staged tree
+/// to remove). The function's own stdout and stderr are copied to this
 /// process's stderr: stdout is the answer's.
 pub fn invoke(
     rt: &Runtime,
@@ -21,12 +21,19 @@ pub fn invoke(
     on_timeout: impl FnOnce(&RunError) -> Expiry,
 ) -> Result<Invocation, RunError> {
     let timeout = f.timeout_error(opts);
-    let _watchdog =
-        Watchdog::arm(f.deadline(opts), EXIT_FAULT, on_timeout(&timeout)).map_err(|source| RunError::Watchdog { function: f.spec.name.clone(), source })?;
+    let _watchdog = Watchdog::arm(f.deadline(opts), timeout.kind().exit_code(), on_timeout(&timeout))
+        .map_err(|source| RunError::Watchdog { function: f.spec.name.clone(), source })?;
     let inv = rt.invoke(f, req, opts)?;
     let _ = std::io::stderr().write_all(&inv.stdout);
     let _ = std::io::stderr().write_all(&inv.stderr);
     Ok(inv)
+}
+
+/// What a run past its deadline prints: what any failed command prints
+/// ([`crate::args::report_error`]; a JSON line too with `--json`).
+pub fn timeout_expiry(json: bool, timeout: &RunError) -> Expiry {
+    let (stdout, stderr) = crate::args::error_lines(json, timeout.kind().name(), &timeout.to_string());
+    Expiry::new(stdout, stderr)
 }
 
 /// The exit code of an answer: 4 when the function answered with an error

@@ -47,18 +47,20 @@ enum Removal {
 }
 
 impl Expiry {
-    /// Print `stderr` (and nothing on stdout) at expiry.
-    pub fn message(stderr: impl Into<Vec<u8>>) -> Expiry {
-        Expiry { stderr: stderr.into(), ..Default::default() }
+    /// Write `stdout` and `stderr` at expiry.
+    pub fn new(stdout: impl Into<Vec<u8>>, stderr: impl Into<Vec<u8>>) -> Expiry {
+        Expiry { stdout: stdout.into(), stderr: stderr.into(), steps: Vec::new() }
     }
 
     /// Also remove the tree at `path` at expiry (a staged bundle). Its
     /// entries are listed now, without following symbolic links: the tree
     /// must not change while the watchdog is armed. A path that does not
-    /// exist adds nothing.
-    pub fn remove_tree(mut self, path: &Path) -> std::io::Result<Expiry> {
-        plan_removal(path, &mut self.steps)?;
-        Ok(self)
+    /// exist adds nothing; a tree that cannot be listed adds nothing either.
+    pub fn remove_tree(&mut self, path: &Path) -> std::io::Result<()> {
+        let mut steps = Vec::new();
+        plan_removal(path, &mut steps)?;
+        self.steps.extend(steps);
+        Ok(())
     }
 }
 
@@ -246,7 +248,7 @@ mod tests {
     /// loader's timeout tests run: tests/loader.rs.)
     #[test]
     fn one_at_a_time_and_drop_disarms() {
-        let w = Watchdog::arm(Duration::from_secs(60), 5, Expiry::message("first\n")).expect("arm");
+        let w = Watchdog::arm(Duration::from_secs(60), 5, Expiry::new("", "first\n")).expect("arm");
         let left = timer_left();
         assert!(left > Duration::from_secs(50) && left <= Duration::from_secs(60), "timer set to {left:?}");
         assert!(matches!(Watchdog::arm(Duration::from_secs(1), 5, Expiry::default()), Err(WatchdogError::AlreadyArmed)));
@@ -264,7 +266,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("limes-watchdog-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("aot")).unwrap();
         std::fs::write(dir.join("aot/x.cwasm"), b"x").unwrap();
-        let e = Expiry::default().remove_tree(&dir).unwrap();
+        let mut e = Expiry::default();
+        e.remove_tree(&dir).unwrap();
         let names: Vec<String> = e
             .steps
             .iter()
@@ -277,6 +280,8 @@ mod tests {
         let d = dir.display();
         assert_eq!(names, [format!("unlock {d}"), format!("unlock {d}/aot"), format!("file {d}/aot/x.cwasm"), format!("dir {d}/aot"), format!("dir {d}")]);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(Expiry::default().remove_tree(&dir).unwrap().steps.is_empty());
+        let mut e = Expiry::default();
+        e.remove_tree(&dir).unwrap();
+        assert!(e.steps.is_empty());
     }
 }

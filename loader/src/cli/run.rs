@@ -172,19 +172,15 @@ impl RunCommand {
     fn on_timeout(ctx: &Ctx, staging: Option<PathBuf>) -> impl FnOnce(&limes::RunError) -> Expiry {
         let json = ctx.json;
         move |err| {
-            let mut expiry = Expiry::message(format!("error: {err}\n"));
-            if json {
-                expiry.stdout = format!("{}\n", serde_json::json!({"ok": false, "error": err.to_string(), "kind": "timeout"})).into_bytes();
-            }
-            match staging {
+            let mut expiry = limes::once::timeout_expiry(json, err);
+            if let Some(s) = staging {
                 // A staging tree that cannot be listed is left to the
                 // store's sweep of stale tmp/ entries.
-                Some(s) => expiry.remove_tree(&s).unwrap_or_else(|e| {
+                if let Err(e) = expiry.remove_tree(&s) {
                     tracing::warn!("cannot list {} for removal at a timeout: {e}", s.display());
-                    Expiry::message(format!("error: {err}\n"))
-                }),
-                None => expiry,
+                }
             }
+            expiry
         }
     }
 }
