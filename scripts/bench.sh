@@ -13,8 +13,9 @@ cargo build --release --locked -p limes --bin limes
 # glibc build above).
 cargo build --release --locked -p limes --bin limes --target x86_64-unknown-linux-musl
 # Its layout puts the code a one-shot run executes first (loader/build.rs):
-# say so if the list of that code no longer matches the binary's names.
-scripts/hot-symbols.sh --check
+# say so if the list of that code no longer matches the binary's names. The
+# benchmark still runs: it measures the loader as it would ship.
+scripts/hot-symbols.sh --check || echo "warning: the one-shot rows measure a loader whose hot code is not laid out first" >&2
 # ... and the static aarch64 build, which the ARM64 rows run under qemu-user.
 cargo build --release --locked -p limes --bin limes --target aarch64-unknown-linux-musl
 cargo build --release --locked -p limes-bench
