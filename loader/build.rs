@@ -3,7 +3,7 @@
 //! placed first.
 //!
 //! A one-shot `limes run` pays a page fault for every 64 KiB window of the
-//! executable it touches, and the code it runs (about 1,100 functions, from
+//! executable it touches, and the code it runs (about 1,300 functions, from
 //! clap, serde, ed25519, Wasmtime's loader) lies scattered over 10 MiB of
 //! text. `link/hot-symbols-x86_64-musl.txt`, written by
 //! `scripts/hot-symbols.sh` from callgrind runs of the release loader, lists
