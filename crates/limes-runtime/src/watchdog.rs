@@ -32,9 +32,9 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub struct Expiry {
     /// Written to stdout (e.g. a JSON error line).
-    pub stdout: Vec<u8>,
+    stdout: Vec<u8>,
     /// Written to stderr (e.g. `error: ... timed out ...`).
-    pub stderr: Vec<u8>,
+    stderr: Vec<u8>,
     steps: Vec<Removal>,
 }
 
@@ -123,14 +123,11 @@ impl Watchdog {
         // `as _`: musl's libc crate deprecates the names of these field types
         // (they become 64-bit in musl 1.2); the values fit either way.
         let value = libc::timeval { tv_sec: limit.as_secs().min(i32::MAX as u64) as _, tv_usec: limit.subsec_micros() as _ };
-        if let Err(e) = set_timer(value) {
-            let armed = ARMED.swap(ptr::null_mut(), Ordering::AcqRel);
-            // SAFETY: no timer runs, so no handler took it: it is still the
-            // `Box::into_raw` of above.
-            drop(unsafe { Box::from_raw(armed) });
-            return Err(WatchdogError::Timer(e));
-        }
-        Ok(Watchdog(()))
+        // From here the drop disarms and frees, on the error path too (no
+        // timer ran, so no handler took the expiry).
+        let watchdog = Watchdog(());
+        set_timer(value).map_err(WatchdogError::Timer)?;
+        Ok(watchdog)
     }
 }
 
