@@ -181,6 +181,7 @@ fn faulty_functions_fail_cleanly() {
     let e = fails(limes_cmd(&store).arg("run").arg(&built.bundle).arg("--trust").arg(&key.public).args(["--data", "loop", "--timeout-ms", "200"]), 5);
     assert!(e.contains("timed out after 200 ms"), "{e}");
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "staging left behind by a timeout");
+    staged_tree_swapped_for_a_symlink_is_removed_without_following_it(&store, &built.bundle, &key, d.path());
     let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "oom"]), 5);
     assert!(e.contains("exceeded its memory limit of 33554432 bytes") && e.contains("--memory-limit-mib"), "{e}");
     let e = fails(limes_cmd(&store).args(["run", "faulty", "--data", "panic"]), 5);
@@ -503,4 +504,54 @@ fn aarch64_device_loader_runs_every_pack_under_qemu_user() {
     assert_eq!(downloaded, ["aot/aarch64-lse.cwasm", "component.wasm"], "{o}");
     let o = ok(limes_cmd_at(&device, &pulled).args(["run", "mandelbrot", "--data", "output=checksum"]));
     assert_eq!(stdout(&o).trim(), MANDELBROT_DEFAULT_CHECKSUM);
+}
+
+/// An attack on that removal: while the function runs, the store's writer
+/// swaps the staged tree's `aot/` for a symlink to a read-only directory of
+/// its own holding files of the same names. The deadline's clean-up must
+/// unlink the symlink, not `chmod` or empty what it points at. (It once
+/// listed the tree when armed and removed those paths at expiry.)
+fn staged_tree_swapped_for_a_symlink_is_removed_without_following_it(store: &Path, bundle: &Path, key: &TestKey, scratch: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut child = limes_cmd(store)
+        .arg("run")
+        .arg(bundle)
+        .arg("--trust")
+        .arg(&key.public)
+        .args(["--data", "loop", "--timeout-ms", "3000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The call has begun once the staged artifact is mapped.
+    let tmp = store.join("tmp");
+    let t = std::time::Instant::now();
+    let cwasm = loop {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap_or_default();
+        if let Some(p) = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.starts_with(tmp.to_str().unwrap()) && p.ends_with(".cwasm")) {
+            break PathBuf::from(p);
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it mapped a staged artifact");
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "no staged artifact mapped");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let aot = cwasm.parent().unwrap();
+    let staged = aot.parent().unwrap();
+    let victim = scratch.join("victim-aot");
+    std::fs::create_dir(&victim).unwrap();
+    let names: Vec<_> = std::fs::read_dir(aot).unwrap().map(|e| e.unwrap().file_name()).collect();
+    for n in &names {
+        std::fs::write(victim.join(n), b"not the store's").unwrap();
+    }
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o500)).unwrap();
+    std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::rename(aot, scratch.join("moved-aot")).unwrap();
+    std::os::unix::fs::symlink(&victim, aot).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(5), "the deadline ends the run");
+    assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777, 0o500, "the symlink's target was chmod-ed");
+    for n in &names {
+        assert_eq!(std::fs::read(victim.join(n)).unwrap(), b"not the store's", "{n:?} was removed through the symlink");
+    }
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "staging (and the planted symlink) left behind");
 }

@@ -5,7 +5,7 @@
 //! [`runtime`]: the Wasmtime engine (one profile), mapping precompiled
 //! tiers, instances per request, limits; [`wasi_http`]: `wasi:http` requests
 //! and answers and the outbound allow-list; [`select`]: which CPU tier fits
-//! this host; [`linker`]: which host interfaces a linker defines; [`watchdog`]: ending a one-shot run at its deadline; [`once`]:
+//! this host; [`linker`]: which host interfaces a linker defines; [`watchdog`]: ending a one-shot run at its deadline; [`tree`]: removing a tree without following links; [`once`]:
 //! one request, run once, as every binary runs it; [`error`]: the kinds of
 //! failure (exit codes, HTTP statuses, JSON kinds); [`args`]: the argument
 //! types and output both CLIs share.
@@ -19,6 +19,7 @@ pub mod linker;
 pub mod once;
 pub mod runtime;
 pub mod select;
+pub mod tree;
 pub mod wasi_http;
 pub mod watchdog;
 

@@ -13,15 +13,18 @@
 //! A signal handler may only make async-signal-safe calls, and the call it
 //! interrupts may hold the allocator's or stdout's lock. So everything a
 //! timeout does is decided when the watchdog is armed, as an [`Expiry`]:
-//! bytes to write to stdout and stderr, paths to remove, an exit code. The
-//! handler writes, removes (`chmod`, `unlink`, `rmdir`) and calls `_exit`,
-//! nothing else.
+//! bytes to write to stdout and stderr, trees to remove (each as its parent
+//! directory's descriptor and its name), an exit code. The handler writes,
+//! removes the trees with [`crate::tree::remove_at`] (system calls on
+//! descriptors, nothing followed) and calls `_exit`, nothing else.
 //!
 //! One watchdog at a time per process (the timer is the process's): a
 //! second [`Watchdog::arm`] while one is armed is refused.
 
 use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -35,52 +38,35 @@ pub struct Expiry {
     stdout: Vec<u8>,
     /// Written to stderr (e.g. `error: ... timed out ...`).
     stderr: Vec<u8>,
-    steps: Vec<Removal>,
-}
-
-#[derive(Debug)]
-enum Removal {
-    /// Make a read-only directory writable, so its entries can go.
-    Unlock(CString),
-    File(CString),
-    Dir(CString),
+    /// Trees to remove: the directory that holds each, opened when armed,
+    /// and its name there.
+    trees: Vec<(OwnedFd, CString)>,
 }
 
 impl Expiry {
     /// Write `stdout` and `stderr` at expiry.
     pub fn new(stdout: impl Into<Vec<u8>>, stderr: impl Into<Vec<u8>>) -> Expiry {
-        Expiry { stdout: stdout.into(), stderr: stderr.into(), steps: Vec::new() }
+        Expiry { stdout: stdout.into(), stderr: stderr.into(), trees: Vec::new() }
     }
 
-    /// Also remove the tree at `path` at expiry (a staged bundle). Its
-    /// entries are listed now, without following symbolic links: the tree
-    /// must not change while the watchdog is armed. A path that does not
-    /// exist adds nothing; a tree that cannot be listed adds nothing either.
+    /// Also remove the tree at `path` at expiry (a staged bundle), as it is
+    /// then: it is walked at expiry, from its parent directory opened now
+    /// (`O_NOFOLLOW`), so a directory in it swapped for a symlink while the
+    /// function runs is unlinked, never followed.
     pub fn remove_tree(&mut self, path: &Path) -> std::io::Result<()> {
-        let mut steps = Vec::new();
-        plan_removal(path, &mut steps)?;
-        self.steps.extend(steps);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} names no entry of a directory", path.display())));
+        };
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(parent)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", parent.display())))?;
+        let name = CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+        self.trees.push((dir.into(), name));
         Ok(())
     }
-}
-
-fn plan_removal(path: &Path, steps: &mut Vec<Removal>) -> std::io::Result<()> {
-    let m = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    if !m.is_dir() {
-        steps.push(Removal::File(c));
-        return Ok(());
-    }
-    steps.push(Removal::Unlock(c.clone()));
-    for e in std::fs::read_dir(path)? {
-        plan_removal(&e?.path(), steps)?;
-    }
-    steps.push(Removal::Dir(c));
-    Ok(())
 }
 
 /// Why a watchdog could not be armed.
@@ -185,8 +171,8 @@ fn install_handler() -> std::io::Result<()> {
     }
 }
 
-/// The `SIGALRM` handler: async-signal-safe calls only (`write`, `chmod`,
-/// `unlink`, `rmdir`, `_exit`) and no allocation.
+/// The `SIGALRM` handler: async-signal-safe calls only (`write`, the
+/// descriptor calls of [`crate::tree`], `_exit`) and no allocation.
 extern "C" fn on_alarm(_: libc::c_int) {
     let armed = ARMED.swap(ptr::null_mut(), Ordering::AcqRel);
     if armed.is_null() {
@@ -199,15 +185,9 @@ extern "C" fn on_alarm(_: libc::c_int) {
     let e = &armed.expiry;
     write_all(libc::STDOUT_FILENO, &e.stdout);
     write_all(libc::STDERR_FILENO, &e.stderr);
-    for step in &e.steps {
-        // SAFETY: each path is a NUL-terminated CString made when armed.
-        unsafe {
-            match step {
-                Removal::Unlock(p) => libc::chmod(p.as_ptr(), 0o700),
-                Removal::File(p) => libc::unlink(p.as_ptr()),
-                Removal::Dir(p) => libc::rmdir(p.as_ptr()),
-            };
-        }
+    for (dir, name) in &e.trees {
+        // Nothing to report to: what is left is swept with tmp/'s leftovers.
+        let _ = crate::tree::remove_at(dir.as_fd(), name);
     }
     // SAFETY: _exit ends the process without running anything else.
     unsafe { libc::_exit(armed.exit_code.into()) }
@@ -255,30 +235,15 @@ mod tests {
         drop(w);
     }
 
-    /// The removal plan lists a tree's files before the directories that
-    /// hold them, unlocks each directory before its entries, and adds
-    /// nothing for a missing path.
+    /// A tree to remove is held by its parent's descriptor and its name;
+    /// a path with no parent entry is refused, a missing one is not an error
+    /// until expiry (when it is simply absent).
     #[test]
-    fn removal_plan_order() {
-        let dir = std::env::temp_dir().join(format!("limes-watchdog-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("aot")).unwrap();
-        std::fs::write(dir.join("aot/x.cwasm"), b"x").unwrap();
+    fn trees_are_held_by_parent_and_name() {
         let mut e = Expiry::default();
-        e.remove_tree(&dir).unwrap();
-        let names: Vec<String> = e
-            .steps
-            .iter()
-            .map(|s| match s {
-                Removal::Unlock(p) => format!("unlock {}", p.to_str().unwrap()),
-                Removal::File(p) => format!("file {}", p.to_str().unwrap()),
-                Removal::Dir(p) => format!("dir {}", p.to_str().unwrap()),
-            })
-            .collect();
-        let d = dir.display();
-        assert_eq!(names, [format!("unlock {d}"), format!("unlock {d}/aot"), format!("file {d}/aot/x.cwasm"), format!("dir {d}/aot"), format!("dir {d}")]);
-        std::fs::remove_dir_all(&dir).unwrap();
-        let mut e = Expiry::default();
-        e.remove_tree(&dir).unwrap();
-        assert!(e.steps.is_empty());
+        e.remove_tree(&std::env::temp_dir().join("limes-watchdog-absent")).unwrap();
+        assert_eq!(e.trees.len(), 1);
+        assert_eq!(e.trees[0].1.as_bytes(), b"limes-watchdog-absent");
+        assert!(e.remove_tree(Path::new("/")).is_err());
     }
 }

@@ -174,10 +174,10 @@ impl RunCommand {
         move |err| {
             let mut expiry = limes::once::timeout_expiry(json, err);
             if let Some(s) = staging {
-                // A staging tree that cannot be listed is left to the
-                // store's sweep of stale tmp/ entries.
+                // A staging tree whose directory cannot be opened is left
+                // to the store's sweep of stale tmp/ entries.
                 if let Err(e) = expiry.remove_tree(&s) {
-                    tracing::warn!("cannot list {} for removal at a timeout: {e}", s.display());
+                    tracing::warn!("cannot prepare {} for removal at a timeout: {e}", s.display());
                 }
             }
             expiry

@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -583,23 +585,20 @@ pub const CRASH_POINTS: &[&str] = &[
     "rolled-back",
 ];
 
-/// Remove a tree of the store. Nothing is followed: a symlink (or any
-/// non-directory) is unlinked itself, and directories are made writable
-/// through descriptors opened with `O_NOFOLLOW`.
+/// Remove a tree of the store. Nothing is followed: the walk runs on
+/// directory descriptors from the tree's parent (`limes::tree`), so a
+/// symlink, planted or swapped in while the tree goes, is unlinked itself.
 fn remove_tree(path: &Path) -> io::Result<()> {
-    let m = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no entry of a directory", path.display())));
+    };
+    let dir = match open_dir_nofollow(parent) {
+        Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    if !m.is_dir() {
-        return std::fs::remove_file(path);
-    }
-    open_dir_nofollow(path)?.set_permissions(std::fs::Permissions::from_mode(0o700))?;
-    for e in std::fs::read_dir(path)? {
-        remove_tree(&e?.path())?;
-    }
-    std::fs::remove_dir(path)
+    let name = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
+    limes_runtime::tree::remove_at(dir.as_fd(), &name)
 }
 
 /// Stamps of every file in a published object.
