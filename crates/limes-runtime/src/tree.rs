@@ -12,13 +12,18 @@
 //! `unlink("dir/file")`, follows a directory that became a symlink between
 //! those calls.)
 //!
-//! Only raw system calls, no allocation and a fixed stack buffer per level:
-//! the watchdog's `SIGALRM` handler runs this while the interrupted code may
-//! hold the allocator's lock.
+//! [`remove_at`] makes only raw system calls, with no allocation and a fixed
+//! stack buffer per level: the watchdog's `SIGALRM` handler runs it while
+//! the interrupted code may hold the allocator's lock. [`names`] and
+//! [`open_file_or_dir_at`] are the same walk's steps for callers that
+//! change a tree instead of removing it (the store seals a staged bundle
+//! read-only with them).
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ops::ControlFlow;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 
 /// Deeper trees are left in place with an error (a staged bundle is a few
 /// levels deep; each level holds one descriptor and 1 KiB of stack, which
@@ -101,10 +106,39 @@ const DENTS: usize = 1024;
 #[repr(C, align(8))]
 struct Dents([u8; DENTS]);
 
-/// Remove every entry of the directory `fd`, read from its start: 0 or
-/// the first errno.
+/// Remove every entry of the directory `fd`: 0 or the first errno.
 fn empty(fd: libc::c_int, depth: usize) -> i32 {
     let mut first = 0;
+    let listed = each_name(fd, &mut |name| {
+        // Whatever its d_type said: the entry may have been swapped since
+        // it was listed, and `remove_entry` looks again.
+        let e = remove_entry(fd, name, depth + 1);
+        if first == 0 {
+            first = e;
+        }
+        ControlFlow::Continue(())
+    });
+    if first == 0 {
+        listed
+    } else {
+        first
+    }
+}
+
+/// Whether the directory `fd` still lists anything but `.` and `..`.
+fn has_entries(fd: libc::c_int) -> bool {
+    let mut any = false;
+    each_name(fd, &mut |_| {
+        any = true;
+        ControlFlow::Break(())
+    });
+    any
+}
+
+/// Call `f` with the name of each entry of the directory `fd`, read from
+/// its start (`.` and `..` left out), until it breaks: 0 or the listing's
+/// errno. No allocation: one buffer on the stack.
+fn each_name(fd: libc::c_int, f: &mut dyn FnMut(&CStr) -> ControlFlow<()>) -> i32 {
     let mut buf = Dents([0; DENTS]);
     // SAFETY: `fd` is open; rewinding a directory stream is lseek to 0.
     unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
@@ -112,63 +146,76 @@ fn empty(fd: libc::c_int, depth: usize) -> i32 {
         // SAFETY: `buf` is writable for its whole length.
         let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.0.as_mut_ptr(), buf.0.len()) };
         if n <= 0 {
-            if n < 0 && first == 0 {
-                first = errno();
-            }
-            return first;
+            return if n < 0 { errno() } else { 0 };
         }
+        let filled = &buf.0[..n as usize];
         let mut off = 0usize;
-        while off < n as usize {
+        while off < filled.len() {
             // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
-            let rec = &buf.0[off..n as usize];
-            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+            let rec = &filled[off..];
+            let reclen = match rec.get(16..18) {
+                Some(b) => u16::from_ne_bytes([b[0], b[1]]) as usize,
+                None => return libc::EIO,
+            };
             if reclen < 20 || reclen > rec.len() {
-                return if first == 0 { libc::EIO } else { first };
+                return libc::EIO;
             }
-            let name = match CStr::from_bytes_until_nul(&rec[19..reclen]) {
-                Ok(n) => n,
-                Err(_) => return if first == 0 { libc::EIO } else { first },
+            let Ok(name) = CStr::from_bytes_until_nul(&rec[19..reclen]) else {
+                return libc::EIO;
             };
             off += reclen;
-            let bytes = name.to_bytes();
-            if bytes == b"." || bytes == b".." {
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
                 continue;
             }
-            // Whatever its d_type said: the entry may have been swapped
-            // since it was listed, and `remove_entry` looks again.
-            let e = remove_entry(fd, name, depth + 1);
-            if first == 0 {
-                first = e;
+            if f(name).is_break() {
+                return 0;
             }
         }
     }
 }
 
-/// Whether the directory `fd`, read from its start, still lists anything
-/// but `.` and `..`.
-fn has_entries(fd: libc::c_int) -> bool {
-    let mut buf = Dents([0; DENTS]);
-    // SAFETY: as in `empty`.
-    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
-    // SAFETY: as in `empty`.
-    let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.0.as_mut_ptr(), buf.0.len()) };
-    if n <= 0 {
-        return false;
+/// The names in the directory `dir` (`.` and `..` left out).
+pub fn names(dir: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+    let mut out = Vec::new();
+    match each_name(dir.as_raw_fd(), &mut |n| {
+        out.push(n.to_owned());
+        ControlFlow::Continue(())
+    }) {
+        0 => Ok(out),
+        e => Err(io::Error::from_raw_os_error(e)),
     }
-    let mut off = 0usize;
-    while off < n as usize {
-        let rec = &buf.0[off..n as usize];
-        let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
-        if reclen < 20 || reclen > rec.len() {
-            return false;
-        }
-        let name = CStr::from_bytes_until_nul(&rec[19..reclen]).map(CStr::to_bytes).unwrap_or(b".");
-        if name != b"." && name != b".." {
-            return true;
-        }
-        off += reclen;
+}
+
+/// Open the entry `name` of the directory `dir` for reading if it is a
+/// regular file or a directory, without following it. Anything else (a
+/// symlink, a FIFO, a device) is refused with `InvalidInput` before it is
+/// opened, and an entry swapped between that look and the open is refused
+/// too.
+pub fn open_file_or_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+    // SAFETY: a zeroed stat is a valid value to fill in.
+    let mut before: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated, `dir` is open, `before` is writable.
+    if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut before, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    false
+    let kind = before.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFREG && kind != libc::S_IFDIR {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file or directory"));
+    }
+    // SAFETY: as above. O_NONBLOCK: should a FIFO appear in its place, the
+    // open does not wait for a writer (and the check below refuses it).
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    let m = f.metadata()?;
+    use std::os::unix::fs::MetadataExt;
+    if m.ino() != before.st_ino as u64 || m.dev() != before.st_dev as u64 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "changed while it was opened"));
+    }
+    Ok(f)
 }
 
 #[cfg(test)]
@@ -214,6 +261,32 @@ mod tests {
         remove_at(parent.as_fd(), c"l").unwrap();
         assert!(std::fs::symlink_metadata(base.join("l")).is_err() && outside.join("keep").exists());
         std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// The steps for callers that change a tree: every name is listed, a
+    /// file and a directory open, and a symlink (to a directory or a file)
+    /// or a FIFO is refused without being opened.
+    #[test]
+    fn lists_names_and_opens_only_files_and_directories() {
+        let base = std::env::temp_dir().join(format!("limes-tree-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("dir")).unwrap();
+        std::fs::write(base.join("file"), b"x").unwrap();
+        symlink(base.join("dir"), base.join("link-dir")).unwrap();
+        symlink(base.join("file"), base.join("link-file")).unwrap();
+        let fifo = std::ffi::CString::new(base.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: `fifo` is a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let d = dir_fd(&base);
+        let mut names: Vec<String> = names(d.as_fd()).unwrap().into_iter().map(|n| n.into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["dir", "fifo", "file", "link-dir", "link-file"]);
+        assert!(open_file_or_dir_at(d.as_fd(), c"file").unwrap().metadata().unwrap().is_file());
+        assert!(open_file_or_dir_at(d.as_fd(), c"dir").unwrap().metadata().unwrap().is_dir());
+        for n in [c"link-dir", c"link-file", c"fifo"] {
+            assert_eq!(open_file_or_dir_at(d.as_fd(), n).unwrap_err().kind(), io::ErrorKind::InvalidInput, "{n:?}");
+        }
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -524,29 +524,35 @@ fn open_dir_nofollow(p: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC).open(p)
 }
 
-/// Make a staged tree read-only. Permissions are set on file descriptors
-/// opened without following symlinks, so a planted link redirects nothing.
+/// Make a staged tree read-only. The walk runs on descriptors
+/// (`limes::tree`): each entry is opened from its directory's descriptor
+/// without following it, so a symlink planted or swapped in is refused,
+/// never `chmod`ed through.
 fn make_read_only(dir: &Path) -> io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let p = e.path();
-        let ty = e.file_type()?;
-        if ty.is_dir() {
-            make_read_only(&p)?;
-            let d = open_dir_nofollow(&p)?;
-            d.set_permissions(std::fs::Permissions::from_mode(0o500))?;
-            d.sync_all()?;
-        } else if ty.is_file() {
-            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&p)?.set_permissions(std::fs::Permissions::from_mode(0o400))?;
+    seal(&open_dir_nofollow(dir)?, dir, 0)
+}
+
+fn seal(dir: &File, path: &Path, depth: usize) -> io::Result<()> {
+    use limes_runtime::tree;
+    if depth >= tree::MAX_DEPTH {
+        return Err(io::Error::other(format!("{} is nested too deeply", path.display())));
+    }
+    for name in tree::names(dir.as_fd()).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))? {
+        let p = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let f = tree::open_file_or_dir_at(dir.as_fd(), &name).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidInput => io::Error::other(format!("{} is not a regular file or directory", p.display())),
+            k => io::Error::new(k, format!("{}: {e}", p.display())),
+        })?;
+        if f.metadata()?.is_dir() {
+            seal(&f, &p, depth + 1)?;
         } else {
-            return Err(io::Error::other(format!("{} is not a regular file or directory", p.display())));
+            f.set_permissions(std::fs::Permissions::from_mode(0o400))?;
         }
     }
-    let d = open_dir_nofollow(dir)?;
-    d.set_permissions(std::fs::Permissions::from_mode(0o500))?;
+    dir.set_permissions(std::fs::Permissions::from_mode(0o500))?;
     // The staged tree's entries reach the disk before the rename that
     // publishes it (its files were synced as they were written).
-    d.sync_all()
+    dir.sync_all()
 }
 
 /// Make the entries of `dir` (a rename or unlink in it) durable: after a
