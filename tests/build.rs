@@ -347,6 +347,12 @@ fn run_builds_runs_and_watches() {
     assert_eq!(o.status.code(), Some(5));
     assert_eq!((json(&o)["ok"].as_bool(), json(&o)["kind"].as_str()), (Some(false), Some("timeout")), "{}", String::from_utf8_lossy(&o.stdout));
     assert!(faulty("bad", 4).contains("bad-request: bad on purpose"));
+    // Every other failure of the call too: a trap is exit 5, its message on
+    // stderr and, with --json, the failure document on stdout.
+    assert!(faulty("panic", 5).contains("asked to panic"));
+    let o = limes_pack_cmd().args(["run", "--json", "--data", "panic"]).arg(fixture("faulty")).env("CARGO_TARGET_DIR", &target).output().unwrap();
+    assert_eq!(o.status.code(), Some(5));
+    assert_eq!((json(&o)["ok"].as_bool(), json(&o)["kind"].as_str()), (Some(false), Some("trap")), "{}", String::from_utf8_lossy(&o.stdout));
     // --json: the document `limes run --json` prints.
     let j = json(&ok(&mut run(&["--data", "hi", "--json"])));
     assert_eq!((j["ok"].as_bool(), j["body_utf8"].as_str(), j["body_base64"].as_str()), (Some(true), Some("hi"), Some("aGk=")), "{j}");

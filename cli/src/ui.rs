@@ -59,17 +59,30 @@ impl Ui {
 
     pub fn fail(&self, e: &anyhow::Error) -> ExitCode {
         self.finish_spinner();
-        // Classified by type: each error type says whether it is a
-        // verification failure.
-        let verify = e.chain().any(|c| {
-            c.downcast_ref::<limes_bundle::BundleError>().is_some_and(|b| b.is_verification())
-                || c.downcast_ref::<limes_build::pipeline::BuildError>().is_some_and(|b| b.is_verification())
-        });
-        // The same kinds and exit codes as `limes` (one list, in the loader).
-        let kind = if verify { limes_runtime::ErrorKind::Verification } else { limes_runtime::ErrorKind::Other };
-        limes_runtime::args::report_error(self.json, kind.name(), e);
-        ExitCode::from(kind.exit_code())
+        limes_runtime::args::report_error(self.json, error_kind(e).name(), e);
+        ExitCode::from(error_kind(e).exit_code())
     }
+}
+
+/// The kind of a failure, by type (the same kinds and exit codes as
+/// `limes`): a run's failure says its own (`limes-pack run`: trap,
+/// timeout, memory limit); a bundle or build error says whether it is a
+/// verification failure; anything else is `other`.
+fn error_kind(e: &anyhow::Error) -> limes_runtime::ErrorKind {
+    use limes_runtime::ErrorKind;
+    e.chain()
+        .find_map(|c| {
+            if let Some(r) = c.downcast_ref::<limes_runtime::RunError>() {
+                Some(r.kind())
+            } else if c.downcast_ref::<limes_bundle::BundleError>().is_some_and(|b| b.is_verification())
+                || c.downcast_ref::<limes_build::pipeline::BuildError>().is_some_and(|b| b.is_verification())
+            {
+                Some(ErrorKind::Verification)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(ErrorKind::Other)
 }
 
 impl limes_build::Progress for Ui {

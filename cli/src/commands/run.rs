@@ -80,13 +80,10 @@ impl RunCommand {
         let loaded = unsafe { rt.load_precompiled_bytes(spec, &artifact.bytes, tier.name) }?;
         let t = Instant::now();
         let json = ui.json;
-        let inv = match limes_runtime::once::invoke(&rt, &loaded, req, &invoke, |timeout| limes_runtime::once::timeout_expiry(json, timeout)) {
-            Ok(inv) => inv,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(std::process::ExitCode::from(e.kind().exit_code()));
-            }
-        };
+        // A failed call is reported as every failure is (`Ui::fail`: its
+        // kind and exit code, and the JSON document with --json), as the
+        // watchdog reports a timeout.
+        let inv = limes_runtime::once::invoke(&rt, &loaded, req, &invoke, |timeout| limes_runtime::once::timeout_expiry(json, timeout))?;
         let call_time = t.elapsed();
         if !ui.quiet {
             eprintln!(
