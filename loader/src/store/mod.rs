@@ -626,9 +626,8 @@ fn verify_object(dir: &Path, manifest_bytes: &[u8], manifest: &Manifest, files: 
     let read = |rel: &str, expected: u64| -> Result<Vec<u8>, String> {
         let p = dir.join(rel);
         let f = open_nofollow(&p).map_err(|e| e.to_string())?;
-        let mut v = Vec::new();
-        f.take(expected + 1).read_to_end(&mut v).map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(v)
+        let m = f.metadata().map_err(|e| format!("{}: {e}", p.display()))?;
+        read_sized(f, &m, expected + 1).map_err(|e| format!("{}: {e}", p.display()))
     };
     if read(MANIFEST_PATH, manifest_bytes.len() as u64)? != manifest_bytes {
         return Err("its manifest differs".into());
