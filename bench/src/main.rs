@@ -83,7 +83,8 @@ struct Args {
     /// writes density.md and density.json.
     #[arg(long)]
     only_density: bool,
-    /// Functions in the density run [default: 1000; 100 with --quick].
+    /// Functions in the density run [default: 1000; 100 with --quick]. The
+    /// full run (no --only-*) ends with the density run too, unless --quick.
     #[arg(long)]
     functions: Option<usize>,
     /// Extra `limes serve` flags for the density run's server (repeatable),
@@ -752,6 +753,23 @@ fn main() -> Result<()> {
 
     let results = Results { machine: report::Machine::read(), quick: q, rows, builds, scaling, serve_load, http_load, backends, sustained, tier_costs, notes };
     report::write_all(&a.out, &results)?;
+    // --- Density (#27): a thousand functions behind one server, in the
+    // same run as the rows above, so the report carries every aim's row
+    // from one machine and hour. Also its own page, as --only-density
+    // writes it. Left out of the smoke run, which runs --only-density.
+    if !q {
+        eprintln!("density");
+        let r = density::run(work.path(), &key, &keys, &trust, a.functions.unwrap_or(1000), &a.serve_arg, q)?;
+        let m = report::Machine::read();
+        let md = density::markdown(&r, &format!("{}, {} cores, {} ({}, release build)", m.cpu, m.cores, m.date_utc, m.kernel));
+        std::fs::write(a.out.join("density.md"), &md)?;
+        std::fs::write(a.out.join("density.json"), serde_json::to_vec_pretty(&r)?)?;
+        let section: String = md.lines().map(|l| if l.starts_with('#') { format!("#{l}\n") } else { format!("{l}\n") }).collect();
+        let mut report = std::fs::read_to_string(a.out.join("report.md"))?;
+        report.push('\n');
+        report.push_str(&section);
+        limes::store::write_atomic(&a.out.join("report.md"), report.as_bytes())?;
+    }
     eprintln!("wrote {}", a.out.join("report.md").display());
     println!("{}", std::fs::read_to_string(a.out.join("report.md"))?);
     Ok(())
