@@ -176,6 +176,22 @@ mod cri {
     pub use k8s_cri::v1::*;
 }
 
+/// Wait until CRI lists `image`. `ctr images import` writes containerd's
+/// image store; CRI's own view of it follows from containerd's events a
+/// moment later, and a pod started before then would try to pull an image
+/// that no registry has (seen once in CI: "lookup limes.test: no such host").
+async fn cri_sees(node: &Node, image: &str) {
+    use cri::*;
+    let channel = containerd_client::connect(node.sock()).await.unwrap();
+    let mut img = ImageServiceClient::new(channel);
+    let spec = ImageSpec { image: image.into(), ..Default::default() };
+    let t = Instant::now();
+    while img.image_status(ImageStatusRequest { image: Some(spec.clone()), verbose: false }).await.unwrap().into_inner().image.is_none() {
+        assert!(t.elapsed() < Duration::from_secs(60), "CRI never listed the imported {image}\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What kubelet does for a pod with `runtimeClassName: limes` and one
 /// container: pull, RunPodSandbox, CreateContainer, StartContainer, wait,
 /// read the CRI log, then tear the pod down.
@@ -276,6 +292,7 @@ fn kubelets_cri_calls_run_a_pod_and_a_tampered_image_fails_it() {
     // fails with exit 3 and says why; the function never ran.
     let tampered = tampered_image(&node, "limes.test/tampered:1");
     ok(node.ctr().args(["-n", "k8s.io", "images", "import"]).arg(&tampered));
+    rt.block_on(cri_sees(&node, "limes.test/tampered:1"));
     let (code, stdout, stderr) = rt.block_on(run_pod(&node, "limes.test/tampered:1", "tampered", &["run", "--data", "x"]));
     assert_eq!(code, 3, "stdout={stdout} stderr={stderr}");
     assert!(stderr.contains("digest mismatch for aot/"), "{stderr}");
