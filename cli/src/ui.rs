@@ -59,8 +59,9 @@ impl Ui {
 
     pub fn fail(&self, e: &anyhow::Error) -> ExitCode {
         self.finish_spinner();
-        limes_runtime::args::report_error(self.json, error_kind(e).name(), e);
-        ExitCode::from(error_kind(e).exit_code())
+        let kind = error_kind(e);
+        limes_runtime::args::report_error(self.json, kind.name(), e);
+        ExitCode::from(kind.exit_code())
     }
 }
 

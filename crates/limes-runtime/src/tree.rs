@@ -23,12 +23,48 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::ops::ControlFlow;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 /// Deeper trees are left in place with an error (a staged bundle is a few
 /// levels deep; each level holds one descriptor and 1 KiB of stack, which
 /// a signal stack has room for).
 pub const MAX_DEPTH: usize = 16;
+
+/// A tree named by path, held as what [`remove_at`] takes: its parent
+/// directory's descriptor (the parent opened with `O_NOFOLLOW`) and its
+/// name there. The store removes through one at once; the watchdog opens
+/// one when armed and removes through it at expiry.
+#[derive(Debug)]
+pub struct Entry {
+    dir: OwnedFd,
+    name: CString,
+}
+
+impl Entry {
+    /// Hold the entry `path` names. Errors name the path; a missing parent
+    /// is `NotFound`.
+    pub fn of(path: &Path) -> io::Result<Entry> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no entry of a directory", path.display())));
+        };
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(parent)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", parent.display())))?;
+        let name = CString::new(name.as_bytes()).map_err(io::Error::other)?;
+        Ok(Entry { dir: dir.into(), name })
+    }
+
+    /// [`remove_at`] on this entry: async-signal-safe.
+    pub fn remove(&self) -> io::Result<()> {
+        remove_at(self.dir.as_fd(), &self.name)
+    }
+}
 
 /// Remove `name` in the directory `parent`, and everything under it if it
 /// is a directory. A missing entry is not an error. The first failure is
@@ -287,6 +323,25 @@ mod tests {
         for n in [c"link-dir", c"link-file", c"fifo"] {
             assert_eq!(open_file_or_dir_at(d.as_fd(), n).unwrap_err().kind(), io::ErrorKind::InvalidInput, "{n:?}");
         }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// An entry is held by its parent and name (a bare name's parent is the
+    /// current directory); a path with no parent entry is refused, a
+    /// missing parent is NotFound, and a missing entry removes as nothing.
+    #[test]
+    fn entries_by_path() {
+        let base = std::env::temp_dir().join(format!("limes-tree-entry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("t/aot")).unwrap();
+        let e = Entry::of(&base.join("t")).unwrap();
+        assert_eq!(e.name.as_bytes(), b"t");
+        e.remove().unwrap();
+        assert!(!base.join("t").exists());
+        e.remove().unwrap();
+        assert_eq!(Entry::of(Path::new("bare")).unwrap().name.as_bytes(), b"bare");
+        assert_eq!(Entry::of(Path::new("/")).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(Entry::of(&base.join("absent/t")).unwrap_err().kind(), io::ErrorKind::NotFound);
         std::fs::remove_dir_all(&base).unwrap();
     }
 

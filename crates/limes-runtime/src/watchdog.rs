@@ -21,10 +21,7 @@
 //! One watchdog at a time per process (the timer is the process's): a
 //! second [`Watchdog::arm`] while one is armed is refused.
 
-use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use crate::tree;
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -38,9 +35,8 @@ pub struct Expiry {
     stdout: Vec<u8>,
     /// Written to stderr (e.g. `error: ... timed out ...`).
     stderr: Vec<u8>,
-    /// Trees to remove: the directory that holds each, opened when armed,
-    /// and its name there.
-    trees: Vec<(OwnedFd, CString)>,
+    /// Trees to remove, each held since the watchdog was armed.
+    trees: Vec<tree::Entry>,
 }
 
 impl Expiry {
@@ -51,20 +47,10 @@ impl Expiry {
 
     /// Also remove the tree at `path` at expiry (a staged bundle), as it is
     /// then: it is walked at expiry, from its parent directory opened now
-    /// (`O_NOFOLLOW`), so a directory in it swapped for a symlink while the
-    /// function runs is unlinked, never followed.
+    /// ([`tree::Entry`]), so a directory in it swapped for a symlink while
+    /// the function runs is unlinked, never followed.
     pub fn remove_tree(&mut self, path: &Path) -> std::io::Result<()> {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} names no entry of a directory", path.display())));
-        };
-        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-        let dir = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(parent)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", parent.display())))?;
-        let name = CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
-        self.trees.push((dir.into(), name));
+        self.trees.push(tree::Entry::of(path)?);
         Ok(())
     }
 }
@@ -185,9 +171,9 @@ extern "C" fn on_alarm(_: libc::c_int) {
     let e = &armed.expiry;
     write_all(libc::STDOUT_FILENO, &e.stdout);
     write_all(libc::STDERR_FILENO, &e.stderr);
-    for (dir, name) in &e.trees {
+    for t in &e.trees {
         // Nothing to report to: what is left is swept with tmp/'s leftovers.
-        let _ = crate::tree::remove_at(dir.as_fd(), name);
+        let _ = t.remove();
     }
     // SAFETY: _exit ends the process without running anything else.
     unsafe { libc::_exit(armed.exit_code.into()) }
@@ -235,15 +221,15 @@ mod tests {
         drop(w);
     }
 
-    /// A tree to remove is held by its parent's descriptor and its name;
-    /// a path with no parent entry is refused, a missing one is not an error
-    /// until expiry (when it is simply absent).
+    /// A tree to remove is held from the moment it is named (how it is
+    /// held: `tree::tests::entries_by_path`); a path with no parent entry
+    /// is refused.
     #[test]
-    fn trees_are_held_by_parent_and_name() {
+    fn trees_are_held_when_named() {
         let mut e = Expiry::default();
         e.remove_tree(&std::env::temp_dir().join("limes-watchdog-absent")).unwrap();
         assert_eq!(e.trees.len(), 1);
-        assert_eq!(e.trees[0].1.as_bytes(), b"limes-watchdog-absent");
         assert!(e.remove_tree(Path::new("/")).is_err());
+        assert_eq!(e.trees.len(), 1);
     }
 }

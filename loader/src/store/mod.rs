@@ -252,12 +252,10 @@ impl InstalledFunction {
     /// (the bytes returned are the bytes that were hashed).
     pub fn read_verified(&self, rel: &str) -> Result<Vec<u8>, StoreError> {
         let entry = self.entry(rel)?;
-        let (f, _) = self.open_checked(rel)?;
+        let (f, m) = self.open_checked(rel)?;
         let p = self.path_of(rel);
-        // One more byte than the manifest's size: the read that finds the
-        // end needs no buffer of its own.
-        let mut data = Vec::with_capacity(entry.size.min(256 << 20) as usize + 1);
-        f.take(entry.size + 1).read_to_end(&mut data).map_err(io_err(&p))?;
+        // One byte past the manifest's size is enough to see a difference.
+        let data = read_sized(f, &m, entry.size + 1).map_err(io_err(&p))?;
         let actual = limes_bundle::sha256_hex(&data);
         if data.len() as u64 != entry.size || actual != entry.sha256 {
             return Err(StoreError::Tampered {
@@ -595,16 +593,11 @@ pub const CRASH_POINTS: &[&str] = &[
 /// directory descriptors from the tree's parent (`limes::tree`), so a
 /// symlink, planted or swapped in while the tree goes, is unlinked itself.
 fn remove_tree(path: &Path) -> io::Result<()> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no entry of a directory", path.display())));
-    };
-    let dir = match open_dir_nofollow(parent) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let name = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
-    limes_runtime::tree::remove_at(dir.as_fd(), &name)
+    match limes_runtime::tree::Entry::of(path) {
+        Ok(e) => e.remove(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Stamps of every file in a published object.
