@@ -429,8 +429,7 @@ fn main() -> Result<()> {
     }
     if a.only_fleet {
         let r = fleet::run(work.path(), &key, &pubkey, a.devices)?;
-        let m = report::Machine::read();
-        let md = fleet::markdown(&r, &format!("{}, {} cores, {} ({}, {} build)", m.cpu, m.cores, m.date_utc, m.kernel, if q { "debug" } else { "release" }));
+        let md = fleet::markdown(&r, &report::Machine::read().label(q));
         std::fs::write(a.out.join("fleet.md"), &md)?;
         std::fs::write(a.out.join("fleet.json"), serde_json::to_vec_pretty(&r)?)?;
         println!("{md}");
@@ -447,13 +446,15 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    if a.only_density {
+    let density_page = || -> Result<String> {
         let r = density::run(work.path(), &key, &keys, &trust, a.functions.unwrap_or(if q { 100 } else { 1000 }), &a.serve_arg, q)?;
-        let m = report::Machine::read();
-        let md = density::markdown(&r, &format!("{}, {} cores, {} ({}, {} build)", m.cpu, m.cores, m.date_utc, m.kernel, if q { "debug" } else { "release" }));
+        let md = density::markdown(&r, &report::Machine::read().label(q));
         std::fs::write(a.out.join("density.md"), &md)?;
         std::fs::write(a.out.join("density.json"), serde_json::to_vec_pretty(&r)?)?;
-        println!("{md}");
+        Ok(md)
+    };
+    if a.only_density {
+        println!("{}", density_page()?);
         return Ok(());
     }
     if a.only_process {
@@ -759,11 +760,7 @@ fn main() -> Result<()> {
     // writes it. Left out of the smoke run, which runs --only-density.
     if !q {
         eprintln!("density");
-        let r = density::run(work.path(), &key, &keys, &trust, a.functions.unwrap_or(1000), &a.serve_arg, q)?;
-        let m = report::Machine::read();
-        let md = density::markdown(&r, &format!("{}, {} cores, {} ({}, release build)", m.cpu, m.cores, m.date_utc, m.kernel));
-        std::fs::write(a.out.join("density.md"), &md)?;
-        std::fs::write(a.out.join("density.json"), serde_json::to_vec_pretty(&r)?)?;
+        let md = density_page()?;
         let section: String = md.lines().map(|l| if l.starts_with('#') { format!("#{l}\n") } else { format!("{l}\n") }).collect();
         let mut report = std::fs::read_to_string(a.out.join("report.md"))?;
         report.push('\n');

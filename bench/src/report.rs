@@ -47,6 +47,12 @@ impl Machine {
             kvm_device: Path::new("/dev/kvm").exists(),
         }
     }
+
+    /// The one line the separate pages (fleet, density) name their machine
+    /// with: CPU, cores, date, kernel and build.
+    pub fn label(&self, quick: bool) -> String {
+        format!("{}, {} cores, {} ({}, {} build)", self.cpu, self.cores, self.date_utc, self.kernel, if quick { "debug" } else { "release" })
+    }
 }
 
 /// A keep-alive HTTP/1.1 client on one connection (as `wrk`'s are).
