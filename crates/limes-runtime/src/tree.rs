@@ -264,12 +264,20 @@ mod tests {
         std::fs::File::open(p).unwrap()
     }
 
+    /// A fresh, empty directory for one test (what an earlier run left is
+    /// removed first); each test removes it at its end.
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let base = std::env::temp_dir().join(format!("limes-tree-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        base
+    }
+
     /// A read-only tree with a symlink to a directory outside it goes; the
     /// outside directory keeps its files and its mode.
     #[test]
     fn removes_read_only_trees_and_follows_nothing() {
-        let base = std::env::temp_dir().join(format!("limes-tree-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = scratch("remove");
         let outside = base.join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("keep"), b"k").unwrap();
@@ -305,8 +313,7 @@ mod tests {
     /// or a FIFO is refused without being opened.
     #[test]
     fn lists_names_and_opens_only_files_and_directories() {
-        let base = std::env::temp_dir().join(format!("limes-tree-open-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = scratch("open");
         std::fs::create_dir_all(base.join("dir")).unwrap();
         std::fs::write(base.join("file"), b"x").unwrap();
         symlink(base.join("dir"), base.join("link-dir")).unwrap();
@@ -331,8 +338,7 @@ mod tests {
     /// missing parent is NotFound, and a missing entry removes as nothing.
     #[test]
     fn entries_by_path() {
-        let base = std::env::temp_dir().join(format!("limes-tree-entry-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = scratch("entry");
         std::fs::create_dir_all(base.join("t/aot")).unwrap();
         let e = Entry::of(&base.join("t")).unwrap();
         assert_eq!(e.name.as_bytes(), b"t");
@@ -348,8 +354,7 @@ mod tests {
     /// Beyond MAX_DEPTH the tree is left with an error, not a stack overflow.
     #[test]
     fn depth_is_bounded() {
-        let base = std::env::temp_dir().join(format!("limes-tree-deep-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = scratch("deep");
         let mut p = base.join("t");
         for _ in 0..MAX_DEPTH + 2 {
             p = p.join("d");
